@@ -1,0 +1,153 @@
+//! The error type of kafkit-core.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafkit_resilience::ConfigError;
+use rskafka::client::error::{Error as ClientError, ProtocolError};
+
+/// `Result` with kafkit-core's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, on which topic/partition, and whether retrying can help ([`Error::is_retriable`]).
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting was rejected when the client was built.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    /// No bootstrap broker answered within the connect timeout.
+    #[error("no broker reachable at {bootstrap} after {waited:?}; check that Kafka is running and the address is right")]
+    Unreachable {
+        /// The bootstrap servers that were tried.
+        bootstrap: String,
+        /// How long kafkit kept trying.
+        waited: Duration,
+    },
+
+    /// The topic does not exist (kafkit never relies on broker-side auto-creation).
+    #[error("topic `{topic}` does not exist; create it first (e.g. `kafkit topics create`)")]
+    UnknownTopic {
+        /// The topic named by the caller.
+        topic: String,
+    },
+
+    /// A record named a partition the topic does not have.
+    #[error("partition {partition} does not exist in topic `{topic}`, which has {partitions} partitions")]
+    UnknownPartition {
+        /// The topic.
+        topic: String,
+        /// The partition asked for.
+        partition: i32,
+        /// How many partitions the topic has.
+        partitions: i32,
+    },
+
+    /// A record is larger than the producer's whole buffer and could never be sent.
+    #[error("record of {size} bytes for topic `{topic}` exceeds the producer buffer of {capacity} bytes (`buffer.memory`)")]
+    RecordTooLarge {
+        /// The topic.
+        topic: String,
+        /// The record's approximate size.
+        size: usize,
+        /// The configured buffer size.
+        capacity: usize,
+    },
+
+    /// The delivery timeout passed before the broker acknowledged the record. The outcome is unknown:
+    /// the record may have been written. At-least-once callers send it again.
+    #[error("delivery to {topic}/{partition} not acknowledged within {timeout:?} (`delivery.timeout.ms`); the record may or may not have been written")]
+    DeliveryTimeout {
+        /// The topic.
+        topic: String,
+        /// The partition the record was sent to.
+        partition: i32,
+        /// The delivery timeout.
+        timeout: Duration,
+    },
+
+    /// The broker rejected a produce request, or the connection failed past rskafka's own retries.
+    #[error("producing to {topic}/{partition} failed: {source}")]
+    Produce {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// rskafka's error.
+        #[source]
+        source: rskafka::client::producer::Error,
+    },
+
+    /// Any other request to Kafka failed.
+    #[error("{context}: {source}")]
+    Kafka {
+        /// What kafkit was doing.
+        context: String,
+        /// rskafka's error.
+        #[source]
+        source: Arc<ClientError>,
+    },
+
+    /// The client was closed.
+    #[error("the {what} is closed")]
+    Closed {
+        /// Which client.
+        what: &'static str,
+    },
+}
+
+impl Error {
+    /// Whether the same operation may succeed if tried again later (a broker restarting, a leader
+    /// moving, a timeout with an unknown outcome). Configuration errors and rejected records are not.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } | Error::DeliveryTimeout { .. } => true,
+            Error::Produce { source, .. } => match source {
+                rskafka::client::producer::Error::Client(e) => client_error_is_retriable(e),
+                _ => false,
+            },
+            Error::Kafka { source, .. } => client_error_is_retriable(source),
+            Error::Config(_)
+            | Error::UnknownTopic { .. }
+            | Error::UnknownPartition { .. }
+            | Error::RecordTooLarge { .. }
+            | Error::Closed { .. } => false,
+        }
+    }
+}
+
+/// Connection failures, timeouts and the broker's own retriable codes are transient; anything else
+/// (authorization, invalid records, unsupported versions) needs a change by the user.
+pub(crate) fn client_error_is_retriable(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connection(_) | ClientError::Request(_) | ClientError::Timeout => true,
+        ClientError::RetryFailed(_) => true,
+        ClientError::ServerError { protocol_error, .. } => protocol_error_is_retriable(*protocol_error),
+        _ => false,
+    }
+}
+
+fn protocol_error_is_retriable(e: ProtocolError) -> bool {
+    matches!(
+        e,
+        ProtocolError::CorruptMessage
+            | ProtocolError::UnknownTopicOrPartition
+            | ProtocolError::LeaderNotAvailable
+            | ProtocolError::NotLeaderOrFollower
+            | ProtocolError::RequestTimedOut
+            | ProtocolError::NetworkException
+            | ProtocolError::CoordinatorLoadInProgress
+            | ProtocolError::CoordinatorNotAvailable
+            | ProtocolError::NotCoordinator
+            | ProtocolError::NotEnoughReplicas
+            | ProtocolError::NotEnoughReplicasAfterAppend
+            | ProtocolError::KafkaStorageError
+            | ProtocolError::FencedLeaderEpoch
+            | ProtocolError::UnknownLeaderEpoch
+            | ProtocolError::OffsetNotAvailable
+            | ProtocolError::PreferredLeaderNotAvailable
+            | ProtocolError::EligibleLeadersNotAvailable
+            | ProtocolError::ThrottlingQuotaExceeded
+    )
+}

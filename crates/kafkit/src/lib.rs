@@ -1,0 +1,28 @@
+//! kafkit: a pure-Rust Kafka client framework, no librdkafka.
+//!
+//! Add this one crate to your `Cargo.toml`; it re-exports the public API of the workspace's crates.
+//!
+//! # Layout
+//! - the root re-exports the producer and client settings of `kafkit-core`;
+//! - [`resilience`] re-exports `kafkit-resilience` (backoff, and the breaker, retry and dead-letter
+//!   policies as they land);
+//! - [`metrics`] re-exports `kafkit-metrics`.
+//!
+//! # Features
+//! Default features are pure Rust (gzip and snappy codecs) and build for `x86_64-unknown-linux-musl`
+//! without a C compiler. `lz4`, `zstd` and `tls` are opt-in.
+
+pub use kafkit_core::{
+    ClientConfig, Compression, ConfigError, Delivery, Error, Producer, ProducerBuilder, ProducerRecord, Result,
+    partitioner,
+};
+
+/// Backoff, circuit breaker, retry and dead-letter policies.
+pub mod resilience {
+    pub use kafkit_resilience::*;
+}
+
+/// Bounded per-topic statistics behind a lock-free snapshot.
+pub mod metrics {
+    pub use kafkit_metrics::*;
+}
