@@ -458,6 +458,11 @@ impl Producer {
         self.flush().await
     }
 
+    /// Bytes of records sent but not yet acknowledged (at most `buffer.memory`).
+    pub fn buffered_bytes(&self) -> usize {
+        self.inner.settings.buffer_memory - self.inner.buffer.available_permits()
+    }
+
     /// The number of partitions of `topic`, from the producer's metadata cache.
     pub async fn partition_count(&self, topic: &str) -> Result<i32> {
         Ok(self.topic(topic).await?.partitions.len() as i32)

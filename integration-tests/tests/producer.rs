@@ -1,0 +1,243 @@
+//! The producer against a real broker: keyed records land where the Java client puts them, every
+//! acknowledged record is readable at its offset, a broker restart loses nothing, bad input is refused.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafkit::partitioner::partition_for_key;
+use kafkit::{ClientConfig, Error, Producer, ProducerBuilder, ProducerRecord};
+use kafkit_testkit::{LocalKafka, create_topic, java_source, random_name, shared};
+use rskafka::client::ClientBuilder;
+use rskafka::client::partition::UnknownTopicHandling;
+use rskafka::record::RecordAndOffset;
+
+async fn producer(bootstrap: &str) -> Producer {
+    ProducerBuilder::new(ClientConfig::new([bootstrap]).unwrap())
+        .build()
+        .await
+        .expect("producer connects")
+}
+
+/// Every record of `topic`/`partition` from offset 0 up to the high watermark.
+async fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<RecordAndOffset> {
+    let client = ClientBuilder::new(vec![bootstrap.to_owned()]).build().await.unwrap();
+    let pc = client
+        .partition_client(topic, partition, UnknownTopicHandling::Error)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut offset = 0;
+    loop {
+        let (records, high_watermark) = pc.fetch_records(offset, 1..4_000_000, 100).await.unwrap();
+        if let Some(last) = records.last() {
+            offset = last.offset + 1;
+        }
+        out.extend(records);
+        if offset >= high_watermark {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_keyed_records_across_12_partitions_read_back_at_their_offsets() {
+    let kafka = shared().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("keyed");
+    create_topic(&bootstrap, &topic, 12, 1).await.unwrap();
+    let producer = producer(&bootstrap).await;
+
+    let sends = (0..10_000).map(|i| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move {
+            let key = format!("key-{}", i % 1_000);
+            let record = ProducerRecord::new(topic, format!("value-{i}"))
+                .key(key.clone())
+                .header("seq", i.to_string());
+            (key, i, producer.send(record).await.expect("acknowledged"))
+        }
+    });
+    let deliveries = futures::future::join_all(sends).await;
+
+    let mut written: HashMap<(i32, i64), (String, i32)> = HashMap::new();
+    for (key, i, d) in &deliveries {
+        assert_eq!(d.partition, partition_for_key(key.as_bytes(), 12), "key {key}");
+        assert!(written.insert((d.partition, d.offset), (key.clone(), *i)).is_none(), "offset reused");
+    }
+
+    let mut read = 0;
+    for p in 0..12 {
+        for r in read_partition(&bootstrap, &topic, p).await {
+            let (key, i) = written.get(&(p, r.offset)).expect("every record was acknowledged");
+            assert_eq!(r.record.key.as_deref(), Some(key.as_bytes()));
+            assert_eq!(r.record.value.as_deref(), Some(format!("value-{i}").as_bytes()));
+            assert_eq!(r.record.headers.get("seq").map(Vec::as_slice), Some(i.to_string().as_bytes()));
+            read += 1;
+        }
+    }
+    assert_eq!(read, 10_000, "every acknowledged record is in the log, nothing else");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_land_on_the_partition_the_java_client_chooses() {
+    let kafka = shared().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("java-parity");
+    create_topic(&bootstrap, &topic, 12, 1).await.unwrap();
+
+    let mut keys: Vec<String> = (0..300).map(|i| format!("user-{i}")).collect();
+    keys.extend(["a", "é-ünïcödé", "0", "a-little-bit-longer-string", "🦀"].map(String::from));
+    let dir = std::env::temp_dir().join(random_name("keys"));
+    std::fs::write(&dir, keys.join("\n")).unwrap();
+
+    let java = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("java/KeyedProduce.java");
+    let out = java_source(&java, &[&bootstrap, &topic, dir.to_str().unwrap()], Duration::from_secs(120))
+        .await
+        .expect("java runs");
+    let _ = std::fs::remove_file(&dir);
+    assert!(out.success, "KeyedProduce failed:\n{}", out.stderr);
+    let java_partitions: HashMap<&str, i32> = out
+        .stdout
+        .lines()
+        .map(|l| {
+            let mut f = l.split('\t');
+            (f.next().unwrap(), f.next().unwrap().parse().unwrap())
+        })
+        .collect();
+    assert_eq!(java_partitions.len(), keys.len(), "Java acknowledged every key");
+
+    let producer = producer(&bootstrap).await;
+    let mut spread = std::collections::BTreeSet::new();
+    for key in &keys {
+        let d = producer
+            .send(ProducerRecord::new(&topic, "kafkit").key(key.as_bytes()))
+            .await
+            .unwrap();
+        assert_eq!(d.partition, java_partitions[key.as_str()], "key {key:?}");
+        spread.insert(d.partition);
+    }
+    assert_eq!(spread.len(), 12, "300 keys reach every partition");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_sent_while_the_broker_restarts_is_delivered_after() {
+    let kafka = LocalKafka::start().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("restart");
+    create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
+    let producer = producer(&bootstrap).await;
+    producer.send(ProducerRecord::new(&topic, "first")).await.unwrap();
+
+    kafka.kill();
+    let pending = tokio::spawn({
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move { producer.send(ProducerRecord::new(topic, "during-outage").key("k")).await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!pending.is_finished(), "nothing can acknowledge while the broker is down");
+    kafka.restart().await.unwrap();
+
+    let delivery = tokio::time::timeout(Duration::from_secs(90), pending)
+        .await
+        .expect("delivered within the delivery timeout")
+        .unwrap()
+        .expect("acknowledged after the restart");
+    assert_eq!(delivery.offset, 1);
+    let log = read_partition(&bootstrap, &topic, 0).await;
+    let values: Vec<_> = log.iter().map(|r| r.record.value.clone().unwrap()).collect();
+    assert_eq!(values, vec![b"first".to_vec(), b"during-outage".to_vec()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_buffer_makes_send_wait_instead_of_growing() {
+    let kafka = LocalKafka::start().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("backpressure");
+    create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
+    let producer = ProducerBuilder::new(ClientConfig::new([&bootstrap]).unwrap())
+        .batch_size(16 * 1024)
+        .buffer_memory(64 * 1024)
+        .build()
+        .await
+        .unwrap();
+    producer.send(ProducerRecord::new(&topic, "warm-up")).await.unwrap();
+
+    kafka.pause();
+    let producer = Arc::new(producer);
+    let sends: Vec<_> = (0..40)
+        .map(|i| {
+            let producer = Arc::clone(&producer);
+            let topic = topic.clone();
+            tokio::spawn(async move { producer.send(ProducerRecord::new(topic, vec![i as u8; 8 * 1024])).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let buffered = producer.buffered_bytes();
+    assert!(buffered <= 64 * 1024, "buffer bound exceeded: {buffered}");
+    assert!(buffered > 32 * 1024, "sends should fill the buffer while the broker is paused: {buffered}");
+    assert!(sends.iter().all(|s| !s.is_finished()), "no send completes while paused");
+
+    kafka.resume();
+    for s in sends {
+        s.await.unwrap().expect("delivered after resume");
+    }
+    assert_eq!(producer.buffered_bytes(), 0);
+    assert_eq!(read_partition(&bootstrap, &topic, 0).await.len(), 41);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_error() {
+    let kafka = shared().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("errors");
+    create_topic(&bootstrap, &topic, 2, 1).await.unwrap();
+    let producer = ProducerBuilder::new(ClientConfig::new([&bootstrap]).unwrap())
+        .max_block(Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
+
+    let missing = random_name("missing");
+    match producer.send(ProducerRecord::new(&missing, "x")).await {
+        Err(Error::UnknownTopic { topic }) => assert_eq!(topic, missing),
+        other => panic!("expected UnknownTopic, got {other:?}"),
+    }
+    match producer.send(ProducerRecord::new(&topic, "x").partition(7)).await {
+        Err(e @ Error::UnknownPartition { .. }) => {
+            assert!(!e.is_retriable());
+            assert!(e.to_string().contains("2 partitions"), "{e}");
+        }
+        other => panic!("expected UnknownPartition, got {other:?}"),
+    }
+    let err = ProducerBuilder::new(ClientConfig::new([&bootstrap]).unwrap())
+        .buffer_memory(10)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("buffer.memory"), "{err}");
+
+    producer.close().await.unwrap();
+    assert!(matches!(
+        producer.send(ProducerRecord::new(&topic, "x")).await,
+        Err(Error::Closed { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_bootstrap_fails_after_the_connect_timeout() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = ClientConfig::new([format!("127.0.0.1:{port}")])
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2));
+    match ProducerBuilder::new(config).build().await {
+        Err(e @ Error::Unreachable { .. }) => {
+            assert!(e.is_retriable());
+            assert!(e.to_string().contains(&port.to_string()), "{e}");
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+}
