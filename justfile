@@ -1,0 +1,30 @@
+# kafkit tasks. Install just with `cargo install just`; every recipe is a plain command you can also run by hand.
+
+# Unit and integration tests (integration tests start a real local Kafka; needs a JDK 17+ and Maven).
+test:
+    cargo test --workspace
+
+# Only the tests against the real broker.
+itest:
+    cargo test -p kafkit-integration-tests
+
+# The demo against an embedded local Kafka (or KAFKA_BOOTSTRAP=host:port).
+demo:
+    cargo run -p kafkit --example demo
+
+# A static x86_64-unknown-linux-musl demo binary built with no C compiler.
+musl:
+    bash .ci/musl
+
+# Benchmarks (see docs/benchmarks.md).
+bench:
+    cargo bench -p kafkit-metrics
+
+# Start a local Kafka, print its address, keep it up until Ctrl-C.
+broker:
+    cargo run -q -p kafkit-testkit --example broker
+
+# Formatting and lints as CI runs them.
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
