@@ -53,7 +53,10 @@ impl BackoffPolicy {
         jitter: f64,
     ) -> Result<Self, ConfigError> {
         if initial.is_zero() {
-            return Err(ConfigError::new("backoff.initial", "must be greater than zero"));
+            return Err(ConfigError::new(
+                "backoff.initial",
+                "must be greater than zero",
+            ));
         }
         if max < initial {
             return Err(ConfigError::new(
@@ -225,7 +228,15 @@ mod tests {
         let seq: Vec<_> = (0..7).map(|_| b.next_delay()).collect();
         assert_eq!(
             seq,
-            vec![ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000), ms(1000)]
+            vec![
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1000),
+                ms(1000),
+                ms(1000)
+            ]
         );
         assert_eq!(b.attempts(), 7);
         b.reset();
@@ -255,11 +266,23 @@ mod tests {
     #[test]
     fn invalid_settings_name_the_setting() {
         let cases = [
-            (BackoffPolicy::new(ms(0), ms(10), 2.0, 0.0), "backoff.initial"),
+            (
+                BackoffPolicy::new(ms(0), ms(10), 2.0, 0.0),
+                "backoff.initial",
+            ),
             (BackoffPolicy::new(ms(10), ms(5), 2.0, 0.0), "backoff.max"),
-            (BackoffPolicy::new(ms(10), ms(50), 0.5, 0.0), "backoff.multiplier"),
-            (BackoffPolicy::new(ms(10), ms(50), f64::NAN, 0.0), "backoff.multiplier"),
-            (BackoffPolicy::new(ms(10), ms(50), 2.0, 1.5), "backoff.jitter"),
+            (
+                BackoffPolicy::new(ms(10), ms(50), 0.5, 0.0),
+                "backoff.multiplier",
+            ),
+            (
+                BackoffPolicy::new(ms(10), ms(50), f64::NAN, 0.0),
+                "backoff.multiplier",
+            ),
+            (
+                BackoffPolicy::new(ms(10), ms(50), 2.0, 1.5),
+                "backoff.jitter",
+            ),
         ];
         for (result, setting) in cases {
             let err = result.unwrap_err();

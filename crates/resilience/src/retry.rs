@@ -214,6 +214,8 @@ mod tests {
     use super::*;
     use std::io;
 
+    type BoxedError = dyn std::error::Error + Send + Sync;
+
     fn ms(v: u64) -> Duration {
         Duration::from_millis(v)
     }
@@ -311,14 +313,12 @@ mod tests {
 
     #[test]
     fn predicate_over_boxed_errors() {
-        let policy: RetryPolicy = RetryPolicy::default().retriable_if(|e| {
+        let policy: RetryPolicy = RetryPolicy::default().retriable_if(|e: &BoxedError| {
             e.downcast_ref::<io::Error>()
                 .is_some_and(|e| e.kind() == io::ErrorKind::TimedOut)
         });
-        let timeout: Box<dyn std::error::Error + Send + Sync> =
-            Box::new(io::Error::from(io::ErrorKind::TimedOut));
-        let invalid: Box<dyn std::error::Error + Send + Sync> =
-            Box::new(io::Error::from(io::ErrorKind::InvalidData));
+        let timeout: Box<BoxedError> = Box::new(io::Error::from(io::ErrorKind::TimedOut));
+        let invalid: Box<BoxedError> = Box::new(io::Error::from(io::ErrorKind::InvalidData));
         assert!(matches!(
             policy.decide(1, timeout.as_ref()),
             RetryDecision::RetryAfter(_)
