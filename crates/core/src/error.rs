@@ -6,6 +6,9 @@ use std::time::Duration;
 use kafkit_resilience::ConfigError;
 use rskafka::client::error::{Error as ClientError, ProtocolError};
 
+use crate::group::GroupError;
+use crate::wire::WireError;
+
 /// `Result` with kafkit-core's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -89,6 +92,40 @@ pub enum Error {
         source: Arc<ClientError>,
     },
 
+    /// A kafkit connection to a broker failed or a request timed out.
+    #[error("{context}: {source}")]
+    Connection {
+        /// What kafkit was doing.
+        context: String,
+        /// What went wrong on the connection.
+        #[source]
+        source: WireError,
+    },
+
+    /// The group coordinator answered a group request with an error code.
+    #[error("group `{group}`: {operation} failed: {error} (error code {code})")]
+    Group {
+        /// The group id.
+        group: String,
+        /// The request (JoinGroup, SyncGroup, OffsetCommit, ...).
+        operation: &'static str,
+        /// Kafka's error code.
+        code: i16,
+        /// Kafka's name for the error and, if any, the broker's message.
+        error: String,
+    },
+
+    /// A consumer-protocol message (subscription or assignment) could not be read or written.
+    #[error(transparent)]
+    Protocol(#[from] GroupError),
+
+    /// A partition has no committed offset and `auto.offset.reset` is `none`.
+    #[error("partition {partition} has no committed offset and auto.offset.reset is none; commit an offset for the group (e.g. with kafka-consumer-groups --reset-offsets) or choose earliest/latest")]
+    NoOffset {
+        /// The partition, `topic-partition`.
+        partition: String,
+    },
+
     /// The client was closed.
     #[error("the {what} is closed")]
     Closed {
@@ -108,10 +145,15 @@ impl Error {
                 _ => false,
             },
             Error::Kafka { source, .. } => client_error_is_retriable(source),
+            Error::Connection { source, .. } => source.is_retriable(),
+            Error::Group { code, .. } => kafka_protocol::ResponseError::try_from_code(*code)
+                .is_some_and(|e| e.is_retriable()),
             Error::Config(_)
             | Error::UnknownTopic { .. }
             | Error::UnknownPartition { .. }
             | Error::RecordTooLarge { .. }
+            | Error::Protocol(_)
+            | Error::NoOffset { .. }
             | Error::Closed { .. } => false,
         }
     }

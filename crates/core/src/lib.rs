@@ -1,5 +1,5 @@
-//! The Kafka data plane of kafkit: a Java-compatible producer today; consumer groups, manual commits
-//! and the per-partition dispatcher as they land.
+//! The Kafka data plane of kafkit: consumer groups wire-compatible with Java, a consumer with an
+//! ordered / keyed / unordered dispatcher and ack-driven commits, and a Java-compatible producer.
 //!
 //! # Layout
 //! - `config`: connection settings shared by every client (bootstrap servers, client id, reconnect
@@ -7,14 +7,25 @@
 //! - `partitioner`: Java-compatible key partitioning, `toPositive(murmur2(key)) % partitions`.
 //! - `producer`: [`Producer`] and its builder: keyed partitioning, batching, bounded buffering,
 //!   retries up to a delivery timeout.
+//! - `wire`: kafkit's own broker connections (framing, version negotiation, pipelining) for the
+//!   group and offset APIs rskafka lacks; messages encoded by `kafka-protocol`.
+//! - `group`: consumer-group membership: the coordinator client and the join / sync / heartbeat
+//!   state machine ([`group::GroupMember`]), offsets, the ConsumerProtocol codecs and the
+//!   Java-compatible `range`, `roundrobin` and `cooperative-sticky` assignors.
+//! - `consumer`: [`consumer::Consumer`]: prefetching fetchers, the dispatcher, watermark commits,
+//!   graceful shutdown.
 //! - `error`: the crate's [`Error`] and [`Result`].
 
 mod config;
+pub mod consumer;
 mod error;
+pub mod group;
 pub mod partitioner;
 mod producer;
+mod wire;
 
 pub use config::ClientConfig;
 pub use error::{Error, Result};
 pub use kafkit_resilience::{BackoffPolicy, ConfigError};
 pub use producer::{Compression, Delivery, Producer, ProducerBuilder, ProducerRecord};
+pub use wire::WireError;

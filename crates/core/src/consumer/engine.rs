@@ -1,0 +1,650 @@
+//! The engine: one task that owns every owned partition's state and moves records from the fetcher
+//! to the handlers and acknowledgements to commits.
+//!
+//! ```text
+//!  GroupMember ──GroupEvent──► engine ◄──FetchEvent── fetch task (one per partition)
+//!                                │  ▲
+//!                 spawn handler  │  │ Completion (ack / redeliver)
+//!                                ▼  │
+//!                         handler tasks / stream consumer
+//! ```
+//!
+//! The engine is an actor: all partition state lives in this one task, so there are no locks and
+//! the invariants below are enforced in one place.
+//!
+//! - Each partition's tenure has an *epoch*. Fetch events and completions carry the epoch they were
+//!   issued under; anything from an older epoch is dropped. A late ack after a revocation can never
+//!   move a watermark, and nothing from a previous tenure is committed.
+//! - A revoked or lost partition's fetcher is stopped and its queued (prefetched, not started) records
+//!   are dropped before anything else happens: they are never dispatched.
+//! - Commits name the watermark of [`WatermarkTracker`](super::watermark::WatermarkTracker): never an
+//!   offset above an unfinished record. One commit is in flight at a time, so commits of one partition
+//!   reach the coordinator in order.
+//! - A revocation waits for the partition's in-flight records (up to `revoke_timeout`), commits the
+//!   watermark, and only then tells the group it may release the partition.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::fetcher::{FetchContext, FetchEvent, FetchTask};
+use super::offset_map;
+use super::record::{AckHandle, ConsumedRecord, RecordData, StreamRecord};
+use super::scheduler::{PartitionSchedule, key_hash};
+use super::watermark::WatermarkTracker;
+use super::{ConsumerSettings, ShutdownReport};
+use crate::group::{CommitReport, GroupEvent, GroupMember, OffsetToCommit, RevokeDone, TopicPartition};
+use crate::{Error, Result};
+
+/// The error type handlers return, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A handler, type-erased: called once per attempt.
+pub(crate) type HandlerFn = Arc<dyn Fn(ConsumedRecord) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send + Sync>;
+
+/// Where dispatched records go.
+pub(crate) enum Sink {
+    /// Each record runs the handler on its own task; failures are retried with backoff.
+    Handler(HandlerFn),
+    /// Each record is sent to the user's stream and finishes when acked.
+    Stream(mpsc::Sender<StreamRecord>),
+}
+
+/// A record finished (or handed back) by a handler task or a stream user.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) slot: usize,
+    pub(crate) epoch: u64,
+    pub(crate) key: u64,
+    pub(crate) offset: i64,
+    pub(crate) outcome: Outcome,
+}
+
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// Processed: the offset may be committed.
+    Done,
+    /// Not processed and given back (a stream record dropped without ack): deliver it again.
+    Redeliver(ConsumedRecord),
+}
+
+/// One owned partition.
+struct Slot {
+    tp: TopicPartition,
+    topic: Arc<str>,
+    epoch: u64,
+    /// None until the fetcher reports where it starts.
+    tracker: Option<WatermarkTracker>,
+    schedule: PartitionSchedule<ConsumedRecord>,
+    fetch: Option<FetchTask>,
+    revoking: bool,
+    high_watermark: i64,
+    /// The last offset committed for this tenure (or found committed when it began).
+    committed: Option<i64>,
+    /// Offsets already processed by a previous owner above its committed offset (from the offset map).
+    skip: BTreeSet<i64>,
+}
+
+struct Revocation {
+    slots: Vec<usize>,
+    done: RevokeDone,
+    deadline: Instant,
+    commit_sent: bool,
+}
+
+pub(crate) struct Engine {
+    settings: Arc<ConsumerSettings>,
+    group: Arc<GroupMember>,
+    fetch_ctx: Arc<FetchContext>,
+    slots: Vec<Option<Slot>>,
+    by_partition: HashMap<TopicPartition, usize>,
+    next_epoch: u64,
+    rr: usize,
+    in_flight: usize,
+    sink: Sink,
+    done_tx: mpsc::UnboundedSender<Completion>,
+    done_rx: mpsc::UnboundedReceiver<Completion>,
+    fetched_rx: mpsc::Receiver<FetchEvent>,
+    events: mpsc::UnboundedReceiver<GroupEvent>,
+    handlers: JoinSet<()>,
+    commit: Option<tokio::task::JoinHandle<Result<CommitReport>>>,
+    revocations: Vec<Revocation>,
+    stream_blocked: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
+    shutdown_deadline: Option<Instant>,
+    report: ShutdownReport,
+    fatal: Option<Error>,
+}
+
+impl Engine {
+    pub(crate) fn new(
+        settings: Arc<ConsumerSettings>,
+        group: Arc<GroupMember>,
+        events: mpsc::UnboundedReceiver<GroupEvent>,
+        client: Arc<rskafka::client::Client>,
+        sink: Sink,
+    ) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let (fetched_tx, fetched_rx) = mpsc::channel(64);
+        let fetch_ctx = Arc::new(FetchContext {
+            client,
+            group: Arc::clone(&group),
+            settings: settings.fetch.clone(),
+            budget: Arc::new(Semaphore::new(settings.buffer_bytes)),
+            out: fetched_tx,
+        });
+        Self {
+            settings,
+            group,
+            fetch_ctx,
+            slots: Vec::new(),
+            by_partition: HashMap::new(),
+            next_epoch: 1,
+            rr: 0,
+            in_flight: 0,
+            sink,
+            done_tx,
+            done_rx,
+            fetched_rx,
+            events,
+            handlers: JoinSet::new(),
+            commit: None,
+            revocations: Vec::new(),
+            stream_blocked: None,
+            shutdown_deadline: None,
+            report: ShutdownReport::default(),
+            fatal: None,
+        }
+    }
+
+    /// Runs until the group member has left (after `shutdown` fired) or the shutdown deadline passed.
+    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<ShutdownReport> {
+        let mut commit_tick = tokio::time::interval(self.settings.commit_interval);
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        commit_tick.tick().await;
+        let mut shutdown_seen = false;
+        loop {
+            self.dispatch();
+            self.progress_revocations();
+            let next_deadline = self.next_deadline();
+            tokio::select! {
+                biased;
+                event = self.events.recv() => match event {
+                    Some(event) => self.on_group_event(event),
+                    None => break,
+                },
+                Some(c) = self.done_rx.recv() => self.on_completion(c),
+                Some(f) = self.fetched_rx.recv() => self.on_fetch(f),
+                Some(joined) = self.handlers.join_next(), if !self.handlers.is_empty() => {
+                    if let Err(e) = joined && e.is_panic() {
+                        warn!(error = %e, "a record handler panicked; its record will not be committed");
+                    }
+                }
+                result = await_slot(&mut self.commit), if self.commit.is_some() => {
+                    self.commit = None;
+                    self.on_commit_result(result.unwrap_or_else(|e| Err(Error::Closed { what: if e.is_cancelled() { "commit" } else { "commit task (panicked)" } })));
+                }
+                ready = await_slot(&mut self.stream_blocked), if self.stream_blocked.is_some() => {
+                    self.stream_blocked = None;
+                    if !ready {
+                        // The stream was dropped: nobody will process records; leave.
+                        self.begin_shutdown();
+                    }
+                }
+                _ = commit_tick.tick() => self.commit_watermarks(None),
+                changed = shutdown.changed(), if !shutdown_seen => {
+                    shutdown_seen = true;
+                    if changed.is_ok() {
+                        self.begin_shutdown();
+                    }
+                }
+                _ = sleep_until(next_deadline) => {}
+            }
+            if self.shutdown_deadline.is_some_and(|d| Instant::now() >= d) {
+                warn!("shutdown deadline passed; abandoning in-flight records (they will be delivered again)");
+                self.report.timed_out = true;
+                break;
+            }
+        }
+        self.finish_report();
+        self.handlers.abort_all();
+        match self.fatal.take() {
+            Some(e) => Err(e),
+            None => Ok(std::mem::take(&mut self.report)),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.revocations
+            .iter()
+            .filter(|r| !r.commit_sent)
+            .map(|r| r.deadline)
+            .chain(self.shutdown_deadline)
+            .min()
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
+        info!(timeout = ?self.settings.shutdown_timeout, "shutting down: stop fetching, drain, commit, leave");
+        self.shutdown_deadline = Some(Instant::now() + self.settings.shutdown_timeout);
+        for slot in self.slots.iter_mut().flatten() {
+            slot.fetch = None;
+            slot.schedule.clear_queued();
+        }
+        self.group.shutdown();
+    }
+
+    fn slot_mut(&mut self, slot: usize, epoch: u64) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(slot)
+            .and_then(Option::as_mut)
+            .filter(|s| s.epoch == epoch)
+    }
+
+    fn on_group_event(&mut self, event: GroupEvent) {
+        match event {
+            GroupEvent::Assigned { partitions, generation } => {
+                debug!(generation, ?partitions, "assigned");
+                for tp in partitions {
+                    self.assign(tp);
+                }
+            }
+            GroupEvent::Revoked { partitions, done } => {
+                let slots: Vec<usize> = partitions.iter().filter_map(|tp| self.by_partition.get(tp).copied()).collect();
+                for &i in &slots {
+                    if let Some(s) = self.slots[i].as_mut() {
+                        s.revoking = true;
+                        s.fetch = None;
+                        s.schedule.clear_queued();
+                    }
+                }
+                let timeout = self.settings.revoke_timeout;
+                let deadline = match self.shutdown_deadline {
+                    Some(d) => d.min(Instant::now() + timeout),
+                    None => Instant::now() + timeout,
+                };
+                self.revocations.push(Revocation {
+                    slots,
+                    done,
+                    deadline,
+                    commit_sent: false,
+                });
+            }
+            GroupEvent::Lost { partitions, reason } => {
+                warn!(?partitions, %reason, "partitions lost: abandoning their records without commit");
+                for tp in partitions {
+                    if let Some(i) = self.by_partition.remove(&tp) {
+                        self.slots[i] = None;
+                    }
+                }
+            }
+            GroupEvent::Failed { error } => {
+                self.fatal = Some(error);
+                self.begin_shutdown();
+            }
+        }
+    }
+
+    fn assign(&mut self, tp: TopicPartition) {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        let index = match self.slots.iter().position(Option::is_none) {
+            Some(i) => i,
+            None => {
+                self.slots.push(None);
+                self.slots.len() - 1
+            }
+        };
+        let fetch = (self.shutdown_deadline.is_none()).then(|| FetchTask::spawn(Arc::clone(&self.fetch_ctx), tp.clone(), index, epoch));
+        self.slots[index] = Some(Slot {
+            topic: Arc::from(tp.topic.as_str()),
+            tp: tp.clone(),
+            epoch,
+            tracker: None,
+            schedule: PartitionSchedule::new(self.settings.mode),
+            fetch,
+            revoking: false,
+            high_watermark: -1,
+            committed: None,
+            skip: BTreeSet::new(),
+        });
+        self.by_partition.insert(tp, index);
+    }
+
+    fn on_fetch(&mut self, event: FetchEvent) {
+        match event {
+            FetchEvent::Started {
+                slot,
+                epoch,
+                offset,
+                committed_metadata,
+            } => {
+                let offset_map = self.settings.offset_map;
+                if let Some(s) = self.slot_mut(slot, epoch) {
+                    s.tracker = Some(WatermarkTracker::new(offset));
+                    s.committed = Some(offset);
+                    if offset_map
+                        && let Some(meta) = committed_metadata
+                    {
+                        match offset_map::decode(offset, &meta) {
+                            Ok(Some(done)) => {
+                                info!(partition = %s.tp, skipped = done.len(), "skipping records the previous owner finished");
+                                s.skip = done.into_iter().collect();
+                            }
+                            Ok(None) => {}
+                            Err(e) => warn!(partition = %s.tp, error = %e, "ignoring an unreadable offset map"),
+                        }
+                    }
+                }
+            }
+            FetchEvent::Records {
+                slot,
+                epoch,
+                records,
+                high_watermark,
+                budget,
+                ..
+            } => {
+                let stopping = self.shutdown_deadline.is_some();
+                let Some(s) = self.slot_mut(slot, epoch) else { return };
+                if s.revoking || stopping {
+                    return;
+                }
+                s.high_watermark = high_watermark;
+                let tracker = s.tracker.as_mut().expect("Started precedes Records");
+                let mut budget = Some(budget);
+                let last = records.len().saturating_sub(1);
+                for (i, r) in records.into_iter().enumerate() {
+                    if !tracker.track(r.offset) {
+                        continue;
+                    }
+                    if s.skip.remove(&r.offset) {
+                        tracker.complete(r.offset);
+                        continue;
+                    }
+                    let size = r.record.approximate_size() + 64;
+                    let share = if i == last {
+                        budget.take()
+                    } else {
+                        budget.as_mut().and_then(|b| {
+                            let n = size.min(b.num_permits().saturating_sub(1));
+                            if n == 0 { None } else { b.split(n) }
+                        })
+                    };
+                    let key = key_hash(r.record.key.as_deref());
+                    let record = ConsumedRecord::new(RecordData {
+                        topic: Arc::clone(&s.topic),
+                        partition: s.tp.partition,
+                        offset: r.offset,
+                        key: r.record.key,
+                        value: r.record.value,
+                        headers: r.record.headers,
+                        timestamp: r.record.timestamp,
+                        _budget: share,
+                    });
+                    s.schedule.push(key, record);
+                }
+            }
+            FetchEvent::Failed { slot, epoch, error } => {
+                if let Some(s) = self.slot_mut(slot, epoch) {
+                    debug!(partition = %s.tp, %error, "fetch failed; the fetcher retries");
+                }
+            }
+            FetchEvent::Fatal { slot, epoch, error } => {
+                if self.slot_mut(slot, epoch).is_some() {
+                    warn!(%error, "a partition cannot be consumed; stopping");
+                    self.fatal = Some(error);
+                    self.begin_shutdown();
+                }
+            }
+        }
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let Some(s) = self.slot_mut(c.slot, c.epoch) else {
+            debug!(offset = c.offset, "completion from a previous tenure dropped");
+            return;
+        };
+        match c.outcome {
+            Outcome::Done => {
+                s.schedule.finish(c.key);
+                if let Some(t) = s.tracker.as_mut() {
+                    t.complete(c.offset);
+                }
+            }
+            Outcome::Redeliver(record) => {
+                if s.revoking {
+                    s.schedule.finish(c.key);
+                } else {
+                    s.schedule.push_front(c.key, record);
+                }
+            }
+        }
+    }
+
+    /// Starts as many records as the bounds allow, round-robin across partitions.
+    fn dispatch(&mut self) {
+        if self.shutdown_deadline.is_some() || self.stream_blocked.is_some() {
+            return;
+        }
+        let limit = self.settings.mode.max_in_flight().unwrap_or(usize::MAX);
+        let n = self.slots.len();
+        let mut progressed = true;
+        while progressed && self.in_flight < limit {
+            progressed = false;
+            for i in 0..n {
+                if self.in_flight >= limit {
+                    break;
+                }
+                let idx = (self.rr + i) % n;
+                let Some(slot) = self.slots[idx].as_mut() else { continue };
+                if slot.revoking {
+                    continue;
+                }
+                let Some((key, record)) = slot.schedule.next() else { continue };
+                let epoch = slot.epoch;
+                if !self.start(idx, epoch, key, record) {
+                    return;
+                }
+                progressed = true;
+            }
+            self.rr = self.rr.wrapping_add(1);
+        }
+    }
+
+    /// Hands one record to the sink. Returns false when the stream is full (the record is put back).
+    fn start(&mut self, slot: usize, epoch: u64, key: u64, record: ConsumedRecord) -> bool {
+        match &self.sink {
+            Sink::Handler(handler) => {
+                let handler = Arc::clone(handler);
+                let done = self.done_tx.clone();
+                let backoff = self.settings.retry_backoff;
+                self.handlers.spawn(async move {
+                    let offset = record.offset();
+                    let mut delays = backoff.start();
+                    loop {
+                        match handler(record.clone()).await {
+                            Ok(()) => break,
+                            Err(error) => {
+                                let delay = delays.next_delay();
+                                warn!(topic = record.topic(), partition = record.partition(), offset, attempt = delays.attempts(), %error, ?delay, "handler failed; retrying");
+                                tokio::time::sleep(delay).await;
+                            }
+                        }
+                    }
+                    let _ = done.send(Completion {
+                        slot,
+                        epoch,
+                        key,
+                        offset,
+                        outcome: Outcome::Done,
+                    });
+                });
+                self.in_flight += 1;
+                true
+            }
+            Sink::Stream(tx) => match tx.clone().try_reserve_owned() {
+                Ok(permit) => {
+                    permit.send(StreamRecord {
+                        record,
+                        ack: Some(AckHandle {
+                            slot,
+                            epoch,
+                            key,
+                            done: self.done_tx.clone(),
+                        }),
+                    });
+                    self.in_flight += 1;
+                    true
+                }
+                Err(err) => {
+                    let closed = matches!(err, mpsc::error::TrySendError::Closed(_));
+                    let s = self.slots[slot].as_mut().expect("slot exists");
+                    // `next` counted it in flight; put it back.
+                    s.schedule.push_front(key, record);
+                    let tx = tx.clone();
+                    self.stream_blocked = Some(Box::pin(async move { !closed && tx.reserve().await.is_ok() }));
+                    false
+                }
+            },
+        }
+    }
+
+    /// Revocations whose partitions have drained (or whose deadline passed) commit, then release.
+    fn progress_revocations(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.revocations.len() {
+            let r = &self.revocations[i];
+            if !r.commit_sent {
+                let drained = r.slots.iter().all(|&s| self.slots[s].as_ref().is_none_or(|s| s.schedule.in_flight() == 0));
+                if (drained || now >= r.deadline) && self.commit.is_none() {
+                    if !drained {
+                        warn!("revocation deadline passed with records in flight; committing what is finished");
+                    }
+                    let slots = r.slots.clone();
+                    self.revocations[i].commit_sent = true;
+                    self.commit_watermarks(Some(&slots));
+                }
+                i += 1;
+                continue;
+            }
+            if self.commit.is_none() {
+                // Its commit is done: release the partitions.
+                let r = self.revocations.remove(i);
+                for s in r.slots {
+                    if let Some(slot) = self.slots[s].take() {
+                        self.report.record(&slot.tp, slot.committed, slot.tracker.as_ref());
+                        self.by_partition.remove(&slot.tp);
+                    }
+                }
+                r.done.done();
+                continue;
+            }
+            i += 1;
+        }
+    }
+
+    /// Commits the watermark of `only` (or every partition) where it moved past the last commit.
+    fn commit_watermarks(&mut self, only: Option<&[usize]>) {
+        if self.commit.is_some() {
+            return;
+        }
+        let offset_map = self.settings.offset_map;
+        let indices: Vec<usize> = match only {
+            Some(s) => s.to_vec(),
+            None => (0..self.slots.len()).collect(),
+        };
+        let mut offsets = Vec::new();
+        for i in indices {
+            let Some(s) = self.slots[i].as_ref() else { continue };
+            let Some(t) = s.tracker.as_ref() else { continue };
+            let watermark = t.watermark();
+            if s.committed.is_some_and(|c| watermark <= c) {
+                continue;
+            }
+            let metadata = if offset_map {
+                match offset_map::encode(watermark, &t.done_above(), self.settings.offset_map_max_bytes) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        debug!(partition = %s.tp, error = %e, "offset map too large; committing the watermark alone");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            offsets.push(OffsetToCommit {
+                partition: s.tp.clone(),
+                offset: watermark,
+                metadata,
+            });
+        }
+        if offsets.is_empty() {
+            return;
+        }
+        let group = Arc::clone(&self.group);
+        self.commit = Some(tokio::spawn(async move { group.commit(&offsets).await }));
+    }
+
+    fn on_commit_result(&mut self, result: Result<CommitReport>) {
+        match result {
+            Ok(report) => {
+                for (tp, offset) in &report.committed {
+                    if let Some(&i) = self.by_partition.get(tp)
+                        && let Some(s) = self.slots[i].as_mut()
+                    {
+                        s.committed = Some(s.committed.map_or(*offset, |c| c.max(*offset)));
+                    }
+                }
+                if !report.failed.is_empty() {
+                    warn!(failed = ?report.failed, "some offsets were not committed; they will be retried");
+                }
+            }
+            Err(e) => warn!(error = %e, "commit failed; the next commit retries it"),
+        }
+    }
+
+    fn finish_report(&mut self) {
+        for slot in self.slots.iter().flatten() {
+            self.report.record(&slot.tp, slot.committed, slot.tracker.as_ref());
+        }
+    }
+}
+
+/// Awaits the future in `slot`; only polled when the branch's guard saw it present.
+async fn await_slot<F: Future + Unpin>(slot: &mut Option<F>) -> F::Output {
+    slot.as_mut().expect("guarded by is_some").await
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl ShutdownReport {
+    fn record(&mut self, tp: &TopicPartition, committed: Option<i64>, tracker: Option<&WatermarkTracker>) {
+        let Some(t) = tracker else { return };
+        if committed.is_some_and(|c| c >= t.position()) {
+            return;
+        }
+        if t.pending() > 0 || committed.is_none_or(|c| c < t.watermark()) {
+            self.uncommitted.push(super::Uncommitted {
+                partition: tp.clone(),
+                committed,
+                watermark: t.watermark(),
+                unfinished: t.pending(),
+            });
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The consumer: at-least-once processing where one slow or failing record does not block the
+//! others, offsets are committed only for finished work, and a rebalance or shutdown loses nothing.
+//!
+//! Three pieces with narrow hand-offs: the group member (`crate::group`) decides what this consumer
+//! owns; a fetch task per owned partition keeps the next fetch in flight; the engine dispatches
+//! records per [`DispatchMode`] and commits the contiguous completed watermark of each partition.
+//!
+//! - `engine`: the actor that owns partition state, dispatches, tracks acks and commits.
+//! - `fetcher`: one prefetching fetch task per owned partition, bounded by a shared byte budget.
+//! - `scheduler`: which queued records of a partition may start, per dispatch mode.
+//! - `watermark`: the contiguous completed offset of a partition.
+//! - `offset_map`: the compact record of finished offsets above the watermark kept in commit metadata.
+//! - `record`: [`ConsumedRecord`] and the acknowledgeable [`StreamRecord`].
+
+mod engine;
+mod fetcher;
+// mod offset_map;
+mod record;
+mod scheduler;
+mod watermark;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use kafkit_resilience::{BackoffPolicy, ConfigError};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use engine::BoxError;
+pub use record::{ConsumedRecord, StreamRecord};
+pub use scheduler::DispatchMode;
+
+use crate::group::{GroupConfig, GroupMember, TopicPartition};
+use crate::{ClientConfig, Error, Result};
+use engine::{Engine, HandlerFn, Sink};
+use fetcher::FetchSettings;
+
+/// Where to start a partition that has no committed offset. Corresponds to `auto.offset.reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// The oldest record still in the log.
+    Earliest,
+    /// The next record produced (the Java default).
+    Latest,
+    /// Fail with [`Error::NoOffset`](crate::Error::NoOffset): the operator must set an offset.
+    None,
+}
+
+/// Settings of a [`Consumer`]; each setter names the Java setting it mirrors where there is one.
+#[derive(Debug, Clone)]
+pub struct ConsumerBuilder {
+    client: ClientConfig,
+    group: GroupConfig,
+    settings: ConsumerSettings,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ConsumerSettings {
+    pub(crate) mode: DispatchMode,
+    pub(crate) commit_interval: Duration,
+    pub(crate) revoke_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) buffer_bytes: usize,
+    pub(crate) retry_backoff: BackoffPolicy,
+    pub(crate) offset_map: bool,
+    pub(crate) offset_map_max_bytes: usize,
+    pub(crate) fetch: FetchSettings,
+}
+
+impl ConsumerBuilder {
+    /// A consumer in the group described by `group`, on the cluster described by `client`, processing
+    /// partitions in order (`PartitionOrdered`) until told otherwise.
+    pub fn new(client: ClientConfig, group: GroupConfig) -> Self {
+        let retry = BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(30), 2.0, 0.2)
+            .expect("valid default backoff");
+        Self {
+            client,
+            group,
+            settings: ConsumerSettings {
+                mode: DispatchMode::PartitionOrdered,
+                commit_interval: Duration::from_secs(5),
+                revoke_timeout: Duration::from_secs(30),
+                shutdown_timeout: Duration::from_secs(30),
+                buffer_bytes: 64 * 1024 * 1024,
+                retry_backoff: retry,
+                offset_map: true,
+                offset_map_max_bytes: 4096,
+                fetch: FetchSettings {
+                    max_partition_bytes: 1024 * 1024,
+                    max_wait: Duration::from_millis(500),
+                    request_timeout: Duration::from_secs(30),
+                    backoff: BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(10), 2.0, 0.2)
+                        .expect("valid default backoff"),
+                    reset: OffsetReset::Latest,
+                },
+            },
+        }
+    }
+
+    /// How records of a partition may run concurrently. Default `PartitionOrdered`.
+    pub fn dispatch(mut self, mode: DispatchMode) -> Self {
+        self.settings.mode = mode;
+        self
+    }
+
+    /// How often finished work is committed. Corresponds to `auto.commit.interval.ms` (but only acked
+    /// records are ever committed). Default 5 s.
+    pub fn commit_interval(mut self, interval: Duration) -> Self {
+        self.settings.commit_interval = interval;
+        self
+    }
+
+    /// How long a revocation waits for the partition's in-flight records before committing what is
+    /// finished and releasing it. Must be below the group's rebalance timeout. Default 30 s.
+    pub fn revoke_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.revoke_timeout = timeout;
+        self
+    }
+
+    /// How long [`ShutdownHandle::shutdown`] may take: stop fetching, drain in-flight records, commit,
+    /// leave the group. Past it, the rest is abandoned and reported. Default 30 s
+    /// (`KAFKA_SHUTDOWN_TIMEOUT` in the users' configuration).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.shutdown_timeout = timeout;
+        self
+    }
+
+    /// The most bytes of fetched records held in memory across all partitions; fetching pauses when it
+    /// is reached. Default 64 MiB.
+    pub fn buffer_bytes(mut self, bytes: usize) -> Self {
+        self.settings.buffer_bytes = bytes;
+        self
+    }
+
+    /// The most bytes one fetch returns per partition. Corresponds to `max.partition.fetch.bytes`.
+    /// Default 1 MiB.
+    pub fn max_partition_fetch_bytes(mut self, bytes: usize) -> Self {
+        self.settings.fetch.max_partition_bytes = bytes;
+        self
+    }
+
+    /// How long the broker may hold a fetch waiting for data. Corresponds to `fetch.max.wait.ms`.
+    /// Default 500 ms.
+    pub fn fetch_max_wait(mut self, wait: Duration) -> Self {
+        self.settings.fetch.max_wait = wait;
+        self
+    }
+
+    /// Where to start partitions without a committed offset. Corresponds to `auto.offset.reset`.
+    /// Default `Latest`, as in Java.
+    pub fn auto_offset_reset(mut self, reset: OffsetReset) -> Self {
+        self.settings.fetch.reset = reset;
+        self
+    }
+
+    /// Backoff between attempts of a failing handler. The record keeps its partition (ordered mode)
+    /// or key (key-ordered mode) busy while it retries. Default 100 ms doubling to 30 s.
+    pub fn retry_backoff(mut self, policy: BackoffPolicy) -> Self {
+        self.settings.retry_backoff = policy;
+        self
+    }
+
+    /// Whether commits carry a compact map of records finished above the watermark, so that after a
+    /// restart or rebalance the next owner skips them. Default on; the map is left out of a commit
+    /// when it would exceed `offset.metadata.max.bytes` (4096 by default).
+    pub fn offset_map(mut self, enabled: bool) -> Self {
+        self.settings.offset_map = enabled;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.group.validate()?;
+        let s = &self.settings;
+        let err = |setting: &str, reason: String| -> Result<()> { Err(ConfigError::new(setting, reason).into()) };
+        if let Some(0) = s.mode.max_in_flight() {
+            return err("dispatch.max_in_flight", "must be at least 1".into());
+        }
+        if s.commit_interval < Duration::from_millis(10) {
+            return err("auto.commit.interval.ms", format!("must be at least 10 ms, got {:?}", s.commit_interval));
+        }
+        if s.revoke_timeout >= self.group.rebalance_timeout {
+            return err(
+                "revoke_timeout",
+                format!(
+                    "must be below max.poll.interval.ms ({:?}), got {:?}",
+                    self.group.rebalance_timeout, s.revoke_timeout
+                ),
+            );
+        }
+        if s.fetch.max_partition_bytes < 1024 || s.fetch.max_partition_bytes > i32::MAX as usize {
+            return err("max.partition.fetch.bytes", "must be within 1 KiB..2 GiB".into());
+        }
+        if s.buffer_bytes < s.fetch.max_partition_bytes || s.buffer_bytes > u32::MAX as usize {
+            return err(
+                "buffer_bytes",
+                format!("must be at least max.partition.fetch.bytes ({}) and below 4 GiB", s.fetch.max_partition_bytes),
+            );
+        }
+        if s.shutdown_timeout.is_zero() {
+            return err("shutdown_timeout", "must be greater than zero".into());
+        }
+        Ok(())
+    }
+
+    /// Validates every setting and connects. The consumer joins its group when it starts running.
+    pub async fn build(self) -> Result<Consumer> {
+        self.validate()?;
+        let backoff = crate::config::rskafka_backoff(&self.settings.fetch.backoff, None);
+        let client = Arc::new(self.client.connect_with(backoff).await?);
+        Ok(Consumer {
+            client,
+            builder: self,
+            shutdown: watch::channel(false).0,
+        })
+    }
+}
+
+/// A group consumer. Run it with a handler ([`run`](Self::run)) or take its records as a stream
+/// ([`stream`](Self::stream)).
+#[derive(Debug)]
+pub struct Consumer {
+    client: Arc<rskafka::client::Client>,
+    builder: ConsumerBuilder,
+    shutdown: watch::Sender<bool>,
+}
+
+/// Asks a running consumer to shut down gracefully. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(watch::Sender<bool>);
+
+impl ShutdownHandle {
+    /// Stop fetching, let in-flight records finish, commit, leave the group (within the shutdown timeout).
+    pub fn shutdown(&self) {
+        let _ = self.0.send(true);
+    }
+}
+
+/// What a consumer left uncommitted when it stopped: these records will be delivered again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Partitions whose finished work is not fully committed.
+    pub uncommitted: Vec<Uncommitted>,
+    /// Whether the shutdown deadline passed before draining finished.
+    pub timed_out: bool,
+}
+
+/// One partition whose committed offset is behind what this consumer fetched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uncommitted {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// The last offset committed, if any.
+    pub committed: Option<i64>,
+    /// The watermark: every record below it was finished.
+    pub watermark: i64,
+    /// Records handed out and not finished when the consumer stopped.
+    pub unfinished: usize,
+}
+
+impl Consumer {
+    /// A handle that triggers a graceful shutdown of [`run`](Self::run) or [`stream`](Self::stream).
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.shutdown.clone())
+    }
+
+    /// Joins the group and runs `handler` for every record until shut down. A handler error is
+    /// retried with backoff; the record stays uncommitted until its handler succeeds. Returns what
+    /// was left uncommitted.
+    ///
+    /// ```no_run
+    /// # async fn demo(consumer: kafkit_core::consumer::Consumer) -> kafkit_core::Result<()> {
+    /// let report = consumer
+    ///     .run(|record| async move {
+    ///         println!("{} @ {}", record.topic(), record.offset());
+    ///         Ok::<_, std::io::Error>(())
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run<F, Fut, E>(self, handler: F) -> Result<ShutdownReport>
+    where
+        F: Fn(ConsumedRecord) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        let handler: HandlerFn = Arc::new(move |record| {
+            let fut = handler(record);
+            Box::pin(async move { fut.await.map_err(Into::into) })
+        });
+        self.start(Sink::Handler(handler))?.await
+    }
+
+    /// Joins the group and yields its records as a stream; each must be acked
+    /// ([`StreamRecord::ack`]) before its offset can be committed. Shut down with
+    /// [`RecordStream::shutdown`]; dropping the stream stops the consumer without committing.
+    pub fn stream(self) -> Result<RecordStream> {
+        let capacity = self.builder.settings.mode.max_in_flight().unwrap_or(64).clamp(1, 1024);
+        let (tx, rx) = mpsc::channel(capacity);
+        let shutdown = self.shutdown_handle();
+        let task = tokio::spawn(self.start(Sink::Stream(tx))?);
+        Ok(RecordStream {
+            rx,
+            task: Some(task),
+            shutdown,
+        })
+    }
+
+    fn start(self, sink: Sink) -> Result<impl Future<Output = Result<ShutdownReport>> + Send + 'static> {
+        let (member, events) = GroupMember::start(&self.builder.client, self.builder.group.clone())?;
+        let member = Arc::new(member);
+        let engine = Engine::new(
+            Arc::new(self.builder.settings.clone()),
+            Arc::clone(&member),
+            events,
+            self.client,
+            sink,
+        );
+        let shutdown = self.shutdown.subscribe();
+        let keep = self.shutdown;
+        Ok(async move {
+            let result = engine.run(shutdown).await;
+            drop(keep);
+            drop(member);
+            result
+        })
+    }
+}
+
+/// The records of a [`Consumer::stream`]. Implements [`futures::Stream`].
+#[derive(Debug)]
+pub struct RecordStream {
+    rx: mpsc::Receiver<StreamRecord>,
+    task: Option<JoinHandle<Result<ShutdownReport>>>,
+    shutdown: ShutdownHandle,
+}
+
+impl RecordStream {
+    /// The next record, or `None` once the consumer has stopped.
+    pub async fn next(&mut self) -> Option<StreamRecord> {
+        self.rx.recv().await
+    }
+
+    /// A handle to shut the consumer down from elsewhere.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Shuts down gracefully: records already received may still be acked while this waits; records
+    /// not received are not committed. Returns what was left uncommitted.
+    pub async fn shutdown(mut self) -> Result<ShutdownReport> {
+        self.shutdown.shutdown();
+        let task = self.task.take().expect("task present until shutdown");
+        // Keep draining: records arriving now are handed back (dropped) so the engine can finish.
+        let mut task = task;
+        loop {
+            tokio::select! {
+                done = &mut task => return done.map_err(|_| Error::Closed { what: "consumer" })?,
+                r = self.rx.recv() => drop(r),
+            }
+        }
+    }
+}
+
+impl Drop for RecordStream {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+impl futures::Stream for RecordStream {
+    type Item = StreamRecord;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamRecord>> {
+        self.rx.poll_recv(cx)
+    }
+}

@@ -1,0 +1,147 @@
+//! The records handed to handlers and streams.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::engine::Completion;
+
+/// A consumed record. Cheap to clone (the data is shared); immutable.
+#[derive(Clone)]
+pub struct ConsumedRecord {
+    inner: Arc<RecordData>,
+}
+
+pub(crate) struct RecordData {
+    pub(crate) topic: Arc<str>,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) value: Option<Vec<u8>>,
+    pub(crate) headers: BTreeMap<String, Vec<u8>>,
+    pub(crate) timestamp: DateTime<Utc>,
+    /// Buffer bytes this record holds until it is finished (the fetcher's memory bound).
+    pub(crate) _budget: Option<OwnedSemaphorePermit>,
+}
+
+impl fmt::Debug for ConsumedRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumedRecord")
+            .field("topic", &self.inner.topic)
+            .field("partition", &self.inner.partition)
+            .field("offset", &self.inner.offset)
+            .field("key", &self.inner.key.as_deref().map(String::from_utf8_lossy))
+            .field("value_len", &self.inner.value.as_ref().map(Vec::len))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConsumedRecord {
+    pub(crate) fn new(data: RecordData) -> Self {
+        Self {
+            inner: Arc::new(data),
+        }
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.inner.topic
+    }
+
+    /// The partition.
+    pub fn partition(&self) -> i32 {
+        self.inner.partition
+    }
+
+    /// The record's offset in its partition.
+    pub fn offset(&self) -> i64 {
+        self.inner.offset
+    }
+
+    /// The key, if any.
+    pub fn key(&self) -> Option<&[u8]> {
+        self.inner.key.as_deref()
+    }
+
+    /// The value; `None` for a tombstone.
+    pub fn value(&self) -> Option<&[u8]> {
+        self.inner.value.as_deref()
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &BTreeMap<String, Vec<u8>> {
+        &self.inner.headers
+    }
+
+    /// The record's timestamp.
+    pub fn timestamp(&self) -> DateTime<Utc> {
+        self.inner.timestamp
+    }
+}
+
+/// A record from [`Consumer::stream`](super::Consumer::stream), with the handle that says it is
+/// processed. Derefs to [`ConsumedRecord`].
+///
+/// Call [`ack`](Self::ack) once the record is processed; only then may its offset be committed.
+/// Dropping it without `ack` hands the record back: it is delivered again (at-least-once).
+pub struct StreamRecord {
+    pub(crate) record: ConsumedRecord,
+    pub(crate) ack: Option<AckHandle>,
+}
+
+pub(crate) struct AckHandle {
+    pub(crate) slot: usize,
+    pub(crate) epoch: u64,
+    pub(crate) key: u64,
+    pub(crate) done: mpsc::UnboundedSender<Completion>,
+}
+
+impl fmt::Debug for StreamRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.record.fmt(f)
+    }
+}
+
+impl std::ops::Deref for StreamRecord {
+    type Target = ConsumedRecord;
+    fn deref(&self) -> &ConsumedRecord {
+        &self.record
+    }
+}
+
+impl StreamRecord {
+    /// The record is processed: its offset may be committed once every earlier one is too.
+    pub fn ack(mut self) {
+        if let Some(h) = self.ack.take() {
+            let _ = h.done.send(Completion {
+                slot: h.slot,
+                epoch: h.epoch,
+                key: h.key,
+                offset: self.record.offset(),
+                outcome: super::engine::Outcome::Done,
+            });
+        }
+    }
+
+    /// The record as plain data, keeping the ack obligation with `self`.
+    pub fn record(&self) -> &ConsumedRecord {
+        &self.record
+    }
+}
+
+impl Drop for StreamRecord {
+    fn drop(&mut self) {
+        if let Some(h) = self.ack.take() {
+            let _ = h.done.send(Completion {
+                slot: h.slot,
+                epoch: h.epoch,
+                key: h.key,
+                offset: self.record.offset(),
+                outcome: super::engine::Outcome::Redeliver(self.record.clone()),
+            });
+        }
+    }
+}

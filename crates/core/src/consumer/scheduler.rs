@@ -1,0 +1,320 @@
+//! Which of a partition's fetched records may start now, per dispatch mode.
+//!
+//! - `PartitionOrdered`: one record in flight per partition, in offset order.
+//! - `KeyOrdered`: one record in flight per key, in offset order within the key; different keys run
+//!   concurrently. Records without a key form one more "key", so they keep partition order among
+//!   themselves. Keys are compared by a 64-bit hash: two keys that collide are merely serialised
+//!   together (less concurrency, never lost order).
+//! - `Unordered`: any record may start.
+//!
+//! The global bound on records in flight is applied by the caller, which asks [`PartitionSchedule::next`]
+//! only while it has room. A record keeps its key busy until [`PartitionSchedule::finish`] is called for it,
+//! which is how a retrying record parks only its own key.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hasher};
+
+/// How records of a partition may be processed concurrently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DispatchMode {
+    /// One record in flight per partition, in offset order.
+    PartitionOrdered,
+    /// Same-key records in offset order, different keys concurrently, at most `max_in_flight` records
+    /// in flight across the consumer. Records without a key keep partition order among themselves.
+    KeyOrdered {
+        /// The most records processed at once by this consumer.
+        max_in_flight: usize,
+    },
+    /// Any order, at most `max_in_flight` records in flight across the consumer.
+    Unordered {
+        /// The most records processed at once by this consumer.
+        max_in_flight: usize,
+    },
+}
+
+impl DispatchMode {
+    /// The bound on records in flight across the consumer (`None`: one per partition).
+    pub(crate) fn max_in_flight(self) -> Option<usize> {
+        match self {
+            DispatchMode::PartitionOrdered => None,
+            DispatchMode::KeyOrdered { max_in_flight } | DispatchMode::Unordered { max_in_flight } => {
+                Some(max_in_flight)
+            }
+        }
+    }
+}
+
+/// The hash of a record's key, or of "no key". Fixed seeds: equal keys hash equal in every process run.
+pub(crate) fn key_hash(key: Option<&[u8]>) -> u64 {
+    let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
+    match key {
+        Some(k) => {
+            h.write_u8(1);
+            h.write(k);
+        }
+        None => h.write_u8(0),
+    }
+    h.finish()
+}
+
+/// Pending records of one partition and what is in flight.
+#[derive(Debug)]
+pub(crate) struct PartitionSchedule<R> {
+    mode: DispatchMode,
+    state: State<R>,
+    in_flight: usize,
+}
+
+#[derive(Debug)]
+enum State<R> {
+    /// PartitionOrdered and Unordered: one FIFO.
+    Fifo(VecDeque<R>),
+    /// KeyOrdered: a FIFO per key, and the keys that may start (have records, none in flight), in the
+    /// order they became ready.
+    Keyed {
+        queues: HashMap<u64, VecDeque<R>>,
+        busy: HashMap<u64, ()>,
+        ready: VecDeque<u64>,
+        len: usize,
+    },
+}
+
+impl<R> PartitionSchedule<R> {
+    pub(crate) fn new(mode: DispatchMode) -> Self {
+        let state = match mode {
+            DispatchMode::KeyOrdered { .. } => State::Keyed {
+                queues: HashMap::new(),
+                busy: HashMap::new(),
+                ready: VecDeque::new(),
+                len: 0,
+            },
+            _ => State::Fifo(VecDeque::new()),
+        };
+        Self {
+            mode,
+            state,
+            in_flight: 0,
+        }
+    }
+
+    /// Adds a fetched record (records arrive in offset order).
+    pub(crate) fn push(&mut self, key: u64, record: R) {
+        match &mut self.state {
+            State::Fifo(q) => q.push_back(record),
+            State::Keyed {
+                queues,
+                busy,
+                ready,
+                len,
+            } => {
+                let q = queues.entry(key).or_default();
+                if q.is_empty() && !busy.contains_key(&key) {
+                    ready.push_back(key);
+                }
+                q.push_back(record);
+                *len += 1;
+            }
+        }
+    }
+
+    /// Puts a record that was handed out back at the front of its queue (it will be handed out
+    /// again next). Its key stays ready; call instead of [`finish`](Self::finish).
+    pub(crate) fn push_front(&mut self, key: u64, record: R) {
+        self.in_flight -= 1;
+        match &mut self.state {
+            State::Fifo(q) => q.push_front(record),
+            State::Keyed {
+                queues,
+                busy,
+                ready,
+                len,
+            } => {
+                busy.remove(&key);
+                queues.entry(key).or_default().push_front(record);
+                ready.push_front(key);
+                *len += 1;
+            }
+        }
+    }
+
+    /// The next record that may start, marking it in flight.
+    pub(crate) fn next(&mut self) -> Option<(u64, R)> {
+        let record = match (&mut self.state, self.mode) {
+            (State::Fifo(_), DispatchMode::PartitionOrdered) if self.in_flight > 0 => None,
+            (State::Fifo(q), _) => q.pop_front().map(|r| (0, r)),
+            (
+                State::Keyed {
+                    queues,
+                    busy,
+                    ready,
+                    len,
+                },
+                _,
+            ) => {
+                let key = ready.pop_front()?;
+                let q = queues.get_mut(&key).expect("a ready key has a queue");
+                let r = q.pop_front().expect("a ready key has a record");
+                if q.is_empty() {
+                    queues.remove(&key);
+                }
+                busy.insert(key, ());
+                *len -= 1;
+                Some((key, r))
+            }
+        };
+        if record.is_some() {
+            self.in_flight += 1;
+        }
+        record
+    }
+
+    /// A record handed out by [`next`](Self::next) is finished; its key may run its next record.
+    pub(crate) fn finish(&mut self, key: u64) {
+        self.in_flight -= 1;
+        if let State::Keyed {
+            queues, busy, ready, ..
+        } = &mut self.state
+            && busy.remove(&key).is_some()
+            && let Entry::Occupied(q) = queues.entry(key)
+            && !q.get().is_empty()
+        {
+            ready.push_back(key);
+        }
+    }
+
+    /// Records waiting (not in flight).
+    pub(crate) fn queued(&self) -> usize {
+        match &self.state {
+            State::Fifo(q) => q.len(),
+            State::Keyed { len, .. } => *len,
+        }
+    }
+
+    /// Records handed out and not finished.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Drops every waiting record (a revoked partition's prefetched records must never run).
+    pub(crate) fn clear_queued(&mut self) {
+        match &mut self.state {
+            State::Fifo(q) => q.clear(),
+            State::Keyed {
+                queues, ready, len, ..
+            } => {
+                queues.clear();
+                ready.clear();
+                *len = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn drain<R: Copy>(s: &mut PartitionSchedule<R>) -> Vec<(u64, R)> {
+        std::iter::from_fn(|| s.next()).collect()
+    }
+
+    #[test]
+    fn partition_ordered_runs_one_at_a_time_in_order() {
+        let mut s = PartitionSchedule::new(DispatchMode::PartitionOrdered);
+        for o in 0..3 {
+            s.push(key_hash(Some(&[o as u8])), o);
+        }
+        assert_eq!(drain(&mut s), vec![(0, 0)]);
+        s.finish(0);
+        assert_eq!(drain(&mut s), vec![(0, 1)]);
+        s.finish(0);
+        assert_eq!(drain(&mut s), vec![(0, 2)]);
+    }
+
+    #[test]
+    fn unordered_hands_out_everything() {
+        let mut s = PartitionSchedule::new(DispatchMode::Unordered { max_in_flight: 8 });
+        for o in 0..5 {
+            s.push(0, o);
+        }
+        assert_eq!(drain(&mut s).len(), 5);
+        assert_eq!(s.in_flight(), 5);
+    }
+
+    #[test]
+    fn key_ordered_runs_keys_concurrently_and_each_key_in_order() {
+        let (a, b) = (key_hash(Some(b"a")), key_hash(Some(b"b")));
+        let none = key_hash(None);
+        let mut s = PartitionSchedule::new(DispatchMode::KeyOrdered { max_in_flight: 8 });
+        // offsets: 0:a 1:b 2:a 3:none 4:none 5:b
+        for (o, k) in [(0, a), (1, b), (2, a), (3, none), (4, none), (5, b)] {
+            s.push(k, o);
+        }
+        let first: Vec<_> = drain(&mut s).into_iter().map(|(_, o)| o).collect();
+        assert_eq!(first, vec![0, 1, 3], "one per key, the earliest of each");
+        s.finish(b);
+        assert_eq!(drain(&mut s), vec![(b, 5)]);
+        s.finish(a);
+        assert_eq!(drain(&mut s), vec![(a, 2)]);
+        s.finish(none);
+        assert_eq!(drain(&mut s), vec![(none, 4)]);
+        assert_eq!(s.queued(), 0);
+    }
+
+    #[test]
+    fn push_front_redelivers_before_later_records_of_the_key() {
+        let a = key_hash(Some(b"a"));
+        let mut s = PartitionSchedule::new(DispatchMode::KeyOrdered { max_in_flight: 8 });
+        s.push(a, 0);
+        s.push(a, 1);
+        let (k, r) = s.next().unwrap();
+        s.push_front(k, r);
+        assert_eq!(s.next(), Some((a, 0)));
+    }
+
+    #[test]
+    fn clear_queued_keeps_in_flight_accounting() {
+        let mut s = PartitionSchedule::new(DispatchMode::KeyOrdered { max_in_flight: 8 });
+        s.push(1, 0);
+        s.push(1, 1);
+        s.push(2, 2);
+        let (k, _) = s.next().unwrap();
+        s.clear_queued();
+        assert_eq!((s.queued(), s.in_flight()), (0, 1));
+        s.finish(k);
+        assert_eq!(s.next(), None);
+    }
+
+    proptest! {
+        /// Whatever the interleaving of starts and finishes, no two records of a key are in flight
+        /// at once and each key's records start in offset order.
+        #[test]
+        fn per_key_order_always_holds(keys in proptest::collection::vec(0u64..6, 1..300), picks in proptest::collection::vec(any::<u16>(), 1..600)) {
+            let mut s = PartitionSchedule::new(DispatchMode::KeyOrdered { max_in_flight: 100 });
+            for (offset, k) in keys.iter().enumerate() {
+                s.push(*k, offset);
+            }
+            let mut in_flight: Vec<(u64, usize)> = Vec::new();
+            let mut last_started: HashMap<u64, usize> = HashMap::new();
+            let mut started = 0;
+            let mut picks = picks.into_iter().cycle();
+            while started < keys.len() || !in_flight.is_empty() {
+                let p = picks.next().unwrap() as usize;
+                if p % 2 == 0 && let Some((k, o)) = s.next() {
+                    prop_assert_eq!(keys[o], k);
+                    prop_assert!(!in_flight.iter().any(|(fk, _)| *fk == k), "key {} twice in flight", k);
+                    if let Some(prev) = last_started.insert(k, o) {
+                        prop_assert!(prev < o, "key {} started {} after {}", k, o, prev);
+                    }
+                    in_flight.push((k, o));
+                    started += 1;
+                } else if !in_flight.is_empty() {
+                    let (k, _) = in_flight.remove(p % in_flight.len());
+                    s.finish(k);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! The way to a group's coordinator: found with FindCoordinator through any bootstrap broker, found
+//! again when the coordinator moves (NOT_COORDINATOR) or its connection breaks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
+use kafka_protocol::messages::{FindCoordinatorRequest, MetadataRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafkit_resilience::BackoffPolicy;
+use tokio::time::Instant;
+use tracing::{debug, info};
+
+use crate::wire::{ApiRequest, Connection, WireError};
+use crate::{Error, Result};
+
+/// Finds and holds the connection to one group's coordinator, and a connection to any broker for
+/// cluster-wide requests (FindCoordinator, Metadata).
+#[derive(Debug)]
+pub(crate) struct Coordinator {
+    group: String,
+    bootstrap: Vec<String>,
+    client_id: String,
+    request_timeout: Duration,
+    backoff: BackoffPolicy,
+    /// The current coordinator connection. parking_lot Mutex: only cloned out or replaced, never held
+    /// across an await.
+    current: parking_lot::Mutex<Option<Arc<Connection>>>,
+    /// A connection to any broker, replaced when it dies.
+    any: parking_lot::Mutex<Option<Arc<Connection>>>,
+    /// Serialises discovery, so callers that find the coordinator gone together look it up once.
+    discovery: tokio::sync::Mutex<()>,
+    /// Round-robin index into `bootstrap`.
+    next_bootstrap: AtomicUsize,
+}
+
+impl Coordinator {
+    pub(crate) fn new(
+        group: String,
+        bootstrap: Vec<String>,
+        client_id: String,
+        request_timeout: Duration,
+        backoff: BackoffPolicy,
+    ) -> Self {
+        Self {
+            group,
+            bootstrap,
+            client_id,
+            request_timeout,
+            backoff,
+            current: parking_lot::Mutex::new(None),
+            any: parking_lot::Mutex::new(None),
+            discovery: tokio::sync::Mutex::new(()),
+            next_bootstrap: AtomicUsize::new(0),
+        }
+    }
+
+    /// Sends `request` to the coordinator, finding it first if needed (retrying discovery with backoff
+    /// until `deadline`). Returns the connection used, so callers can [`invalidate`](Self::invalidate) it
+    /// when the response says the coordinator moved.
+    pub(crate) async fn send<R: ApiRequest>(
+        &self,
+        request: &R,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<(Arc<Connection>, R::Response)> {
+        let conn = self.connection(deadline).await?;
+        match conn.send(request, timeout).await {
+            Ok(response) => Ok((conn, response)),
+            Err(source) => {
+                if source.is_retriable() {
+                    self.invalidate(&conn);
+                }
+                Err(Error::Connection {
+                    context: format!("group `{}`: {:?} to the coordinator", self.group, R::KEY),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// Forgets `conn` as the coordinator connection (if it still is), so the next request looks the
+    /// coordinator up again.
+    pub(crate) fn invalidate(&self, conn: &Arc<Connection>) {
+        let mut current = self.current.lock();
+        if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            debug!(group = %self.group, broker = conn.broker(), "coordinator connection invalidated");
+            *current = None;
+        }
+    }
+
+    /// The coordinator connection, looked up and connected if there is none, retried with backoff
+    /// until `deadline`.
+    pub(crate) async fn connection(&self, deadline: Instant) -> Result<Arc<Connection>> {
+        let mut backoff = self.backoff.start();
+        loop {
+            match self.try_connection().await {
+                Ok(conn) => return Ok(conn),
+                Err(e) if e.is_retriable() && Instant::now() < deadline => {
+                    let delay = backoff.next_delay().min(deadline - Instant::now());
+                    debug!(group = %self.group, error = %e, ?delay, "coordinator not reachable yet");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_connection(&self) -> Result<Arc<Connection>> {
+        if let Some(conn) = self.live(&self.current) {
+            return Ok(conn);
+        }
+        let _discovering = self.discovery.lock().await;
+        if let Some(conn) = self.live(&self.current) {
+            return Ok(conn);
+        }
+        let any = self.any_broker().await?;
+        let request = FindCoordinatorRequest::default()
+            .with_key(StrBytes::from_string(self.group.clone()))
+            .with_key_type(0);
+        let response = any.send(&request, self.request_timeout).await.map_err(|source| {
+            self.forget_any(&any);
+            Error::Connection {
+                context: format!("group `{}`: FindCoordinator", self.group),
+                source,
+            }
+        })?;
+        if let Some(err) = ResponseError::try_from_code(response.error_code) {
+            return Err(Error::Group {
+                group: self.group.clone(),
+                operation: "FindCoordinator",
+                code: response.error_code,
+                error: describe(err, response.error_message.as_deref()),
+            });
+        }
+        let address = format!("{}:{}", response.host.as_str(), response.port);
+        let conn = Arc::new(
+            Connection::connect(&address, &self.client_id, self.request_timeout)
+                .await
+                .map_err(|source| Error::Connection {
+                    context: format!("group `{}`: connecting to coordinator", self.group),
+                    source,
+                })?,
+        );
+        info!(group = %self.group, coordinator = %address, node = response.node_id.0, "found group coordinator");
+        *self.current.lock() = Some(Arc::clone(&conn));
+        Ok(conn)
+    }
+
+    /// A live connection to any broker, trying each bootstrap entry once in turn.
+    pub(crate) async fn any_broker(&self) -> Result<Arc<Connection>> {
+        if let Some(conn) = self.live(&self.any) {
+            return Ok(conn);
+        }
+        let mut last: Option<WireError> = None;
+        for _ in 0..self.bootstrap.len() {
+            let i = self.next_bootstrap.fetch_add(1, Ordering::Relaxed) % self.bootstrap.len();
+            match Connection::connect(&self.bootstrap[i], &self.client_id, self.request_timeout).await {
+                Ok(conn) => {
+                    let conn = Arc::new(conn);
+                    *self.any.lock() = Some(Arc::clone(&conn));
+                    return Ok(conn);
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(Error::Connection {
+            context: format!("group `{}`: reaching any bootstrap broker", self.group),
+            source: last.expect("bootstrap is never empty"),
+        })
+    }
+
+    fn forget_any(&self, conn: &Arc<Connection>) {
+        let mut any = self.any.lock();
+        if any.as_ref().is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            *any = None;
+        }
+    }
+
+    fn live(&self, slot: &parking_lot::Mutex<Option<Arc<Connection>>>) -> Option<Arc<Connection>> {
+        let mut slot = slot.lock();
+        match slot.as_ref() {
+            Some(conn) if !conn.is_dead() => Some(Arc::clone(conn)),
+            Some(_) => {
+                *slot = None;
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Partition counts of `topics` from a Metadata request; topics that do not exist are absent.
+    pub(crate) async fn partition_counts(&self, topics: &[String]) -> Result<BTreeMap<String, i32>> {
+        let any = self.any_broker().await?;
+        let request = MetadataRequest::default().with_topics(Some(
+            topics
+                .iter()
+                .map(|t| MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(t.clone())))))
+                .collect(),
+        ));
+        let response = any.send(&request, self.request_timeout).await.map_err(|source| {
+            self.forget_any(&any);
+            Error::Connection {
+                context: format!("group `{}`: Metadata for {topics:?}", self.group),
+                source,
+            }
+        })?;
+        Ok(response
+            .topics
+            .into_iter()
+            .filter(|t| t.error_code == 0)
+            .filter_map(|t| t.name.map(|n| (n.0.to_string(), t.partitions.len() as i32)))
+            .collect())
+    }
+}
+
+/// Kafka's name for an error code, with the broker's message when it sent one.
+pub(crate) fn describe(err: ResponseError, message: Option<&str>) -> String {
+    match message {
+        Some(m) if !m.is_empty() => format!("{err:?}: {m}"),
+        _ => format!("{err:?}"),
+    }
+}

@@ -1,0 +1,55 @@
+//! The requests kafkit sends on its own connections.
+//!
+//! `kafka-protocol` implements its `Request` trait only when both its client and broker sides are
+//! compiled; kafkit builds the client side alone, so this small trait pairs each request with its
+//! response and its API key instead.
+
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message};
+
+/// A request kafkit sends, paired with its response type.
+pub(crate) trait ApiRequest: Encodable + HeaderVersion + Message + Send + Sync {
+    /// The API key.
+    const KEY: ApiKey;
+    /// The highest version whose fields and semantics kafkit handles. Newer versions the broker
+    /// offers are not used until kafkit is taught them.
+    const MAX_VERSION: i16;
+    /// The response.
+    type Response: Decodable + HeaderVersion + Send;
+}
+
+macro_rules! api {
+    ($($req:ident => $resp:ident, $key:ident, $max:expr;)*) => {
+        $(impl ApiRequest for $req {
+            const KEY: ApiKey = ApiKey::$key;
+            const MAX_VERSION: i16 = $max;
+            type Response = $resp;
+        })*
+    };
+}
+
+api! {
+    ApiVersionsRequest => ApiVersionsResponse, ApiVersions, 3;
+    // v3: single key; v4+ batch keys (KIP-699), which kafkit does not need.
+    FindCoordinatorRequest => FindCoordinatorResponse, FindCoordinator, 3;
+    // v4+: MEMBER_ID_REQUIRED; v5+: group.instance.id; v8: reason; v9 only adds skip_assignment for
+    // server-side assignors, which the classic protocol does not use.
+    JoinGroupRequest => JoinGroupResponse, JoinGroup, 8;
+    SyncGroupRequest => SyncGroupResponse, SyncGroup, 5;
+    HeartbeatRequest => HeartbeatResponse, Heartbeat, 4;
+    LeaveGroupRequest => LeaveGroupResponse, LeaveGroup, 5;
+    // v9 is for the KIP-848 protocol (member epochs); classic groups use up to v8.
+    OffsetCommitRequest => OffsetCommitResponse, OffsetCommit, 8;
+    // v8+ batch several groups per request; kafkit fetches for one group.
+    OffsetFetchRequest => OffsetFetchResponse, OffsetFetch, 7;
+    ListGroupsRequest => ListGroupsResponse, ListGroups, 4;
+    DescribeGroupsRequest => DescribeGroupsResponse, DescribeGroups, 5;
+    ListOffsetsRequest => ListOffsetsResponse, ListOffsets, 7;
+    MetadataRequest => MetadataResponse, Metadata, 12;
+}

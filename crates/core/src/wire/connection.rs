@@ -1,0 +1,324 @@
+//! One connection to one broker.
+//!
+//! Requests are pipelined: each gets a correlation id and a oneshot slot in `pending`, is written
+//! under the writer lock, and a reader task owned by the connection routes each response frame to its
+//! slot. A heartbeat therefore never waits behind a slow JoinGroup or OffsetCommit on the same socket.
+//! When the socket fails, every pending request fails with the same error and the connection is dead;
+//! callers reconnect (with backoff) by building a new one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use super::ApiRequest;
+
+/// The largest response frame accepted (a bound against a corrupt length prefix).
+const MAX_FRAME: usize = 100 * 1024 * 1024;
+
+/// Why a request on a kafkit connection failed. All variants except `UnsupportedVersion` and `Codec`
+/// are transient: a new connection (after backoff) may succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// No TCP connection could be made.
+    #[error("connecting to broker {broker} failed: {message}")]
+    Connect {
+        /// `host:port`.
+        broker: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The connection broke while a request was outstanding.
+    #[error("connection to broker {broker} lost: {message}")]
+    Io {
+        /// `host:port`.
+        broker: String,
+        /// The OS error.
+        message: String,
+    },
+    /// No response arrived in time; whether the broker acted on the request is unknown.
+    #[error("{api:?} to broker {broker} got no response within {timeout:?}")]
+    Timeout {
+        /// `host:port`.
+        broker: String,
+        /// The request.
+        api: ApiKey,
+        /// The request timeout.
+        timeout: Duration,
+    },
+    /// The broker does not support any version of the API that kafkit implements.
+    #[error("broker {broker} supports {api:?} versions {min}..={max}, kafkit needs one in {ours_min}..={ours_max}")]
+    UnsupportedVersion {
+        /// `host:port`.
+        broker: String,
+        /// The request.
+        api: ApiKey,
+        /// The broker's lowest version.
+        min: i16,
+        /// The broker's highest version.
+        max: i16,
+        /// kafkit's lowest version.
+        ours_min: i16,
+        /// kafkit's highest version.
+        ours_max: i16,
+    },
+    /// A message could not be encoded or a response decoded.
+    #[error("encoding or decoding {api:?} for broker {broker} failed: {message}")]
+    Codec {
+        /// `host:port`.
+        broker: String,
+        /// The request.
+        api: ApiKey,
+        /// The codec's complaint.
+        message: String,
+    },
+}
+
+impl WireError {
+    /// Whether a new connection may succeed where this one failed.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, WireError::Connect { .. } | WireError::Io { .. } | WireError::Timeout { .. })
+    }
+}
+
+type Pending = Arc<parking_lot::Mutex<HashMap<i32, oneshot::Sender<Result<Bytes, WireError>>>>>;
+
+/// A connection to one broker, with the API versions that broker supports.
+#[derive(Debug)]
+pub(crate) struct Connection {
+    broker: String,
+    client_id: StrBytes,
+    /// tokio Mutex: held across the `write_all` await so frames are never interleaved.
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    /// Correlation id -> the waiting request. parking_lot Mutex: never held across an await.
+    pending: Pending,
+    next_correlation: AtomicI32,
+    /// API key -> (min, max) version the broker supports, from the ApiVersions handshake.
+    versions: HashMap<i16, (i16, i16)>,
+    dead: Arc<AtomicBool>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl Connection {
+    /// Connects to `broker` (`host:port`) and negotiates API versions, within `timeout`.
+    pub(crate) async fn connect(broker: &str, client_id: &str, timeout: Duration) -> Result<Self, WireError> {
+        let connect_err = |message: String| WireError::Connect {
+            broker: broker.to_owned(),
+            message,
+        };
+        let stream = tokio::time::timeout(timeout, TcpStream::connect(broker))
+            .await
+            .map_err(|_| connect_err(format!("no TCP connection within {timeout:?}")))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        stream.set_nodelay(true).map_err(|e| connect_err(e.to_string()))?;
+        let (read, write) = stream.into_split();
+        let pending: Pending = Arc::default();
+        let dead = Arc::new(AtomicBool::new(false));
+        let reader = tokio::spawn(read_loop(read, broker.to_owned(), Arc::clone(&pending), Arc::clone(&dead)));
+        let mut conn = Connection {
+            broker: broker.to_owned(),
+            client_id: StrBytes::from_string(client_id.to_owned()),
+            writer: tokio::sync::Mutex::new(write),
+            pending,
+            next_correlation: AtomicI32::new(0),
+            versions: HashMap::new(),
+            dead,
+            reader,
+        };
+        conn.versions = conn.negotiate(timeout).await?;
+        Ok(conn)
+    }
+
+    /// The broker this connection goes to.
+    pub(crate) fn broker(&self) -> &str {
+        &self.broker
+    }
+
+    /// Whether the socket has failed; a dead connection fails every request.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// ApiVersions at the highest version both sides know. A broker that does not know the version
+    /// answers in v0 with UNSUPPORTED_VERSION and its own range, and we retry with what it supports.
+    async fn negotiate(&self, timeout: Duration) -> Result<HashMap<i16, (i16, i16)>, WireError> {
+        let request = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("kafkit"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let mut version = ApiVersionsRequest::MAX_VERSION;
+        for _ in 0..2 {
+            let response: ApiVersionsResponse = self.send_version(&request, version, timeout).await?;
+            let table: HashMap<i16, (i16, i16)> = response
+                .api_keys
+                .iter()
+                .map(|k| (k.api_key, (k.min_version, k.max_version)))
+                .collect();
+            if response.error_code == 35 {
+                // UNSUPPORTED_VERSION: the broker's range for ApiVersions tells us what to use.
+                let (_, max) = table
+                    .get(&(ApiKey::ApiVersions as i16))
+                    .copied()
+                    .unwrap_or((0, 0));
+                version = max.min(ApiVersionsRequest::MAX_VERSION);
+                continue;
+            }
+            return Ok(table);
+        }
+        Err(WireError::UnsupportedVersion {
+            broker: self.broker.clone(),
+            api: ApiKey::ApiVersions,
+            min: 0,
+            max: 0,
+            ours_min: 0,
+            ours_max: ApiVersionsRequest::MAX_VERSION,
+        })
+    }
+
+    /// The version to use for `R`: the highest both kafkit and the broker support.
+    pub(crate) fn version_for<R: ApiRequest>(&self) -> Result<i16, WireError> {
+        let ours_max = R::MAX_VERSION.min(R::VERSIONS.max);
+        let ours_min = R::VERSIONS.min;
+        let (min, max) = self
+            .versions
+            .get(&(R::KEY as i16))
+            .copied()
+            .unwrap_or((-1, -1));
+        let chosen = ours_max.min(max);
+        if chosen < ours_min || chosen < min {
+            return Err(WireError::UnsupportedVersion {
+                broker: self.broker.clone(),
+                api: R::KEY,
+                min,
+                max,
+                ours_min,
+                ours_max,
+            });
+        }
+        Ok(chosen)
+    }
+
+    /// Sends `request` at the negotiated version and waits up to `timeout` for its response.
+    pub(crate) async fn send<R: ApiRequest>(&self, request: &R, timeout: Duration) -> Result<R::Response, WireError> {
+        let version = self.version_for::<R>()?;
+        self.send_version(request, version, timeout).await
+    }
+
+    async fn send_version<R: ApiRequest>(&self, request: &R, version: i16, timeout: Duration) -> Result<R::Response, WireError> {
+        let api = R::KEY;
+        let codec = |message: String| WireError::Codec {
+            broker: self.broker.clone(),
+            api,
+            message,
+        };
+        if self.is_dead() {
+            return Err(WireError::Io {
+                broker: self.broker.clone(),
+                message: "connection already closed".into(),
+            });
+        }
+        let correlation_id = self.next_correlation.fetch_add(1, Ordering::Relaxed);
+        let header = RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(correlation_id)
+            .with_client_id(Some(self.client_id.clone()));
+        let mut frame = BytesMut::new();
+        frame.put_i32(0); // length, patched below
+        header
+            .encode(&mut frame, R::header_version(version))
+            .map_err(|e| codec(e.to_string()))?;
+        request.encode(&mut frame, version).map_err(|e| codec(e.to_string()))?;
+        let len = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().insert(correlation_id, tx);
+        // The reader may have died (and drained `pending`) just before the insert.
+        if self.is_dead() {
+            self.pending.lock().remove(&correlation_id);
+            return Err(WireError::Io {
+                broker: self.broker.clone(),
+                message: "connection closed".into(),
+            });
+        }
+        let exchange = async {
+            {
+                let mut writer = self.writer.lock().await;
+                if let Err(e) = writer.write_all(&frame).await {
+                    self.dead.store(true, Ordering::Release);
+                    return Err(WireError::Io {
+                        broker: self.broker.clone(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+            rx.await.unwrap_or_else(|_| {
+                Err(WireError::Io {
+                    broker: self.broker.clone(),
+                    message: "connection closed while waiting for a response".into(),
+                })
+            })
+        };
+        let mut body = match tokio::time::timeout(timeout, exchange).await {
+            Ok(result) => {
+                self.pending.lock().remove(&correlation_id);
+                result?
+            }
+            Err(_) => {
+                self.pending.lock().remove(&correlation_id);
+                return Err(WireError::Timeout {
+                    broker: self.broker.clone(),
+                    api,
+                    timeout,
+                });
+            }
+        };
+        ResponseHeader::decode(&mut body, R::Response::header_version(version)).map_err(|e| codec(e.to_string()))?;
+        R::Response::decode(&mut body, version).map_err(|e| codec(e.to_string()))
+    }
+}
+
+/// Reads response frames and hands each to the request waiting for its correlation id. Ends on the
+/// first socket error, failing every pending request.
+async fn read_loop(mut read: OwnedReadHalf, broker: String, pending: Pending, dead: Arc<AtomicBool>) {
+    let error = loop {
+        let len = match read.read_i32().await {
+            Ok(len) if len >= 4 && (len as usize) <= MAX_FRAME => len as usize,
+            Ok(len) => break format!("invalid response frame length {len}"),
+            Err(e) => break e.to_string(),
+        };
+        let mut buf = vec![0u8; len];
+        if let Err(e) = read.read_exact(&mut buf).await {
+            break e.to_string();
+        }
+        let frame = Bytes::from(buf);
+        let correlation_id = (&frame[..4]).get_i32();
+        // Unknown ids belong to requests that timed out; their responses are dropped.
+        if let Some(tx) = pending.lock().remove(&correlation_id) {
+            let _ = tx.send(Ok(frame));
+        }
+    };
+    dead.store(true, Ordering::Release);
+    for (_, tx) in pending.lock().drain() {
+        let _ = tx.send(Err(WireError::Io {
+            broker: broker.clone(),
+            message: error.clone(),
+        }));
+    }
+}

@@ -1,0 +1,14 @@
+//! kafkit's own broker connections, for the APIs rskafka does not offer: group coordination, offsets
+//! and group administration. Messages are encoded by the `kafka-protocol` crate (generated from
+//! Kafka's message specs); this module does framing, version negotiation and request pipelining.
+//!
+//! - `api`: which request types kafkit sends, with the highest version whose semantics it handles.
+//! - `connection`: one TCP connection: ApiVersions handshake, pipelined requests matched to responses
+//!   by correlation id, a timeout per request.
+
+mod api;
+mod connection;
+
+pub(crate) use api::ApiRequest;
+pub(crate) use connection::Connection;
+pub use connection::WireError;
