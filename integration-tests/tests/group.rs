@@ -242,7 +242,11 @@ async fn describe_offsets(bootstrap: &str, group: &str) -> Vec<(i32, i64)> {
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 4 && f[0] == group).then(|| (f[2].parse().ok()?, f[3].parse().ok()?)).flatten()
+            if f.len() >= 4 && f[0] == group {
+                Some((f[2].parse().ok()?, f[3].parse().ok()?))
+            } else {
+                None
+            }
         })
         .collect();
     rows.sort_unstable();
@@ -433,20 +437,4 @@ async fn mixed_group_on_cooperative_sticky_with_kafkit_leading() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_group_on_cooperative_sticky_with_java_leading() {
     mixed_group("cooperative-sticky", false).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_group_settings_are_rejected_naming_the_setting() {
-    let client = ClientConfig::new(["127.0.0.1:9"]).unwrap();
-    let cases = [
-        (GroupConfig::new("", ["t"]), "group.id"),
-        (GroupConfig::new("g", Vec::<String>::new()), "topics"),
-        (GroupConfig::new("g", ["t"]).heartbeat_interval(Duration::from_secs(50)), "heartbeat.interval.ms"),
-        (GroupConfig::new("g", ["t"]).session_timeout(Duration::from_millis(10)), "session.timeout.ms"),
-        (GroupConfig::new("g", ["t"]).assignors(vec![]), "partition.assignment.strategy"),
-    ];
-    for (config, setting) in cases {
-        let err = GroupMember::start(&client, config).unwrap_err();
-        assert!(err.to_string().contains(setting), "{err}");
-    }
 }

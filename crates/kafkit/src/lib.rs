@@ -4,6 +4,8 @@
 //!
 //! # Layout
 //! - the root re-exports the producer and client settings of `kafkit-core`;
+//! - [`consumer`] and [`group`] re-export the consumer (dispatch modes, ack-driven commits, graceful
+//!   shutdown) and consumer-group membership of `kafkit-core`;
 //! - [`resilience`] re-exports `kafkit-resilience` (backoff, and the breaker, retry and dead-letter
 //!   policies as they land);
 //! - [`metrics`] re-exports `kafkit-metrics`.
@@ -14,8 +16,10 @@
 
 pub use kafkit_core::{
     ClientConfig, Compression, ConfigError, Delivery, Error, Producer, ProducerBuilder, ProducerRecord, Result,
-    partitioner,
+    WireError, partitioner,
 };
+
+pub use kafkit_core::{consumer, group};
 
 /// Backoff, circuit breaker, retry and dead-letter policies.
 pub mod resilience {

@@ -350,7 +350,6 @@ impl Engine {
                 records,
                 high_watermark,
                 budget,
-                ..
             } => {
                 let stopping = self.shutdown_deadline.is_some();
                 let Some(s) = self.slot_mut(slot, epoch) else { return };

@@ -46,8 +46,6 @@ pub(crate) enum FetchEvent {
         slot: usize,
         epoch: u64,
         records: Vec<RecordAndOffset>,
-        /// The offset the fetch asked for: everything below it was already handed over.
-        fetch_offset: i64,
         high_watermark: i64,
         budget: OwnedSemaphorePermit,
     },
@@ -151,7 +149,6 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
                     // Hand back what the batch did not use.
                     drop(budget.split(max_bytes - keep));
                 }
-                let fetch_offset = offset;
                 if let Some(last) = records.last() {
                     offset = last.offset + 1;
                 }
@@ -159,7 +156,6 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
                     slot,
                     epoch,
                     records,
-                    fetch_offset,
                     high_watermark,
                     budget,
                 };

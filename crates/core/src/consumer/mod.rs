@@ -14,7 +14,7 @@
 
 mod engine;
 mod fetcher;
-// mod offset_map;
+mod offset_map;
 mod record;
 mod scheduler;
 mod watermark;

@@ -53,16 +53,6 @@ impl WatermarkTracker {
         true
     }
 
-    /// Everything up to (not including) `position` has been looked at by the fetcher, even if no
-    /// record came back for it (the end of a compacted range); those offsets count as done.
-    pub(crate) fn skip_to(&mut self, position: i64) {
-        while self.position < position {
-            self.window.push_back(true);
-            self.position += 1;
-        }
-        self.advance();
-    }
-
     /// The record at `offset` is done. Returns false if it was not tracked or already done.
     pub(crate) fn complete(&mut self, offset: i64) -> bool {
         if offset < self.watermark || offset >= self.position {
@@ -151,17 +141,6 @@ mod tests {
         assert!(!t.track(1));
         assert!(!t.track(0));
         assert_eq!(t.pending(), 2);
-    }
-
-    #[test]
-    fn skip_to_covers_offsets_without_records() {
-        let mut t = WatermarkTracker::new(0);
-        t.track(0);
-        t.complete(0);
-        t.skip_to(5);
-        assert_eq!((t.watermark(), t.position()), (5, 5));
-        t.track(7);
-        assert_eq!(t.watermark(), 7);
     }
 
     #[test]

@@ -140,7 +140,9 @@ pub(super) fn subscribes(member: &MemberSubscription, topic: &str) -> bool {
 }
 
 /// An assignment with an empty entry for every member, ready to be filled.
-pub(super) fn empty_assignment(members: &BTreeMap<MemberId, MemberSubscription>) -> GroupAssignment {
+pub(super) fn empty_assignment(
+    members: &BTreeMap<MemberId, MemberSubscription>,
+) -> GroupAssignment {
     members.keys().map(|id| (id.clone(), Vec::new())).collect()
 }
 
@@ -193,7 +195,9 @@ pub(super) mod test_support {
     pub(in crate::group) fn members(
         list: Vec<(&str, MemberSubscription)>,
     ) -> BTreeMap<MemberId, MemberSubscription> {
-        list.into_iter().map(|(id, m)| (id.to_string(), m)).collect()
+        list.into_iter()
+            .map(|(id, m)| (id.to_string(), m))
+            .collect()
     }
 
     /// Checks what every assignor must guarantee: each member listed, each assignable partition
@@ -204,7 +208,11 @@ pub(super) mod test_support {
         assignment: &GroupAssignment,
     ) -> std::result::Result<(), String> {
         if assignment.keys().ne(members.keys()) {
-            return Err(format!("members {:?} got {:?}", members.keys(), assignment.keys()));
+            return Err(format!(
+                "members {:?} got {:?}",
+                members.keys(),
+                assignment.keys()
+            ));
         }
         let mut owner: BTreeMap<&TopicPartition, &str> = BTreeMap::new();
         for (member, partitions) in assignment {
@@ -213,9 +221,14 @@ pub(super) mod test_support {
                     return Err(format!("{p} given to both {other} and {member}"));
                 }
                 if !subscribes(&members[member], &p.topic) {
-                    return Err(format!("{p} given to {member}, not subscribed to {}", p.topic));
+                    return Err(format!(
+                        "{p} given to {member}, not subscribed to {}",
+                        p.topic
+                    ));
                 }
-                if !(0..partitions_per_topic.get(&p.topic).copied().unwrap_or(0)).contains(&p.partition) {
+                if !(0..partitions_per_topic.get(&p.topic).copied().unwrap_or(0))
+                    .contains(&p.partition)
+                {
                     return Err(format!("{p} does not exist"));
                 }
             }

@@ -187,3 +187,51 @@ impl GroupConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::group::RoundRobinAssignor;
+
+    #[test]
+    fn invalid_settings_name_the_setting() {
+        let cases = [
+            (GroupConfig::new("", ["t"]), "group.id"),
+            (GroupConfig::new("g", Vec::<String>::new()), "topics"),
+            (GroupConfig::new("g", [""]), "topics"),
+            (
+                GroupConfig::new("g", ["t"]).heartbeat_interval(Duration::from_secs(50)),
+                "heartbeat.interval.ms",
+            ),
+            (
+                GroupConfig::new("g", ["t"]).session_timeout(Duration::from_millis(10)),
+                "session.timeout.ms",
+            ),
+            (
+                GroupConfig::new("g", ["t"]).rebalance_timeout(Duration::from_millis(10)),
+                "max.poll.interval.ms",
+            ),
+            (GroupConfig::new("g", ["t"]).assignors(vec![]), "partition.assignment.strategy"),
+            (
+                GroupConfig::new("g", ["t"]).assignors(vec![Arc::new(RangeAssignor), Arc::new(RangeAssignor)]),
+                "partition.assignment.strategy",
+            ),
+            (GroupConfig::new("g", ["t"]).group_instance_id(" "), "group.instance.id"),
+        ];
+        for (config, setting) in cases {
+            let err = config.validate().unwrap_err();
+            assert!(err.to_string().contains(setting), "{setting}: {err}");
+        }
+        GroupConfig::new("g", ["t"]).validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn cooperative_only_when_every_assignor_is() {
+        let default = GroupConfig::new("g", ["t"]);
+        assert_eq!(default.rebalance_protocol(), RebalanceProtocol::Eager, "Java's default list is eager");
+        let coop = GroupConfig::new("g", ["t"]).assignors(vec![Arc::new(CooperativeStickyAssignor)]);
+        assert_eq!(coop.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let mixed = coop.assignors(vec![Arc::new(CooperativeStickyAssignor), Arc::new(RoundRobinAssignor)]);
+        assert_eq!(mixed.rebalance_protocol(), RebalanceProtocol::Eager);
+    }
+}

@@ -453,7 +453,12 @@ mod tests {
     /// The assignment behind the Java vectors: topics interleaved on purpose.
     fn java_assignment() -> Assignment {
         Assignment {
-            partitions: vec![tp("payments", 3), tp("orders", 1), tp("payments", 0), tp("orders", 0)],
+            partitions: vec![
+                tp("payments", 3),
+                tp("orders", 1),
+                tp("payments", 0),
+                tp("orders", 0),
+            ],
             user_data: Some(Bytes::from_static(&[1, 2])),
         }
     }
@@ -470,15 +475,23 @@ mod tests {
     #[test]
     fn encodes_subscriptions_byte_for_byte_as_java() {
         for (version, expected) in (0i16..).zip(JAVA_SUBSCRIPTION) {
-            let ours = java_subscription().encode_version(version).expect("encodes");
+            let ours = java_subscription()
+                .encode_version(version)
+                .expect("encodes");
             assert_eq!(ours.as_ref(), hex(expected), "v{version}");
         }
-        assert_eq!(java_subscription().encode().expect("encodes").as_ref(), hex(JAVA_SUBSCRIPTION[3]));
+        assert_eq!(
+            java_subscription().encode().expect("encodes").as_ref(),
+            hex(JAVA_SUBSCRIPTION[3])
+        );
 
         let cases = [
             (
                 "defaults: null user data, no owned partitions, generation -1, null rack",
-                Subscription { topics: vec!["t0".into()], ..Subscription::default() },
+                Subscription {
+                    topics: vec!["t0".into()],
+                    ..Subscription::default()
+                },
                 "00030000000100027430ffffffff00000000ffffffffffff",
             ),
             (
@@ -493,7 +506,11 @@ mod tests {
             ),
         ];
         for (name, subscription, expected) in cases {
-            assert_eq!(subscription.encode().expect("encodes").as_ref(), hex(expected), "{name}");
+            assert_eq!(
+                subscription.encode().expect("encodes").as_ref(),
+                hex(expected),
+                "{name}"
+            );
         }
     }
 
@@ -514,8 +531,15 @@ mod tests {
                 rack_id: None,
                 ..full.clone()
             },
-            Subscription { generation_id: None, rack_id: None, ..full.clone() },
-            Subscription { rack_id: None, ..full.clone() },
+            Subscription {
+                generation_id: None,
+                rack_id: None,
+                ..full.clone()
+            },
+            Subscription {
+                rack_id: None,
+                ..full.clone()
+            },
             full.clone(),
         ];
         for (version, expected) in expected.iter().enumerate() {
@@ -527,13 +551,22 @@ mod tests {
     #[test]
     fn assignments_match_java_both_ways() {
         let decoded = Assignment {
-            partitions: vec![tp("payments", 3), tp("payments", 0), tp("orders", 1), tp("orders", 0)],
+            partitions: vec![
+                tp("payments", 3),
+                tp("payments", 0),
+                tp("orders", 1),
+                tp("orders", 0),
+            ],
             user_data: Some(Bytes::from_static(&[1, 2])),
         };
         for (version, expected) in (0i16..).zip(JAVA_ASSIGNMENT) {
             let ours = java_assignment().encode_version(version).expect("encodes");
             assert_eq!(ours.as_ref(), hex(expected), "encode v{version}");
-            assert_eq!(Assignment::decode(&hex(expected)).expect("decodes"), decoded, "decode v{version}");
+            assert_eq!(
+                Assignment::decode(&hex(expected)).expect("decodes"),
+                decoded,
+                "decode v{version}"
+            );
         }
         assert_eq!(
             Assignment::default().encode().expect("encodes").as_ref(),
@@ -577,14 +610,20 @@ mod tests {
         ];
         assert_eq!(
             Subscription::decode(v2_negative_generation).expect("decodes"),
-            Subscription { user_data: Some(Bytes::new()), ..Subscription::default() }
+            Subscription {
+                user_data: Some(Bytes::new()),
+                ..Subscription::default()
+            }
         );
 
         // Java decodes strings with `new String(bytes, UTF_8)`: invalid bytes become U+FFFD.
         // (Checked against kafka-clients 4.1.1: code points [65533, 40].)
         #[rustfmt::skip]
         let invalid_utf8: &[u8] = &[0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x02, 0xc3, 0x28, 0xff, 0xff, 0xff, 0xff];
-        assert_eq!(Subscription::decode(invalid_utf8).expect("decodes").topics, ["\u{FFFD}("]);
+        assert_eq!(
+            Subscription::decode(invalid_utf8).expect("decodes").topics,
+            ["\u{FFFD}("]
+        );
 
         #[rustfmt::skip]
         let assignment_v0: &[u8] = &[
@@ -596,7 +635,10 @@ mod tests {
         ];
         assert_eq!(
             Assignment::decode(assignment_v0).expect("decodes"),
-            Assignment { partitions: vec![tp("t0", 0), tp("t0", 3)], user_data: None }
+            Assignment {
+                partitions: vec![tp("t0", 0), tp("t0", 3)],
+                user_data: None
+            }
         );
     }
 
@@ -621,8 +663,20 @@ mod tests {
         );
 
         // Writing a version above the newest writes the newest, header included.
-        assert_eq!(java_subscription().encode_version(4).expect("encodes").as_ref(), hex(JAVA_SUBSCRIPTION[4]));
-        assert_eq!(java_assignment().encode_version(i16::MAX).expect("encodes").as_ref(), hex(JAVA_ASSIGNMENT[3]));
+        assert_eq!(
+            java_subscription()
+                .encode_version(4)
+                .expect("encodes")
+                .as_ref(),
+            hex(JAVA_SUBSCRIPTION[4])
+        );
+        assert_eq!(
+            java_assignment()
+                .encode_version(i16::MAX)
+                .expect("encodes")
+                .as_ref(),
+            hex(JAVA_ASSIGNMENT[3])
+        );
     }
 
     #[test]
@@ -633,12 +687,20 @@ mod tests {
             (
                 "negative version",
                 subscription(&[0xff, 0xff, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]),
-                GroupError::UnsupportedVersion { message: "subscription", version: -1 },
+                GroupError::UnsupportedVersion {
+                    message: "subscription",
+                    version: -1,
+                },
             ),
             (
                 "no header",
                 subscription(&[0x00]),
-                GroupError::Truncated { message: "subscription", field: "version", needed: 2, remaining: 1 },
+                GroupError::Truncated {
+                    message: "subscription",
+                    field: "version",
+                    needed: 2,
+                    remaining: 1,
+                },
             ),
             (
                 "array longer than the bytes left, refused before allocating",
@@ -653,17 +715,30 @@ mod tests {
             (
                 "string cut short",
                 subscription(&[0, 1, 0, 0, 0, 1, 0, 5, b'a']),
-                GroupError::Truncated { message: "subscription", field: "topics", needed: 5, remaining: 1 },
+                GroupError::Truncated {
+                    message: "subscription",
+                    field: "topics",
+                    needed: 5,
+                    remaining: 1,
+                },
             ),
             (
                 "null topics array",
                 subscription(&[0, 0, 0xff, 0xff, 0xff, 0xff]),
-                GroupError::NullField { message: "subscription", field: "topics", length: -1 },
+                GroupError::NullField {
+                    message: "subscription",
+                    field: "topics",
+                    length: -1,
+                },
             ),
             (
                 "null topic name",
                 subscription(&[0, 0, 0, 0, 0, 1, 0xff, 0xfe]),
-                GroupError::NullField { message: "subscription", field: "topics", length: -2 },
+                GroupError::NullField {
+                    message: "subscription",
+                    field: "topics",
+                    length: -2,
+                },
             ),
             (
                 "v2 without its generation",
@@ -678,7 +753,10 @@ mod tests {
             (
                 "negative assignment version",
                 assignment(&[0x80, 0x00]),
-                GroupError::UnsupportedVersion { message: "assignment", version: i16::MIN },
+                GroupError::UnsupportedVersion {
+                    message: "assignment",
+                    version: i16::MIN,
+                },
             ),
             (
                 "partition array longer than the bytes left",
@@ -693,18 +771,29 @@ mod tests {
             (
                 "user data cut short",
                 assignment(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1]),
-                GroupError::Truncated { message: "assignment", field: "userData", needed: 3, remaining: 1 },
+                GroupError::Truncated {
+                    message: "assignment",
+                    field: "userData",
+                    needed: 3,
+                    remaining: 1,
+                },
             ),
             (
                 "encoding at a negative version",
                 Subscription::default().encode_version(-1).unwrap_err(),
-                GroupError::UnsupportedVersion { message: "subscription", version: -1 },
+                GroupError::UnsupportedVersion {
+                    message: "subscription",
+                    version: -1,
+                },
             ),
             (
                 "a topic name too long for an int16 length",
-                Assignment { partitions: vec![tp(&"x".repeat(40_000), 0)], user_data: None }
-                    .encode()
-                    .unwrap_err(),
+                Assignment {
+                    partitions: vec![tp(&"x".repeat(40_000), 0)],
+                    user_data: None,
+                }
+                .encode()
+                .unwrap_err(),
                 GroupError::Encode {
                     message: "assignment",
                     version: 3,
@@ -756,7 +845,10 @@ mod tests {
             .iter()
             .flat_map(|t| a.partitions.iter().filter(move |p| p.topic == *t).cloned())
             .collect();
-        Assignment { partitions, user_data: a.user_data.clone() }
+        Assignment {
+            partitions,
+            user_data: a.user_data.clone(),
+        }
     }
 
     fn topic_name() -> impl Strategy<Value = String> {
@@ -785,26 +877,33 @@ mod tests {
             prop::option::of(any::<i32>()),
             prop::option::of("[a-z0-9-]{0,8}"),
         )
-            .prop_map(|(topics, user_data, owned_partitions, generation_id, rack_id)| Subscription {
-                topics,
-                user_data,
-                owned_partitions,
-                generation_id,
-                rack_id,
-            })
+            .prop_map(
+                |(topics, user_data, owned_partitions, generation_id, rack_id)| Subscription {
+                    topics,
+                    user_data,
+                    owned_partitions,
+                    generation_id,
+                    rack_id,
+                },
+            )
     }
 
     /// The crate's generated decoder, as an independent check of our reader.
     fn decoded_by_kafka_protocol(bytes: &[u8], version: i16) -> Subscription {
         let mut body = Bytes::copy_from_slice(&bytes[2..]);
-        let m = ConsumerProtocolSubscription::decode(&mut body, version).expect("kafka-protocol decodes");
+        let m = ConsumerProtocolSubscription::decode(&mut body, version)
+            .expect("kafka-protocol decodes");
         Subscription {
             topics: m.topics.iter().map(|t| t.to_string()).collect(),
             user_data: m.user_data,
             owned_partitions: m
                 .owned_partitions
                 .iter()
-                .flat_map(|t| t.partitions.iter().map(|p| TopicPartition::new(t.topic.0.to_string(), *p)))
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .map(|p| TopicPartition::new(t.topic.0.to_string(), *p))
+                })
                 .collect(),
             generation_id: Some(m.generation_id).filter(|g| *g >= 0),
             rack_id: m.rack_id.map(|r| r.to_string()).filter(|r| !r.is_empty()),

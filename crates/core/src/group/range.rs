@@ -64,7 +64,9 @@ impl Assignor for RangeAssignor {
             for (i, member) in (0i32..).zip(consumers) {
                 let start = per_member * i + i.min(with_extra);
                 let len = per_member + i32::from(i < with_extra);
-                let partitions = assignment.get_mut(member).expect("every member has an entry");
+                let partitions = assignment
+                    .get_mut(member)
+                    .expect("every member has an entry");
                 partitions.extend((start..start + len).map(|p| TopicPartition::new(topic, p)));
             }
         }
@@ -81,7 +83,12 @@ mod tests {
     #[test]
     fn assigns_like_java() {
         let m = MemberSubscription::new::<&str>;
-        let cases: Vec<(&str, BTreeMap<String, i32>, Vec<(&str, MemberSubscription)>, Vec<(&str, &str)>)> = vec![
+        let cases: Vec<(
+            &str,
+            BTreeMap<String, i32>,
+            Vec<(&str, MemberSubscription)>,
+            Vec<(&str, &str)>,
+        )> = vec![
             (
                 "java doc example: two topics of 3 on two members",
                 topics(&[("t0", 3), ("t1", 3)]),
@@ -91,7 +98,11 @@ mod tests {
             (
                 "uneven: 10 partitions on 3 members is 4/3/3",
                 topics(&[("t0", 10)]),
-                vec![("M0", m(vec!["t0"])), ("M1", m(vec!["t0"])), ("M2", m(vec!["t0"]))],
+                vec![
+                    ("M0", m(vec!["t0"])),
+                    ("M1", m(vec!["t0"])),
+                    ("M2", m(vec!["t0"])),
+                ],
                 vec![
                     ("M0", "t0p0 t0p1 t0p2 t0p3"),
                     ("M1", "t0p4 t0p5 t0p6"),
@@ -101,13 +112,20 @@ mod tests {
             (
                 "more members than partitions: the last get nothing",
                 topics(&[("t0", 2)]),
-                vec![("M0", m(vec!["t0"])), ("M1", m(vec!["t0"])), ("M2", m(vec!["t0"]))],
+                vec![
+                    ("M0", m(vec!["t0"])),
+                    ("M1", m(vec!["t0"])),
+                    ("M2", m(vec!["t0"])),
+                ],
                 vec![("M0", "t0p0"), ("M1", "t0p1"), ("M2", "")],
             ),
             (
                 "many topics: the first member carries every topic's extra",
                 topics(&[("a", 3), ("b", 5), ("c", 1), ("d", 4)]),
-                vec![("M0", m(vec!["a", "b", "c", "d"])), ("M1", m(vec!["a", "b", "c", "d"]))],
+                vec![
+                    ("M0", m(vec!["a", "b", "c", "d"])),
+                    ("M1", m(vec!["a", "b", "c", "d"])),
+                ],
                 vec![
                     ("M0", "ap0 ap1 bp0 bp1 bp2 cp0 dp0 dp1"),
                     ("M1", "ap2 bp3 bp4 dp2 dp3"),
@@ -121,7 +139,11 @@ mod tests {
                     ("M1", m(vec!["t0", "t1"])),
                     ("M2", m(vec!["t1", "t2"])),
                 ],
-                vec![("M0", "t0p0 t0p1"), ("M1", "t0p2 t1p0"), ("M2", "t1p1 t2p0 t2p1 t2p2 t2p3")],
+                vec![
+                    ("M0", "t0p0 t0p1"),
+                    ("M1", "t0p2 t1p0"),
+                    ("M2", "t1p1 t2p0 t2p1 t2p2 t2p3"),
+                ],
             ),
             (
                 "single member takes everything",
@@ -129,12 +151,7 @@ mod tests {
                 vec![("M0", m(vec!["t0", "t1"]))],
                 vec![("M0", "t0p0 t0p1 t0p2 t1p0")],
             ),
-            (
-                "no members",
-                topics(&[("t0", 3)]),
-                vec![],
-                vec![],
-            ),
+            ("no members", topics(&[("t0", 3)]), vec![], vec![]),
             (
                 "no partitions: unknown and empty topics are skipped",
                 topics(&[("t0", 0)]),
@@ -162,8 +179,10 @@ mod tests {
             let members = members(list);
             let got = RangeAssignor.assign(&partitions, &members);
             check_valid(&partitions, &members, &got).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let expected: Vec<(String, String)> =
-                expected.into_iter().map(|(m, a)| (m.to_string(), a.to_string())).collect();
+            let expected: Vec<(String, String)> = expected
+                .into_iter()
+                .map(|(m, a)| (m.to_string(), a.to_string()))
+                .collect();
             assert_eq!(render(&got), expected, "{name}");
         }
     }

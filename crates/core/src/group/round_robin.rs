@@ -80,7 +80,12 @@ mod tests {
     #[test]
     fn assigns_like_java() {
         let m = MemberSubscription::new::<&str>;
-        let cases: Vec<(&str, BTreeMap<String, i32>, Vec<(&str, MemberSubscription)>, Vec<(&str, &str)>)> = vec![
+        let cases: Vec<(
+            &str,
+            BTreeMap<String, i32>,
+            Vec<(&str, MemberSubscription)>,
+            Vec<(&str, &str)>,
+        )> = vec![
             (
                 "java doc example: two topics of 3 on two members",
                 topics(&[("t0", 3), ("t1", 3)]),
@@ -95,12 +100,20 @@ mod tests {
                     ("C1", m(vec!["t0", "t1"])),
                     ("C2", m(vec!["t0", "t1", "t2"])),
                 ],
-                vec![("C0", "t0p0"), ("C1", "t1p0"), ("C2", "t1p1 t2p0 t2p1 t2p2")],
+                vec![
+                    ("C0", "t0p0"),
+                    ("C1", "t1p0"),
+                    ("C2", "t1p1 t2p0 t2p1 t2p2"),
+                ],
             ),
             (
                 "uneven: 10 partitions on 3 members is 4/3/3",
                 topics(&[("t0", 10)]),
-                vec![("M0", m(vec!["t0"])), ("M1", m(vec!["t0"])), ("M2", m(vec!["t0"]))],
+                vec![
+                    ("M0", m(vec!["t0"])),
+                    ("M1", m(vec!["t0"])),
+                    ("M2", m(vec!["t0"])),
+                ],
                 vec![
                     ("M0", "t0p0 t0p3 t0p6 t0p9"),
                     ("M1", "t0p1 t0p4 t0p7"),
@@ -110,7 +123,11 @@ mod tests {
             (
                 "many topics: the deal continues across topics",
                 topics(&[("a", 1), ("b", 2), ("c", 3)]),
-                vec![("M0", m(vec!["a", "b", "c"])), ("M1", m(vec!["a", "b", "c"])), ("M2", m(vec!["a", "b", "c"]))],
+                vec![
+                    ("M0", m(vec!["a", "b", "c"])),
+                    ("M1", m(vec!["a", "b", "c"])),
+                    ("M2", m(vec!["a", "b", "c"])),
+                ],
                 vec![("M0", "ap0 cp0"), ("M1", "bp0 cp1"), ("M2", "bp1 cp2")],
             ),
             (
@@ -141,8 +158,10 @@ mod tests {
             let members = members(list);
             let got = RoundRobinAssignor.assign(&partitions, &members);
             check_valid(&partitions, &members, &got).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let expected: Vec<(String, String)> =
-                expected.into_iter().map(|(m, a)| (m.to_string(), a.to_string())).collect();
+            let expected: Vec<(String, String)> = expected
+                .into_iter()
+                .map(|(m, a)| (m.to_string(), a.to_string()))
+                .collect();
             assert_eq!(render(&got), expected, "{name}");
         }
     }

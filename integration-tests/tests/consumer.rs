@@ -1,0 +1,384 @@
+//! The consumer against a real broker: dispatch modes, ack-driven commits, restarts with and
+//! without a graceful stop, rebalances with records in flight, and slow handlers.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use kafkit::consumer::{ConsumedRecord, Consumer, ConsumerBuilder, DispatchMode, OffsetReset};
+use kafkit::group::{GroupConfig, GroupMember, TopicPartition};
+use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
+use kafkit_testkit::{create_topic, random_name, shared};
+use parking_lot::Mutex;
+use tokio::time::Instant;
+
+fn client(bootstrap: &str) -> ClientConfig {
+    ClientConfig::new([bootstrap]).unwrap()
+}
+
+fn group(group: &str, topic: &str) -> GroupConfig {
+    GroupConfig::new(group, [topic])
+        .session_timeout(Duration::from_secs(6))
+        .heartbeat_interval(Duration::from_millis(500))
+        .rebalance_timeout(Duration::from_secs(30))
+}
+
+async fn consumer(bootstrap: &str, group_id: &str, topic: &str, mode: DispatchMode) -> Consumer {
+    ConsumerBuilder::new(client(bootstrap), group(group_id, topic))
+        .dispatch(mode)
+        .auto_offset_reset(OffsetReset::Earliest)
+        .commit_interval(Duration::from_millis(200))
+        .revoke_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// Produces `n` records `key-{i % keys}` / `{i}` and returns the end offset of every partition.
+async fn produce_keyed(bootstrap: &str, topic: &str, n: usize, keys: usize) -> BTreeMap<i32, i64> {
+    let producer = ProducerBuilder::new(client(bootstrap)).build().await.unwrap();
+    let mut ends = BTreeMap::new();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(5_000) {
+        let sends = chunk.iter().map(|&i| {
+            let producer = producer.clone();
+            let record = ProducerRecord::new(topic, i.to_string()).key(format!("key-{}", i % keys));
+            async move { producer.send(record).await.unwrap() }
+        });
+        for d in futures::future::join_all(sends).await {
+            let end = ends.entry(d.partition).or_insert(0);
+            *end = (*end).max(d.offset + 1);
+        }
+    }
+    ends
+}
+
+/// The group's committed offsets, read through a short-lived member that joins nothing.
+async fn committed(bootstrap: &str, group_id: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    // A member of a different group could not read these; an OffsetFetch needs no membership.
+    let (member, _events) = GroupMember::start(&client(bootstrap), group(group_id, topic)).unwrap();
+    let tps: Vec<_> = (0..partitions).map(|p| TopicPartition::new(topic, p)).collect();
+    let out = member.committed(&tps).await.unwrap();
+    drop(member);
+    out.into_iter()
+        .filter_map(|(tp, c)| c.map(|c| (tp.partition, c.offset)))
+        .collect()
+}
+
+/// Per-key values in processing order.
+type Seen = Arc<Mutex<HashMap<String, Vec<usize>>>>;
+
+fn record_seen(seen: &Seen, r: &ConsumedRecord) {
+    let key = String::from_utf8(r.key().unwrap().to_vec()).unwrap();
+    let value: usize = std::str::from_utf8(r.value().unwrap()).unwrap().parse().unwrap();
+    seen.lock().entry(key).or_default().push(value);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_records_run_concurrently_unordered_and_one_by_one_ordered() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("slow");
+    create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
+    // The users' scenario, scaled: records taking 5, 2, 1, 3, 1 units.
+    let producer = ProducerBuilder::new(client(&bootstrap)).build().await.unwrap();
+    for units in [5u64, 2, 1, 3, 1] {
+        producer.send(ProducerRecord::new(&topic, units.to_string()).partition(0)).await.unwrap();
+    }
+
+    for (mode, expect_overlap) in [
+        (DispatchMode::Unordered { max_in_flight: 5 }, true),
+        (DispatchMode::PartitionOrdered, false),
+    ] {
+        let consumer = consumer(&bootstrap, &random_name("g"), &topic, mode).await;
+        let stop = consumer.shutdown_handle();
+        let spans: Arc<Mutex<Vec<(i64, Instant, Instant)>>> = Arc::default();
+        let run = tokio::spawn({
+            let spans = Arc::clone(&spans);
+            let stop = stop.clone();
+            consumer.run(move |r| {
+                let spans = Arc::clone(&spans);
+                let stop = stop.clone();
+                async move {
+                    let units: u64 = std::str::from_utf8(r.value().unwrap()).unwrap().parse().unwrap();
+                    let start = Instant::now();
+                    tokio::time::sleep(Duration::from_millis(200 * units)).await;
+                    let mut s = spans.lock();
+                    s.push((r.offset(), start, Instant::now()));
+                    if s.len() == 5 {
+                        stop.shutdown();
+                    }
+                    Ok::<_, std::io::Error>(())
+                }
+            })
+        });
+        tokio::time::timeout(Duration::from_secs(60), run).await.unwrap().unwrap().unwrap();
+        let spans = spans.lock().clone();
+        assert_eq!(spans.len(), 5, "{mode:?}");
+        let last_start = spans.iter().map(|s| s.1).max().unwrap();
+        let first_end = spans.iter().map(|s| s.2).min().unwrap();
+        if expect_overlap {
+            assert!(last_start < first_end, "{mode:?}: all five must be in flight together");
+        } else {
+            let mut by_offset = spans.clone();
+            by_offset.sort_by_key(|s| s.0);
+            for w in by_offset.windows(2) {
+                assert!(w[1].1 >= w[0].2, "{mode:?}: offset {} started before {} finished", w[1].0, w[0].0);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_keyed_records_keep_per_key_order_and_commit_to_the_end() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("keyed");
+    let group_id = random_name("g");
+    create_topic(&bootstrap, &topic, 12, 1).await.unwrap();
+    let ends = produce_keyed(&bootstrap, &topic, 100_000, 1_000).await;
+
+    let consumer = consumer(&bootstrap, &group_id, &topic, DispatchMode::KeyOrdered { max_in_flight: 64 }).await;
+    let stop = consumer.shutdown_handle();
+    let seen: Seen = Arc::default();
+    let count = Arc::new(AtomicUsize::new(0));
+    let run = tokio::spawn({
+        let seen = Arc::clone(&seen);
+        let count = Arc::clone(&count);
+        consumer.run(move |r| {
+            let seen = Arc::clone(&seen);
+            let count = Arc::clone(&count);
+            async move {
+                let jitter = r.offset() as u64 % 7;
+                if jitter == 0 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
+                record_seen(&seen, &r);
+                count.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    });
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while count.load(Ordering::Relaxed) < 100_000 {
+        assert!(Instant::now() < deadline, "only {} processed", count.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.shutdown();
+    let report = tokio::time::timeout(Duration::from_secs(60), run).await.unwrap().unwrap().unwrap();
+    assert!(report.uncommitted.is_empty(), "{report:?}");
+
+    let seen = seen.lock();
+    assert_eq!(seen.values().map(Vec::len).sum::<usize>(), 100_000, "each record exactly once");
+    for (key, values) in seen.iter() {
+        assert!(values.windows(2).all(|w| w[0] < w[1]), "{key} out of order");
+    }
+    assert_eq!(committed(&bootstrap, &group_id, &topic, 12).await, ends, "committed == end offsets");
+}
+
+/// Runs a consumer until it has processed `stop_after` records, then stops it gracefully or aborts it.
+async fn consume_until(bootstrap: &str, group_id: &str, topic: &str, mode: DispatchMode, seen: &Seen, stop_after: usize, graceful: bool) {
+    let consumer = consumer(bootstrap, group_id, topic, mode).await;
+    let stop = consumer.shutdown_handle();
+    let count = Arc::new(AtomicUsize::new(0));
+    let run = tokio::spawn({
+        let seen = Arc::clone(seen);
+        let count = Arc::clone(&count);
+        consumer.run(move |r| {
+            let seen = Arc::clone(&seen);
+            let count = Arc::clone(&count);
+            async move {
+                tokio::time::sleep(Duration::from_millis(r.offset() as u64 % 3)).await;
+                record_seen(&seen, &r);
+                count.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while count.load(Ordering::Relaxed) < stop_after {
+        assert!(Instant::now() < deadline, "stalled at {}", count.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if graceful {
+        stop.shutdown();
+        tokio::time::timeout(Duration::from_secs(60), run).await.unwrap().unwrap().unwrap();
+    } else {
+        run.abort();
+        let _ = run.await;
+    }
+}
+
+async fn restart_scenario(graceful: bool) {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("restart");
+    let group_id = random_name("g");
+    create_topic(&bootstrap, &topic, 4, 1).await.unwrap();
+    let n = 5_000;
+    produce_keyed(&bootstrap, &topic, n, 200).await;
+    let mode = DispatchMode::KeyOrdered { max_in_flight: 32 };
+
+    let seen: Seen = Arc::default();
+    consume_until(&bootstrap, &group_id, &topic, mode, &seen, n * 2 / 5, graceful).await;
+    let first_run: usize = seen.lock().values().map(Vec::len).sum();
+    // Restart after 3 s, as in the users' delivery test.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second: Seen = Arc::default();
+    let seen_second = {
+        let consumer = consumer(&bootstrap, &group_id, &topic, mode).await;
+        let stop = consumer.shutdown_handle();
+        let run = tokio::spawn({
+            let second = Arc::clone(&second);
+            consumer.run(move |r| {
+                let second = Arc::clone(&second);
+                async move {
+                    record_seen(&second, &r);
+                    Ok::<_, std::io::Error>(())
+                }
+            })
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let all: HashSet<usize> = seen.lock().values().chain(second.lock().values()).flatten().copied().collect();
+            if all.len() == n {
+                break;
+            }
+            assert!(Instant::now() < deadline, "gap: {} of {n} records ever processed", all.len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stop.shutdown();
+        tokio::time::timeout(Duration::from_secs(60), run).await.unwrap().unwrap().unwrap();
+        second.lock().clone()
+    };
+    let first = seen.lock().clone();
+    let first_set: HashSet<usize> = first.values().flatten().copied().collect();
+    let duplicates = seen_second.values().flatten().filter(|v| first_set.contains(v)).count();
+    eprintln!("graceful={graceful}: first run {first_run}, duplicates after restart {duplicates}");
+    if graceful {
+        // Only what was in flight at the stop (at most max_in_flight) may come again; with the
+        // offset map in the commit, finished records above the watermark are skipped too.
+        assert!(duplicates <= 32, "{duplicates} duplicates after a graceful stop");
+    }
+    // Per-key order holds within each run.
+    for run in [&first, &seen_second] {
+        for (key, values) in run.iter() {
+            assert!(values.windows(2).all(|w| w[0] < w[1]), "{key} out of order within a run");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_at_forty_percent_then_restart_leaves_no_gap_and_few_duplicates() {
+    restart_scenario(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborted_consumer_restarted_leaves_no_gap() {
+    restart_scenario(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_member_joining_with_records_in_flight_loses_nothing() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("rebalance");
+    let group_id = random_name("g");
+    create_topic(&bootstrap, &topic, 6, 1).await.unwrap();
+    let n = 6_000;
+    produce_keyed(&bootstrap, &topic, n, 300).await;
+    let mode = DispatchMode::KeyOrdered { max_in_flight: 64 };
+    let seen: Seen = Arc::default();
+
+    let start = |seen: Seen| async move {
+        let consumer = consumer(&bootstrap, &group_id, &topic, mode).await;
+        let stop = consumer.shutdown_handle();
+        let run = tokio::spawn(consumer.run(move |r| {
+            let seen = Arc::clone(&seen);
+            async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                record_seen(&seen, &r);
+                Ok::<_, std::io::Error>(())
+            }
+        }));
+        (stop, run)
+    };
+    let (stop_a, run_a) = start(Arc::clone(&seen)).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while seen.lock().values().map(Vec::len).sum::<usize>() < 500 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // 64 records are in flight now (5 ms each); a second member joins.
+    let (stop_b, run_b) = start(Arc::clone(&seen)).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let distinct: HashSet<usize> = seen.lock().values().flatten().copied().collect();
+        if distinct.len() == n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "lost records: {} of {n}", distinct.len());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop_a.shutdown();
+    stop_b.shutdown();
+    run_a.await.unwrap().unwrap();
+    run_b.await.unwrap().unwrap();
+    let total: usize = seen.lock().values().map(Vec::len).sum();
+    eprintln!("rebalance with records in flight: {total} processed for {n} records");
+    assert!(total - n <= 64 * 2, "duplicates beyond the in-flight window: {}", total - n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_the_session_timeout_keeps_the_member_and_shutdown_meets_its_deadline() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("blocking");
+    let group_id = random_name("g");
+    create_topic(&bootstrap, &topic, 2, 1).await.unwrap();
+    produce_keyed(&bootstrap, &topic, 20, 20).await;
+
+    let consumer = ConsumerBuilder::new(client(&bootstrap), group(&group_id, &topic))
+        .dispatch(DispatchMode::Unordered { max_in_flight: 4 })
+        .auto_offset_reset(OffsetReset::Earliest)
+        .shutdown_timeout(Duration::from_secs(3))
+        .revoke_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let started = Arc::new(AtomicUsize::new(0));
+    let run = tokio::spawn({
+        let started = Arc::clone(&started);
+        consumer.run(move |r| {
+            let started = Arc::clone(&started);
+            async move {
+                started.fetch_add(1, Ordering::Relaxed);
+                if r.offset() == 0 && r.partition() == 0 {
+                    // Far longer than the 6 s session timeout.
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                }
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    });
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert!(started.load(Ordering::Relaxed) >= 19, "the other records flowed past the slow one");
+    // Still a member after 10 s with a 6 s session timeout: heartbeats do not wait for handlers.
+    let described = kafkit_testkit::java_tool(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        &["--bootstrap-server", &bootstrap, "--describe", "--group", &group_id, "--members"],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert!(described.stdout.lines().filter(|l| l.starts_with(group_id.as_str())).count() == 1, "{}", described.stdout);
+
+    let stopping = Instant::now();
+    stop.shutdown();
+    let report = tokio::time::timeout(Duration::from_secs(30), run).await.unwrap().unwrap().unwrap();
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(8), "shutdown took {took:?} with a 3 s deadline");
+    assert!(report.timed_out || !report.uncommitted.is_empty(), "{report:?}");
+    assert!(
+        report.uncommitted.iter().any(|u| u.partition.partition == 0 && u.watermark == 0),
+        "the blocked record's partition is reported uncommitted at its offset: {report:?}"
+    );
+}
