@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kafkit::group::{
-    CooperativeStickyAssignor, GroupConfig, GroupEvent, GroupMember, OffsetToCommit, RangeAssignor, TopicPartition,
+    CooperativeStickyAssignor, GroupConfig, GroupEvent, GroupMember, OffsetToCommit, RangeAssignor,
+    TopicPartition,
 };
 use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
 use kafkit_testkit::{create_topic, java_command, java_tool, random_name, shared};
@@ -96,7 +97,10 @@ fn config(group: &str, topic: &str) -> GroupConfig {
 async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
     while !check() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -132,17 +136,28 @@ async fn three_members_share_twelve_partitions_then_a_leave_and_a_crash_move_the
 
     // A clean leave: the partitions move to the survivors in the next generation.
     c.close().await;
-    eventually(Duration::from_secs(20), "6 partitions each after a clean leave", || {
-        let (oa, ob) = (a.owned(), b.owned());
-        oa.len() == 6 && ob.len() == 6 && partitioned(&[&oa, &ob], &all)
-    })
+    eventually(
+        Duration::from_secs(20),
+        "6 partitions each after a clean leave",
+        || {
+            let (oa, ob) = (a.owned(), b.owned());
+            oa.len() == 6 && ob.len() == 6 && partitioned(&[&oa, &ob], &all)
+        },
+    )
     .await;
     let after_leave = a.member().status().generation.unwrap();
-    assert_eq!(after_leave, generation + 1, "a clean leave takes exactly one rebalance");
+    assert_eq!(
+        after_leave,
+        generation + 1,
+        "a clean leave takes exactly one rebalance"
+    );
 
     // A crash (no LeaveGroup): the survivor owns everything within 2 x session timeout.
     b.kill();
-    eventually(Duration::from_secs(12), "the survivor owns all 12", || a.owned() == all).await;
+    eventually(Duration::from_secs(12), "the survivor owns all 12", || {
+        a.owned() == all
+    })
+    .await;
     a.close().await;
 }
 
@@ -175,7 +190,11 @@ async fn cooperative_members_only_move_what_must_move() {
     .await;
     for (m, before) in members.iter().zip(&before) {
         let revoked = m.revoked.lock().clone();
-        assert_eq!(revoked.len(), 1, "each old member gives up exactly one partition, got {revoked:?}");
+        assert_eq!(
+            revoked.len(),
+            1,
+            "each old member gives up exactly one partition, got {revoked:?}"
+        );
         assert!(m.owned().is_subset(before), "old members keep the rest");
     }
     for m in members {
@@ -191,7 +210,11 @@ async fn a_static_member_restarting_within_the_session_timeout_causes_no_rebalan
     let group = random_name("g");
     create_topic(&bootstrap, &topic, 4, 1).await.unwrap();
     let all = all_partitions(&topic, 4);
-    let static_config = |id: &str| config(&group, &topic).session_timeout(Duration::from_secs(10)).group_instance_id(id);
+    let static_config = |id: &str| {
+        config(&group, &topic)
+            .session_timeout(Duration::from_secs(10))
+            .group_instance_id(id)
+    };
 
     let stable = Member::start(&bootstrap, static_config("stable"));
     let restarting = Member::start(&bootstrap, static_config("restarting"));
@@ -207,16 +230,31 @@ async fn a_static_member_restarting_within_the_session_timeout_causes_no_rebalan
     // Static members do not send LeaveGroup on close; the same instance id comes back at once.
     restarting.close().await;
     let back = Member::start(&bootstrap, static_config("restarting"));
-    eventually(Duration::from_secs(20), "the restarted member gets its partitions back", || back.owned() == before).await;
+    eventually(
+        Duration::from_secs(20),
+        "the restarted member gets its partitions back",
+        || back.owned() == before,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(stable.revoked.lock().is_empty(), "the other member saw no revocation");
-    assert_eq!(stable.member().status().generation, generation, "no new generation");
+    assert!(
+        stable.revoked.lock().is_empty(),
+        "the other member saw no revocation"
+    );
+    assert_eq!(
+        stable.member().status().generation,
+        generation,
+        "no new generation"
+    );
     stable.close().await;
     back.close().await;
 }
 
 async fn produce(bootstrap: &str, topic: &str, partitions: i32, per_partition: i64) {
-    let producer = ProducerBuilder::new(ClientConfig::new([bootstrap]).unwrap()).build().await.unwrap();
+    let producer = ProducerBuilder::new(ClientConfig::new([bootstrap]).unwrap())
+        .build()
+        .await
+        .unwrap();
     for p in 0..partitions {
         for i in 0..per_partition {
             producer
@@ -231,7 +269,13 @@ async fn produce(bootstrap: &str, topic: &str, partitions: i32, per_partition: i
 async fn describe_offsets(bootstrap: &str, group: &str) -> Vec<(i32, i64)> {
     let out = java_tool(
         "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-        &["--bootstrap-server", bootstrap, "--describe", "--group", group],
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--group",
+            group,
+        ],
         Duration::from_secs(60),
     )
     .await
@@ -266,7 +310,10 @@ async fn offsets_committed_by_kafkit_are_what_kafka_tools_and_java_consumers_see
     produce(&bootstrap, &topic, 3, 20).await;
 
     let member = Member::start(&bootstrap, config(&group, &topic));
-    eventually(Duration::from_secs(30), "all 3 assigned", || member.owned().len() == 3).await;
+    eventually(Duration::from_secs(30), "all 3 assigned", || {
+        member.owned().len() == 3
+    })
+    .await;
     let commits: Vec<OffsetToCommit> = [(0, 5), (1, 12), (2, 20)]
         .into_iter()
         .map(|(p, o)| OffsetToCommit {
@@ -280,38 +327,67 @@ async fn offsets_committed_by_kafkit_are_what_kafka_tools_and_java_consumers_see
     // Never backwards within a tenure.
     let back = member
         .member()
-        .commit(&[OffsetToCommit { partition: TopicPartition::new(&topic, 1), offset: 3, metadata: None }])
+        .commit(&[OffsetToCommit {
+            partition: TopicPartition::new(&topic, 1),
+            offset: 3,
+            metadata: None,
+        }])
         .await
         .unwrap();
     assert_eq!(back.not_advanced, vec![TopicPartition::new(&topic, 1)]);
     // Never for a partition not owned.
     let foreign = member
         .member()
-        .commit(&[OffsetToCommit { partition: TopicPartition::new("other", 0), offset: 3, metadata: None }])
+        .commit(&[OffsetToCommit {
+            partition: TopicPartition::new("other", 0),
+            offset: 3,
+            metadata: None,
+        }])
         .await
         .unwrap();
     assert_eq!(foreign.not_owned.len(), 1);
     member.close().await;
 
-    assert_eq!(describe_offsets(&bootstrap, &group).await, vec![(0, 5), (1, 12), (2, 20)]);
+    assert_eq!(
+        describe_offsets(&bootstrap, &group).await,
+        vec![(0, 5), (1, 12), (2, 20)]
+    );
 
     // A Java consumer in the same group resumes exactly there (partition 2 is at the end: nothing to read).
-    let out = kafkit_testkit::java_source(&group_client(), &["first-offsets", &bootstrap, &group, &topic, "2"], Duration::from_secs(120))
-        .await
-        .unwrap();
+    let out = kafkit_testkit::java_source(
+        &group_client(),
+        &["first-offsets", &bootstrap, &group, &topic, "2"],
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
     assert!(out.success, "{}", out.stderr);
     let firsts: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(firsts, vec!["first 0 5", "first 1 12"]);
 
     // And the reverse: Java commits, kafkit reads the same offsets.
-    let out = kafkit_testkit::java_source(&group_client(), &["commit", &bootstrap, &group, &topic, "0:7,1:15,2:20"], Duration::from_secs(120))
-        .await
-        .unwrap();
+    let out = kafkit_testkit::java_source(
+        &group_client(),
+        &["commit", &bootstrap, &group, &topic, "0:7,1:15,2:20"],
+        Duration::from_secs(120),
+    )
+    .await
+    .unwrap();
     assert!(out.success, "{}", out.stderr);
     let reader = Member::start(&bootstrap, config(&group, &topic));
-    eventually(Duration::from_secs(30), "assigned", || reader.owned().len() == 3).await;
-    let committed = reader.member().committed(&all_partitions(&topic, 3).into_iter().collect::<Vec<_>>()).await.unwrap();
-    let mut offsets: Vec<(i32, i64)> = committed.iter().map(|(tp, c)| (tp.partition, c.as_ref().unwrap().offset)).collect();
+    eventually(Duration::from_secs(30), "assigned", || {
+        reader.owned().len() == 3
+    })
+    .await;
+    let committed = reader
+        .member()
+        .committed(&all_partitions(&topic, 3).into_iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let mut offsets: Vec<(i32, i64)> = committed
+        .iter()
+        .map(|(tp, c)| (tp.partition, c.as_ref().unwrap().offset))
+        .collect();
     offsets.sort_unstable();
     assert_eq!(offsets, vec![(0, 7), (1, 15), (2, 20)]);
     reader.close().await;
@@ -363,7 +439,11 @@ impl JavaMember {
                 }
             }
         });
-        JavaMember { child, owned, _reader: reader }
+        JavaMember {
+            child,
+            owned,
+            _reader: reader,
+        }
     }
 
     fn owned(&self) -> BTreeSet<TopicPartition> {
@@ -394,18 +474,32 @@ async fn mixed_group(assignor: &str, kafkit_first: bool) {
 
     let (first_kafkit, java) = if kafkit_first {
         let k = Member::start(&bootstrap, kafkit_config());
-        eventually(Duration::from_secs(30), "kafkit member owns all (and leads)", || k.owned() == all).await;
+        eventually(
+            Duration::from_secs(30),
+            "kafkit member owns all (and leads)",
+            || k.owned() == all,
+        )
+        .await;
         (k, JavaMember::start(&bootstrap, &group, &topic, assignor))
     } else {
         let j = JavaMember::start(&bootstrap, &group, &topic, assignor);
-        eventually(Duration::from_secs(60), "Java member owns all (and leads)", || j.owned() == all).await;
+        eventually(
+            Duration::from_secs(60),
+            "Java member owns all (and leads)",
+            || j.owned() == all,
+        )
+        .await;
         (Member::start(&bootstrap, kafkit_config()), j)
     };
     let second_kafkit = Member::start(&bootstrap, kafkit_config());
-    eventually(Duration::from_secs(60), "2 each across kafkit, kafkit, Java", || {
-        let (a, b, j) = (first_kafkit.owned(), second_kafkit.owned(), java.owned());
-        a.len() == 2 && b.len() == 2 && j.len() == 2 && partitioned(&[&a, &b, &j], &all)
-    })
+    eventually(
+        Duration::from_secs(60),
+        "2 each across kafkit, kafkit, Java",
+        || {
+            let (a, b, j) = (first_kafkit.owned(), second_kafkit.owned(), java.owned());
+            a.len() == 2 && b.len() == 2 && j.len() == 2 && partitioned(&[&a, &b, &j], &all)
+        },
+    )
     .await;
 
     // Partitions move from Java to kafkit when Java leaves, never owned twice.

@@ -22,7 +22,10 @@ async fn producer(bootstrap: &str) -> Producer {
 
 /// Every record of `topic`/`partition` from offset 0 up to the high watermark.
 async fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<RecordAndOffset> {
-    let client = ClientBuilder::new(vec![bootstrap.to_owned()]).build().await.unwrap();
+    let client = ClientBuilder::new(vec![bootstrap.to_owned()])
+        .build()
+        .await
+        .unwrap();
     let pc = client
         .partition_client(topic, partition, UnknownTopicHandling::Error)
         .await
@@ -64,21 +67,41 @@ async fn ten_thousand_keyed_records_across_12_partitions_read_back_at_their_offs
 
     let mut written: HashMap<(i32, i64), (String, i32)> = HashMap::new();
     for (key, i, d) in &deliveries {
-        assert_eq!(d.partition, partition_for_key(key.as_bytes(), 12), "key {key}");
-        assert!(written.insert((d.partition, d.offset), (key.clone(), *i)).is_none(), "offset reused");
+        assert_eq!(
+            d.partition,
+            partition_for_key(key.as_bytes(), 12),
+            "key {key}"
+        );
+        assert!(
+            written
+                .insert((d.partition, d.offset), (key.clone(), *i))
+                .is_none(),
+            "offset reused"
+        );
     }
 
     let mut read = 0;
     for p in 0..12 {
         for r in read_partition(&bootstrap, &topic, p).await {
-            let (key, i) = written.get(&(p, r.offset)).expect("every record was acknowledged");
+            let (key, i) = written
+                .get(&(p, r.offset))
+                .expect("every record was acknowledged");
             assert_eq!(r.record.key.as_deref(), Some(key.as_bytes()));
-            assert_eq!(r.record.value.as_deref(), Some(format!("value-{i}").as_bytes()));
-            assert_eq!(r.record.headers.get("seq").map(Vec::as_slice), Some(i.to_string().as_bytes()));
+            assert_eq!(
+                r.record.value.as_deref(),
+                Some(format!("value-{i}").as_bytes())
+            );
+            assert_eq!(
+                r.record.headers.get("seq").map(Vec::as_slice),
+                Some(i.to_string().as_bytes())
+            );
             read += 1;
         }
     }
-    assert_eq!(read, 10_000, "every acknowledged record is in the log, nothing else");
+    assert_eq!(
+        read, 10_000,
+        "every acknowledged record is in the log, nothing else"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,9 +117,13 @@ async fn keys_land_on_the_partition_the_java_client_chooses() {
     std::fs::write(&dir, keys.join("\n")).unwrap();
 
     let java = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("java/KeyedProduce.java");
-    let out = java_source(&java, &[&bootstrap, &topic, dir.to_str().unwrap()], Duration::from_secs(120))
-        .await
-        .expect("java runs");
+    let out = java_source(
+        &java,
+        &[&bootstrap, &topic, dir.to_str().unwrap()],
+        Duration::from_secs(120),
+    )
+    .await
+    .expect("java runs");
     let _ = std::fs::remove_file(&dir);
     assert!(out.success, "KeyedProduce failed:\n{}", out.stderr);
     let java_partitions: HashMap<&str, i32> = out
@@ -107,7 +134,11 @@ async fn keys_land_on_the_partition_the_java_client_chooses() {
             (f.next().unwrap(), f.next().unwrap().parse().unwrap())
         })
         .collect();
-    assert_eq!(java_partitions.len(), keys.len(), "Java acknowledged every key");
+    assert_eq!(
+        java_partitions.len(),
+        keys.len(),
+        "Java acknowledged every key"
+    );
 
     let producer = producer(&bootstrap).await;
     let mut spread = std::collections::BTreeSet::new();
@@ -129,16 +160,26 @@ async fn a_record_sent_while_the_broker_restarts_is_delivered_after() {
     let topic = random_name("restart");
     create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
     let producer = producer(&bootstrap).await;
-    producer.send(ProducerRecord::new(&topic, "first")).await.unwrap();
+    producer
+        .send(ProducerRecord::new(&topic, "first"))
+        .await
+        .unwrap();
 
     kafka.kill();
     let pending = tokio::spawn({
         let producer = producer.clone();
         let topic = topic.clone();
-        async move { producer.send(ProducerRecord::new(topic, "during-outage").key("k")).await }
+        async move {
+            producer
+                .send(ProducerRecord::new(topic, "during-outage").key("k"))
+                .await
+        }
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(!pending.is_finished(), "nothing can acknowledge while the broker is down");
+    assert!(
+        !pending.is_finished(),
+        "nothing can acknowledge while the broker is down"
+    );
     kafka.restart().await.unwrap();
 
     let delivery = tokio::time::timeout(Duration::from_secs(90), pending)
@@ -148,7 +189,10 @@ async fn a_record_sent_while_the_broker_restarts_is_delivered_after() {
         .expect("acknowledged after the restart");
     assert_eq!(delivery.offset, 1);
     let log = read_partition(&bootstrap, &topic, 0).await;
-    let values: Vec<_> = log.iter().map(|r| r.record.value.clone().unwrap()).collect();
+    let values: Vec<_> = log
+        .iter()
+        .map(|r| r.record.value.clone().unwrap())
+        .collect();
     assert_eq!(values, vec![b"first".to_vec(), b"during-outage".to_vec()]);
 }
 
@@ -164,7 +208,10 @@ async fn full_buffer_makes_send_wait_instead_of_growing() {
         .build()
         .await
         .unwrap();
-    producer.send(ProducerRecord::new(&topic, "warm-up")).await.unwrap();
+    producer
+        .send(ProducerRecord::new(&topic, "warm-up"))
+        .await
+        .unwrap();
 
     kafka.pause();
     let producer = Arc::new(producer);
@@ -172,14 +219,24 @@ async fn full_buffer_makes_send_wait_instead_of_growing() {
         .map(|i| {
             let producer = Arc::clone(&producer);
             let topic = topic.clone();
-            tokio::spawn(async move { producer.send(ProducerRecord::new(topic, vec![i as u8; 8 * 1024])).await })
+            tokio::spawn(async move {
+                producer
+                    .send(ProducerRecord::new(topic, vec![i as u8; 8 * 1024]))
+                    .await
+            })
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let buffered = producer.buffered_bytes();
     assert!(buffered <= 64 * 1024, "buffer bound exceeded: {buffered}");
-    assert!(buffered > 32 * 1024, "sends should fill the buffer while the broker is paused: {buffered}");
-    assert!(sends.iter().all(|s| !s.is_finished()), "no send completes while paused");
+    assert!(
+        buffered > 32 * 1024,
+        "sends should fill the buffer while the broker is paused: {buffered}"
+    );
+    assert!(
+        sends.iter().all(|s| !s.is_finished()),
+        "no send completes while paused"
+    );
 
     kafka.resume();
     for s in sends {
@@ -206,7 +263,10 @@ async fn bad_input_gets_a_clear_error() {
         Err(Error::UnknownTopic { topic }) => assert_eq!(topic, missing),
         other => panic!("expected UnknownTopic, got {other:?}"),
     }
-    match producer.send(ProducerRecord::new(&topic, "x").partition(7)).await {
+    match producer
+        .send(ProducerRecord::new(&topic, "x").partition(7))
+        .await
+    {
         Err(e @ Error::UnknownPartition { .. }) => {
             assert!(!e.is_retriable());
             assert!(e.to_string().contains("2 partitions"), "{e}");
@@ -229,7 +289,11 @@ async fn bad_input_gets_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_bootstrap_fails_after_the_connect_timeout() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = ClientConfig::new([format!("127.0.0.1:{port}")])
         .unwrap()
         .connect_timeout(Duration::from_secs(2));

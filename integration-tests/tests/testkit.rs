@@ -12,7 +12,9 @@ async fn send_one(bootstrap: &str, topic: &str, value: &str) -> kafkit::Result<k
         .delivery_timeout(Duration::from_secs(60))
         .build()
         .await?;
-    producer.send(ProducerRecord::new(topic, value).partition(0)).await
+    producer
+        .send(ProducerRecord::new(topic, value).partition(0))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,8 +28,12 @@ async fn broker_starts_fast_survives_kill_and_pause_and_dies_on_drop() {
     assert!(bootstrap.starts_with("127.0.0.1:"));
 
     let topic = random_name("testkit");
-    create_topic(&bootstrap, &topic, 3, 1).await.expect("topic created");
-    let first = send_one(&bootstrap, &topic, "before").await.expect("produce");
+    create_topic(&bootstrap, &topic, 3, 1)
+        .await
+        .expect("topic created");
+    let first = send_one(&bootstrap, &topic, "before")
+        .await
+        .expect("produce");
     assert_eq!(first.offset, 0);
 
     // Crash and come back on the same port with the same data.
@@ -37,7 +43,9 @@ async fn broker_starts_fast_survives_kill_and_pause_and_dies_on_drop() {
     assert!(zombie_or_gone(old_pid), "kill ends the JVM");
     kafka.restart().await.expect("restart");
     assert_eq!(kafka.bootstrap(), bootstrap, "restart keeps the port");
-    let second = send_one(&bootstrap, &topic, "after").await.expect("produce after restart");
+    let second = send_one(&bootstrap, &topic, "after")
+        .await
+        .expect("produce after restart");
     assert_eq!(
         (second.partition, second.offset),
         (0, 1),
@@ -46,10 +54,16 @@ async fn broker_starts_fast_survives_kill_and_pause_and_dies_on_drop() {
 
     // A paused broker does not answer; a resumed one does.
     kafka.pause();
-    let paused = tokio::time::timeout(Duration::from_secs(3), send_one(&bootstrap, &topic, "paused")).await;
+    let paused = tokio::time::timeout(
+        Duration::from_secs(3),
+        send_one(&bootstrap, &topic, "paused"),
+    )
+    .await;
     assert!(paused.is_err(), "a SIGSTOPped broker must not answer");
     kafka.resume();
-    send_one(&bootstrap, &topic, "resumed").await.expect("produce after resume");
+    send_one(&bootstrap, &topic, "resumed")
+        .await
+        .expect("produce after resume");
 
     let pid = kafka.node().pid().expect("pid");
     drop(kafka);
@@ -77,5 +91,8 @@ async fn restart_on_a_taken_port_names_the_port() {
     let message = kafka.restart().await.unwrap_err().to_string();
     assert!(message.contains(&port.to_string()), "{message}");
     drop(squatter);
-    kafka.restart().await.expect("restart once the port is free");
+    kafka
+        .restart()
+        .await
+        .expect("restart once the port is free");
 }

@@ -19,10 +19,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bootstrap = match std::env::var("KAFKA_BOOTSTRAP") {
         Ok(b) if !b.trim().is_empty() => b,
         _ => {
-            println!("starting a local Apache Kafka {} (KRaft, no Docker)...", kafkit_testkit::KAFKA_VERSION);
+            println!(
+                "starting a local Apache Kafka {} (KRaft, no Docker)...",
+                kafkit_testkit::KAFKA_VERSION
+            );
             let started = Instant::now();
             let kafka = LocalKafka::start().await?;
-            println!("broker up at {} in {:.1?}", kafka.bootstrap(), started.elapsed());
+            println!(
+                "broker up at {} in {:.1?}",
+                kafka.bootstrap(),
+                started.elapsed()
+            );
             let b = kafka.bootstrap();
             _local = kafka;
             b
@@ -31,12 +38,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let topic = random_name("demo-orders");
     create_topic(&bootstrap, &topic, 6, 1).await?;
-    let producer = ProducerBuilder::new(ClientConfig::new([&bootstrap])?).build().await?;
+    let producer = ProducerBuilder::new(ClientConfig::new([&bootstrap])?)
+        .build()
+        .await?;
 
     let started = Instant::now();
     let sends = (0..10_000).map(|i| {
         let producer = producer.clone();
-        let record = ProducerRecord::new(&topic, format!("order #{i}")).key(format!("customer-{}", i % 100));
+        let record =
+            ProducerRecord::new(&topic, format!("order #{i}")).key(format!("customer-{}", i % 100));
         async move { producer.send(record).await }
     });
     let deliveries = futures::future::try_join_all(sends).await?;
@@ -48,7 +58,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         entry.0 += 1;
         entry.1 = entry.1.max(d.offset);
     }
-    println!("produced {} records to {topic} in {elapsed:.1?}", deliveries.len());
+    println!(
+        "produced {} records to {topic} in {elapsed:.1?}",
+        deliveries.len()
+    );
     for (partition, (count, last)) in &per_partition {
         println!("  partition {partition}: {count} records, last offset {last}");
     }

@@ -15,8 +15,8 @@
 //! without a C compiler. `lz4`, `zstd` and `tls` are opt-in.
 
 pub use kafkit_core::{
-    ClientConfig, Compression, ConfigError, Delivery, Error, Producer, ProducerBuilder, ProducerRecord, Result,
-    WireError, partitioner,
+    ClientConfig, Compression, ConfigError, Delivery, Error, Producer, ProducerBuilder,
+    ProducerRecord, Result, WireError, partitioner,
 };
 
 pub use kafkit_core::{consumer, group};

@@ -306,16 +306,16 @@ impl CircuitBreaker {
 impl Shared {
     /// `Open` past its deadline becomes `HalfOpen`. Called with the lock held.
     fn expire_open(&self, inner: &mut Inner, now: Instant) {
-        if let Phase::Open { until } = inner.phase {
-            if now >= until {
-                self.transition(
-                    inner,
-                    Phase::HalfOpen {
-                        probe_in_flight: false,
-                    },
-                    "reset timeout elapsed, letting one probe record through",
-                );
-            }
+        if let Phase::Open { until } = inner.phase
+            && now >= until
+        {
+            self.transition(
+                inner,
+                Phase::HalfOpen {
+                    probe_in_flight: false,
+                },
+                "reset timeout elapsed, letting one probe record through",
+            );
         }
     }
 

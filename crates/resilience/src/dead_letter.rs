@@ -594,10 +594,10 @@ impl DeadLetterPolicy {
         K: AsRef<str>,
         V: AsRef<[u8]>,
     {
-        if let Naming::Suffix(suffix) = &self.naming {
-            if topic.ends_with(suffix.as_str()) {
-                return true;
-            }
+        if let Naming::Suffix(suffix) = &self.naming
+            && topic.ends_with(suffix.as_str())
+        {
+            return true;
         }
         let original = headers
             .into_iter()

@@ -191,15 +191,15 @@ impl ResilienceConfig {
     /// [`from_lookup`](Self::from_lookup) logs them at `warn`.
     pub fn warnings(&self) -> Vec<String> {
         let mut warnings = Vec::new();
-        if let Some(breaker) = &self.circuit_breaker {
-            if self.retry_max_attempts <= breaker.failure_threshold() {
-                warnings.push(format!(
+        if let Some(breaker) = &self.circuit_breaker
+            && self.retry_max_attempts <= breaker.failure_threshold()
+        {
+            warnings.push(format!(
                     "{RETRY_MAX_ATTEMPTS} ({}) is not above {CIRCUIT_BREAKER_THRESHOLD} ({}): during a \
                      downstream outage the first failing record is dead-lettered before the breaker opens",
                     self.retry_max_attempts,
                     breaker.failure_threshold()
                 ));
-            }
         }
         warnings
     }

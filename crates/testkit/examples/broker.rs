@@ -7,7 +7,11 @@ use kafkit_testkit::{BrokerOptions, LocalCluster};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let nodes: usize = std::env::args().nth(1).map(|n| n.parse()).transpose()?.unwrap_or(1);
+    let nodes: usize = std::env::args()
+        .nth(1)
+        .map(|n| n.parse())
+        .transpose()?
+        .unwrap_or(1);
     let cluster = LocalCluster::start_with(nodes, BrokerOptions::default()).await?;
     println!("KAFKA_BOOTSTRAP={}", cluster.bootstrap());
     for node in cluster.nodes() {

@@ -14,7 +14,12 @@ pub fn random_name(prefix: &str) -> String {
 
 /// Creates `topic` with `partitions` partitions and replication factor `replication` and waits until
 /// the cluster's metadata lists it.
-pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, replication: i16) -> Result<()> {
+pub async fn create_topic(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replication: i16,
+) -> Result<()> {
     let kafka = |context: String| move |source| Error::Kafka { context, source };
     let client = ClientBuilder::new(bootstrap.split(',').map(str::to_owned).collect())
         .backoff_config(BackoffConfig {
@@ -37,7 +42,10 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32, replica
             .list_topics()
             .await
             .map_err(kafka("listing topics".into()))?;
-        if topics.iter().any(|t| t.name == topic && t.partitions.len() == partitions as usize) {
+        if topics
+            .iter()
+            .any(|t| t.name == topic && t.partitions.len() == partitions as usize)
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -93,7 +93,11 @@ impl Node {
 
     /// The JVM's process id, while it runs.
     pub fn pid(&self) -> Option<u32> {
-        self.child.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(Child::id)
+        self.child
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(Child::id)
     }
 
     /// Whether the JVM is running (or paused).
@@ -179,11 +183,17 @@ impl Node {
             .append(true)
             .open(self.log_path())
             .map_err(Error::io(format!("opening {}", self.log_path().display())))?;
-        let log_err = log.try_clone().map_err(Error::io("duplicating the log file handle"))?;
+        let log_err = log
+            .try_clone()
+            .map_err(Error::io("duplicating the log file handle"))?;
         let mut cmd = Command::new("java");
         cmd.arg(format!("-Xmx{}", self.options.heap))
             .arg(format!("-Xms{}", self.options.heap))
-            .args(["-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true"])
+            .args([
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-Djava.awt.headless=true",
+            ])
             .arg("-Dorg.slf4j.simpleLogger.logFile=System.out")
             .arg("-Dorg.slf4j.simpleLogger.showDateTime=true")
             .arg("-Dorg.slf4j.simpleLogger.dateTimeFormat=HH:mm:ss.SSS")
@@ -207,7 +217,10 @@ impl Node {
         let mut last_error = String::from("no answer yet");
         loop {
             if !self.is_running() {
-                return Err(self.start_error(format!("the JVM exited; last lines:\n{}", self.log_tail(30))));
+                return Err(self.start_error(format!(
+                    "the JVM exited; last lines:\n{}",
+                    self.log_tail(30)
+                )));
             }
             if Instant::now() >= deadline {
                 return Err(self.start_error(format!(
@@ -315,10 +328,18 @@ impl LocalCluster {
 
         let mut formats = Vec::new();
         for node in &cluster.nodes {
-            fs::create_dir_all(node.dir.join("data")).map_err(Error::io("creating the broker data dir"))?;
-            fs::write(node.config_path(), server_properties(node, count, &voters, &options))
-                .map_err(Error::io("writing server.properties"))?;
-            formats.push(format_storage(node.config_path(), cluster_id.clone(), node.log_path()));
+            fs::create_dir_all(node.dir.join("data"))
+                .map_err(Error::io("creating the broker data dir"))?;
+            fs::write(
+                node.config_path(),
+                server_properties(node, count, &voters, &options),
+            )
+            .map_err(Error::io("writing server.properties"))?;
+            formats.push(format_storage(
+                node.config_path(),
+                cluster_id.clone(),
+                node.log_path(),
+            ));
         }
         for f in formats {
             f.await?;
@@ -334,7 +355,11 @@ impl LocalCluster {
 
     /// All client listeners, comma-separated: the bootstrap string for clients.
     pub fn bootstrap(&self) -> String {
-        self.nodes.iter().map(Node::bootstrap).collect::<Vec<_>>().join(",")
+        self.nodes
+            .iter()
+            .map(Node::bootstrap)
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The nodes, in id order.
@@ -367,7 +392,10 @@ impl Drop for LocalCluster {
                     node.log_tail(40)
                 );
             }
-            eprintln!("kafkit-testkit: kept broker data in {}", self.root.display());
+            eprintln!(
+                "kafkit-testkit: kept broker data in {}",
+                self.root.display()
+            );
         } else {
             let _ = fs::remove_dir_all(&self.root);
         }
@@ -443,19 +471,31 @@ fn server_properties(node: &Node, count: usize, voters: &str, options: &BrokerOp
         ("controller.quorum.voters", voters.to_owned()),
         (
             "listeners",
-            format!("PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}", node.port, node.controller_port),
+            format!(
+                "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
+                node.port, node.controller_port
+            ),
         ),
-        ("advertised.listeners", format!("PLAINTEXT://127.0.0.1:{}", node.port)),
+        (
+            "advertised.listeners",
+            format!("PLAINTEXT://127.0.0.1:{}", node.port),
+        ),
         ("controller.listener.names", "CONTROLLER".into()),
         ("inter.broker.listener.name", "PLAINTEXT".into()),
-        ("listener.security.protocol.map", "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".into()),
+        (
+            "listener.security.protocol.map",
+            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".into(),
+        ),
         ("log.dirs", node.dir.join("data").display().to_string()),
         ("offsets.topic.replication.factor", rf.to_string()),
         // Few offsets partitions: the topic is created on first group use, and 50 partitions take seconds.
         ("offsets.topic.num.partitions", "4".into()),
         ("transaction.state.log.replication.factor", rf.to_string()),
         ("transaction.state.log.min.isr", min_isr.to_string()),
-        ("share.coordinator.state.topic.replication.factor", rf.to_string()),
+        (
+            "share.coordinator.state.topic.replication.factor",
+            rf.to_string(),
+        ),
         ("share.coordinator.state.topic.min.isr", min_isr.to_string()),
         ("group.initial.rebalance.delay.ms", "0".into()),
         // Lets tests use short session timeouts (the broker default minimum is 6 s).
@@ -465,7 +505,10 @@ fn server_properties(node: &Node, count: usize, voters: &str, options: &BrokerOp
         ("num.partitions", "1".into()),
         ("num.network.threads", "2".into()),
         ("num.io.threads", "4".into()),
-        ("log.cleaner.dedupe.buffer.size", (8 * 1024 * 1024).to_string()),
+        (
+            "log.cleaner.dedupe.buffer.size",
+            (8 * 1024 * 1024).to_string(),
+        ),
     ];
     for (k, v) in &options.properties {
         props.push((k.as_str(), v.clone()));
@@ -526,7 +569,11 @@ fn fresh_root() -> Result<PathBuf> {
     if let Ok(entries) = fs::read_dir(&base) {
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let pid = name.to_string_lossy().split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let pid = name
+                .to_string_lossy()
+                .split('-')
+                .next()
+                .and_then(|p| p.parse::<u32>().ok());
             if let Some(pid) = pid
                 && pid != std::process::id()
                 && !Path::new(&format!("/proc/{pid}")).exists()
@@ -575,7 +622,10 @@ mod tests {
         for _ in 0..100 {
             let id = random_cluster_id();
             assert_eq!(id.len(), 22);
-            assert!(id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            assert!(
+                id.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            );
         }
     }
 

@@ -10,7 +10,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// `java` is missing or too old.
-    #[error("{found}; Kafka {kafka} needs Java 17 or newer: install a JDK (e.g. `apt-get install openjdk-17-jdk-headless`) or put it first on PATH")]
+    #[error(
+        "{found}; Kafka {kafka} needs Java 17 or newer: install a JDK (e.g. `apt-get install openjdk-17-jdk-headless`) or put it first on PATH"
+    )]
     Java {
         /// What was found instead.
         found: String,
@@ -19,14 +21,18 @@ pub enum Error {
     },
 
     /// `mvn` is missing and the jar cache is empty.
-    #[error("the Kafka jars are not cached in {cache} and `mvn` is not available to fetch them: install Maven (e.g. `apt-get install maven`), or set KAFKIT_CACHE_DIR to a filled cache")]
+    #[error(
+        "the Kafka jars are not cached in {cache} and `mvn` is not available to fetch them: install Maven (e.g. `apt-get install maven`), or set KAFKIT_CACHE_DIR to a filled cache"
+    )]
     Maven {
         /// The cache directory that was looked at.
         cache: PathBuf,
     },
 
     /// Maven ran but failed to fetch the jars.
-    #[error("fetching the Kafka jars with Maven failed (exit {status}); is Maven Central reachable?\n{output}")]
+    #[error(
+        "fetching the Kafka jars with Maven failed (exit {status}); is Maven Central reachable?\n{output}"
+    )]
     MavenFailed {
         /// Maven's exit status.
         status: String,
@@ -35,7 +41,9 @@ pub enum Error {
     },
 
     /// A port the broker must use is taken by another process.
-    #[error("port {port} on 127.0.0.1 is in use by another process; stop it or let the testkit pick free ports")]
+    #[error(
+        "port {port} on 127.0.0.1 is in use by another process; stop it or let the testkit pick free ports"
+    )]
     PortInUse {
         /// The port.
         port: u16,

@@ -94,7 +94,15 @@ fn ensure_jars() -> Result<PathBuf> {
     if !output.status.success() {
         let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&output.stderr));
-        let tail: String = text.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+        let tail: String = text
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
         return Err(Error::MavenFailed {
             status: output.status.to_string(),
             output: tail,
@@ -103,6 +111,7 @@ fn ensure_jars() -> Result<PathBuf> {
     fs::write(staging.join(".complete"), KAFKA_VERSION)
         .map_err(Error::io("marking the jar cache complete"))?;
     let _ = fs::remove_dir_all(&libs);
-    fs::rename(&staging, &libs).map_err(Error::io(format!("moving jars into {}", libs.display())))?;
+    fs::rename(&staging, &libs)
+        .map_err(Error::io(format!("moving jars into {}", libs.display())))?;
     Ok(libs)
 }

@@ -89,14 +89,23 @@ pub async fn java_source(source: &Path, args: &[&str], timeout: Duration) -> Res
     run(cmd, &source.display().to_string(), timeout).await
 }
 
-async fn run(mut cmd: tokio::process::Command, what: &str, timeout: Duration) -> Result<JavaOutput> {
+async fn run(
+    mut cmd: tokio::process::Command,
+    what: &str,
+    timeout: Duration,
+) -> Result<JavaOutput> {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().map_err(Error::io(format!("starting java {what}")))?;
+    let child = cmd
+        .spawn()
+        .map_err(Error::io(format!("starting java {what}")))?;
     let out = tokio::time::timeout(timeout, child.wait_with_output())
         .await
         .map_err(|_| Error::Io {
             context: format!("java {what}"),
-            source: std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no exit within {timeout:?}")),
+            source: std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no exit within {timeout:?}"),
+            ),
         })?
         .map_err(Error::io(format!("waiting for java {what}")))?;
     Ok(JavaOutput {

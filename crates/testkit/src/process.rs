@@ -59,5 +59,9 @@ fn set_parent_death_signal(cmd: &mut Command) {
 pub(crate) fn signal(pid: u32, signal: libc::c_int) -> io::Result<()> {
     // SAFETY: `kill` has no memory-safety preconditions.
     let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }

@@ -303,7 +303,7 @@ mod tests {
             let mut picks = picks.into_iter().cycle();
             while started < keys.len() || !in_flight.is_empty() {
                 let p = picks.next().unwrap() as usize;
-                if p % 2 == 0 && let Some((k, o)) = s.next() {
+                if p.is_multiple_of(2) && let Some((k, o)) = s.next() {
                     prop_assert_eq!(keys[o], k);
                     prop_assert!(!in_flight.iter().any(|(fk, _)| *fk == k), "key {} twice in flight", k);
                     if let Some(prev) = last_started.insert(k, o) {
