@@ -1,8 +1,10 @@
 //! Validated metrics settings, set in code or from the users' `KAFKA_*` environment variables.
 //!
 //! Every range check lives in one `check_*` function, used both by [`MetricsConfigBuilder::build`] (the error
-//! names the setting) and by [`MetricsConfigBuilder::env_overrides`] (the error names the variable).
+//! names the setting) and by [`MetricsConfigBuilder::env_overrides`] (the error names the variable). A check
+//! returns the rule that was broken (`must be >= 1`); the caller adds the value it got.
 
+use std::fmt;
 use std::time::Duration;
 
 use crate::ConfigError;
@@ -29,7 +31,8 @@ const MAX_HISTOGRAM_MAX: Duration = Duration::from_secs(24 * 60 * 60);
 /// assert_eq!(config.max_topic_stats(), 50);
 ///
 /// let err = MetricsConfig::builder().max_topic_stats(0).build().unwrap_err();
-/// assert_eq!(err.to_string(), "invalid metrics setting: max_topic_stats must be >= 1, got 0");
+/// assert_eq!(err.setting, "max_topic_stats");
+/// assert_eq!(err.to_string(), "invalid setting `max_topic_stats`: must be >= 1, got 0");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
@@ -88,7 +91,9 @@ impl MetricsConfig {
     /// assert_eq!(config.unwrap().moving_average_window(), 25);
     ///
     /// let err = MetricsConfig::from_lookup(|name| (name == "KAFKA_MAX_TOPIC_STATS").then(|| "lots".into()));
-    /// assert_eq!(err.unwrap_err().setting(), "KAFKA_MAX_TOPIC_STATS");
+    /// let err = err.unwrap_err();
+    /// assert_eq!(err.setting, "KAFKA_MAX_TOPIC_STATS");
+    /// assert_eq!(err.reason, r#"must be a whole number, got "lots""#);
     /// ```
     pub fn from_lookup(lookup: impl FnMut(&str) -> Option<String>) -> Result<Self, ConfigError> {
         MetricsConfigBuilder::new().env_overrides(lookup)?.build()
@@ -197,7 +202,8 @@ impl MetricsConfigBuilder {
     /// - `KAFKA_MOVING_AVERAGE_WINDOW`: a whole number in `1..=`[`MAX_MOVING_AVERAGE_WINDOW`].
     ///
     /// Surrounding whitespace is ignored and an empty value counts as unset (as `VAR=` does in a compose
-    /// file). Anything else is rejected with [`ConfigError::InvalidEnvVar`] naming the variable.
+    /// file). Anything else is rejected with a [`ConfigError`] whose `setting` is the variable and whose
+    /// `reason` gives the allowed form and the value found, quoted.
     pub fn env_overrides(
         mut self,
         mut lookup: impl FnMut(&str) -> Option<String>,
@@ -228,36 +234,50 @@ impl MetricsConfigBuilder {
         Ok(self)
     }
 
-    /// The validated configuration, or the first setting out of range.
+    /// The validated configuration, or a [`ConfigError`] naming the first setting out of range.
     pub fn build(self) -> Result<MetricsConfig, ConfigError> {
         let c = self.config;
-        setting("max_topic_stats", check_max_topic_stats(c.max_topic_stats))?;
+        setting(
+            "max_topic_stats",
+            c.max_topic_stats,
+            check_max_topic_stats(c.max_topic_stats),
+        )?;
         setting(
             "moving_average_window",
+            c.moving_average_window,
             check_window(c.moving_average_window),
         )?;
         setting(
             "histogram_precision_bits",
+            c.histogram_precision_bits,
             check_precision_bits(c.histogram_precision_bits),
         )?;
-        setting("histogram_max", check_histogram_max(c.histogram_max))?;
+        setting(
+            "histogram_max",
+            c.histogram_max,
+            check_histogram_max(c.histogram_max),
+        )?;
         setting(
             "histogram_resolution",
+            c.histogram_resolution,
             check_resolution(c.histogram_resolution, c.histogram_max),
         )?;
         setting(
             "publish_interval",
+            c.publish_interval,
             check_publish_interval(c.publish_interval),
         )?;
         Ok(c)
     }
 }
 
-fn setting(name: &'static str, check: Result<(), String>) -> Result<(), ConfigError> {
-    check.map_err(|reason| ConfigError::InvalidSetting {
-        setting: name,
-        reason,
-    })
+/// The error for a setting made in code: the rule `check` found broken and the value.
+fn setting(
+    name: &str,
+    value: impl fmt::Debug,
+    check: Result<(), String>,
+) -> Result<(), ConfigError> {
+    check.map_err(|rule| ConfigError::new(name, format!("{rule}, got {value:?}")))
 }
 
 /// Reads, parses and range-checks one variable; `None` when unset or empty.
@@ -274,58 +294,49 @@ fn env_value<T: Copy>(
     if trimmed.is_empty() {
         return Ok(None);
     }
-    let error = |reason| ConfigError::InvalidEnvVar {
-        variable,
-        value: raw.clone(),
-        reason,
-    };
+    // The value as found (untrimmed), quoted, so stray whitespace or control characters show.
+    let error = |rule| ConfigError::new(variable, format!("{rule}, got {raw:?}"));
     let value = parse(trimmed).map_err(error)?;
     check(value).map_err(error)?;
     Ok(Some(value))
 }
 
 fn parse_count(raw: &str) -> Result<usize, String> {
-    raw.parse().map_err(|_| "is not a whole number".to_owned())
+    raw.parse().map_err(|_| "must be a whole number".to_owned())
 }
 
 fn parse_bool(raw: &str) -> Result<bool, String> {
     match raw.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err("must be true or false".to_owned()),
+        _ => Err("must be true or false (or 1/0, yes/no, on/off)".to_owned()),
     }
 }
 
 fn check_max_topic_stats(topics: usize) -> Result<(), String> {
     if topics == 0 {
-        return Err(format!("must be >= 1, got {topics}"));
+        return Err("must be >= 1".to_owned());
     }
     Ok(())
 }
 
 fn check_window(samples: usize) -> Result<(), String> {
     if !(1..=MAX_MOVING_AVERAGE_WINDOW).contains(&samples) {
-        return Err(format!(
-            "must be within 1..={MAX_MOVING_AVERAGE_WINDOW}, got {samples}"
-        ));
+        return Err(format!("must be within 1..={MAX_MOVING_AVERAGE_WINDOW}"));
     }
     Ok(())
 }
 
 fn check_precision_bits(bits: u32) -> Result<(), String> {
     if !(1..=MAX_PRECISION_BITS).contains(&bits) {
-        return Err(format!(
-            "must be within 1..={MAX_PRECISION_BITS}, got {bits}"
-        ));
+        return Err(format!("must be within 1..={MAX_PRECISION_BITS}"));
     }
     Ok(())
 }
 
 fn check_histogram_max(max: Duration) -> Result<(), String> {
     if max > MAX_HISTOGRAM_MAX {
-        return Err(format!(
-            "must be at most {MAX_HISTOGRAM_MAX:?}, got {max:?}"
-        ));
+        return Err(format!("must be at most {MAX_HISTOGRAM_MAX:?}"));
     }
     Ok(())
 }
@@ -333,7 +344,7 @@ fn check_histogram_max(max: Duration) -> Result<(), String> {
 fn check_resolution(resolution: Duration, max: Duration) -> Result<(), String> {
     if resolution.is_zero() || resolution > max {
         return Err(format!(
-            "must be greater than zero and at most histogram_max ({max:?}), got {resolution:?}"
+            "must be greater than zero and at most histogram_max ({max:?})"
         ));
     }
     Ok(())
@@ -380,27 +391,27 @@ mod tests {
             (
                 b().moving_average_window(10_001),
                 "moving_average_window",
-                "must be within 1..=10000",
+                "must be within 1..=10000, got 10001",
             ),
             (
                 b().histogram_precision_bits(0),
                 "histogram_precision_bits",
-                "must be within 1..=10",
+                "must be within 1..=10, got 0",
             ),
             (
                 b().histogram_precision_bits(11),
                 "histogram_precision_bits",
-                "must be within 1..=10",
+                "must be within 1..=10, got 11",
             ),
             (
                 b().histogram_max(Duration::from_secs(86_401)),
                 "histogram_max",
-                "must be at most 86400s",
+                "must be at most 86400s, got 86401s",
             ),
             (
                 b().histogram_resolution(Duration::ZERO),
                 "histogram_resolution",
-                "must be greater than zero",
+                "must be greater than zero and at most histogram_max (60s), got 0ns",
             ),
             (
                 b().histogram_max(Duration::from_millis(1))
@@ -411,14 +422,16 @@ mod tests {
             (
                 b().publish_interval(Duration::ZERO),
                 "publish_interval",
-                "must be greater than zero",
+                "must be greater than zero, got 0ns",
             ),
         ];
         for (builder, name, reason) in cases {
             let err = builder.build().unwrap_err();
-            assert_eq!(err.setting(), name);
-            let text = err.to_string();
-            assert!(text.contains(&format!("{name} {reason}")), "{text}");
+            assert_eq!((err.setting.as_str(), err.reason.as_str()), (name, reason));
+            assert_eq!(
+                err.to_string(),
+                format!("invalid setting `{name}`: {reason}")
+            );
         }
     }
 
@@ -500,43 +513,50 @@ mod tests {
     #[test]
     fn bad_environment_values_name_the_variable() {
         let cases = [
-            ("KAFKA_MAX_TOPIC_STATS", "lots", "is not a whole number"),
-            ("KAFKA_MAX_TOPIC_STATS", "-5", "is not a whole number"),
-            ("KAFKA_MAX_TOPIC_STATS", "0", "must be >= 1, got 0"),
+            (
+                "KAFKA_MAX_TOPIC_STATS",
+                "lots",
+                r#"must be a whole number, got "lots""#,
+            ),
+            (
+                "KAFKA_MAX_TOPIC_STATS",
+                "-5",
+                r#"must be a whole number, got "-5""#,
+            ),
+            ("KAFKA_MAX_TOPIC_STATS", "0", r#"must be >= 1, got "0""#),
+            // The value is quoted as found, surrounding whitespace included.
+            ("KAFKA_MAX_TOPIC_STATS", " 0 ", r#"must be >= 1, got " 0 ""#),
             (
                 "KAFKA_ENABLE_MOVING_AVERAGE",
                 "maybe",
-                "must be true or false",
+                r#"must be true or false (or 1/0, yes/no, on/off), got "maybe""#,
             ),
             (
                 "KAFKA_MOVING_AVERAGE_WINDOW",
                 "1e3",
-                "is not a whole number",
+                r#"must be a whole number, got "1e3""#,
             ),
             (
                 "KAFKA_MOVING_AVERAGE_WINDOW",
                 "0",
-                "must be within 1..=10000, got 0",
+                r#"must be within 1..=10000, got "0""#,
             ),
             (
                 "KAFKA_MOVING_AVERAGE_WINDOW",
                 "20000",
-                "must be within 1..=10000, got 20000",
+                r#"must be within 1..=10000, got "20000""#,
             ),
         ];
         for (variable, value, reason) in cases {
             let err = MetricsConfig::from_lookup(lookup(&[(variable, value)])).unwrap_err();
             assert_eq!(
-                err,
-                ConfigError::InvalidEnvVar {
-                    variable,
-                    value: value.to_owned(),
-                    reason: reason.to_owned()
-                }
+                (err.setting.as_str(), err.reason.as_str()),
+                (variable, reason),
+                "{value:?}"
             );
-            assert!(
-                err.to_string().contains(&format!("{variable}={value:?}")),
-                "{err}"
+            assert_eq!(
+                err.to_string(),
+                format!("invalid setting `{variable}`: {reason}")
             );
         }
     }

@@ -4,10 +4,9 @@
 //! needs to be ordered with it. The breaker's state and failure count are packed into one `u64` so a
 //! snapshot never pairs a new state with an old count.
 
-use std::fmt;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use crate::GaugeSnapshot;
+use crate::{CircuitState, GaugeSnapshot};
 
 /// An integer that goes up and down, shared by every clone of its [`Metrics`](crate::Metrics).
 ///
@@ -44,35 +43,29 @@ impl Gauge {
     }
 }
 
-/// The state of a circuit breaker, as exported. `kafkit-resilience` maps its breaker's state onto this.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum CircuitState {
-    /// Records flow.
-    #[default]
-    Closed,
-    /// Records are refused until the reset timeout elapses.
-    Open,
-    /// One probe is let through.
-    HalfOpen,
-}
+/// Every breaker state, in the order exported.
+pub(crate) const CIRCUIT_STATES: [CircuitState; 3] = [
+    CircuitState::Closed,
+    CircuitState::Open,
+    CircuitState::HalfOpen,
+];
 
-impl CircuitState {
-    /// Every state, in the order exported.
-    pub(crate) const ALL: [CircuitState; 3] = [Self::Closed, Self::Open, Self::HalfOpen];
-
-    /// `closed`, `open` or `half_open`: the same labels `kafkit-resilience` logs.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Closed => "closed",
-            Self::Open => "open",
-            Self::HalfOpen => "half_open",
-        }
+/// The state's code in the high bits of the packed circuit word. `Closed` is 0, so a zeroed word reads
+/// as a closed breaker with no failures.
+fn state_code(state: CircuitState) -> u64 {
+    match state {
+        CircuitState::Closed => 0,
+        CircuitState::Open => 1,
+        CircuitState::HalfOpen => 2,
     }
 }
 
-impl fmt::Display for CircuitState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+/// The inverse of [`state_code`]; an unknown code (never written) reads as `Closed`.
+fn state_from_code(code: u64) -> CircuitState {
+    match code {
+        1 => CircuitState::Open,
+        2 => CircuitState::HalfOpen,
+        _ => CircuitState::Closed,
     }
 }
 
@@ -94,19 +87,15 @@ pub(crate) struct Gauges {
 impl Gauges {
     /// Sets the breaker state and its consecutive failures (saturating at 2^56 - 1) in one store.
     pub(crate) fn set_circuit(&self, state: CircuitState, failures: u64) {
-        let state = state as u64;
         self.circuit.store(
-            state << FAILURE_BITS | failures.min(FAILURE_MASK),
+            state_code(state) << FAILURE_BITS | failures.min(FAILURE_MASK),
             Ordering::Relaxed,
         );
     }
 
     pub(crate) fn snapshot(&self) -> GaugeSnapshot {
         let circuit = self.circuit.load(Ordering::Relaxed);
-        let circuit_state = CircuitState::ALL
-            .into_iter()
-            .find(|&s| s as u64 == circuit >> FAILURE_BITS)
-            .unwrap_or_default();
+        let circuit_state = state_from_code(circuit >> FAILURE_BITS);
         GaugeSnapshot {
             records_in_flight: self.records_in_flight.get(),
             buffered_bytes: self.buffered_bytes.get(),
@@ -140,8 +129,18 @@ mod tests {
     }
 
     #[test]
-    fn labels_match_the_resilience_crate() {
-        let labels: Vec<_> = CircuitState::ALL.iter().map(|s| s.to_string()).collect();
+    fn every_state_has_its_own_code() {
+        for state in CIRCUIT_STATES {
+            assert_eq!(state_from_code(state_code(state)), state);
+        }
+        let codes: Vec<_> = CIRCUIT_STATES.into_iter().map(state_code).collect();
+        assert_eq!(codes, [0, 1, 2]);
+        assert_eq!(state_from_code(3), CircuitState::Closed);
+    }
+
+    #[test]
+    fn exported_states_use_the_resilience_labels() {
+        let labels: Vec<_> = CIRCUIT_STATES.iter().map(|s| s.to_string()).collect();
         assert_eq!(labels, ["closed", "open", "half_open"]);
     }
 }

@@ -1,13 +1,15 @@
 //! Per-topic client statistics that stay bounded in memory and never slow the consumer down.
 //!
 //! # Layout
-//! - `config`: [`MetricsConfig`] and its builder, set in code or from the `KAFKA_*` environment variables.
-//! - `error`: [`ConfigError`], naming the setting or environment variable that was rejected.
+//! - `config`: [`MetricsConfig`] and its builder, set in code or from the `KAFKA_*` environment variables;
+//!   a rejected value is a [`ConfigError`] (re-exported from `kafkit-resilience`) naming the setting or
+//!   environment variable.
 //! - `histogram`: the log-linear (HDR-style) histogram behind p50/p95/p99 and its error bound.
 //! - `timing`: the exact moving average (a ring buffer) and one timing series per topic.
 //! - `topics`: per-topic atomic counters, the read-mostly topic index and the LRU that bounds it.
 //! - `groups`: consumer lag per partition and per group, and rebalance counts.
-//! - `gauges`: [`Gauge`] and [`CircuitState`], the instantaneous values.
+//! - `gauges`: [`Gauge`] and the circuit breaker's [`CircuitState`] (re-exported from `kafkit-resilience`),
+//!   the instantaneous values.
 //! - `metrics`: [`Metrics`], the clonable handle the hot path records into, and the publish step.
 //! - `snapshot`: [`MetricsSnapshot`] and its parts, the immutable plain data readers get.
 //! - `prometheus`: the Prometheus text exposition of a snapshot.
@@ -35,7 +37,6 @@
 //! ```
 
 mod config;
-mod error;
 mod gauges;
 mod groups;
 mod histogram;
@@ -46,8 +47,8 @@ mod timing;
 mod topics;
 
 pub use config::{MAX_MOVING_AVERAGE_WINDOW, MetricsConfig, MetricsConfigBuilder};
-pub use error::ConfigError;
-pub use gauges::{CircuitState, Gauge};
+pub use gauges::Gauge;
+pub use kafkit_resilience::{CircuitState, ConfigError};
 pub use metrics::{ActiveGuard, Metrics, PublisherTask};
 pub use snapshot::{
     Counters, GaugeSnapshot, GroupSnapshot, MetricsSnapshot, PartitionLag, TimingSnapshot,

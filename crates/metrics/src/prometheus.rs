@@ -12,7 +12,8 @@
 use std::fmt::{self, Display, Write};
 use std::time::Duration;
 
-use crate::{CircuitState, Counters, MetricsSnapshot, PartitionLag, TimingSnapshot, TopicSnapshot};
+use crate::gauges::CIRCUIT_STATES;
+use crate::{Counters, MetricsSnapshot, PartitionLag, TimingSnapshot, TopicSnapshot};
 
 /// A family exported from each element of a list: name, help, and how to read the value.
 type Family<F> = (&'static str, &'static str, F);
@@ -233,7 +234,7 @@ impl MetricsSnapshot {
             "gauge",
             "1 for the circuit breaker's current state, 0 for the others.",
         )?;
-        for state in CircuitState::ALL {
+        for state in CIRCUIT_STATES {
             let value = u8::from(state == g.circuit_state);
             w.sample(
                 "kafkit_circuit_breaker_state",
@@ -298,7 +299,7 @@ impl<W: Write> Exposition<'_, W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Metrics, MetricsConfig};
+    use crate::{CircuitState, Metrics, MetricsConfig};
     use std::collections::{BTreeMap, HashSet};
 
     #[derive(Debug, PartialEq)]

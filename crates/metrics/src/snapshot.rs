@@ -116,7 +116,7 @@ pub struct GroupSnapshot {
 }
 
 /// The instantaneous values.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GaugeSnapshot {
     /// Records handed to the application and not yet acked or failed.
@@ -131,6 +131,20 @@ pub struct GaugeSnapshot {
     pub circuit_state: CircuitState,
     /// The circuit breaker's consecutive failures, from the same update as `circuit_state`.
     pub circuit_failures: u64,
+}
+
+impl Default for GaugeSnapshot {
+    /// Every gauge at 0 and the breaker closed with no failures: the values before anything is recorded.
+    fn default() -> Self {
+        Self {
+            records_in_flight: 0,
+            buffered_bytes: 0,
+            active_producers: 0,
+            active_consumers: 0,
+            circuit_state: CircuitState::Closed,
+            circuit_failures: 0,
+        }
+    }
 }
 
 /// An immutable view of all metrics at one publish. Plain data: clone it, keep it, serialise it.
