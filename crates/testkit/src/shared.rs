@@ -15,6 +15,17 @@ pub enum TestKafka {
 }
 
 impl TestKafka {
+    /// The cluster named by `KAFKA_BOOTSTRAP`, else a new local broker owned by the caller (stopped
+    /// when the value is dropped). For demos and examples.
+    pub async fn from_env_or_start() -> Result<Self> {
+        if let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP")
+            && !bootstrap.trim().is_empty()
+        {
+            return Ok(TestKafka::External(bootstrap.trim().to_owned()));
+        }
+        Ok(TestKafka::Local(LocalKafka::start().await?))
+    }
+
     /// The bootstrap string for clients.
     pub fn bootstrap(&self) -> String {
         match self {
@@ -29,16 +40,7 @@ impl TestKafka {
 /// for a failing test. The broker is killed when the test process exits.
 pub async fn shared() -> Result<&'static TestKafka> {
     static SHARED: OnceCell<TestKafka> = OnceCell::const_new();
-    let kafka = SHARED
-        .get_or_try_init(|| async {
-            if let Ok(bootstrap) = std::env::var("KAFKA_BOOTSTRAP")
-                && !bootstrap.trim().is_empty()
-            {
-                return Ok(TestKafka::External(bootstrap.trim().to_owned()));
-            }
-            Ok(TestKafka::Local(LocalKafka::start().await?))
-        })
-        .await?;
+    let kafka = SHARED.get_or_try_init(TestKafka::from_env_or_start).await?;
     match kafka {
         TestKafka::Local(k) => eprintln!(
             "kafkit-testkit: shared broker at {}, log {}",
