@@ -33,7 +33,12 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use kafkit_metrics::Metrics;
+use kafkit_resilience::CircuitState;
+
+use super::failure::{FailurePath, HandlerError};
 use super::fetcher::{FetchContext, FetchEvent, FetchTask};
+use super::status::StatusBoard;
 use super::offset_map;
 use super::record::{AckHandle, ConsumedRecord, RecordData, StreamRecord};
 use super::scheduler::{PartitionSchedule, key_hash};
@@ -46,12 +51,14 @@ use crate::{Error, Result};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A handler, type-erased: called once per attempt.
-pub(crate) type HandlerFn = Arc<dyn Fn(ConsumedRecord) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send + Sync>;
+pub(crate) type HandlerFn =
+    Arc<dyn Fn(ConsumedRecord) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>> + Send + Sync>;
 
 /// Where dispatched records go.
 pub(crate) enum Sink {
-    /// Each record runs the handler on its own task; failures are retried with backoff.
-    Handler(HandlerFn),
+    /// Each record runs the handler on its own task through the failure path (retries, breaker,
+    /// dead-letter topic).
+    Handler(HandlerFn, Arc<FailurePath>),
     /// Each record is sent to the user's stream and finishes when acked.
     Stream(mpsc::Sender<StreamRecord>),
 }
@@ -119,16 +126,27 @@ pub(crate) struct Engine {
     shutdown_deadline: Option<Instant>,
     report: ShutdownReport,
     fatal: Option<Error>,
+    /// The breaker's state changes; dispatch pauses while it is open.
+    breaker: Option<watch::Receiver<CircuitState>>,
+    board: Arc<StatusBoard>,
+    metrics: Option<Metrics>,
+    group_id: String,
 }
 
 impl Engine {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         settings: Arc<ConsumerSettings>,
         group: Arc<GroupMember>,
         events: mpsc::UnboundedReceiver<GroupEvent>,
         client: Arc<rskafka::client::Client>,
         sink: Sink,
+        breaker: Option<watch::Receiver<CircuitState>>,
+        board: Arc<StatusBoard>,
+        metrics: Option<Metrics>,
     ) -> Self {
+        board.set_member(Arc::clone(&group));
+        let group_id = group.group_id().to_owned();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (fetched_tx, fetched_rx) = mpsc::channel(64);
         let fetch_ctx = Arc::new(FetchContext {
@@ -159,6 +177,10 @@ impl Engine {
             shutdown_deadline: None,
             report: ShutdownReport::default(),
             fatal: None,
+            breaker,
+            board,
+            metrics,
+            group_id,
         }
     }
 
@@ -196,7 +218,20 @@ impl Engine {
                         self.begin_shutdown();
                     }
                 }
-                _ = commit_tick.tick() => self.commit_watermarks(None),
+                changed = breaker_changed(&mut self.breaker), if self.breaker.is_some() => {
+                    if !changed {
+                        self.breaker = None;
+                    }
+                    let open = self.breaker_open();
+                    self.board.set_paused(open);
+                    if open {
+                        warn!("circuit breaker open: dispatch paused (fetching stops when the buffer fills)");
+                    }
+                }
+                _ = commit_tick.tick() => {
+                    self.sample_lag();
+                    self.commit_watermarks(None);
+                }
                 changed = shutdown.changed(), if !shutdown_seen => {
                     shutdown_seen = true;
                     if changed.is_ok() {
@@ -252,7 +287,11 @@ impl Engine {
         match event {
             GroupEvent::Assigned { partitions, generation } => {
                 debug!(generation, ?partitions, "assigned");
+                if let Some(m) = &self.metrics {
+                    m.record_rebalance(&self.group_id);
+                }
                 for tp in partitions {
+                    self.board.assigned(&tp);
                     self.assign(tp);
                 }
             }
@@ -280,6 +319,7 @@ impl Engine {
             GroupEvent::Lost { partitions, reason } => {
                 warn!(?partitions, %reason, "partitions lost: abandoning their records without commit");
                 for tp in partitions {
+                    self.release(&tp);
                     if let Some(i) = self.by_partition.remove(&tp) {
                         self.slots[i] = None;
                     }
@@ -289,6 +329,14 @@ impl Engine {
                 self.fatal = Some(error);
                 self.begin_shutdown();
             }
+        }
+    }
+
+    /// Forgets `tp` in the health board and the lag metrics.
+    fn release(&self, tp: &TopicPartition) {
+        self.board.released(tp);
+        if let Some(m) = &self.metrics {
+            m.remove_partition_lag(&self.group_id, &tp.topic, tp.partition);
         }
     }
 
@@ -352,11 +400,20 @@ impl Engine {
                 budget,
             } => {
                 let stopping = self.shutdown_deadline.is_some();
+                let board = Arc::clone(&self.board);
+                let metrics = self.metrics.clone();
                 let Some(s) = self.slot_mut(slot, epoch) else { return };
                 if s.revoking || stopping {
                     return;
                 }
                 s.high_watermark = high_watermark;
+                let position = records.last().map_or_else(|| s.tracker.as_ref().map_or(-1, WatermarkTracker::position), |r| r.offset + 1);
+                board.fetched(&s.tp, high_watermark, position);
+                if let Some(m) = &metrics
+                    && !records.is_empty()
+                {
+                    m.record_consumed(&s.topic, records.len() as u64);
+                }
                 let tracker = s.tracker.as_mut().expect("Started precedes Records");
                 let mut budget = Some(budget);
                 let last = records.len().saturating_sub(1);
@@ -408,12 +465,16 @@ impl Engine {
 
     fn on_completion(&mut self, c: Completion) {
         self.in_flight = self.in_flight.saturating_sub(1);
+        let metrics = self.metrics.clone();
         let Some(s) = self.slot_mut(c.slot, c.epoch) else {
             debug!(offset = c.offset, "completion from a previous tenure dropped");
             return;
         };
         match c.outcome {
             Outcome::Done => {
+                if let Some(m) = &metrics {
+                    m.record_acked(&s.topic);
+                }
                 s.schedule.finish(c.key);
                 if let Some(t) = s.tracker.as_mut() {
                     t.complete(c.offset);
@@ -430,8 +491,35 @@ impl Engine {
     }
 
     /// Starts as many records as the bounds allow, round-robin across partitions.
+    fn breaker_open(&self) -> bool {
+        self.breaker.as_ref().is_some_and(|b| *b.borrow() == CircuitState::Open)
+    }
+
+    /// Total lag (high watermark minus the committable watermark) over owned partitions, for the
+    /// health report's trend and the metrics.
+    fn sample_lag(&self) {
+        let mut total = 0u64;
+        for s in self.slots.iter().flatten() {
+            let Some(t) = s.tracker.as_ref() else { continue };
+            let committed = s.committed.unwrap_or(t.watermark());
+            let lag = (s.high_watermark - committed).max(0) as u64;
+            total += lag;
+            if let Some(m) = &self.metrics
+                && s.high_watermark >= 0
+            {
+                m.record_partition_lag(&self.group_id, &s.tp.topic, s.tp.partition, s.high_watermark, committed);
+            }
+        }
+        self.board.sample_lag(total);
+        if let Some(m) = &self.metrics {
+            m.records_in_flight().set(self.in_flight as i64);
+            let budget = &self.fetch_ctx.budget;
+            m.buffered_bytes().set((self.settings.buffer_bytes - budget.available_permits()) as i64);
+        }
+    }
+
     fn dispatch(&mut self) {
-        if self.shutdown_deadline.is_some() || self.stream_blocked.is_some() {
+        if self.shutdown_deadline.is_some() || self.stream_blocked.is_some() || self.breaker_open() {
             return;
         }
         let limit = self.settings.mode.max_in_flight().unwrap_or(usize::MAX);
@@ -462,28 +550,17 @@ impl Engine {
     /// Hands one record to the sink. Returns false when the stream is full (the record is put back).
     fn start(&mut self, slot: usize, epoch: u64, key: u64, record: ConsumedRecord) -> bool {
         match &self.sink {
-            Sink::Handler(handler) => {
+            Sink::Handler(handler, failure) => {
                 let handler = Arc::clone(handler);
+                let failure = Arc::clone(failure);
                 let done = self.done_tx.clone();
-                let backoff = self.settings.retry_backoff;
                 self.handlers.spawn(async move {
-                    let offset = record.offset();
-                    let mut delays = backoff.start();
-                    loop {
-                        match handler(record.clone()).await {
-                            Ok(()) => break,
-                            Err(error) => {
-                                let delay = delays.next_delay();
-                                warn!(topic = record.topic(), partition = record.partition(), offset, attempt = delays.attempts(), %error, ?delay, "handler failed; retrying");
-                                tokio::time::sleep(delay).await;
-                            }
-                        }
-                    }
+                    failure.process(&handler, &record).await;
                     let _ = done.send(Completion {
                         slot,
                         epoch,
                         key,
-                        offset,
+                        offset: record.offset(),
                         outcome: Outcome::Done,
                     });
                 });
@@ -543,6 +620,7 @@ impl Engine {
                     if let Some(slot) = self.slots[s].take() {
                         self.report.record(&slot.tp, slot.committed, slot.tracker.as_ref());
                         self.by_partition.remove(&slot.tp);
+                        self.release(&slot.tp);
                     }
                 }
                 r.done.done();
@@ -597,6 +675,14 @@ impl Engine {
     fn on_commit_result(&mut self, result: Result<CommitReport>) {
         match result {
             Ok(report) => {
+                if let Some(m) = &self.metrics {
+                    for (tp, _) in &report.committed {
+                        m.record_commit(&tp.topic);
+                    }
+                    for (tp, _) in &report.failed {
+                        m.record_commit_failed(&tp.topic);
+                    }
+                }
                 for (tp, offset) in &report.committed {
                     if let Some(&i) = self.by_partition.get(tp)
                         && let Some(s) = self.slots[i].as_mut()
@@ -616,6 +702,14 @@ impl Engine {
         for slot in self.slots.iter().flatten() {
             self.report.record(&slot.tp, slot.committed, slot.tracker.as_ref());
         }
+    }
+}
+
+/// Waits for the breaker's next state change; false when the breaker is gone.
+async fn breaker_changed(rx: &mut Option<watch::Receiver<CircuitState>>) -> bool {
+    match rx {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => std::future::pending().await,
     }
 }
 

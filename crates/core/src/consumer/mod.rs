@@ -10,13 +10,17 @@
 //! - `scheduler`: which queued records of a partition may start, per dispatch mode.
 //! - `watermark`: the contiguous completed offset of a partition.
 //! - `offset_map`: the compact record of finished offsets above the watermark kept in commit metadata.
+//! - `failure`: one record's failure path: retry policy, circuit breaker, dead-letter topic.
+//! - `status`: what the engine observes, for [`HealthHandle`] reports.
 //! - `record`: [`ConsumedRecord`] and the acknowledgeable [`StreamRecord`].
 
 mod engine;
+mod failure;
 mod fetcher;
 mod offset_map;
 mod record;
 mod scheduler;
+mod status;
 mod watermark;
 
 use std::future::Future;
@@ -25,18 +29,25 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use kafkit_resilience::{BackoffPolicy, ConfigError};
+use kafkit_metrics::Metrics;
+use kafkit_resilience::{
+    BackoffPolicy, CircuitBreaker, CircuitBreakerPolicy, ConfigError, DeadLetterPolicy, HealthPolicy, ResilienceConfig,
+    RetryPolicy,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use engine::BoxError;
 pub use record::{ConsumedRecord, StreamRecord};
 pub use scheduler::DispatchMode;
+pub use status::HealthHandle;
 
 use crate::group::{GroupConfig, GroupMember, TopicPartition};
 use crate::{ClientConfig, Error, Result};
 use engine::{Engine, HandlerFn, Sink};
+use failure::{DeadLetter, FailurePath, HandlerError};
 use fetcher::FetchSettings;
+use status::StatusBoard;
 
 /// Where to start a partition that has no committed offset. Corresponds to `auto.offset.reset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +66,11 @@ pub struct ConsumerBuilder {
     client: ClientConfig,
     group: GroupConfig,
     settings: ConsumerSettings,
+    retry: RetryPolicy,
+    breaker: Option<CircuitBreakerPolicy>,
+    dead_letter: Option<DeadLetter>,
+    metrics: Option<Metrics>,
+    health: HealthPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -64,7 +80,6 @@ pub(crate) struct ConsumerSettings {
     pub(crate) revoke_timeout: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) buffer_bytes: usize,
-    pub(crate) retry_backoff: BackoffPolicy,
     pub(crate) offset_map: bool,
     pub(crate) offset_map_max_bytes: usize,
     pub(crate) fetch: FetchSettings,
@@ -74,18 +89,20 @@ impl ConsumerBuilder {
     /// A consumer in the group described by `group`, on the cluster described by `client`, processing
     /// partitions in order (`PartitionOrdered`) until told otherwise.
     pub fn new(client: ClientConfig, group: GroupConfig) -> Self {
-        let retry = BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(30), 2.0, 0.2)
-            .expect("valid default backoff");
         Self {
             client,
             group,
+            retry: RetryPolicy::default(),
+            breaker: Some(CircuitBreakerPolicy::default()),
+            dead_letter: None,
+            metrics: None,
+            health: HealthPolicy::default(),
             settings: ConsumerSettings {
                 mode: DispatchMode::PartitionOrdered,
                 commit_interval: Duration::from_secs(5),
                 revoke_timeout: Duration::from_secs(30),
                 shutdown_timeout: Duration::from_secs(30),
                 buffer_bytes: 64 * 1024 * 1024,
-                retry_backoff: retry,
                 offset_map: true,
                 offset_map_max_bytes: 4096,
                 fetch: FetchSettings {
@@ -156,11 +173,55 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Backoff between attempts of a failing handler. The record keeps its partition (ordered mode)
-    /// or key (key-ordered mode) busy while it retries. Default 100 ms doubling to 30 s.
-    pub fn retry_backoff(mut self, policy: BackoffPolicy) -> Self {
-        self.settings.retry_backoff = policy;
+    /// How a failing handler is retried: attempts, backoff between them, and which errors are worth
+    /// retrying. The record keeps its partition (ordered mode) or key (key-ordered mode) busy while it
+    /// retries. Default 10 attempts, 100 ms doubling to 5 s, every error retriable. When the attempts
+    /// run out the record goes to the dead-letter topic if one is configured, else it is kept (unacked)
+    /// and tried again at the longest delay: never skipped.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
         self
+    }
+
+    /// The circuit breaker in front of the handler: after `failure_threshold` consecutive retriable
+    /// failures it opens, dispatch pauses (fetching stops once the buffer is full) and no attempt is
+    /// made until `reset_timeout` has passed; then one probe record decides. Waiting on an open
+    /// breaker does not use up a record's attempts, so a downstream outage dead-letters nothing.
+    /// Default on, 5 failures, 30 s (`KAFKA_CIRCUIT_BREAKER_*`); `None` turns it off.
+    pub fn circuit_breaker(mut self, policy: Option<CircuitBreakerPolicy>) -> Self {
+        self.breaker = policy;
+        self
+    }
+
+    /// Sends records that gave up to a dead-letter topic (default name `<topic>-dlt`) with
+    /// Spring-compatible headers saying where they came from and why, using `producer`. The original
+    /// is acked only once the dead-letter record is acknowledged. Default: no dead-letter topic.
+    pub fn dead_letter(mut self, policy: DeadLetterPolicy, producer: crate::Producer) -> Self {
+        self.dead_letter = Some(DeadLetter { policy, producer });
+        self
+    }
+
+    /// Records consumed, processed, acked, failed, retried and dead-lettered records, commits,
+    /// rebalances, lag, records in flight and buffered bytes into `metrics`.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// How health reports judge fetch progress. Default: a partition with no fetch response for 60 s
+    /// is stalled.
+    pub fn health_policy(mut self, policy: HealthPolicy) -> Self {
+        self.health = policy;
+        self
+    }
+
+    /// Applies the users' environment-style settings: circuit breaker, retries and shutdown timeout
+    /// (see [`ResilienceConfig::from_env`]).
+    pub fn resilience(mut self, config: &ResilienceConfig) -> Result<Self> {
+        self.breaker = config.circuit_breaker;
+        self.retry = config.retry_policy()?;
+        self.settings.shutdown_timeout = config.shutdown_timeout;
+        Ok(self)
     }
 
     /// Whether commits carry a compact map of records finished above the watermark, so that after a
@@ -210,10 +271,18 @@ impl ConsumerBuilder {
         self.validate()?;
         let backoff = crate::config::rskafka_backoff(&self.settings.fetch.backoff, None);
         let client = Arc::new(self.client.connect_with(backoff).await?);
+        let breaker = self.breaker.map(CircuitBreaker::new);
+        let board = Arc::new(StatusBoard::default());
         Ok(Consumer {
             client,
-            builder: self,
             shutdown: watch::channel(false).0,
+            health: HealthHandle {
+                board,
+                breaker,
+                policy: self.health.clone(),
+                session_timeout: self.group.session_timeout,
+            },
+            builder: self,
         })
     }
 }
@@ -225,6 +294,7 @@ pub struct Consumer {
     client: Arc<rskafka::client::Client>,
     builder: ConsumerBuilder,
     shutdown: watch::Sender<bool>,
+    health: HealthHandle,
 }
 
 /// Asks a running consumer to shut down gracefully. Cheap to clone.
@@ -261,14 +331,20 @@ pub struct Uncommitted {
 }
 
 impl Consumer {
+    /// A handle that reports this consumer's health (usable while it runs).
+    pub fn health_handle(&self) -> HealthHandle {
+        self.health.clone()
+    }
+
     /// A handle that triggers a graceful shutdown of [`run`](Self::run) or [`stream`](Self::stream).
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle(self.shutdown.clone())
     }
 
-    /// Joins the group and runs `handler` for every record until shut down. A handler error is
-    /// retried with backoff; the record stays uncommitted until its handler succeeds. Returns what
-    /// was left uncommitted.
+    /// Joins the group and runs `handler` for every record until shut down. A handler error goes
+    /// through the retry policy, the circuit breaker and the dead-letter topic (see the builder); the
+    /// record is committed only once it succeeded or was dead-lettered. Returns what was left
+    /// uncommitted.
     ///
     /// ```no_run
     /// # async fn demo(consumer: kafkit_core::consumer::Consumer) -> kafkit_core::Result<()> {
@@ -286,11 +362,24 @@ impl Consumer {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: Into<BoxError> + 'static,
     {
+        let type_name = std::any::type_name::<E>();
         let handler: HandlerFn = Arc::new(move |record| {
             let fut = handler(record);
-            Box::pin(async move { fut.await.map_err(Into::into) })
+            Box::pin(async move {
+                fut.await.map_err(|e| HandlerError {
+                    type_name,
+                    source: e.into(),
+                })
+            })
         });
-        self.start(Sink::Handler(handler))?.await
+        let failure = Arc::new(FailurePath {
+            retry: self.builder.retry.clone(),
+            breaker: self.health.breaker.clone(),
+            dead_letter: self.builder.dead_letter.clone(),
+            group_id: self.builder.group.group_id.clone(),
+            metrics: self.builder.metrics.clone(),
+        });
+        self.start(Sink::Handler(handler, failure))?.await
     }
 
     /// Joins the group and yields its records as a stream; each must be acked
@@ -317,11 +406,16 @@ impl Consumer {
             events,
             self.client,
             sink,
+            self.health.breaker.as_ref().map(CircuitBreaker::subscribe),
+            Arc::clone(&self.health.board),
+            self.builder.metrics.clone(),
         );
+        let active = self.builder.metrics.as_ref().map(Metrics::consumer_active);
         let shutdown = self.shutdown.subscribe();
         let keep = self.shutdown;
         Ok(async move {
             let result = engine.run(shutdown).await;
+            drop(active);
             drop(keep);
             drop(member);
             result

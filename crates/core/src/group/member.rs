@@ -138,6 +138,8 @@ struct MemberState {
     /// Last offset committed by this member per owned partition (never moves backwards).
     committed: HashMap<TopicPartition, i64>,
     last_heartbeat: Option<Instant>,
+    /// Whether the coordinator answered the last group request.
+    coordinator_reachable: bool,
 }
 
 #[derive(Debug)]
@@ -163,6 +165,8 @@ pub struct MembershipStatus {
     pub assignment: Vec<TopicPartition>,
     /// When the last heartbeat succeeded.
     pub last_heartbeat: Option<std::time::Instant>,
+    /// Whether the coordinator answered the last group request.
+    pub coordinator_reachable: bool,
 }
 
 /// A running member of a consumer group. Dropping it stops the member task without leaving the group
@@ -230,6 +234,7 @@ impl GroupMember {
             leader: s.leader,
             assignment: s.owned.iter().cloned().collect(),
             last_heartbeat: s.last_heartbeat.map(Instant::into_std),
+            coordinator_reachable: s.coordinator_reachable,
         }
     }
 
@@ -713,8 +718,14 @@ async fn heartbeat_once(shared: &Shared) -> std::result::Result<(), Step> {
     let timeout = config.request_timeout.min(config.session_timeout);
     let deadline = Instant::now() + config.heartbeat_interval;
     let (conn, response) = match shared.coordinator.send(&request, timeout, deadline).await {
-        Ok(r) => r,
-        Err(e) if e.is_retriable() => return Err(Step::Retry(e.to_string())),
+        Ok(r) => {
+            shared.state.lock().coordinator_reachable = true;
+            r
+        }
+        Err(e) if e.is_retriable() => {
+            shared.state.lock().coordinator_reachable = false;
+            return Err(Step::Retry(e.to_string()));
+        }
         Err(e) => return Err(Step::Fatal(e)),
     };
     match ResponseError::try_from_code(response.error_code) {
@@ -791,11 +802,14 @@ async fn join_and_sync(shared: &Shared, reason: &str) -> std::result::Result<Vec
     let timeout = config.rebalance_timeout + config.request_timeout;
     let deadline = Instant::now() + config.request_timeout;
     debug!(group = %config.group_id, %member_id, %reason, "JoinGroup");
-    let (conn, join) = shared
-        .coordinator
-        .send(&request, timeout, deadline)
-        .await
-        .map_err(|e| if e.is_retriable() { Step::Retry(e.to_string()) } else { Step::Fatal(e) })?;
+    let (conn, join) = match shared.coordinator.send(&request, timeout, deadline).await {
+        Ok(r) => r,
+        Err(e) if e.is_retriable() => {
+            shared.state.lock().coordinator_reachable = false;
+            return Err(Step::Retry(e.to_string()));
+        }
+        Err(e) => return Err(Step::Fatal(e)),
+    };
     if let Some(err) = ResponseError::try_from_code(join.error_code) {
         return Err(match err {
             ResponseError::MemberIdRequired => {
@@ -821,6 +835,7 @@ async fn join_and_sync(shared: &Shared, reason: &str) -> std::result::Result<Vec
             e => Step::Fatal(group_error(shared, "JoinGroup", e, None)),
         });
     }
+    shared.state.lock().coordinator_reachable = true;
     let new_member_id = join.member_id.to_string();
     let protocol = join.protocol_name.as_ref().map(|p| p.to_string()).unwrap_or_default();
     let leader = join.leader == join.member_id;

@@ -1,0 +1,225 @@
+//! The failure path of one record: attempts under the retry policy, the circuit breaker in front of
+//! each attempt, and the dead-letter topic once the record gives up.
+//!
+//! Runs inside the record's handler task, so a retrying record keeps its key (or partition) busy and
+//! nothing else waits for it. [`FailurePath::process`] returns only when the record may be acked:
+//! it succeeded, or it was dead-lettered (the produce acknowledged), or the policy says to skip it.
+//! Otherwise it keeps the record: **nothing is acked that was neither processed nor safely parked.**
+//!
+//! Rules applied here:
+//! - an attempt waits while the breaker is open (or its probe is out); that wait is not an attempt,
+//!   so a downstream outage never dead-letters records;
+//! - only retriable errors count against the breaker: a poison record says nothing about the downstream;
+//! - a dead-letter produce that fails is retried with backoff; the original stays unacked meanwhile;
+//! - a record that fails again in a dead-letter topic is not dead-lettered again (no loops): with the
+//!   default `Halt` it is kept and retried at the longest backoff, with `Skip` it is acked and logged.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::Duration;
+
+use kafkit_metrics::Metrics;
+use kafkit_resilience::{
+    BreakerRejected, CircuitBreaker, DeadLetterHeaders, DeadLetterPolicy, DeadLetterRoute, DltFailureAction,
+    ErrorDescription, GiveUpReason, OriginalRecord, RetryDecision, RetryPolicy, TimestampType,
+};
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+use super::engine::{BoxError, HandlerFn};
+use super::record::ConsumedRecord;
+use crate::{Producer, ProducerRecord};
+
+/// A handler's error with the name of its type, for the dead-letter headers.
+#[derive(Debug)]
+pub(crate) struct HandlerError {
+    pub(crate) type_name: &'static str,
+    pub(crate) source: BoxError,
+}
+
+impl fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+impl StdError for HandlerError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.source.source()
+    }
+}
+
+/// Dead-lettering: where to, and the producer that writes there.
+#[derive(Clone)]
+pub(crate) struct DeadLetter {
+    pub(crate) policy: DeadLetterPolicy,
+    pub(crate) producer: Producer,
+}
+
+impl fmt::Debug for DeadLetter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetter").field("policy", &self.policy).finish_non_exhaustive()
+    }
+}
+
+/// Retry, breaker and dead-letter settings shared by every record's task.
+#[derive(Clone, Debug)]
+pub(crate) struct FailurePath {
+    pub(crate) retry: RetryPolicy,
+    pub(crate) breaker: Option<CircuitBreaker>,
+    pub(crate) dead_letter: Option<DeadLetter>,
+    pub(crate) group_id: String,
+    pub(crate) metrics: Option<Metrics>,
+}
+
+impl FailurePath {
+    /// Runs `handler` on `record` until it may be acked.
+    pub(crate) async fn process(&self, handler: &HandlerFn, record: &ConsumedRecord) {
+        let mut attempt: u32 = 0;
+        let mut parked_delays = self.retry.backoff().start();
+        loop {
+            let permit = self.admit().await;
+            attempt += 1;
+            let started = Instant::now();
+            let result = handler(record.clone()).await;
+            if let Some(m) = &self.metrics {
+                m.record_processed(record.topic(), started.elapsed());
+            }
+            let error = match result {
+                Ok(()) => {
+                    if let Some(p) = permit {
+                        p.success();
+                    }
+                    return;
+                }
+                Err(e) => e,
+            };
+            let retriable = self.retry.is_retriable(&*error.source);
+            if let Some(p) = permit {
+                if retriable {
+                    p.failure();
+                } else {
+                    drop(p);
+                }
+            }
+            if let Some(m) = &self.metrics {
+                m.record_failed(record.topic());
+            }
+            match self.retry.decide(attempt, &*error.source) {
+                RetryDecision::RetryAfter(delay) => {
+                    warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), attempt, error = %error, ?delay, "handler failed; retrying");
+                    if let Some(m) = &self.metrics {
+                        m.record_retried(record.topic());
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+                RetryDecision::GiveUp { reason } => {
+                    if self.give_up(record, &error, attempt, reason).await {
+                        return;
+                    }
+                    // Kept: try the handler again later, at the policy's longest delay.
+                    let delay = parked_delays.next_delay().max(self.retry.backoff().max());
+                    error!(topic = record.topic(), partition = record.partition(), offset = record.offset(), ?delay, "record kept unacked; trying it again later");
+                    tokio::time::sleep(delay).await;
+                    attempt = 0;
+                }
+            }
+        }
+    }
+
+    /// Waits until the breaker lets an attempt through. Waiting is not an attempt.
+    async fn admit(&self) -> Option<kafkit_resilience::BreakerPermit> {
+        let breaker = self.breaker.as_ref()?;
+        loop {
+            match breaker.try_acquire() {
+                Ok(permit) => return Some(permit),
+                Err(BreakerRejected::Open { retry_in }) => tokio::time::sleep(retry_in).await,
+                Err(_) => {
+                    // The half-open probe is out: wait for its outcome.
+                    let mut changes = breaker.subscribe();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
+                }
+            }
+        }
+    }
+
+    /// The record gave up. Returns true when it may be acked (dead-lettered, or skipped by policy).
+    async fn give_up(&self, record: &ConsumedRecord, error: &HandlerError, attempts: u32, reason: GiveUpReason) -> bool {
+        let Some(dlt) = &self.dead_letter else {
+            error!(topic = record.topic(), partition = record.partition(), offset = record.offset(), %reason, error = %error, "record failed and no dead-letter topic is configured; keeping it unacked");
+            return false;
+        };
+        match dlt.policy.route(record.topic(), record.headers().iter()) {
+            DeadLetterRoute::Produce { topic } => {
+                self.produce_dead_letter(dlt, &topic, record, error, attempts).await;
+                true
+            }
+            DeadLetterRoute::Stop { reason: why, action } => match action {
+                DltFailureAction::Skip => {
+                    error!(topic = record.topic(), partition = record.partition(), offset = record.offset(), %why, "failed again after dead-lettering; skipped by policy");
+                    true
+                }
+                _ => {
+                    error!(topic = record.topic(), partition = record.partition(), offset = record.offset(), %why, "failed again after dead-lettering; halted (kept unacked)");
+                    false
+                }
+            },
+            _ => false,
+        }
+    }
+
+    /// Produces the record to `topic` with the dead-letter headers, retrying until acknowledged.
+    async fn produce_dead_letter(&self, dlt: &DeadLetter, topic: &str, record: &ConsumedRecord, error: &HandlerError, attempts: u32) {
+        let original = OriginalRecord {
+            topic: record.topic().to_owned(),
+            partition: record.partition(),
+            offset: record.offset(),
+            timestamp: record.timestamp().timestamp_millis(),
+            timestamp_type: TimestampType::CreateTime,
+            consumer_group: Some(self.group_id.clone()),
+        };
+        let description = ErrorDescription::of_dyn(error.type_name, error);
+        let headers = DeadLetterHeaders::new(original, description, attempts).encode();
+        let mut out = ProducerRecord::new(topic, record.value().map(<[u8]>::to_vec).unwrap_or_default());
+        if record.value().is_none() {
+            out = ProducerRecord::tombstone(topic, record.key().unwrap_or_default().to_vec());
+        } else if let Some(key) = record.key() {
+            out = out.key(key.to_vec());
+        }
+        for (name, value) in record.headers() {
+            if !DeadLetterHeaders::is_dead_letter_header(name) {
+                out = out.header(name.clone(), value.clone());
+            }
+        }
+        for (name, value) in headers {
+            out = out.header(name, value);
+        }
+        out = out.timestamp(record.timestamp());
+        let mut delays = self.retry.backoff().start();
+        loop {
+            // Same partition as the original when the dead-letter topic has it (Spring's convention).
+            let same = match dlt.producer.partition_count(topic).await {
+                Ok(n) if record.partition() < n => Some(record.partition()),
+                _ => None,
+            };
+            let attempt = match same {
+                Some(p) => out.clone().partition(p),
+                None => out.clone(),
+            };
+            match dlt.producer.send(attempt).await {
+                Ok(d) => {
+                    info!(from = %format!("{}-{}@{}", record.topic(), record.partition(), record.offset()), to = %format!("{}-{}@{}", d.topic, d.partition, d.offset), attempts, "dead-lettered");
+                    if let Some(m) = &self.metrics {
+                        m.record_dead_lettered(record.topic());
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let delay = delays.next_delay();
+                    error!(topic, error = %e, ?delay, offset = record.offset(), "dead-letter produce failed; the record stays unacked and is retried");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+}
