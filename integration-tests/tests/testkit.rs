@@ -96,3 +96,42 @@ async fn restart_on_a_taken_port_names_the_port() {
         .await
         .expect("restart once the port is free");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_three_node_cluster_keeps_acknowledging_with_one_node_down() {
+    use kafkit_testkit::{BrokerOptions, LocalCluster};
+    let cluster = LocalCluster::start_with(
+        3,
+        BrokerOptions::default().heap("384m").property("min.insync.replicas", "2"),
+    )
+    .await
+    .expect("cluster starts");
+    let bootstrap = cluster.bootstrap();
+    assert_eq!(bootstrap.split(',').count(), 3);
+    let topic = random_name("replicated");
+    create_topic(&bootstrap, &topic, 3, 3).await.unwrap();
+    let producer = ProducerBuilder::new(ClientConfig::new([&bootstrap]).unwrap())
+        .delivery_timeout(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    for i in 0..30 {
+        producer.send(ProducerRecord::new(&topic, format!("before-{i}")).key(format!("k{i}"))).await.unwrap();
+    }
+    // One node down: two in-sync replicas remain, enough for acks=all with min.insync.replicas=2.
+    cluster.node(2).unwrap().kill();
+    for i in 0..30 {
+        let d = tokio::time::timeout(
+            Duration::from_secs(60),
+            producer.send(ProducerRecord::new(&topic, format!("after-{i}")).key(format!("k{i}"))),
+        )
+        .await
+        .expect("acknowledged while a node is down")
+        .unwrap();
+        assert!(d.offset >= 0);
+    }
+    cluster.node(2).unwrap().restart().await.unwrap();
+    let pids: Vec<u32> = cluster.nodes().iter().map(|n| n.pid().unwrap()).collect();
+    drop(cluster);
+    assert!(pids.into_iter().all(zombie_or_gone), "dropping the cluster kills every JVM");
+}
