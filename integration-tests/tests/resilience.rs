@@ -6,10 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use kafkit::consumer::{ConsumedRecord, Consumer, ConsumerBuilder, DispatchMode, HealthHandle, OffsetReset};
+use kafkit::consumer::{
+    ConsumedRecord, Consumer, ConsumerBuilder, DispatchMode, HealthHandle, OffsetReset,
+};
 use kafkit::group::{GroupConfig, TopicPartition};
 use kafkit::resilience::{
-    BackoffPolicy, CircuitBreakerPolicy, DeadLetterHeaders, DeadLetterPolicy, HealthStatus, RetryPolicy,
+    BackoffPolicy, CircuitBreakerPolicy, DeadLetterHeaders, DeadLetterPolicy, HealthStatus,
+    RetryPolicy,
 };
 use kafkit::{ClientConfig, Producer, ProducerBuilder, ProducerRecord};
 use kafkit_testkit::{LocalKafka, create_topic, random_name, shared};
@@ -47,11 +50,19 @@ async fn produce(producer: &Producer, topic: &str, values: std::ops::Range<usize
 }
 
 fn value(r: &ConsumedRecord) -> usize {
-    std::str::from_utf8(r.value().unwrap()).unwrap().parse().unwrap()
+    std::str::from_utf8(r.value().unwrap())
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 /// Runs `consumer` with a handler that records each value, returning the processed set.
-fn run_collecting(consumer: Consumer) -> (Arc<Mutex<HashSet<usize>>>, tokio::task::JoinHandle<kafkit::Result<kafkit::consumer::ShutdownReport>>) {
+fn run_collecting(
+    consumer: Consumer,
+) -> (
+    Arc<Mutex<HashSet<usize>>>,
+    tokio::task::JoinHandle<kafkit::Result<kafkit::consumer::ShutdownReport>>,
+) {
     let seen: Arc<Mutex<HashSet<usize>>> = Arc::default();
     let run = tokio::spawn(consumer.run({
         let seen = Arc::clone(&seen);
@@ -69,13 +80,19 @@ fn run_collecting(consumer: Consumer) -> (Arc<Mutex<HashSet<usize>>>, tokio::tas
 async fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
-        assert!(Instant::now() < deadline, "timed out after {limit:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Samples the health status every 200 ms until `stop` is set.
-fn watch_health(health: HealthHandle, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<Vec<HealthStatus>> {
+fn watch_health(
+    health: HealthHandle,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<HealthStatus>> {
     tokio::spawn(async move {
         let mut seen = Vec::new();
         while !stop.load(Ordering::Relaxed) {
@@ -94,15 +111,27 @@ async fn broker_outage(kill: bool) {
     let bootstrap = kafka.bootstrap();
     let topic = random_name("outage");
     create_topic(&bootstrap, &topic, 3, 1).await.unwrap();
-    let producer = ProducerBuilder::new(client(&bootstrap)).build().await.unwrap();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
     produce(&producer, &topic, 0..300).await;
 
-    let consumer = builder(&bootstrap, &random_name("g"), &topic).build().await.unwrap();
+    let consumer = builder(&bootstrap, &random_name("g"), &topic)
+        .build()
+        .await
+        .unwrap();
     let health = consumer.health_handle();
     let stop = consumer.shutdown_handle();
     let (seen, run) = run_collecting(consumer);
-    wait_for(Duration::from_secs(60), "first 300 processed", || seen.lock().len() == 300).await;
-    wait_for(Duration::from_secs(20), "healthy before the outage", || health.report().status == HealthStatus::Healthy).await;
+    wait_for(Duration::from_secs(60), "first 300 processed", || {
+        seen.lock().len() == 300
+    })
+    .await;
+    wait_for(Duration::from_secs(20), "healthy before the outage", || {
+        health.report().status == HealthStatus::Healthy
+    })
+    .await;
 
     let stop_watch = Arc::new(AtomicBool::new(false));
     let statuses = watch_health(health.clone(), Arc::clone(&stop_watch));
@@ -118,13 +147,28 @@ async fn broker_outage(kill: bool) {
         kafka.resume();
     }
     produce(&producer, &topic, 300..600).await;
-    wait_for(Duration::from_secs(120), "all 600 processed after the outage", || seen.lock().len() == 600).await;
-    wait_for(Duration::from_secs(60), "healthy again", || health.report().status == HealthStatus::Healthy).await;
+    wait_for(
+        Duration::from_secs(120),
+        "all 600 processed after the outage",
+        || seen.lock().len() == 600,
+    )
+    .await;
+    wait_for(Duration::from_secs(60), "healthy again", || {
+        health.report().status == HealthStatus::Healthy
+    })
+    .await;
     stop_watch.store(true, Ordering::Relaxed);
     let statuses = statuses.await.unwrap();
-    assert!(statuses.contains(&HealthStatus::Unhealthy), "health went unhealthy during the outage: {statuses:?}");
+    assert!(
+        statuses.contains(&HealthStatus::Unhealthy),
+        "health went unhealthy during the outage: {statuses:?}"
+    );
     stop.shutdown();
-    tokio::time::timeout(Duration::from_secs(60), run).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +182,17 @@ async fn consumer_rides_out_a_paused_broker() {
 }
 
 fn fast_retries(attempts: u32) -> RetryPolicy {
-    RetryPolicy::new(attempts, BackoffPolicy::new(Duration::from_millis(10), Duration::from_millis(50), 2.0, 0.0).unwrap()).unwrap()
+    RetryPolicy::new(
+        attempts,
+        BackoffPolicy::new(
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+            2.0,
+            0.0,
+        )
+        .unwrap(),
+    )
+    .unwrap()
 }
 
 #[derive(Debug)]
@@ -160,7 +214,10 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_with_its_headers() {
     let group_id = random_name("g");
     create_topic(&bootstrap, &topic, 3, 1).await.unwrap();
     create_topic(&bootstrap, &dlt, 3, 1).await.unwrap();
-    let producer = ProducerBuilder::new(client(&bootstrap)).build().await.unwrap();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
     produce(&producer, &topic, 0..1000).await;
 
     let consumer = builder(&bootstrap, &group_id, &topic)
@@ -189,16 +246,35 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_with_its_headers() {
             }
         }
     }));
-    wait_for(Duration::from_secs(60), "999 good records processed", || seen.lock().len() == 999).await;
+    wait_for(
+        Duration::from_secs(60),
+        "999 good records processed",
+        || seen.lock().len() == 999,
+    )
+    .await;
     stop.shutdown();
-    tokio::time::timeout(Duration::from_secs(60), run).await.unwrap().unwrap().unwrap();
-    assert_eq!(attempts.load(Ordering::Relaxed), 4, "tried exactly the policy's attempts");
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        attempts.load(Ordering::Relaxed),
+        4,
+        "tried exactly the policy's attempts"
+    );
 
     // Read the dead-letter topic back and decode the headers.
-    let rs = ClientBuilder::new(vec![bootstrap.clone()]).build().await.unwrap();
+    let rs = ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap();
     let mut found = Vec::new();
     for p in 0..3 {
-        let pc = rs.partition_client(dlt.clone(), p, UnknownTopicHandling::Error).await.unwrap();
+        let pc = rs
+            .partition_client(dlt.clone(), p, UnknownTopicHandling::Error)
+            .await
+            .unwrap();
         let (records, _) = pc.fetch_records(0, 1..1_000_000, 100).await.unwrap();
         found.extend(records.into_iter().map(|r| (p, r)));
     }
@@ -207,12 +283,28 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_with_its_headers() {
     assert_eq!(r.record.value.as_deref(), Some(b"500".as_slice()));
     let headers = DeadLetterHeaders::decode(r.record.headers.iter()).unwrap();
     assert_eq!(headers.record.topic, topic);
-    assert_eq!(headers.record.partition, *dlt_partition, "same partition as the original");
-    assert_eq!(headers.record.consumer_group.as_deref(), Some(group_id.as_str()));
+    assert_eq!(
+        headers.record.partition, *dlt_partition,
+        "same partition as the original"
+    );
+    assert_eq!(
+        headers.record.consumer_group.as_deref(),
+        Some(group_id.as_str())
+    );
     assert_eq!(headers.attempts, Some(4));
-    assert!(headers.error.type_name.ends_with("Poison"), "{}", headers.error.type_name);
-    assert_eq!(headers.error.message.as_deref(), Some("record 500 is poison"));
-    assert_eq!(r.record.headers["kafka_dlt-original-offset"], headers.record.offset.to_be_bytes());
+    assert!(
+        headers.error.type_name.ends_with("Poison"),
+        "{}",
+        headers.error.type_name
+    );
+    assert_eq!(
+        headers.error.message.as_deref(),
+        Some("record 500 is poison")
+    );
+    assert_eq!(
+        r.record.headers["kafka_dlt-original-offset"],
+        headers.record.offset.to_be_bytes()
+    );
     assert_eq!(r.record.key.as_deref(), Some(b"k0".as_slice()));
 }
 
@@ -223,12 +315,17 @@ async fn a_failing_downstream_opens_the_breaker_and_nothing_is_dead_lettered() {
     let dlt = format!("{topic}-dlt");
     create_topic(&bootstrap, &topic, 2, 1).await.unwrap();
     create_topic(&bootstrap, &dlt, 2, 1).await.unwrap();
-    let producer = ProducerBuilder::new(client(&bootstrap)).build().await.unwrap();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
     produce(&producer, &topic, 0..200).await;
 
     let consumer = builder(&bootstrap, &random_name("g"), &topic)
         .retry_policy(fast_retries(4))
-        .circuit_breaker(Some(CircuitBreakerPolicy::new(5, Duration::from_secs(1)).unwrap()))
+        .circuit_breaker(Some(
+            CircuitBreakerPolicy::new(5, Duration::from_secs(1)).unwrap(),
+        ))
         .dead_letter(DeadLetterPolicy::default(), producer.clone())
         .build()
         .await
@@ -256,22 +353,46 @@ async fn a_failing_downstream_opens_the_breaker_and_nothing_is_dead_lettered() {
     }));
     let stop_watch = Arc::new(AtomicBool::new(false));
     let statuses = watch_health(health, Arc::clone(&stop_watch));
-    wait_for(Duration::from_secs(60), "all 200 processed after the outage", || seen.lock().len() == 200).await;
+    wait_for(
+        Duration::from_secs(60),
+        "all 200 processed after the outage",
+        || seen.lock().len() == 200,
+    )
+    .await;
     stop_watch.store(true, Ordering::Relaxed);
     stop.shutdown();
-    tokio::time::timeout(Duration::from_secs(60), run).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 
     // Without the breaker, 16 records in flight x 4 attempts would all have failed and been
     // dead-lettered within the 5 s. With it, calls stop after the threshold and one probe per second.
     let calls = calls_while_down.load(Ordering::Relaxed);
-    assert!(calls < 40, "the breaker should stop calling the downstream: {calls} calls");
+    assert!(
+        calls < 40,
+        "the breaker should stop calling the downstream: {calls} calls"
+    );
     let statuses = statuses.await.unwrap();
-    assert!(statuses.contains(&HealthStatus::Degraded), "an open breaker shows as degraded: {statuses:?}");
-    let rs = ClientBuilder::new(vec![bootstrap.clone()]).build().await.unwrap();
+    assert!(
+        statuses.contains(&HealthStatus::Degraded),
+        "an open breaker shows as degraded: {statuses:?}"
+    );
+    let rs = ClientBuilder::new(vec![bootstrap.clone()])
+        .build()
+        .await
+        .unwrap();
     for p in 0..2 {
-        let pc = rs.partition_client(dlt.clone(), p, UnknownTopicHandling::Error).await.unwrap();
+        let pc = rs
+            .partition_client(dlt.clone(), p, UnknownTopicHandling::Error)
+            .await
+            .unwrap();
         let (records, _) = pc.fetch_records(0, 1..1_000_000, 100).await.unwrap();
-        assert!(records.is_empty(), "nothing dead-lettered because a downstream was down");
+        assert!(
+            records.is_empty(),
+            "nothing dead-lettered because a downstream was down"
+        );
     }
 }
 
@@ -281,10 +402,16 @@ async fn a_dead_letter_topic_that_cannot_be_written_keeps_the_record_for_redeliv
     let topic = random_name("nodlt");
     let group_id = random_name("g");
     create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
-    let producer = ProducerBuilder::new(client(&bootstrap)).build().await.unwrap();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
     for i in 0..20 {
         // One at a time: log order is value order.
-        producer.send(ProducerRecord::new(&topic, i.to_string()).key(format!("k{i}"))).await.unwrap();
+        producer
+            .send(ProducerRecord::new(&topic, i.to_string()).key(format!("k{i}")))
+            .await
+            .unwrap();
     }
     // The dead-letter topic does not exist and the broker does not auto-create topics.
     let dlt_producer = ProducerBuilder::new(client(&bootstrap))
@@ -294,7 +421,12 @@ async fn a_dead_letter_topic_that_cannot_be_written_keeps_the_record_for_redeliv
         .unwrap();
 
     let run_once = |fail: bool| {
-        let (bootstrap, topic, group_id, dlt_producer) = (bootstrap.clone(), topic.clone(), group_id.clone(), dlt_producer.clone());
+        let (bootstrap, topic, group_id, dlt_producer) = (
+            bootstrap.clone(),
+            topic.clone(),
+            group_id.clone(),
+            dlt_producer.clone(),
+        );
         async move {
             let consumer = builder(&bootstrap, &group_id, &topic)
                 .dispatch(DispatchMode::PartitionOrdered)
@@ -322,17 +454,32 @@ async fn a_dead_letter_topic_that_cannot_be_written_keeps_the_record_for_redeliv
             }));
             tokio::time::sleep(Duration::from_secs(8)).await;
             stop.shutdown();
-            let report = tokio::time::timeout(Duration::from_secs(30), run).await.unwrap().unwrap().unwrap();
+            let report = tokio::time::timeout(Duration::from_secs(30), run)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
             (seen.lock().clone(), report)
         }
     };
     let (first, report) = run_once(true).await;
-    assert!(!first.contains(&6), "partition order: nothing after the stuck record ran: {first:?}");
+    assert!(
+        !first.contains(&6),
+        "partition order: nothing after the stuck record ran: {first:?}"
+    );
     assert_eq!(
-        report.uncommitted.iter().map(|u| (u.partition.clone(), u.watermark)).collect::<Vec<_>>(),
+        report
+            .uncommitted
+            .iter()
+            .map(|u| (u.partition.clone(), u.watermark))
+            .collect::<Vec<_>>(),
         vec![(TopicPartition::new(&topic, 0), 5)],
         "the stuck record is reported uncommitted: {report:?}"
     );
     let (second, _) = run_once(false).await;
-    assert_eq!(second.first(), Some(&5), "the record whose dead-letter produce failed is delivered again");
+    assert_eq!(
+        second.first(),
+        Some(&5),
+        "the record whose dead-letter produce failed is delivered again"
+    );
 }

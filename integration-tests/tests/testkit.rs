@@ -102,7 +102,9 @@ async fn a_three_node_cluster_keeps_acknowledging_with_one_node_down() {
     use kafkit_testkit::{BrokerOptions, LocalCluster};
     let cluster = LocalCluster::start_with(
         3,
-        BrokerOptions::default().heap("384m").property("min.insync.replicas", "2"),
+        BrokerOptions::default()
+            .heap("384m")
+            .property("min.insync.replicas", "2"),
     )
     .await
     .expect("cluster starts");
@@ -116,7 +118,10 @@ async fn a_three_node_cluster_keeps_acknowledging_with_one_node_down() {
         .await
         .unwrap();
     for i in 0..30 {
-        producer.send(ProducerRecord::new(&topic, format!("before-{i}")).key(format!("k{i}"))).await.unwrap();
+        producer
+            .send(ProducerRecord::new(&topic, format!("before-{i}")).key(format!("k{i}")))
+            .await
+            .unwrap();
     }
     // One node down: two in-sync replicas remain, enough for acks=all with min.insync.replicas=2.
     cluster.node(2).unwrap().kill();
@@ -133,5 +138,8 @@ async fn a_three_node_cluster_keeps_acknowledging_with_one_node_down() {
     cluster.node(2).unwrap().restart().await.unwrap();
     let pids: Vec<u32> = cluster.nodes().iter().map(|n| n.pid().unwrap()).collect();
     drop(cluster);
-    assert!(pids.into_iter().all(zombie_or_gone), "dropping the cluster kills every JVM");
+    assert!(
+        pids.into_iter().all(zombie_or_gone),
+        "dropping the cluster kills every JVM"
+    );
 }

@@ -38,12 +38,14 @@ impl ClientConfig {
             .filter(|s| !s.is_empty())
             .collect();
         if bootstrap.is_empty() {
-            return Err(ConfigError::new("bootstrap.servers", "must list at least one host:port").into());
+            return Err(
+                ConfigError::new("bootstrap.servers", "must list at least one host:port").into(),
+            );
         }
         for entry in &bootstrap {
-            let valid = entry
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+            let valid = entry.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
             if !valid {
                 return Err(ConfigError::new(
                     "bootstrap.servers",
@@ -139,7 +141,15 @@ mod tests {
 
     #[test]
     fn bad_bootstrap_names_the_setting() {
-        for bad in ["", "localhost", "localhost:", ":9092", "h:0", "h:70000", "h:x"] {
+        for bad in [
+            "",
+            "localhost",
+            "localhost:",
+            ":9092",
+            "h:0",
+            "h:70000",
+            "h:x",
+        ] {
             let err = ClientConfig::new([bad]).unwrap_err();
             let msg = err.to_string();
             assert!(msg.contains("bootstrap.servers"), "{bad}: {msg}");

@@ -21,7 +21,9 @@ pub enum Error {
     Config(#[from] ConfigError),
 
     /// No bootstrap broker answered within the connect timeout.
-    #[error("no broker reachable at {bootstrap} after {waited:?}; check that Kafka is running and the address is right")]
+    #[error(
+        "no broker reachable at {bootstrap} after {waited:?}; check that Kafka is running and the address is right"
+    )]
     Unreachable {
         /// The bootstrap servers that were tried.
         bootstrap: String,
@@ -37,7 +39,9 @@ pub enum Error {
     },
 
     /// A record named a partition the topic does not have.
-    #[error("partition {partition} does not exist in topic `{topic}`, which has {partitions} partitions")]
+    #[error(
+        "partition {partition} does not exist in topic `{topic}`, which has {partitions} partitions"
+    )]
     UnknownPartition {
         /// The topic.
         topic: String,
@@ -48,7 +52,9 @@ pub enum Error {
     },
 
     /// A record is larger than the producer's whole buffer and could never be sent.
-    #[error("record of {size} bytes for topic `{topic}` exceeds the producer buffer of {capacity} bytes (`buffer.memory`)")]
+    #[error(
+        "record of {size} bytes for topic `{topic}` exceeds the producer buffer of {capacity} bytes (`buffer.memory`)"
+    )]
     RecordTooLarge {
         /// The topic.
         topic: String,
@@ -60,7 +66,9 @@ pub enum Error {
 
     /// The delivery timeout passed before the broker acknowledged the record. The outcome is unknown:
     /// the record may have been written. At-least-once callers send it again.
-    #[error("delivery to {topic}/{partition} not acknowledged within {timeout:?} (`delivery.timeout.ms`); the record may or may not have been written")]
+    #[error(
+        "delivery to {topic}/{partition} not acknowledged within {timeout:?} (`delivery.timeout.ms`); the record may or may not have been written"
+    )]
     DeliveryTimeout {
         /// The topic.
         topic: String,
@@ -120,7 +128,9 @@ pub enum Error {
     Protocol(#[from] GroupError),
 
     /// A partition has no committed offset and `auto.offset.reset` is `none`.
-    #[error("partition {partition} has no committed offset and auto.offset.reset is none; commit an offset for the group (e.g. with kafka-consumer-groups --reset-offsets) or choose earliest/latest")]
+    #[error(
+        "partition {partition} has no committed offset and auto.offset.reset is none; commit an offset for the group (e.g. with kafka-consumer-groups --reset-offsets) or choose earliest/latest"
+    )]
     NoOffset {
         /// The partition, `topic-partition`.
         partition: String,
@@ -165,7 +175,9 @@ pub(crate) fn client_error_is_retriable(e: &ClientError) -> bool {
     match e {
         ClientError::Connection(_) | ClientError::Request(_) | ClientError::Timeout => true,
         ClientError::RetryFailed(_) => true,
-        ClientError::ServerError { protocol_error, .. } => protocol_error_is_retriable(*protocol_error),
+        ClientError::ServerError { protocol_error, .. } => {
+            protocol_error_is_retriable(*protocol_error)
+        }
         _ => false,
     }
 }

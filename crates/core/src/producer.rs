@@ -119,7 +119,11 @@ impl ProducerRecord {
         RECORD_OVERHEAD
             + self.key.as_ref().map_or(0, Vec::len)
             + self.value.as_ref().map_or(0, Vec::len)
-            + self.headers.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
     }
 }
 
@@ -396,10 +400,17 @@ impl Producer {
                 .get_or_try_init(|| async {
                     let client = inner
                         .client
-                        .partition_client(topic.name.clone(), partition, UnknownTopicHandling::Retry)
+                        .partition_client(
+                            topic.name.clone(),
+                            partition,
+                            UnknownTopicHandling::Retry,
+                        )
                         .await
                         .map_err(|source| Error::Kafka {
-                            context: format!("connecting to the leader of {}/{partition}", topic.name),
+                            context: format!(
+                                "connecting to the leader of {}/{partition}",
+                                topic.name
+                            ),
                             source: Arc::new(source),
                         })?;
                     Ok::<_, Error>(
@@ -468,7 +479,12 @@ impl Producer {
         Ok(self.topic(topic).await?.partitions.len() as i32)
     }
 
-    fn choose_partition(&self, topic: &TopicProducer, record: &ProducerRecord, size: usize) -> Result<i32> {
+    fn choose_partition(
+        &self,
+        topic: &TopicProducer,
+        record: &ProducerRecord,
+        size: usize,
+    ) -> Result<i32> {
         let count = topic.partitions.len() as i32;
         if let Some(p) = record.partition {
             if !(0..count).contains(&p) {
@@ -483,7 +499,9 @@ impl Producer {
         if let Some(key) = &record.key {
             return Ok(partition_for_key(key, count));
         }
-        let sent = topic.unkeyed_bytes.fetch_add(size as u64, Ordering::Relaxed);
+        let sent = topic
+            .unkeyed_bytes
+            .fetch_add(size as u64, Ordering::Relaxed);
         let batch = self.inner.settings.batch_size as u64;
         Ok(((sent / batch) % count as u64) as i32)
     }
@@ -513,7 +531,9 @@ impl Producer {
                         return Ok(Arc::clone(t));
                     }
                     if Instant::now() >= give_up {
-                        return Err(Error::UnknownTopic { topic: name.to_owned() });
+                        return Err(Error::UnknownTopic {
+                            topic: name.to_owned(),
+                        });
                     }
                 }
                 Err(source) => {
@@ -528,7 +548,9 @@ impl Producer {
                     }
                 }
             }
-            let delay = backoff.next_delay().min(give_up.saturating_duration_since(Instant::now()));
+            let delay = backoff
+                .next_delay()
+                .min(give_up.saturating_duration_since(Instant::now()));
             tokio::time::sleep(delay).await;
         };
 
@@ -556,7 +578,10 @@ impl Producer {
             ),
             fetched_at: Instant::now(),
         });
-        inner.topics.write().insert(name.to_owned(), Arc::clone(&fresh));
+        inner
+            .topics
+            .write()
+            .insert(name.to_owned(), Arc::clone(&fresh));
         Ok(fresh)
     }
 }

@@ -26,7 +26,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let producer = ProducerBuilder::new(client.clone()).build().await?;
     for seq in 0..30 {
         let account = format!("account-{}", seq % 5);
-        producer.send(ProducerRecord::new(&topic, seq.to_string()).key(account)).await?;
+        producer
+            .send(ProducerRecord::new(&topic, seq.to_string()).key(account))
+            .await?;
     }
 
     let consumer = ConsumerBuilder::new(client, GroupConfig::new(random_name("ledger"), [&topic]))
@@ -43,8 +45,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let applied = Arc::clone(&applied);
                 let stop = stop.clone();
                 async move {
-                    let account = String::from_utf8_lossy(record.key().unwrap_or_default()).into_owned();
-                    let seq: u32 = String::from_utf8_lossy(record.value().unwrap_or_default()).parse()?;
+                    let account =
+                        String::from_utf8_lossy(record.key().unwrap_or_default()).into_owned();
+                    let seq: u32 =
+                        String::from_utf8_lossy(record.value().unwrap_or_default()).parse()?;
                     // account-0 is slow: only its own events wait.
                     let delay = if account == "account-0" { 200 } else { 20 };
                     tokio::time::sleep(Duration::from_millis(delay)).await;

@@ -20,7 +20,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let producer = ProducerBuilder::new(client.clone()).build().await?;
     for i in 0..10 {
-        producer.send(ProducerRecord::new(&topic, format!("order {i}")).key(format!("c{}", i % 3))).await?;
+        producer
+            .send(ProducerRecord::new(&topic, format!("order {i}")).key(format!("c{}", i % 3)))
+            .await?;
     }
 
     let consumer = ConsumerBuilder::new(client, GroupConfig::new(random_name("billing"), [&topic]))

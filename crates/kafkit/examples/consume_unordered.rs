@@ -23,7 +23,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let producer = ProducerBuilder::new(client.clone()).build().await?;
     for seconds in [5u64, 2, 1, 3, 1] {
-        producer.send(ProducerRecord::new(&topic, seconds.to_string())).await?;
+        producer
+            .send(ProducerRecord::new(&topic, seconds.to_string()))
+            .await?;
     }
 
     let consumer = ConsumerBuilder::new(client, GroupConfig::new(random_name("media"), [&topic]))
@@ -39,9 +41,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             let stop = stop.clone();
             let done = std::sync::Arc::clone(&done);
             async move {
-                let seconds: u64 = String::from_utf8_lossy(record.value().unwrap_or_default()).parse()?;
+                let seconds: u64 =
+                    String::from_utf8_lossy(record.value().unwrap_or_default()).parse()?;
                 tokio::time::sleep(Duration::from_secs(seconds)).await;
-                println!("offset {} ({seconds} s) finished at {:.1?}", record.offset(), started.elapsed());
+                println!(
+                    "offset {} ({seconds} s) finished at {:.1?}",
+                    record.offset(),
+                    started.elapsed()
+                );
                 if done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == 5 {
                     stop.shutdown();
                 }
@@ -49,6 +56,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         })
         .await?;
-    println!("all five done in {:.1?}; uncommitted after shutdown: {:?}", started.elapsed(), report.uncommitted);
+    println!(
+        "all five done in {:.1?}; uncommitted after shutdown: {:?}",
+        started.elapsed(),
+        report.uncommitted
+    );
     Ok(())
 }

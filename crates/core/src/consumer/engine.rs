@@ -38,21 +38,26 @@ use kafkit_resilience::CircuitState;
 
 use super::failure::{FailurePath, HandlerError};
 use super::fetcher::{FetchContext, FetchEvent, FetchTask};
-use super::status::StatusBoard;
 use super::offset_map;
 use super::record::{AckHandle, ConsumedRecord, RecordData, StreamRecord};
 use super::scheduler::{PartitionSchedule, key_hash};
+use super::status::StatusBoard;
 use super::watermark::WatermarkTracker;
 use super::{ConsumerSettings, ShutdownReport};
-use crate::group::{CommitReport, GroupEvent, GroupMember, OffsetToCommit, RevokeDone, TopicPartition};
+use crate::group::{
+    CommitReport, GroupEvent, GroupMember, OffsetToCommit, RevokeDone, TopicPartition,
+};
 use crate::{Error, Result};
 
 /// The error type handlers return, boxed.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A handler, type-erased: called once per attempt.
-pub(crate) type HandlerFn =
-    Arc<dyn Fn(ConsumedRecord) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>> + Send + Sync>;
+pub(crate) type HandlerFn = Arc<
+    dyn Fn(ConsumedRecord) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>
+        + Send
+        + Sync,
+>;
 
 /// Where dispatched records go.
 pub(crate) enum Sink {
@@ -185,7 +190,10 @@ impl Engine {
     }
 
     /// Runs until the group member has left (after `shutdown` fired) or the shutdown deadline passed.
-    pub(crate) async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<ShutdownReport> {
+    pub(crate) async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<ShutdownReport> {
         let mut commit_tick = tokio::time::interval(self.settings.commit_interval);
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         commit_tick.tick().await;
@@ -241,7 +249,9 @@ impl Engine {
                 _ = sleep_until(next_deadline) => {}
             }
             if self.shutdown_deadline.is_some_and(|d| Instant::now() >= d) {
-                warn!("shutdown deadline passed; abandoning in-flight records (they will be delivered again)");
+                warn!(
+                    "shutdown deadline passed; abandoning in-flight records (they will be delivered again)"
+                );
                 self.report.timed_out = true;
                 break;
             }
@@ -285,7 +295,10 @@ impl Engine {
 
     fn on_group_event(&mut self, event: GroupEvent) {
         match event {
-            GroupEvent::Assigned { partitions, generation } => {
+            GroupEvent::Assigned {
+                partitions,
+                generation,
+            } => {
                 debug!(generation, ?partitions, "assigned");
                 if let Some(m) = &self.metrics {
                     m.record_rebalance(&self.group_id);
@@ -296,7 +309,10 @@ impl Engine {
                 }
             }
             GroupEvent::Revoked { partitions, done } => {
-                let slots: Vec<usize> = partitions.iter().filter_map(|tp| self.by_partition.get(tp).copied()).collect();
+                let slots: Vec<usize> = partitions
+                    .iter()
+                    .filter_map(|tp| self.by_partition.get(tp).copied())
+                    .collect();
                 for &i in &slots {
                     if let Some(s) = self.slots[i].as_mut() {
                         s.revoking = true;
@@ -350,7 +366,8 @@ impl Engine {
                 self.slots.len() - 1
             }
         };
-        let fetch = (self.shutdown_deadline.is_none()).then(|| FetchTask::spawn(Arc::clone(&self.fetch_ctx), tp.clone(), index, epoch));
+        let fetch = (self.shutdown_deadline.is_none())
+            .then(|| FetchTask::spawn(Arc::clone(&self.fetch_ctx), tp.clone(), index, epoch));
         self.slots[index] = Some(Slot {
             topic: Arc::from(tp.topic.as_str()),
             tp: tp.clone(),
@@ -378,16 +395,16 @@ impl Engine {
                 if let Some(s) = self.slot_mut(slot, epoch) {
                     s.tracker = Some(WatermarkTracker::new(offset));
                     s.committed = Some(offset);
-                    if offset_map
-                        && let Some(meta) = committed_metadata
-                    {
+                    if offset_map && let Some(meta) = committed_metadata {
                         match offset_map::decode(offset, &meta) {
                             Ok(Some(done)) => {
                                 info!(partition = %s.tp, skipped = done.len(), "skipping records the previous owner finished");
                                 s.skip = done.into_iter().collect();
                             }
                             Ok(None) => {}
-                            Err(e) => warn!(partition = %s.tp, error = %e, "ignoring an unreadable offset map"),
+                            Err(e) => {
+                                warn!(partition = %s.tp, error = %e, "ignoring an unreadable offset map")
+                            }
                         }
                     }
                 }
@@ -402,12 +419,17 @@ impl Engine {
                 let stopping = self.shutdown_deadline.is_some();
                 let board = Arc::clone(&self.board);
                 let metrics = self.metrics.clone();
-                let Some(s) = self.slot_mut(slot, epoch) else { return };
+                let Some(s) = self.slot_mut(slot, epoch) else {
+                    return;
+                };
                 if s.revoking || stopping {
                     return;
                 }
                 s.high_watermark = high_watermark;
-                let position = records.last().map_or_else(|| s.tracker.as_ref().map_or(-1, WatermarkTracker::position), |r| r.offset + 1);
+                let position = records.last().map_or_else(
+                    || s.tracker.as_ref().map_or(-1, WatermarkTracker::position),
+                    |r| r.offset + 1,
+                );
                 board.fetched(&s.tp, high_watermark, position);
                 if let Some(m) = &metrics
                     && !records.is_empty()
@@ -467,7 +489,10 @@ impl Engine {
         self.in_flight = self.in_flight.saturating_sub(1);
         let metrics = self.metrics.clone();
         let Some(s) = self.slot_mut(c.slot, c.epoch) else {
-            debug!(offset = c.offset, "completion from a previous tenure dropped");
+            debug!(
+                offset = c.offset,
+                "completion from a previous tenure dropped"
+            );
             return;
         };
         match c.outcome {
@@ -492,7 +517,9 @@ impl Engine {
 
     /// Starts as many records as the bounds allow, round-robin across partitions.
     fn breaker_open(&self) -> bool {
-        self.breaker.as_ref().is_some_and(|b| *b.borrow() == CircuitState::Open)
+        self.breaker
+            .as_ref()
+            .is_some_and(|b| *b.borrow() == CircuitState::Open)
     }
 
     /// Total lag (high watermark minus the committable watermark) over owned partitions, for the
@@ -500,26 +527,36 @@ impl Engine {
     fn sample_lag(&self) {
         let mut total = 0u64;
         for s in self.slots.iter().flatten() {
-            let Some(t) = s.tracker.as_ref() else { continue };
+            let Some(t) = s.tracker.as_ref() else {
+                continue;
+            };
             let committed = s.committed.unwrap_or(t.watermark());
             let lag = (s.high_watermark - committed).max(0) as u64;
             total += lag;
             if let Some(m) = &self.metrics
                 && s.high_watermark >= 0
             {
-                m.record_partition_lag(&self.group_id, &s.tp.topic, s.tp.partition, s.high_watermark, committed);
+                m.record_partition_lag(
+                    &self.group_id,
+                    &s.tp.topic,
+                    s.tp.partition,
+                    s.high_watermark,
+                    committed,
+                );
             }
         }
         self.board.sample_lag(total);
         if let Some(m) = &self.metrics {
             m.records_in_flight().set(self.in_flight as i64);
             let budget = &self.fetch_ctx.budget;
-            m.buffered_bytes().set((self.settings.buffer_bytes - budget.available_permits()) as i64);
+            m.buffered_bytes()
+                .set((self.settings.buffer_bytes - budget.available_permits()) as i64);
         }
     }
 
     fn dispatch(&mut self) {
-        if self.shutdown_deadline.is_some() || self.stream_blocked.is_some() || self.breaker_open() {
+        if self.shutdown_deadline.is_some() || self.stream_blocked.is_some() || self.breaker_open()
+        {
             return;
         }
         let limit = self.settings.mode.max_in_flight().unwrap_or(usize::MAX);
@@ -532,11 +569,15 @@ impl Engine {
                     break;
                 }
                 let idx = (self.rr + i) % n;
-                let Some(slot) = self.slots[idx].as_mut() else { continue };
+                let Some(slot) = self.slots[idx].as_mut() else {
+                    continue;
+                };
                 if slot.revoking {
                     continue;
                 }
-                let Some((key, record)) = slot.schedule.next() else { continue };
+                let Some((key, record)) = slot.schedule.next() else {
+                    continue;
+                };
                 let epoch = slot.epoch;
                 if !self.start(idx, epoch, key, record) {
                     return;
@@ -587,7 +628,10 @@ impl Engine {
                     // `next` counted it in flight; put it back.
                     s.schedule.push_front(key, record);
                     let tx = tx.clone();
-                    self.stream_blocked = Some(Box::pin(async move { !closed && tx.reserve().await.is_ok() }));
+                    self.stream_blocked =
+                        Some(Box::pin(
+                            async move { !closed && tx.reserve().await.is_ok() },
+                        ));
                     false
                 }
             },
@@ -601,10 +645,16 @@ impl Engine {
         while i < self.revocations.len() {
             let r = &self.revocations[i];
             if !r.commit_sent {
-                let drained = r.slots.iter().all(|&s| self.slots[s].as_ref().is_none_or(|s| s.schedule.in_flight() == 0));
+                let drained = r.slots.iter().all(|&s| {
+                    self.slots[s]
+                        .as_ref()
+                        .is_none_or(|s| s.schedule.in_flight() == 0)
+                });
                 if (drained || now >= r.deadline) && self.commit.is_none() {
                     if !drained {
-                        warn!("revocation deadline passed with records in flight; committing what is finished");
+                        warn!(
+                            "revocation deadline passed with records in flight; committing what is finished"
+                        );
                     }
                     let slots = r.slots.clone();
                     self.revocations[i].commit_sent = true;
@@ -618,7 +668,8 @@ impl Engine {
                 let r = self.revocations.remove(i);
                 for s in r.slots {
                     if let Some(slot) = self.slots[s].take() {
-                        self.report.record(&slot.tp, slot.committed, slot.tracker.as_ref());
+                        self.report
+                            .record(&slot.tp, slot.committed, slot.tracker.as_ref());
                         self.by_partition.remove(&slot.tp);
                         self.release(&slot.tp);
                     }
@@ -642,14 +693,22 @@ impl Engine {
         };
         let mut offsets = Vec::new();
         for i in indices {
-            let Some(s) = self.slots[i].as_ref() else { continue };
-            let Some(t) = s.tracker.as_ref() else { continue };
+            let Some(s) = self.slots[i].as_ref() else {
+                continue;
+            };
+            let Some(t) = s.tracker.as_ref() else {
+                continue;
+            };
             let watermark = t.watermark();
             if s.committed.is_some_and(|c| watermark <= c) {
                 continue;
             }
             let metadata = if offset_map {
-                match offset_map::encode(watermark, &t.done_above(), self.settings.offset_map_max_bytes) {
+                match offset_map::encode(
+                    watermark,
+                    &t.done_above(),
+                    self.settings.offset_map_max_bytes,
+                ) {
                     Ok(m) => m,
                     Err(e) => {
                         debug!(partition = %s.tp, error = %e, "offset map too large; committing the watermark alone");
@@ -700,7 +759,8 @@ impl Engine {
 
     fn finish_report(&mut self) {
         for slot in self.slots.iter().flatten() {
-            self.report.record(&slot.tp, slot.committed, slot.tracker.as_ref());
+            self.report
+                .record(&slot.tp, slot.committed, slot.tracker.as_ref());
         }
     }
 }
@@ -726,7 +786,12 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 impl ShutdownReport {
-    fn record(&mut self, tp: &TopicPartition, committed: Option<i64>, tracker: Option<&WatermarkTracker>) {
+    fn record(
+        &mut self,
+        tp: &TopicPartition,
+        committed: Option<i64>,
+        tracker: Option<&WatermarkTracker>,
+    ) {
         let Some(t) = tracker else { return };
         if committed.is_some_and(|c| c >= t.position()) {
             return;

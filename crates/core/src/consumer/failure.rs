@@ -20,8 +20,9 @@ use std::time::Duration;
 
 use kafkit_metrics::Metrics;
 use kafkit_resilience::{
-    BreakerRejected, CircuitBreaker, DeadLetterHeaders, DeadLetterPolicy, DeadLetterRoute, DltFailureAction,
-    ErrorDescription, GiveUpReason, OriginalRecord, RetryDecision, RetryPolicy, TimestampType,
+    BreakerRejected, CircuitBreaker, DeadLetterHeaders, DeadLetterPolicy, DeadLetterRoute,
+    DltFailureAction, ErrorDescription, GiveUpReason, OriginalRecord, RetryDecision, RetryPolicy,
+    TimestampType,
 };
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -58,7 +59,9 @@ pub(crate) struct DeadLetter {
 
 impl fmt::Debug for DeadLetter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeadLetter").field("policy", &self.policy).finish_non_exhaustive()
+        f.debug_struct("DeadLetter")
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
     }
 }
 
@@ -119,7 +122,13 @@ impl FailurePath {
                     }
                     // Kept: try the handler again later, at the policy's longest delay.
                     let delay = parked_delays.next_delay().max(self.retry.backoff().max());
-                    error!(topic = record.topic(), partition = record.partition(), offset = record.offset(), ?delay, "record kept unacked; trying it again later");
+                    error!(
+                        topic = record.topic(),
+                        partition = record.partition(),
+                        offset = record.offset(),
+                        ?delay,
+                        "record kept unacked; trying it again later"
+                    );
                     tokio::time::sleep(delay).await;
                     attempt = 0;
                 }
@@ -144,17 +153,27 @@ impl FailurePath {
     }
 
     /// The record gave up. Returns true when it may be acked (dead-lettered, or skipped by policy).
-    async fn give_up(&self, record: &ConsumedRecord, error: &HandlerError, attempts: u32, reason: GiveUpReason) -> bool {
+    async fn give_up(
+        &self,
+        record: &ConsumedRecord,
+        error: &HandlerError,
+        attempts: u32,
+        reason: GiveUpReason,
+    ) -> bool {
         let Some(dlt) = &self.dead_letter else {
             error!(topic = record.topic(), partition = record.partition(), offset = record.offset(), %reason, error = %error, "record failed and no dead-letter topic is configured; keeping it unacked");
             return false;
         };
         match dlt.policy.route(record.topic(), record.headers().iter()) {
             DeadLetterRoute::Produce { topic } => {
-                self.produce_dead_letter(dlt, &topic, record, error, attempts).await;
+                self.produce_dead_letter(dlt, &topic, record, error, attempts)
+                    .await;
                 true
             }
-            DeadLetterRoute::Stop { reason: why, action } => match action {
+            DeadLetterRoute::Stop {
+                reason: why,
+                action,
+            } => match action {
                 DltFailureAction::Skip => {
                     error!(topic = record.topic(), partition = record.partition(), offset = record.offset(), %why, "failed again after dead-lettering; skipped by policy");
                     true
@@ -169,7 +188,14 @@ impl FailurePath {
     }
 
     /// Produces the record to `topic` with the dead-letter headers, retrying until acknowledged.
-    async fn produce_dead_letter(&self, dlt: &DeadLetter, topic: &str, record: &ConsumedRecord, error: &HandlerError, attempts: u32) {
+    async fn produce_dead_letter(
+        &self,
+        dlt: &DeadLetter,
+        topic: &str,
+        record: &ConsumedRecord,
+        error: &HandlerError,
+        attempts: u32,
+    ) {
         let original = OriginalRecord {
             topic: record.topic().to_owned(),
             partition: record.partition(),
@@ -180,7 +206,10 @@ impl FailurePath {
         };
         let description = ErrorDescription::of_dyn(error.type_name, error);
         let headers = DeadLetterHeaders::new(original, description, attempts).encode();
-        let mut out = ProducerRecord::new(topic, record.value().map(<[u8]>::to_vec).unwrap_or_default());
+        let mut out = ProducerRecord::new(
+            topic,
+            record.value().map(<[u8]>::to_vec).unwrap_or_default(),
+        );
         if record.value().is_none() {
             out = ProducerRecord::tombstone(topic, record.key().unwrap_or_default().to_vec());
         } else if let Some(key) = record.key() {

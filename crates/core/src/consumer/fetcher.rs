@@ -50,11 +50,24 @@ pub(crate) enum FetchEvent {
         budget: OwnedSemaphorePermit,
     },
     /// The position a fetcher starts from (committed or reset), sent before its first records.
-    Started { slot: usize, epoch: u64, offset: i64, committed_metadata: Option<String> },
+    Started {
+        slot: usize,
+        epoch: u64,
+        offset: i64,
+        committed_metadata: Option<String>,
+    },
     /// A fetch failed; the task backs off and tries again. For logs and health.
-    Failed { slot: usize, epoch: u64, error: String },
+    Failed {
+        slot: usize,
+        epoch: u64,
+        error: String,
+    },
     /// The partition cannot be consumed (`auto.offset.reset=none` with no committed offset).
-    Fatal { slot: usize, epoch: u64, error: Error },
+    Fatal {
+        slot: usize,
+        epoch: u64,
+        error: Error,
+    },
 }
 
 /// A running fetch task; dropping it stops fetching at once.
@@ -78,7 +91,12 @@ pub(crate) struct FetchContext {
 }
 
 impl FetchTask {
-    pub(crate) fn spawn(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epoch: u64) -> Self {
+    pub(crate) fn spawn(
+        ctx: Arc<FetchContext>,
+        tp: TopicPartition,
+        slot: usize,
+        epoch: u64,
+    ) -> Self {
         Self {
             handle: tokio::spawn(fetch_loop(ctx, tp, slot, epoch)),
         }
@@ -96,7 +114,13 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
         {
             Ok(c) => break c,
             Err(e) => {
-                report_failure(&ctx, slot, epoch, format!("connecting to the leader of {tp}: {e}")).await;
+                report_failure(
+                    &ctx,
+                    slot,
+                    epoch,
+                    format!("connecting to the leader of {tp}: {e}"),
+                )
+                .await;
                 backoff.wait().await;
             }
         }
@@ -107,7 +131,13 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
         match start_offset(&ctx, &client, &tp).await {
             Ok(start) => break start,
             Err(e) if e.is_retriable() => {
-                report_failure(&ctx, slot, epoch, format!("finding the start offset of {tp}: {e}")).await;
+                report_failure(
+                    &ctx,
+                    slot,
+                    epoch,
+                    format!("finding the start offset of {tp}: {e}"),
+                )
+                .await;
                 backoff.wait().await;
             }
             Err(error) => {
@@ -135,15 +165,22 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
     let max_wait_ms = settings.max_wait.as_millis().min(i32::MAX as u128) as i32;
     loop {
         // Reserve before fetching: the backpressure point.
-        let Ok(mut budget) = Arc::clone(&ctx.budget).acquire_many_owned(max_bytes as u32).await else {
+        let Ok(mut budget) = Arc::clone(&ctx.budget)
+            .acquire_many_owned(max_bytes as u32)
+            .await
+        else {
             return;
         };
         let fetch = client.fetch_records(offset, 1..max_bytes as i32, max_wait_ms);
-        let result = tokio::time::timeout(settings.max_wait + settings.request_timeout, fetch).await;
+        let result =
+            tokio::time::timeout(settings.max_wait + settings.request_timeout, fetch).await;
         match result {
             Ok(Ok((records, high_watermark))) => {
                 backoff.reset();
-                let used: usize = records.iter().map(|r| r.record.approximate_size() + 64).sum();
+                let used: usize = records
+                    .iter()
+                    .map(|r| r.record.approximate_size() + 64)
+                    .sum();
                 let keep = used.clamp(1, max_bytes);
                 if keep < max_bytes {
                     // Hand back what the batch did not use.
@@ -186,7 +223,13 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
             }
             Err(_) => {
                 drop(budget);
-                report_failure(&ctx, slot, epoch, format!("fetching {tp} at {offset}: no response in time")).await;
+                report_failure(
+                    &ctx,
+                    slot,
+                    epoch,
+                    format!("fetching {tp} at {offset}: no response in time"),
+                )
+                .await;
                 backoff.wait().await;
             }
         }
@@ -195,11 +238,18 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
 
 async fn report_failure(ctx: &FetchContext, slot: usize, epoch: u64, error: String) {
     debug!(%error, "fetch failed");
-    let _ = ctx.out.send(FetchEvent::Failed { slot, epoch, error }).await;
+    let _ = ctx
+        .out
+        .send(FetchEvent::Failed { slot, epoch, error })
+        .await;
 }
 
 /// The committed offset (with its metadata), or the reset policy's offset when nothing is committed.
-async fn start_offset(ctx: &FetchContext, client: &PartitionClient, tp: &TopicPartition) -> Result<(i64, Option<String>)> {
+async fn start_offset(
+    ctx: &FetchContext,
+    client: &PartitionClient,
+    tp: &TopicPartition,
+) -> Result<(i64, Option<String>)> {
     let committed = ctx.group.committed(std::slice::from_ref(tp)).await?;
     match committed.get(tp).cloned().flatten() {
         Some(c) => Ok((c.offset, c.metadata)),
@@ -207,11 +257,19 @@ async fn start_offset(ctx: &FetchContext, client: &PartitionClient, tp: &TopicPa
     }
 }
 
-async fn reset_offset(client: &PartitionClient, reset: OffsetReset, tp: &TopicPartition) -> Result<i64> {
+async fn reset_offset(
+    client: &PartitionClient,
+    reset: OffsetReset,
+    tp: &TopicPartition,
+) -> Result<i64> {
     let at = match reset {
         OffsetReset::Earliest => OffsetAt::Earliest,
         OffsetReset::Latest => OffsetAt::Latest,
-        OffsetReset::None => return Err(Error::NoOffset { partition: tp.to_string() }),
+        OffsetReset::None => {
+            return Err(Error::NoOffset {
+                partition: tp.to_string(),
+            });
+        }
     };
     client.get_offset(at).await.map_err(|source| Error::Kafka {
         context: format!("looking up the {reset:?} offset of {tp}"),

@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use kafkit_metrics::Metrics;
 use kafkit_resilience::{
-    BackoffPolicy, CircuitBreaker, CircuitBreakerPolicy, ConfigError, DeadLetterPolicy, HealthPolicy, ResilienceConfig,
-    RetryPolicy,
+    BackoffPolicy, CircuitBreaker, CircuitBreakerPolicy, ConfigError, DeadLetterPolicy,
+    HealthPolicy, ResilienceConfig, RetryPolicy,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -109,8 +109,13 @@ impl ConsumerBuilder {
                     max_partition_bytes: 1024 * 1024,
                     max_wait: Duration::from_millis(500),
                     request_timeout: Duration::from_secs(30),
-                    backoff: BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(10), 2.0, 0.2)
-                        .expect("valid default backoff"),
+                    backoff: BackoffPolicy::new(
+                        Duration::from_millis(100),
+                        Duration::from_secs(10),
+                        2.0,
+                        0.2,
+                    )
+                    .expect("valid default backoff"),
                     reset: OffsetReset::Latest,
                 },
             },
@@ -235,12 +240,17 @@ impl ConsumerBuilder {
     fn validate(&self) -> Result<()> {
         self.group.validate()?;
         let s = &self.settings;
-        let err = |setting: &str, reason: String| -> Result<()> { Err(ConfigError::new(setting, reason).into()) };
+        let err = |setting: &str, reason: String| -> Result<()> {
+            Err(ConfigError::new(setting, reason).into())
+        };
         if let Some(0) = s.mode.max_in_flight() {
             return err("dispatch.max_in_flight", "must be at least 1".into());
         }
         if s.commit_interval < Duration::from_millis(10) {
-            return err("auto.commit.interval.ms", format!("must be at least 10 ms, got {:?}", s.commit_interval));
+            return err(
+                "auto.commit.interval.ms",
+                format!("must be at least 10 ms, got {:?}", s.commit_interval),
+            );
         }
         if s.revoke_timeout >= self.group.rebalance_timeout {
             return err(
@@ -252,12 +262,18 @@ impl ConsumerBuilder {
             );
         }
         if s.fetch.max_partition_bytes < 1024 || s.fetch.max_partition_bytes > i32::MAX as usize {
-            return err("max.partition.fetch.bytes", "must be within 1 KiB..2 GiB".into());
+            return err(
+                "max.partition.fetch.bytes",
+                "must be within 1 KiB..2 GiB".into(),
+            );
         }
         if s.buffer_bytes < s.fetch.max_partition_bytes || s.buffer_bytes > u32::MAX as usize {
             return err(
                 "buffer_bytes",
-                format!("must be at least max.partition.fetch.bytes ({}) and below 4 GiB", s.fetch.max_partition_bytes),
+                format!(
+                    "must be at least max.partition.fetch.bytes ({}) and below 4 GiB",
+                    s.fetch.max_partition_bytes
+                ),
             );
         }
         if s.shutdown_timeout.is_zero() {
@@ -386,7 +402,13 @@ impl Consumer {
     /// ([`StreamRecord::ack`]) before its offset can be committed. Shut down with
     /// [`RecordStream::shutdown`]; dropping the stream stops the consumer without committing.
     pub fn stream(self) -> Result<RecordStream> {
-        let capacity = self.builder.settings.mode.max_in_flight().unwrap_or(64).clamp(1, 1024);
+        let capacity = self
+            .builder
+            .settings
+            .mode
+            .max_in_flight()
+            .unwrap_or(64)
+            .clamp(1, 1024);
         let (tx, rx) = mpsc::channel(capacity);
         let shutdown = self.shutdown_handle();
         let task = tokio::spawn(self.start(Sink::Stream(tx))?);
@@ -397,8 +419,12 @@ impl Consumer {
         })
     }
 
-    fn start(self, sink: Sink) -> Result<impl Future<Output = Result<ShutdownReport>> + Send + 'static> {
-        let (member, events) = GroupMember::start(&self.builder.client, self.builder.group.clone())?;
+    fn start(
+        self,
+        sink: Sink,
+    ) -> Result<impl Future<Output = Result<ShutdownReport>> + Send + 'static> {
+        let (member, events) =
+            GroupMember::start(&self.builder.client, self.builder.group.clone())?;
         let member = Arc::new(member);
         let engine = Engine::new(
             Arc::new(self.builder.settings.clone()),

@@ -33,7 +33,9 @@ const MAX_SPAN: u64 = 10_000_000;
 
 /// The map does not fit the metadata size limit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the offset map needs {needed} bytes, more than the {max_len} allowed (offset.metadata.max.bytes)")]
+#[error(
+    "the offset map needs {needed} bytes, more than the {max_len} allowed (offset.metadata.max.bytes)"
+)]
 pub(crate) struct OffsetMapTooLarge {
     pub(crate) needed: usize,
     pub(crate) max_len: usize,
@@ -52,12 +54,22 @@ pub(crate) enum OffsetMapError {
 
 /// Encodes `done_above` (sorted ascending, every offset above `watermark`) as a metadata string of at
 /// most `max_len` bytes. `Ok(None)` when there is nothing to record.
-pub(crate) fn encode(watermark: i64, done_above: &[i64], max_len: usize) -> Result<Option<String>, OffsetMapTooLarge> {
+pub(crate) fn encode(
+    watermark: i64,
+    done_above: &[i64],
+    max_len: usize,
+) -> Result<Option<String>, OffsetMapTooLarge> {
     let Some(&highest) = done_above.last() else {
         return Ok(None);
     };
-    debug_assert!(done_above.windows(2).all(|w| w[0] < w[1]), "offsets sorted and distinct");
-    debug_assert!(done_above.first().is_some_and(|&o| o > watermark), "offsets above the watermark");
+    debug_assert!(
+        done_above.windows(2).all(|w| w[0] < w[1]),
+        "offsets sorted and distinct"
+    );
+    debug_assert!(
+        done_above.first().is_some_and(|&o| o > watermark),
+        "offsets above the watermark"
+    );
     let span = (highest - watermark) as u64;
 
     let mut bits = vec![0u8; span.div_ceil(8) as usize];
@@ -75,7 +87,11 @@ pub(crate) fn encode(watermark: i64, done_above: &[i64], max_len: usize) -> Resu
         next = last + 1;
     }
 
-    let (kind, data) = if runs.len() < bits.len() { ('r', runs) } else { ('b', bits) };
+    let (kind, data) = if runs.len() < bits.len() {
+        ('r', runs)
+    } else {
+        ('b', bits)
+    };
     let text = format!("{TAG}{watermark}:{kind}{}", URL_SAFE_NO_PAD.encode(data));
     if text.len() > max_len {
         return Err(OffsetMapTooLarge {
@@ -88,15 +104,22 @@ pub(crate) fn encode(watermark: i64, done_above: &[i64], max_len: usize) -> Resu
 
 /// The done offsets recorded in `metadata` for a partition committed at `committed_offset`.
 /// `Ok(None)` for metadata that is not a kafkit map.
-pub(crate) fn decode(committed_offset: i64, metadata: &str) -> Result<Option<Vec<i64>>, OffsetMapError> {
+pub(crate) fn decode(
+    committed_offset: i64,
+    metadata: &str,
+) -> Result<Option<Vec<i64>>, OffsetMapError> {
     let Some(rest) = metadata.strip_prefix(TAG) else {
         return Ok(None);
     };
     let corrupt = |reason: &str| OffsetMapError::Corrupt {
         reason: reason.to_owned(),
     };
-    let (base, body) = rest.split_once(':').ok_or_else(|| corrupt("no base offset"))?;
-    let base: i64 = base.parse().map_err(|_| corrupt("base offset is not a number"))?;
+    let (base, body) = rest
+        .split_once(':')
+        .ok_or_else(|| corrupt("no base offset"))?;
+    let base: i64 = base
+        .parse()
+        .map_err(|_| corrupt("base offset is not a number"))?;
     if base != committed_offset {
         return Err(OffsetMapError::Stale {
             base,
@@ -117,7 +140,10 @@ pub(crate) fn decode(committed_offset: i64, metadata: &str) -> Result<Option<Vec
             for (i, byte) in data.iter().enumerate() {
                 for bit in 0..8 {
                     if byte & (1 << bit) != 0 {
-                        out.push(offset_at(base, (i * 8 + bit) as u64 + 1).ok_or_else(|| corrupt("offset overflow"))?);
+                        out.push(
+                            offset_at(base, (i * 8 + bit) as u64 + 1)
+                                .ok_or_else(|| corrupt("offset overflow"))?,
+                        );
                     }
                 }
             }
@@ -127,8 +153,12 @@ pub(crate) fn decode(committed_offset: i64, metadata: &str) -> Result<Option<Vec
             let mut cursor: u64 = 1;
             let mut done = false;
             while pos < data.len() {
-                let len = read_varint(&data, &mut pos).ok_or_else(|| corrupt("truncated run length"))?;
-                let end = cursor.checked_add(len).filter(|&e| e <= MAX_SPAN + 1).ok_or_else(|| corrupt("runs span too many offsets"))?;
+                let len =
+                    read_varint(&data, &mut pos).ok_or_else(|| corrupt("truncated run length"))?;
+                let end = cursor
+                    .checked_add(len)
+                    .filter(|&e| e <= MAX_SPAN + 1)
+                    .ok_or_else(|| corrupt("runs span too many offsets"))?;
                 if done {
                     for d in cursor..end {
                         out.push(offset_at(base, d).ok_or_else(|| corrupt("offset overflow"))?);
@@ -210,9 +240,26 @@ mod tests {
     #[test]
     fn stale_and_corrupt_maps_are_errors() {
         let text = encode(10, &[12], 4096).unwrap().unwrap();
-        assert_eq!(decode(11, &text), Err(OffsetMapError::Stale { base: 10, committed: 11 }));
-        for bad in ["kk1:", "kk1:x:b", "kk1:0:", "kk1:0:q", "kk1:0:b***", "kk1:0:r_w", "kk1:0:r____________w"] {
-            assert!(matches!(decode(0, bad), Err(OffsetMapError::Corrupt { .. })), "{bad}");
+        assert_eq!(
+            decode(11, &text),
+            Err(OffsetMapError::Stale {
+                base: 10,
+                committed: 11
+            })
+        );
+        for bad in [
+            "kk1:",
+            "kk1:x:b",
+            "kk1:0:",
+            "kk1:0:q",
+            "kk1:0:b***",
+            "kk1:0:r_w",
+            "kk1:0:r____________w",
+        ] {
+            assert!(
+                matches!(decode(0, bad), Err(OffsetMapError::Corrupt { .. })),
+                "{bad}"
+            );
         }
     }
 
@@ -235,7 +282,10 @@ mod tests {
         push_varint(&mut data, 0);
         push_varint(&mut data, u64::MAX / 2);
         let text = format!("kk1:0:r{}", URL_SAFE_NO_PAD.encode(data));
-        assert!(matches!(decode(0, &text), Err(OffsetMapError::Corrupt { .. })));
+        assert!(matches!(
+            decode(0, &text),
+            Err(OffsetMapError::Corrupt { .. })
+        ));
     }
 
     proptest! {

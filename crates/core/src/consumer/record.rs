@@ -33,7 +33,10 @@ impl fmt::Debug for ConsumedRecord {
             .field("topic", &self.inner.topic)
             .field("partition", &self.inner.partition)
             .field("offset", &self.inner.offset)
-            .field("key", &self.inner.key.as_deref().map(String::from_utf8_lossy))
+            .field(
+                "key",
+                &self.inner.key.as_deref().map(String::from_utf8_lossy),
+            )
             .field("value_len", &self.inner.value.as_ref().map(Vec::len))
             .finish_non_exhaustive()
     }

@@ -38,16 +38,17 @@ impl DispatchMode {
     pub(crate) fn max_in_flight(self) -> Option<usize> {
         match self {
             DispatchMode::PartitionOrdered => None,
-            DispatchMode::KeyOrdered { max_in_flight } | DispatchMode::Unordered { max_in_flight } => {
-                Some(max_in_flight)
-            }
+            DispatchMode::KeyOrdered { max_in_flight }
+            | DispatchMode::Unordered { max_in_flight } => Some(max_in_flight),
         }
     }
 }
 
 /// The hash of a record's key, or of "no key". Fixed seeds: equal keys hash equal in every process run.
 pub(crate) fn key_hash(key: Option<&[u8]>) -> u64 {
-    let mut h = std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().build_hasher();
+    let mut h =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .build_hasher();
     match key {
         Some(k) => {
             h.write_u8(1);
@@ -173,7 +174,10 @@ impl<R> PartitionSchedule<R> {
     pub(crate) fn finish(&mut self, key: u64) {
         self.in_flight -= 1;
         if let State::Keyed {
-            queues, busy, ready, ..
+            queues,
+            busy,
+            ready,
+            ..
         } = &mut self.state
             && busy.remove(&key).is_some()
             && let Entry::Occupied(q) = queues.entry(key)

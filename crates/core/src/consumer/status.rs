@@ -6,7 +6,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::Utc;
-use kafkit_resilience::{CircuitBreaker, HealthInputs, HealthPolicy, HealthReport, PartitionProgress};
+use kafkit_resilience::{
+    CircuitBreaker, HealthInputs, HealthPolicy, HealthReport, PartitionProgress,
+};
 use tokio::time::Instant;
 
 use crate::group::{GroupMember, TopicPartition};
@@ -121,7 +123,9 @@ impl HealthHandle {
     /// The consumer's health now: coordinator reachability, heartbeats, fetch progress per partition,
     /// the breaker, and the lag trend. Healthy, degraded or unhealthy, with reasons.
     pub fn report(&self) -> HealthReport {
-        let inputs = self.board.inputs(self.breaker.as_ref(), self.session_timeout);
+        let inputs = self
+            .board
+            .inputs(self.breaker.as_ref(), self.session_timeout);
         self.policy.evaluate(&inputs, Utc::now())
     }
 }

@@ -58,8 +58,13 @@ impl GroupConfig {
             group_instance_id: None,
             rack_id: None,
             assignors: vec![Arc::new(RangeAssignor), Arc::new(CooperativeStickyAssignor)],
-            retry_backoff: BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(1), 2.0, 0.2)
-                .expect("valid default backoff"),
+            retry_backoff: BackoffPolicy::new(
+                Duration::from_millis(100),
+                Duration::from_secs(1),
+                2.0,
+                0.2,
+            )
+            .expect("valid default backoff"),
         }
     }
 
@@ -133,11 +138,10 @@ impl GroupConfig {
 
     /// The rebalance protocol this member follows: cooperative only if every assignor is.
     pub fn rebalance_protocol(&self) -> RebalanceProtocol {
-        if self
-            .assignors
-            .iter()
-            .all(|a| a.supported_protocols().contains(&RebalanceProtocol::Cooperative))
-        {
+        if self.assignors.iter().all(|a| {
+            a.supported_protocols()
+                .contains(&RebalanceProtocol::Cooperative)
+        }) {
             RebalanceProtocol::Cooperative
         } else {
             RebalanceProtocol::Eager
@@ -150,12 +154,20 @@ impl GroupConfig {
             return err("group.id", "must not be empty".into());
         }
         if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
-            return err("topics", "subscribe to at least one topic; names must not be empty".into());
+            return err(
+                "topics",
+                "subscribe to at least one topic; names must not be empty".into(),
+            );
         }
-        if self.session_timeout < Duration::from_millis(1000) || self.session_timeout > Duration::from_secs(1800) {
+        if self.session_timeout < Duration::from_millis(1000)
+            || self.session_timeout > Duration::from_secs(1800)
+        {
             return err(
                 "session.timeout.ms",
-                format!("must be within 1 s..=30 min (the broker's group.min/max.session.timeout.ms bound it further), got {:?}", self.session_timeout),
+                format!(
+                    "must be within 1 s..=30 min (the broker's group.min/max.session.timeout.ms bound it further), got {:?}",
+                    self.session_timeout
+                ),
             );
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_interval >= self.session_timeout {
@@ -167,21 +179,42 @@ impl GroupConfig {
                 ),
             );
         }
-        if self.rebalance_timeout < Duration::from_secs(1) || self.rebalance_timeout.as_millis() > i32::MAX as u128 {
-            return err("max.poll.interval.ms", format!("must be within 1 s..=24 days, got {:?}", self.rebalance_timeout));
+        if self.rebalance_timeout < Duration::from_secs(1)
+            || self.rebalance_timeout.as_millis() > i32::MAX as u128
+        {
+            return err(
+                "max.poll.interval.ms",
+                format!(
+                    "must be within 1 s..=24 days, got {:?}",
+                    self.rebalance_timeout
+                ),
+            );
         }
         if self.request_timeout < Duration::from_millis(100) {
-            return err("request.timeout.ms", format!("must be at least 100 ms, got {:?}", self.request_timeout));
+            return err(
+                "request.timeout.ms",
+                format!("must be at least 100 ms, got {:?}", self.request_timeout),
+            );
         }
         if self.assignors.is_empty() {
-            return err("partition.assignment.strategy", "offer at least one assignor".into());
+            return err(
+                "partition.assignment.strategy",
+                "offer at least one assignor".into(),
+            );
         }
         let mut names: Vec<&str> = self.assignors.iter().map(|a| a.name()).collect();
         names.sort_unstable();
         if names.windows(2).any(|w| w[0] == w[1]) {
-            return err("partition.assignment.strategy", format!("assignor names must be unique, got {names:?}"));
+            return err(
+                "partition.assignment.strategy",
+                format!("assignor names must be unique, got {names:?}"),
+            );
         }
-        if self.group_instance_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+        if self
+            .group_instance_id
+            .as_deref()
+            .is_some_and(|id| id.trim().is_empty())
+        {
             return err("group.instance.id", "must not be empty when set".into());
         }
         Ok(())
@@ -211,27 +244,44 @@ mod tests {
                 GroupConfig::new("g", ["t"]).rebalance_timeout(Duration::from_millis(10)),
                 "max.poll.interval.ms",
             ),
-            (GroupConfig::new("g", ["t"]).assignors(vec![]), "partition.assignment.strategy"),
             (
-                GroupConfig::new("g", ["t"]).assignors(vec![Arc::new(RangeAssignor), Arc::new(RangeAssignor)]),
+                GroupConfig::new("g", ["t"]).assignors(vec![]),
                 "partition.assignment.strategy",
             ),
-            (GroupConfig::new("g", ["t"]).group_instance_id(" "), "group.instance.id"),
+            (
+                GroupConfig::new("g", ["t"])
+                    .assignors(vec![Arc::new(RangeAssignor), Arc::new(RangeAssignor)]),
+                "partition.assignment.strategy",
+            ),
+            (
+                GroupConfig::new("g", ["t"]).group_instance_id(" "),
+                "group.instance.id",
+            ),
         ];
         for (config, setting) in cases {
             let err = config.validate().unwrap_err();
             assert!(err.to_string().contains(setting), "{setting}: {err}");
         }
-        GroupConfig::new("g", ["t"]).validate().expect("defaults are valid");
+        GroupConfig::new("g", ["t"])
+            .validate()
+            .expect("defaults are valid");
     }
 
     #[test]
     fn cooperative_only_when_every_assignor_is() {
         let default = GroupConfig::new("g", ["t"]);
-        assert_eq!(default.rebalance_protocol(), RebalanceProtocol::Eager, "Java's default list is eager");
-        let coop = GroupConfig::new("g", ["t"]).assignors(vec![Arc::new(CooperativeStickyAssignor)]);
+        assert_eq!(
+            default.rebalance_protocol(),
+            RebalanceProtocol::Eager,
+            "Java's default list is eager"
+        );
+        let coop =
+            GroupConfig::new("g", ["t"]).assignors(vec![Arc::new(CooperativeStickyAssignor)]);
         assert_eq!(coop.rebalance_protocol(), RebalanceProtocol::Cooperative);
-        let mixed = coop.assignors(vec![Arc::new(CooperativeStickyAssignor), Arc::new(RoundRobinAssignor)]);
+        let mixed = coop.assignors(vec![
+            Arc::new(CooperativeStickyAssignor),
+            Arc::new(RoundRobinAssignor),
+        ]);
         assert_eq!(mixed.rebalance_protocol(), RebalanceProtocol::Eager);
     }
 }

@@ -121,13 +121,16 @@ impl Coordinator {
         let request = FindCoordinatorRequest::default()
             .with_key(StrBytes::from_string(self.group.clone()))
             .with_key_type(0);
-        let response = any.send(&request, self.request_timeout).await.map_err(|source| {
-            self.forget_any(&any);
-            Error::Connection {
-                context: format!("group `{}`: FindCoordinator", self.group),
-                source,
-            }
-        })?;
+        let response = any
+            .send(&request, self.request_timeout)
+            .await
+            .map_err(|source| {
+                self.forget_any(&any);
+                Error::Connection {
+                    context: format!("group `{}`: FindCoordinator", self.group),
+                    source,
+                }
+            })?;
         if let Some(err) = ResponseError::try_from_code(response.error_code) {
             return Err(Error::Group {
                 group: self.group.clone(),
@@ -158,7 +161,9 @@ impl Coordinator {
         let mut last: Option<WireError> = None;
         for _ in 0..self.bootstrap.len() {
             let i = self.next_bootstrap.fetch_add(1, Ordering::Relaxed) % self.bootstrap.len();
-            match Connection::connect(&self.bootstrap[i], &self.client_id, self.request_timeout).await {
+            match Connection::connect(&self.bootstrap[i], &self.client_id, self.request_timeout)
+                .await
+            {
                 Ok(conn) => {
                     let conn = Arc::new(conn);
                     *self.any.lock() = Some(Arc::clone(&conn));
@@ -193,21 +198,30 @@ impl Coordinator {
     }
 
     /// Partition counts of `topics` from a Metadata request; topics that do not exist are absent.
-    pub(crate) async fn partition_counts(&self, topics: &[String]) -> Result<BTreeMap<String, i32>> {
+    pub(crate) async fn partition_counts(
+        &self,
+        topics: &[String],
+    ) -> Result<BTreeMap<String, i32>> {
         let any = self.any_broker().await?;
         let request = MetadataRequest::default().with_topics(Some(
             topics
                 .iter()
-                .map(|t| MetadataRequestTopic::default().with_name(Some(TopicName(StrBytes::from_string(t.clone())))))
+                .map(|t| {
+                    MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
+                })
                 .collect(),
         ));
-        let response = any.send(&request, self.request_timeout).await.map_err(|source| {
-            self.forget_any(&any);
-            Error::Connection {
-                context: format!("group `{}`: Metadata for {topics:?}", self.group),
-                source,
-            }
-        })?;
+        let response = any
+            .send(&request, self.request_timeout)
+            .await
+            .map_err(|source| {
+                self.forget_any(&any);
+                Error::Connection {
+                    context: format!("group `{}`: Metadata for {topics:?}", self.group),
+                    source,
+                }
+            })?;
         Ok(response
             .topics
             .into_iter()

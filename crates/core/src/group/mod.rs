@@ -30,13 +30,14 @@ mod protocol;
 mod range;
 mod round_robin;
 
-pub use config::GroupConfig;
-pub use member::{
-    CommitReport, CommittedOffset, GroupEvent, GroupMember, MembershipStatus, OffsetToCommit, RevokeDone,
-};
 pub use assignor::{Assignor, GroupAssignment, MemberId, MemberSubscription, RebalanceProtocol};
+pub use config::GroupConfig;
 pub use cooperative_sticky::CooperativeStickyAssignor;
 pub use error::GroupError;
+pub use member::{
+    CommitReport, CommittedOffset, GroupEvent, GroupMember, MembershipStatus, OffsetToCommit,
+    RevokeDone,
+};
 pub use protocol::{
     Assignment, CONSUMER_PROTOCOL_LATEST_VERSION, CONSUMER_PROTOCOL_TYPE, Subscription,
     TopicPartition,

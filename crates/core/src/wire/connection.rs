@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -57,7 +59,9 @@ pub enum WireError {
         timeout: Duration,
     },
     /// The broker does not support any version of the API that kafkit implements.
-    #[error("broker {broker} supports {api:?} versions {min}..={max}, kafkit needs one in {ours_min}..={ours_max}")]
+    #[error(
+        "broker {broker} supports {api:?} versions {min}..={max}, kafkit needs one in {ours_min}..={ours_max}"
+    )]
     UnsupportedVersion {
         /// `host:port`.
         broker: String,
@@ -87,7 +91,10 @@ pub enum WireError {
 impl WireError {
     /// Whether a new connection may succeed where this one failed.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, WireError::Connect { .. } | WireError::Io { .. } | WireError::Timeout { .. })
+        matches!(
+            self,
+            WireError::Connect { .. } | WireError::Io { .. } | WireError::Timeout { .. }
+        )
     }
 }
 
@@ -117,7 +124,11 @@ impl Drop for Connection {
 
 impl Connection {
     /// Connects to `broker` (`host:port`) and negotiates API versions, within `timeout`.
-    pub(crate) async fn connect(broker: &str, client_id: &str, timeout: Duration) -> Result<Self, WireError> {
+    pub(crate) async fn connect(
+        broker: &str,
+        client_id: &str,
+        timeout: Duration,
+    ) -> Result<Self, WireError> {
         let connect_err = |message: String| WireError::Connect {
             broker: broker.to_owned(),
             message,
@@ -126,11 +137,18 @@ impl Connection {
             .await
             .map_err(|_| connect_err(format!("no TCP connection within {timeout:?}")))?
             .map_err(|e| connect_err(e.to_string()))?;
-        stream.set_nodelay(true).map_err(|e| connect_err(e.to_string()))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| connect_err(e.to_string()))?;
         let (read, write) = stream.into_split();
         let pending: Pending = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));
-        let reader = tokio::spawn(read_loop(read, broker.to_owned(), Arc::clone(&pending), Arc::clone(&dead)));
+        let reader = tokio::spawn(read_loop(
+            read,
+            broker.to_owned(),
+            Arc::clone(&pending),
+            Arc::clone(&dead),
+        ));
         let mut conn = Connection {
             broker: broker.to_owned(),
             client_id: StrBytes::from_string(client_id.to_owned()),
@@ -163,7 +181,8 @@ impl Connection {
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
         let mut version = ApiVersionsRequest::MAX_VERSION;
         for _ in 0..2 {
-            let response: ApiVersionsResponse = self.send_version(&request, version, timeout).await?;
+            let response: ApiVersionsResponse =
+                self.send_version(&request, version, timeout).await?;
             let table: HashMap<i16, (i16, i16)> = response
                 .api_keys
                 .iter()
@@ -214,12 +233,21 @@ impl Connection {
     }
 
     /// Sends `request` at the negotiated version and waits up to `timeout` for its response.
-    pub(crate) async fn send<R: ApiRequest>(&self, request: &R, timeout: Duration) -> Result<R::Response, WireError> {
+    pub(crate) async fn send<R: ApiRequest>(
+        &self,
+        request: &R,
+        timeout: Duration,
+    ) -> Result<R::Response, WireError> {
         let version = self.version_for::<R>()?;
         self.send_version(request, version, timeout).await
     }
 
-    async fn send_version<R: ApiRequest>(&self, request: &R, version: i16, timeout: Duration) -> Result<R::Response, WireError> {
+    async fn send_version<R: ApiRequest>(
+        &self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, WireError> {
         let api = R::KEY;
         let codec = |message: String| WireError::Codec {
             broker: self.broker.clone(),
@@ -243,7 +271,9 @@ impl Connection {
         header
             .encode(&mut frame, R::header_version(version))
             .map_err(|e| codec(e.to_string()))?;
-        request.encode(&mut frame, version).map_err(|e| codec(e.to_string()))?;
+        request
+            .encode(&mut frame, version)
+            .map_err(|e| codec(e.to_string()))?;
         let len = (frame.len() - 4) as i32;
         frame[..4].copy_from_slice(&len.to_be_bytes());
 
@@ -289,14 +319,20 @@ impl Connection {
                 });
             }
         };
-        ResponseHeader::decode(&mut body, R::Response::header_version(version)).map_err(|e| codec(e.to_string()))?;
+        ResponseHeader::decode(&mut body, R::Response::header_version(version))
+            .map_err(|e| codec(e.to_string()))?;
         R::Response::decode(&mut body, version).map_err(|e| codec(e.to_string()))
     }
 }
 
 /// Reads response frames and hands each to the request waiting for its correlation id. Ends on the
 /// first socket error, failing every pending request.
-async fn read_loop(mut read: OwnedReadHalf, broker: String, pending: Pending, dead: Arc<AtomicBool>) {
+async fn read_loop(
+    mut read: OwnedReadHalf,
+    broker: String,
+    pending: Pending,
+    dead: Arc<AtomicBool>,
+) {
     let error = loop {
         let len = match read.read_i32().await {
             Ok(len) if len >= 4 && (len as usize) <= MAX_FRAME => len as usize,
