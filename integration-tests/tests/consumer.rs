@@ -541,3 +541,80 @@ async fn a_handler_slower_than_the_session_timeout_keeps_the_member_and_shutdown
         "the blocked record's partition is reported uncommitted at its offset: {report:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_record_in_a_batch_does_not_fail_the_others() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("batch");
+    let group_id = random_name("g");
+    create_topic(&bootstrap, &topic, 4, 1).await.unwrap();
+    produce_keyed(&bootstrap, &topic, 2_000, 400).await;
+
+    let consumer = consumer(
+        &bootstrap,
+        &group_id,
+        &topic,
+        DispatchMode::KeyOrdered { max_in_flight: 64 },
+    )
+    .await;
+    let stop = consumer.shutdown_handle();
+    // value -> how many times the handler saw it, and the sizes of the batches handed over.
+    let calls: Arc<Mutex<HashMap<usize, usize>>> = Arc::default();
+    let sizes: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let run = tokio::spawn(consumer.run_batch(50, {
+        let calls = Arc::clone(&calls);
+        let sizes = Arc::clone(&sizes);
+        move |records: Vec<ConsumedRecord>| {
+            let calls = Arc::clone(&calls);
+            let sizes = Arc::clone(&sizes);
+            async move {
+                sizes.lock().push(records.len());
+                let mut calls = calls.lock();
+                records
+                    .iter()
+                    .map(|r| {
+                        let v: usize = std::str::from_utf8(r.value().unwrap())
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        let n = calls.entry(v).or_insert(0);
+                        *n += 1;
+                        // Every 97th record fails on its first attempt only.
+                        if v % 97 == 0 && *n == 1 {
+                            Err(std::io::Error::other("transient"))
+                        } else {
+                            Ok(())
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            }
+        }
+    }));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while calls.lock().len() < 2_000 || calls.lock().iter().any(|(v, n)| v % 97 == 0 && *n < 2) {
+        assert!(
+            Instant::now() < deadline,
+            "{} records seen",
+            calls.lock().len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.shutdown();
+    let report = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(report.uncommitted.is_empty(), "{report:?}");
+    let calls = calls.lock().clone();
+    for (v, n) in &calls {
+        let expected = if v % 97 == 0 { 2 } else { 1 };
+        assert_eq!(*n, expected, "record {v} handled {n} times");
+    }
+    let sizes = sizes.lock().clone();
+    assert!(sizes.iter().all(|&s| (1..=50).contains(&s)), "{sizes:?}");
+    assert!(
+        sizes.iter().any(|&s| s > 1),
+        "records were batched: {sizes:?}"
+    );
+}

@@ -59,8 +59,24 @@ pub(crate) type HandlerFn = Arc<
         + Sync,
 >;
 
+/// A batch handler, type-erased: one result per record, in order.
+pub(crate) type BatchFn = Arc<
+    dyn Fn(
+            Vec<ConsumedRecord>,
+        ) -> Pin<Box<dyn Future<Output = Vec<Result<(), HandlerError>>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Where dispatched records go.
 pub(crate) enum Sink {
+    /// Up to `max` records at a time go to one batch handler call; each record's failure is isolated
+    /// and goes through the failure path alone.
+    Batch {
+        handler: BatchFn,
+        failure: Arc<FailurePath>,
+        max: usize,
+    },
     /// Each record runs the handler on its own task through the failure path (retries, breaker,
     /// dead-letter topic).
     Handler(HandlerFn, Arc<FailurePath>),
@@ -136,6 +152,16 @@ pub(crate) struct Engine {
     board: Arc<StatusBoard>,
     metrics: Option<Metrics>,
     group_id: String,
+    /// Records gathered for the next batch handler call (batch sink only).
+    batch: Vec<BatchItem>,
+}
+
+/// One record of a batch and where its completion goes.
+struct BatchItem {
+    slot: usize,
+    epoch: u64,
+    key: u64,
+    record: ConsumedRecord,
 }
 
 impl Engine {
@@ -186,6 +212,7 @@ impl Engine {
             board,
             metrics,
             group_id,
+            batch: Vec::new(),
         }
     }
 
@@ -586,11 +613,102 @@ impl Engine {
             }
             self.rr = self.rr.wrapping_add(1);
         }
+        self.flush_batch();
+    }
+
+    /// Hands the gathered records to one batch handler call. Successes complete together; each
+    /// failure then goes through the failure path on its own (retried as a batch of one), so one bad
+    /// record never fails the others.
+    fn flush_batch(&mut self) {
+        let Sink::Batch {
+            handler, failure, ..
+        } = &self.sink
+        else {
+            return;
+        };
+        if self.batch.is_empty() {
+            return;
+        }
+        let items = std::mem::take(&mut self.batch);
+        let handler = Arc::clone(handler);
+        let failure = Arc::clone(failure);
+        let done = self.done_tx.clone();
+        self.handlers.spawn(async move {
+            let complete = |item: &BatchItem| {
+                let _ = done.send(Completion {
+                    slot: item.slot,
+                    epoch: item.epoch,
+                    key: item.key,
+                    offset: item.record.offset(),
+                    outcome: Outcome::Done,
+                });
+            };
+            let permit = failure.admit().await;
+            let records: Vec<ConsumedRecord> = items.iter().map(|i| i.record.clone()).collect();
+            let count = records.len();
+            let mut results = handler(records).await;
+            // A handler that returns the wrong number of results fails the records it left out.
+            results.resize_with(count, || {
+                Err(HandlerError {
+                    type_name: "kafkit::consumer::MissingBatchResult",
+                    source: format!("the batch handler returned fewer results than the {count} records it was given").into(),
+                })
+            });
+            let mut failed = Vec::new();
+            for (item, result) in items.into_iter().zip(results) {
+                match result {
+                    Ok(()) => complete(&item),
+                    Err(e) => failed.push((item, e)),
+                }
+            }
+            if let Some(p) = permit {
+                if failed.iter().any(|(_, e)| failure.retry.is_retriable(&*e.source)) {
+                    p.failure();
+                } else {
+                    p.success();
+                }
+            }
+            let single: HandlerFn = Arc::new(move |record| {
+                let call = handler(vec![record]);
+                Box::pin(async move {
+                    call.await.into_iter().next().unwrap_or_else(|| {
+                        Err(HandlerError {
+                            type_name: "kafkit::consumer::MissingBatchResult",
+                            source: "the batch handler returned no result for a batch of one".into(),
+                        })
+                    })
+                })
+            });
+            let retries = failed.into_iter().map(|(item, error)| {
+                let failure = &failure;
+                let single = &single;
+                let complete = &complete;
+                async move {
+                    failure.process_from(single, &item.record, Some(error)).await;
+                    complete(&item);
+                }
+            });
+            futures::future::join_all(retries).await;
+        });
     }
 
     /// Hands one record to the sink. Returns false when the stream is full (the record is put back).
     fn start(&mut self, slot: usize, epoch: u64, key: u64, record: ConsumedRecord) -> bool {
         match &self.sink {
+            Sink::Batch { max, .. } => {
+                let max = *max;
+                self.batch.push(BatchItem {
+                    slot,
+                    epoch,
+                    key,
+                    record,
+                });
+                self.in_flight += 1;
+                if self.batch.len() >= max {
+                    self.flush_batch();
+                }
+                true
+            }
             Sink::Handler(handler, failure) => {
                 let handler = Arc::clone(handler);
                 let failure = Arc::clone(failure);

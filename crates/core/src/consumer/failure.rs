@@ -78,16 +78,33 @@ pub(crate) struct FailurePath {
 impl FailurePath {
     /// Runs `handler` on `record` until it may be acked.
     pub(crate) async fn process(&self, handler: &HandlerFn, record: &ConsumedRecord) {
+        self.process_from(handler, record, None).await;
+    }
+
+    /// Like [`process`](Self::process), when the first attempt already ran elsewhere (in a batch)
+    /// and failed with `first`.
+    pub(crate) async fn process_from(
+        &self,
+        handler: &HandlerFn,
+        record: &ConsumedRecord,
+        mut first: Option<HandlerError>,
+    ) {
         let mut attempt: u32 = 0;
         let mut parked_delays = self.retry.backoff().start();
         loop {
-            let permit = self.admit().await;
             attempt += 1;
-            let started = Instant::now();
-            let result = handler(record.clone()).await;
-            if let Some(m) = &self.metrics {
-                m.record_processed(record.topic(), started.elapsed());
-            }
+            let (permit, result) = match first.take() {
+                Some(error) => (None, Err(error)),
+                None => {
+                    let permit = self.admit().await;
+                    let started = Instant::now();
+                    let result = handler(record.clone()).await;
+                    if let Some(m) = &self.metrics {
+                        m.record_processed(record.topic(), started.elapsed());
+                    }
+                    (permit, result)
+                }
+            };
             let error = match result {
                 Ok(()) => {
                     if let Some(p) = permit {
@@ -137,7 +154,7 @@ impl FailurePath {
     }
 
     /// Waits until the breaker lets an attempt through. Waiting is not an attempt.
-    async fn admit(&self) -> Option<kafkit_resilience::BreakerPermit> {
+    pub(crate) async fn admit(&self) -> Option<kafkit_resilience::BreakerPermit> {
         let breaker = self.breaker.as_ref()?;
         loop {
             match breaker.try_acquire() {

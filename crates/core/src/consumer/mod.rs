@@ -44,7 +44,7 @@ pub use status::HealthHandle;
 
 use crate::group::{GroupConfig, GroupMember, TopicPartition};
 use crate::{ClientConfig, Error, Result};
-use engine::{Engine, HandlerFn, Sink};
+use engine::{BatchFn, Engine, HandlerFn, Sink};
 use failure::{DeadLetter, FailurePath, HandlerError};
 use fetcher::FetchSettings;
 use status::StatusBoard;
@@ -388,14 +388,66 @@ impl Consumer {
                 })
             })
         });
-        let failure = Arc::new(FailurePath {
+        let failure = self.failure_path();
+        self.start(Sink::Handler(handler, failure))?.await
+    }
+
+    /// Joins the group and hands records to `handler` in batches of up to `max_batch` (as many as the
+    /// dispatch mode lets start at once: in `PartitionOrdered` mode at most one per partition, in
+    /// `KeyOrdered` one per key). The handler returns one result per record, in order. Failures are
+    /// isolated: the records that succeeded are acked, each failed one goes through the retry policy,
+    /// circuit breaker and dead-letter topic alone (retried as a batch of one).
+    ///
+    /// ```no_run
+    /// # async fn demo(consumer: kafkit_core::consumer::Consumer) -> kafkit_core::Result<()> {
+    /// consumer
+    ///     .run_batch(100, |records| async move {
+    ///         records.iter().map(|r| if r.value().is_some() { Ok(()) } else { Err("tombstone") }).collect()
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_batch<F, Fut, E>(self, max_batch: usize, handler: F) -> Result<ShutdownReport>
+    where
+        F: Fn(Vec<ConsumedRecord>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<std::result::Result<(), E>>> + Send + 'static,
+        E: Into<BoxError> + 'static,
+    {
+        if max_batch == 0 {
+            return Err(ConfigError::new("max_batch", "must be at least 1").into());
+        }
+        let type_name = std::any::type_name::<E>();
+        let handler: BatchFn = Arc::new(move |records| {
+            let fut = handler(records);
+            Box::pin(async move {
+                fut.await
+                    .into_iter()
+                    .map(|r| {
+                        r.map_err(|e| HandlerError {
+                            type_name,
+                            source: e.into(),
+                        })
+                    })
+                    .collect()
+            })
+        });
+        let failure = self.failure_path();
+        self.start(Sink::Batch {
+            handler,
+            failure,
+            max: max_batch,
+        })?
+        .await
+    }
+
+    fn failure_path(&self) -> Arc<FailurePath> {
+        Arc::new(FailurePath {
             retry: self.builder.retry.clone(),
             breaker: self.health.breaker.clone(),
             dead_letter: self.builder.dead_letter.clone(),
             group_id: self.builder.group.group_id.clone(),
             metrics: self.builder.metrics.clone(),
-        });
-        self.start(Sink::Handler(handler, failure))?.await
+        })
     }
 
     /// Joins the group and yields its records as a stream; each must be acked
