@@ -580,7 +580,7 @@ async fn a_failing_record_in_a_batch_does_not_fail_the_others() {
                         let n = calls.entry(v).or_insert(0);
                         *n += 1;
                         // Every 97th record fails on its first attempt only.
-                        if v % 97 == 0 && *n == 1 {
+                        if v.is_multiple_of(97) && *n == 1 {
                             Err(std::io::Error::other("transient"))
                         } else {
                             Ok(())
@@ -591,7 +591,7 @@ async fn a_failing_record_in_a_batch_does_not_fail_the_others() {
         }
     }));
     let deadline = Instant::now() + Duration::from_secs(120);
-    while calls.lock().len() < 2_000 || calls.lock().iter().any(|(v, n)| v % 97 == 0 && *n < 2) {
+    while calls.lock().len() < 2_000 || calls.lock().iter().any(|(v, n)| v.is_multiple_of(97) && *n < 2) {
         assert!(
             Instant::now() < deadline,
             "{} records seen",
@@ -608,7 +608,7 @@ async fn a_failing_record_in_a_batch_does_not_fail_the_others() {
     assert!(report.uncommitted.is_empty(), "{report:?}");
     let calls = calls.lock().clone();
     for (v, n) in &calls {
-        let expected = if v % 97 == 0 { 2 } else { 1 };
+        let expected = if v.is_multiple_of(97) { 2 } else { 1 };
         assert_eq!(*n, expected, "record {v} handled {n} times");
     }
     let sizes = sizes.lock().clone();

@@ -295,7 +295,7 @@ impl ConsumerBuilder {
             health: HealthHandle {
                 board,
                 breaker,
-                policy: self.health.clone(),
+                policy: self.health,
                 session_timeout: self.group.session_timeout,
             },
             builder: self,
