@@ -306,6 +306,18 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_with_its_headers() {
         headers.record.offset.to_be_bytes()
     );
     assert_eq!(r.record.key.as_deref(), Some(b"k0".as_slice()));
+
+    // A Java consumer reads the same headers, decoded as Spring Kafka decodes them.
+    let reader = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("java/DltReader.java");
+    let out = kafkit_testkit::java_source(&reader, &[&bootstrap, &dlt], Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert!(out.success, "{}", out.stderr);
+    let expected = format!(
+        "{topic} {dlt_partition} {} CreateTime {group_id} 4 {} | record 500 is poison",
+        headers.record.offset, headers.error.type_name
+    );
+    assert_eq!(out.stdout.trim(), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
