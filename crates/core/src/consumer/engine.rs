@@ -43,7 +43,7 @@ use super::record::{AckHandle, ConsumedRecord, RecordData, StreamRecord};
 use super::scheduler::{PartitionSchedule, key_hash};
 use super::status::StatusBoard;
 use super::watermark::WatermarkTracker;
-use super::{ConsumerSettings, ShutdownReport};
+use super::{ConsumerListener, ConsumerSettings, ShutdownReport};
 use crate::group::{
     CommitReport, GroupEvent, GroupMember, OffsetToCommit, RevokeDone, TopicPartition,
 };
@@ -120,6 +120,7 @@ struct Slot {
 }
 
 struct Revocation {
+    partitions: Vec<TopicPartition>,
     slots: Vec<usize>,
     done: RevokeDone,
     deadline: Instant,
@@ -154,6 +155,7 @@ pub(crate) struct Engine {
     group_id: String,
     /// Records gathered for the next batch handler call (batch sink only).
     batch: Vec<BatchItem>,
+    listener: Option<Arc<dyn ConsumerListener>>,
 }
 
 /// One record of a batch and where its completion goes.
@@ -177,6 +179,7 @@ impl Engine {
         metrics: Option<Metrics>,
     ) -> Self {
         board.set_member(Arc::clone(&group));
+        let settings_listener = settings.listener.clone();
         let group_id = group.group_id().to_owned();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (fetched_tx, fetched_rx) = mpsc::channel(64);
@@ -213,6 +216,7 @@ impl Engine {
             metrics,
             group_id,
             batch: Vec::new(),
+            listener: settings_listener,
         }
     }
 
@@ -330,6 +334,9 @@ impl Engine {
                 if let Some(m) = &self.metrics {
                     m.record_rebalance(&self.group_id);
                 }
+                if let Some(l) = &self.listener {
+                    l.assigned(&partitions);
+                }
                 for tp in partitions {
                     self.board.assigned(&tp);
                     self.assign(tp);
@@ -353,6 +360,7 @@ impl Engine {
                     None => Instant::now() + timeout,
                 };
                 self.revocations.push(Revocation {
+                    partitions,
                     slots,
                     done,
                     deadline,
@@ -361,6 +369,9 @@ impl Engine {
             }
             GroupEvent::Lost { partitions, reason } => {
                 warn!(?partitions, %reason, "partitions lost: abandoning their records without commit");
+                if let Some(l) = &self.listener {
+                    l.lost(&partitions);
+                }
                 for tp in partitions {
                     self.release(&tp);
                     if let Some(i) = self.by_partition.remove(&tp) {
@@ -792,6 +803,9 @@ impl Engine {
                         self.release(&slot.tp);
                     }
                 }
+                if let Some(l) = &self.listener {
+                    l.revoked(&r.partitions);
+                }
                 r.done.done();
                 continue;
             }
@@ -850,6 +864,9 @@ impl Engine {
     }
 
     fn on_commit_result(&mut self, result: Result<CommitReport>) {
+        if let Some(l) = &self.listener {
+            l.committed(&result);
+        }
         match result {
             Ok(report) => {
                 if let Some(m) = &self.metrics {

@@ -42,7 +42,7 @@ pub use record::{ConsumedRecord, StreamRecord};
 pub use scheduler::DispatchMode;
 pub use status::HealthHandle;
 
-use crate::group::{GroupConfig, GroupMember, TopicPartition};
+use crate::group::{CommitReport, GroupConfig, GroupMember, TopicPartition};
 use crate::{ClientConfig, Error, Result};
 use engine::{BatchFn, Engine, HandlerFn, Sink};
 use failure::{DeadLetter, FailurePath, HandlerError};
@@ -83,6 +83,37 @@ pub(crate) struct ConsumerSettings {
     pub(crate) offset_map: bool,
     pub(crate) offset_map_max_bytes: usize,
     pub(crate) fetch: FetchSettings,
+    pub(crate) listener: Option<Arc<dyn ConsumerListener>>,
+}
+
+/// Observes what a consumer does with its partitions and commits, e.g. to log, export or verify
+/// them. Called on the consumer's engine task: keep each call short and never block.
+pub trait ConsumerListener: Send + Sync + 'static {
+    /// Partitions now owned; fetching starts.
+    fn assigned(&self, partitions: &[TopicPartition]) {
+        let _ = partitions;
+    }
+
+    /// Partitions released after a revocation, once their final commit was attempted.
+    fn revoked(&self, partitions: &[TopicPartition]) {
+        let _ = partitions;
+    }
+
+    /// Partitions lost without a commit (session expired, member fenced).
+    fn lost(&self, partitions: &[TopicPartition]) {
+        let _ = partitions;
+    }
+
+    /// A commit finished (periodic, on revocation or at shutdown).
+    fn committed(&self, result: &Result<CommitReport>) {
+        let _ = result;
+    }
+}
+
+impl std::fmt::Debug for dyn ConsumerListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConsumerListener")
+    }
 }
 
 impl ConsumerBuilder {
@@ -118,6 +149,7 @@ impl ConsumerBuilder {
                     .expect("valid default backoff"),
                     reset: OffsetReset::Latest,
                 },
+                listener: None,
             },
         }
     }
@@ -217,6 +249,12 @@ impl ConsumerBuilder {
     /// is stalled.
     pub fn health_policy(mut self, policy: HealthPolicy) -> Self {
         self.health = policy;
+        self
+    }
+
+    /// Tells `listener` about ownership changes and commits.
+    pub fn listener(mut self, listener: Arc<dyn ConsumerListener>) -> Self {
+        self.settings.listener = Some(listener);
         self
     }
 

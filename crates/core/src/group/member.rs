@@ -26,14 +26,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::offset_commit_request::{OffsetCommitRequestPartition, OffsetCommitRequestTopic};
-use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest, OffsetFetchRequest,
-    SyncGroupRequest, TopicName,
+    GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, OffsetCommitRequest,
+    OffsetFetchRequest, SyncGroupRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -42,7 +44,10 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::coordinator::{Coordinator, describe};
-use super::{Assignment, Assignor, GroupConfig, MemberSubscription, RebalanceProtocol, Subscription, TopicPartition};
+use super::{
+    Assignment, Assignor, GroupConfig, MemberSubscription, RebalanceProtocol, Subscription,
+    TopicPartition,
+};
 use crate::{ClientConfig, Error, Result};
 
 /// What changed in this member's ownership. The consumer acts on each in order.
@@ -189,7 +194,10 @@ impl Drop for GroupMember {
 impl GroupMember {
     /// Validates `config` and starts the member task, which joins the group. Ownership changes arrive
     /// on the returned channel.
-    pub fn start(client: &ClientConfig, config: GroupConfig) -> Result<(Self, mpsc::UnboundedReceiver<GroupEvent>)> {
+    pub fn start(
+        client: &ClientConfig,
+        config: GroupConfig,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<GroupEvent>)> {
         config.validate()?;
         let coordinator = Coordinator::new(
             config.group_id.clone(),
@@ -267,7 +275,11 @@ impl GroupMember {
             for o in offsets {
                 if state.generation < 0 || !state.owned.contains(&o.partition) {
                     report.not_owned.push(o.partition.clone());
-                } else if state.committed.get(&o.partition).is_some_and(|&c| o.offset <= c) {
+                } else if state
+                    .committed
+                    .get(&o.partition)
+                    .is_some_and(|&c| o.offset <= c)
+                {
                     report.not_advanced.push(o.partition.clone());
                 } else {
                     to_send.push(o.clone());
@@ -283,13 +295,22 @@ impl GroupMember {
         }
         let mut by_topic: BTreeMap<&str, Vec<&OffsetToCommit>> = BTreeMap::new();
         for o in &to_send {
-            by_topic.entry(o.partition.topic.as_str()).or_default().push(o);
+            by_topic
+                .entry(o.partition.topic.as_str())
+                .or_default()
+                .push(o);
         }
         let request = OffsetCommitRequest::default()
             .with_group_id(group_id(&shared.config.group_id))
             .with_generation_id_or_member_epoch(generation)
             .with_member_id(StrBytes::from_string(member_id))
-            .with_group_instance_id(shared.config.group_instance_id.clone().map(StrBytes::from_string))
+            .with_group_instance_id(
+                shared
+                    .config
+                    .group_instance_id
+                    .clone()
+                    .map(StrBytes::from_string),
+            )
             .with_retention_time_ms(-1)
             .with_topics(
                 by_topic
@@ -305,7 +326,9 @@ impl GroupMember {
                                             .with_partition_index(o.partition.partition)
                                             .with_committed_offset(o.offset)
                                             .with_committed_leader_epoch(-1)
-                                            .with_committed_metadata(o.metadata.clone().map(StrBytes::from_string))
+                                            .with_committed_metadata(
+                                                o.metadata.clone().map(StrBytes::from_string),
+                                            )
                                     })
                                     .collect(),
                             )
@@ -325,7 +348,10 @@ impl GroupMember {
                     let moved = response.topics.iter().flat_map(|t| &t.partitions).any(|p| {
                         matches!(
                             ResponseError::try_from_code(p.error_code),
-                            Some(ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable)
+                            Some(
+                                ResponseError::NotCoordinator
+                                    | ResponseError::CoordinatorNotAvailable
+                            )
                         )
                     });
                     if moved && Instant::now() < deadline {
@@ -350,7 +376,10 @@ impl GroupMember {
             let name = topic.name.0.to_string();
             for p in topic.partitions {
                 let tp = TopicPartition::new(name.clone(), p.partition_index);
-                let offset = sent.get(&(name.clone(), p.partition_index)).copied().unwrap_or(-1);
+                let offset = sent
+                    .get(&(name.clone(), p.partition_index))
+                    .copied()
+                    .unwrap_or(-1);
                 match ResponseError::try_from_code(p.error_code) {
                     None => {
                         // Still owned in the same generation? Then remember the high mark.
@@ -373,7 +402,10 @@ impl GroupMember {
     /// The committed offsets of `partitions` for this group (`None`: nothing committed). Uses
     /// `require_stable`, so offsets of pending transactions are waited for. Also records them as this
     /// member's commit floor for partitions it owns, so its commits never go below them.
-    pub async fn committed(&self, partitions: &[TopicPartition]) -> Result<HashMap<TopicPartition, Option<CommittedOffset>>> {
+    pub async fn committed(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<HashMap<TopicPartition, Option<CommittedOffset>>> {
         let shared = &self.shared;
         let result = fetch_committed(shared, partitions).await?;
         let mut state = shared.state.lock();
@@ -399,7 +431,10 @@ async fn fetch_committed(
 ) -> Result<HashMap<TopicPartition, Option<CommittedOffset>>> {
     let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
     for tp in partitions {
-        by_topic.entry(tp.topic.as_str()).or_default().push(tp.partition);
+        by_topic
+            .entry(tp.topic.as_str())
+            .or_default()
+            .push(tp.partition);
     }
     let request = OffsetFetchRequest::default()
         .with_group_id(group_id(&shared.config.group_id))
@@ -434,10 +469,14 @@ async fn fetch_committed(
                         let mut out = HashMap::new();
                         for t in response.topics {
                             for p in t.partitions {
-                                let tp = TopicPartition::new(t.name.0.to_string(), p.partition_index);
+                                let tp =
+                                    TopicPartition::new(t.name.0.to_string(), p.partition_index);
                                 let c = (p.committed_offset >= 0).then(|| CommittedOffset {
                                     offset: p.committed_offset,
-                                    metadata: p.metadata.map(|m| m.to_string()).filter(|m| !m.is_empty()),
+                                    metadata: p
+                                        .metadata
+                                        .map(|m| m.to_string())
+                                        .filter(|m| !m.is_empty()),
                                 });
                                 out.insert(tp, c);
                             }
@@ -445,7 +484,10 @@ async fn fetch_committed(
                         return Ok(out);
                     }
                     Some(err) => {
-                        if matches!(err, ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable) {
+                        if matches!(
+                            err,
+                            ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable
+                        ) {
                             shared.coordinator.invalidate(&conn);
                         }
                         Err(Error::Group {
@@ -460,7 +502,9 @@ async fn fetch_committed(
             Err(e) => Err(e),
         };
         match outcome {
-            Err(e) if e.is_retriable() && Instant::now() < deadline => tokio::time::sleep(backoff.next_delay()).await,
+            Err(e) if e.is_retriable() && Instant::now() < deadline => {
+                tokio::time::sleep(backoff.next_delay()).await
+            }
             Err(e) => return Err(e),
             Ok(()) => unreachable!("success returns above"),
         }
@@ -486,7 +530,11 @@ enum HeartbeatExit {
 }
 
 /// The member task.
-async fn run(shared: Arc<Shared>, events: mpsc::UnboundedSender<GroupEvent>, mut shutdown: watch::Receiver<bool>) {
+async fn run(
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<GroupEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let config = &shared.config;
     let group = config.group_id.clone();
     let eager = config.rebalance_protocol() == RebalanceProtocol::Eager;
@@ -587,10 +635,20 @@ async fn leave(shared: &Shared, events: &mpsc::UnboundedSender<GroupEvent>) {
                     .with_reason(Some(StrBytes::from_static_str("the consumer is closing"))),
             ]);
         let deadline = Instant::now() + config.request_timeout;
-        match shared.coordinator.send(&request, config.request_timeout, deadline).await {
-            Ok((_, r)) if r.error_code == 0 => info!(group = %config.group_id, %member_id, "left the group"),
-            Ok((_, r)) => warn!(group = %config.group_id, code = r.error_code, "LeaveGroup rejected"),
-            Err(e) => warn!(group = %config.group_id, error = %e, "LeaveGroup failed; the session timeout will expel the member"),
+        match shared
+            .coordinator
+            .send(&request, config.request_timeout, deadline)
+            .await
+        {
+            Ok((_, r)) if r.error_code == 0 => {
+                info!(group = %config.group_id, %member_id, "left the group")
+            }
+            Ok((_, r)) => {
+                warn!(group = %config.group_id, code = r.error_code, "LeaveGroup rejected")
+            }
+            Err(e) => {
+                warn!(group = %config.group_id, error = %e, "LeaveGroup failed; the session timeout will expel the member")
+            }
         }
     }
     let mut state = shared.state.lock();
@@ -669,7 +727,10 @@ fn fail(shared: &Shared, events: &mpsc::UnboundedSender<GroupEvent>, error: Erro
 }
 
 /// Heartbeats every `heartbeat.interval` until a rebalance starts, membership is lost, or shutdown.
-async fn heartbeat_until_change(shared: &Shared, shutdown: &mut watch::Receiver<bool>) -> HeartbeatExit {
+async fn heartbeat_until_change(
+    shared: &Shared,
+    shutdown: &mut watch::Receiver<bool>,
+) -> HeartbeatExit {
     let config = &shared.config;
     let mut tick = tokio::time::interval(config.heartbeat_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -682,7 +743,9 @@ async fn heartbeat_until_change(shared: &Shared, shutdown: &mut watch::Receiver<
         match heartbeat_once(shared).await {
             Ok(()) => {}
             // A generation or member error resets the generation: the partitions are lost.
-            Err(Step::Again(why)) if shared.state.lock().generation < 0 => return HeartbeatExit::Lost(why),
+            Err(Step::Again(why)) if shared.state.lock().generation < 0 => {
+                return HeartbeatExit::Lost(why);
+            }
             Err(Step::Again(why)) => return HeartbeatExit::Rejoin(why),
             Err(Step::Fatal(e)) => return HeartbeatExit::Fatal(e),
             Err(Step::Retry(why)) => {
@@ -739,15 +802,24 @@ async fn heartbeat_once(shared: &Shared) -> std::result::Result<(), Step> {
         }
         Some(ResponseError::IllegalGeneration) => {
             shared.state.lock().generation = -1;
-            Err(Step::Again("ILLEGAL_GENERATION: the group moved on without this member".into()))
+            Err(Step::Again(
+                "ILLEGAL_GENERATION: the group moved on without this member".into(),
+            ))
         }
         Some(ResponseError::UnknownMemberId) => {
             let mut s = shared.state.lock();
             s.generation = -1;
             s.member_id.clear();
-            Err(Step::Again("UNKNOWN_MEMBER_ID: the coordinator expelled this member".into()))
+            Err(Step::Again(
+                "UNKNOWN_MEMBER_ID: the coordinator expelled this member".into(),
+            ))
         }
-        Some(ResponseError::FencedInstanceId) => Err(Step::Fatal(group_error(shared, "Heartbeat", ResponseError::FencedInstanceId, None))),
+        Some(ResponseError::FencedInstanceId) => Err(Step::Fatal(group_error(
+            shared,
+            "Heartbeat",
+            ResponseError::FencedInstanceId,
+            None,
+        ))),
         Some(err @ (ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable)) => {
             shared.coordinator.invalidate(&conn);
             Err(Step::Retry(format!("{err:?}")))
@@ -757,7 +829,12 @@ async fn heartbeat_once(shared: &Shared) -> std::result::Result<(), Step> {
     }
 }
 
-fn group_error(shared: &Shared, operation: &'static str, err: ResponseError, message: Option<&str>) -> Error {
+fn group_error(
+    shared: &Shared,
+    operation: &'static str,
+    err: ResponseError,
+    message: Option<&str>,
+) -> Error {
     Error::Group {
         group: shared.config.group_id.clone(),
         operation,
@@ -767,11 +844,18 @@ fn group_error(shared: &Shared, operation: &'static str, err: ResponseError, mes
 }
 
 /// JoinGroup then SyncGroup; the leader computes the assignment. Returns this member's partitions.
-async fn join_and_sync(shared: &Shared, reason: &str) -> std::result::Result<Vec<TopicPartition>, Step> {
+async fn join_and_sync(
+    shared: &Shared,
+    reason: &str,
+) -> std::result::Result<Vec<TopicPartition>, Step> {
     let config = &shared.config;
     let (member_id, generation, owned) = {
         let s = shared.state.lock();
-        (s.member_id.clone(), s.generation, s.owned.iter().cloned().collect::<Vec<_>>())
+        (
+            s.member_id.clone(),
+            s.generation,
+            s.owned.iter().cloned().collect::<Vec<_>>(),
+        )
     };
     let generation = (generation >= 0).then_some(generation);
     let mut protocols = Vec::with_capacity(config.assignors.len());
@@ -831,13 +915,19 @@ async fn join_and_sync(shared: &Shared, reason: &str) -> std::result::Result<Vec
                 shared.coordinator.invalidate(&conn);
                 Step::Retry(format!("{err:?}"))
             }
-            e if e.is_retriable() || matches!(e, ResponseError::CoordinatorLoadInProgress) => Step::Retry(format!("{e:?}")),
+            e if e.is_retriable() || matches!(e, ResponseError::CoordinatorLoadInProgress) => {
+                Step::Retry(format!("{e:?}"))
+            }
             e => Step::Fatal(group_error(shared, "JoinGroup", e, None)),
         });
     }
     shared.state.lock().coordinator_reachable = true;
     let new_member_id = join.member_id.to_string();
-    let protocol = join.protocol_name.as_ref().map(|p| p.to_string()).unwrap_or_default();
+    let protocol = join
+        .protocol_name
+        .as_ref()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
     let leader = join.leader == join.member_id;
     {
         let mut s = shared.state.lock();
@@ -852,7 +942,13 @@ async fn join_and_sync(shared: &Shared, reason: &str) -> std::result::Result<Vec
         let members: Vec<(String, Option<String>, Bytes)> = join
             .members
             .iter()
-            .map(|m| (m.member_id.to_string(), m.group_instance_id.as_ref().map(|i| i.to_string()), m.metadata.clone()))
+            .map(|m| {
+                (
+                    m.member_id.to_string(),
+                    m.group_instance_id.as_ref().map(|i| i.to_string()),
+                    m.metadata.clone(),
+                )
+            })
             .collect();
         leader_assign(shared, &protocol, members).await?
     } else {
@@ -880,10 +976,18 @@ async fn join_and_sync(shared: &Shared, reason: &str) -> std::result::Result<Vec
         .coordinator
         .send(&sync, timeout, Instant::now() + config.request_timeout)
         .await
-        .map_err(|e| if e.is_retriable() { Step::Retry(e.to_string()) } else { Step::Fatal(e) })?;
+        .map_err(|e| {
+            if e.is_retriable() {
+                Step::Retry(e.to_string())
+            } else {
+                Step::Fatal(e)
+            }
+        })?;
     if let Some(err) = ResponseError::try_from_code(synced.error_code) {
         return Err(match err {
-            ResponseError::RebalanceInProgress => Step::Again("REBALANCE_IN_PROGRESS during sync".into()),
+            ResponseError::RebalanceInProgress => {
+                Step::Again("REBALANCE_IN_PROGRESS during sync".into())
+            }
             ResponseError::UnknownMemberId => {
                 let mut s = shared.state.lock();
                 s.member_id.clear();
@@ -931,7 +1035,9 @@ async fn leader_assign(
                 group: config.group_id.clone(),
                 operation: "SyncGroup",
                 code: 0,
-                error: format!("the group chose assignor `{protocol}`, which this member does not offer"),
+                error: format!(
+                    "the group chose assignor `{protocol}`, which this member does not offer"
+                ),
             })
         })?;
     let mut subscriptions = BTreeMap::new();
