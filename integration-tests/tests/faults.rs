@@ -1,0 +1,432 @@
+//! The delivery fault suite: the users' delivery scenarios (seed 003) run against a real broker with
+//! every produce acknowledgement, dispatch, completion, commit and ownership change recorded and
+//! checked by `kafkit_integration_tests::history`. Each scenario prints its figures (for
+//! docs/reliability.md) and fails on any lost record or broken guarantee.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafkit::consumer::{
+    ConsumerBuilder, DispatchMode, OffsetReset, ShutdownHandle, ShutdownReport,
+};
+use kafkit::group::{GroupConfig, TopicPartition};
+use kafkit::{ClientConfig, Producer, ProducerBuilder, ProducerRecord};
+use kafkit_integration_tests::history::History;
+use kafkit_testkit::{BrokerOptions, LocalCluster, LocalKafka, create_topic, random_name, shared};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+type Run = JoinHandle<kafkit::Result<ShutdownReport>>;
+
+fn client(bootstrap: &str) -> ClientConfig {
+    ClientConfig::new([bootstrap]).unwrap()
+}
+
+/// Handler latency per record offset.
+type Latency = fn(i64) -> Duration;
+
+/// Up to `ms` milliseconds, spread deterministically by offset.
+fn up_to<const MS: u64>(offset: i64) -> Duration {
+    Duration::from_millis((offset as u64).wrapping_mul(2_654_435_761) % (MS + 1))
+}
+
+/// A group member recording into `history` under `name`; each record takes `latency(offset)`.
+async fn member(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    mode: DispatchMode,
+    history: &Arc<History>,
+    name: &str,
+    latency: Latency,
+) -> (ShutdownHandle, Run) {
+    let config = GroupConfig::new(group, [topic])
+        .session_timeout(Duration::from_secs(6))
+        .heartbeat_interval(Duration::from_millis(500))
+        .rebalance_timeout(Duration::from_secs(30));
+    let consumer = ConsumerBuilder::new(client(bootstrap), config)
+        .dispatch(mode)
+        .auto_offset_reset(OffsetReset::Earliest)
+        .commit_interval(Duration::from_millis(300))
+        .revoke_timeout(Duration::from_secs(10))
+        .shutdown_timeout(Duration::from_secs(15))
+        .listener(history.listener(name))
+        .build()
+        .await
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let history = Arc::clone(history);
+    let name = name.to_owned();
+    let run = tokio::spawn(consumer.run(move |r| {
+        let history = Arc::clone(&history);
+        let name = name.clone();
+        async move {
+            history.dispatched(&name, &r);
+            let delay = latency(r.offset());
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            history.processed(&name, &r);
+            Ok::<_, std::io::Error>(())
+        }
+    }));
+    (stop, run)
+}
+
+/// Sends `n` keyed records at `per_sec`, each on its own task so an outage does not slow the rate;
+/// acknowledgements are recorded. Returns when every send finished (acknowledged or failed).
+fn produce_at(
+    producer: Producer,
+    topic: &str,
+    n: usize,
+    per_sec: u64,
+    history: &Arc<History>,
+) -> JoinHandle<usize> {
+    let topic = topic.to_owned();
+    let history = Arc::clone(history);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_sec));
+        let mut sends = Vec::with_capacity(n);
+        for i in 0..n {
+            tick.tick().await;
+            let producer = producer.clone();
+            let history = Arc::clone(&history);
+            let key = format!("key-{}", i % 37);
+            let record = ProducerRecord::new(topic.clone(), i.to_string()).key(key.clone());
+            sends.push(tokio::spawn(async move {
+                match producer.send(record).await {
+                    Ok(d) => {
+                        history.produced(
+                            TopicPartition::new(d.topic, d.partition),
+                            d.offset,
+                            Some(key.into_bytes()),
+                        );
+                        true
+                    }
+                    Err(_) => false,
+                }
+            }));
+        }
+        let mut acked = 0;
+        for s in sends {
+            if s.await.unwrap_or(false) {
+                acked += 1;
+            }
+        }
+        acked
+    })
+}
+
+async fn wait_all_processed(history: &History, acked: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while history.processed_count() < acked {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {acked} acknowledged records processed; {}",
+            history.processed_count(),
+            history.check(false)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn stop_all(members: Vec<(ShutdownHandle, Run)>) {
+    for (stop, _) in &members {
+        stop.shutdown();
+    }
+    for (_, run) in members {
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn assert_clean(scenario: &str, history: &History, ordered: bool, sent: usize, acked: usize) {
+    let verdict = history.check(ordered);
+    eprintln!(
+        "SCENARIO {scenario}: sent {sent}, acknowledged {acked}, lost {}, duplicates {}, max duplicate window {}",
+        verdict.lost.len(),
+        verdict.duplicates,
+        verdict.max_duplicate_window
+    );
+    assert!(
+        verdict.violations().is_empty(),
+        "{scenario}: {:#?}",
+        verdict.violations()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_loses_nothing() {
+    let kafka = LocalKafka::start().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("sc1");
+    create_topic(&bootstrap, &topic, 3, 1).await.unwrap();
+    let history = History::new();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let m = member(
+        &bootstrap,
+        &random_name("g"),
+        &topic,
+        DispatchMode::KeyOrdered { max_in_flight: 16 },
+        &history,
+        "m1",
+        up_to::<5>,
+    )
+    .await;
+
+    // 1,000 records at 100/s; SIGKILL the broker 3 s in and restart it.
+    let sending = produce_at(producer, &topic, 1_000, 100, &history);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kafka.kill();
+    kafka.restart().await.unwrap();
+    let acked = tokio::time::timeout(Duration::from_secs(180), sending)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        acked, 1_000,
+        "acks=all: every send acknowledged once the broker is back"
+    );
+    wait_all_processed(&history, acked, Duration::from_secs(120)).await;
+    stop_all(vec![m]).await;
+    assert_clean("broker-restart", &history, true, 1_000, acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_restart_after_forty_percent_leaves_no_gap() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("sc2");
+    let group = random_name("g");
+    create_topic(&bootstrap, &topic, 3, 1).await.unwrap();
+    let history = History::new();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let acked = tokio::time::timeout(
+        Duration::from_secs(60),
+        produce_at(producer, &topic, 1_000, 2_000, &history),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+
+    let first = member(
+        &bootstrap,
+        &group,
+        &topic,
+        DispatchMode::KeyOrdered { max_in_flight: 16 },
+        &history,
+        "m1",
+        up_to::<10>,
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while history.processed_count() < 400 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop_all(vec![first]).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let second = member(
+        &bootstrap,
+        &group,
+        &topic,
+        DispatchMode::KeyOrdered { max_in_flight: 16 },
+        &history,
+        "m2",
+        up_to::<10>,
+    )
+    .await;
+    wait_all_processed(&history, acked, Duration::from_secs(60)).await;
+    stop_all(vec![second]).await;
+    assert_clean("consumer-restart", &history, true, 1_000, acked);
+    let verdict = history.check(true);
+    assert!(
+        verdict.duplicates <= 16,
+        "only what was in flight at the stop comes again: {}",
+        verdict.duplicates
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_partition_of_ten_seconds_loses_nothing() {
+    let kafka = LocalKafka::start().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("sc3");
+    create_topic(&bootstrap, &topic, 3, 1).await.unwrap();
+    let history = History::new();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let m = member(
+        &bootstrap,
+        &random_name("g"),
+        &topic,
+        DispatchMode::PartitionOrdered,
+        &history,
+        "m1",
+        up_to::<0>,
+    )
+    .await;
+
+    // 500 records at 50/s; the broker frozen (SIGSTOP) for 10 s, 3 s in.
+    let sending = produce_at(producer, &topic, 500, 50, &history);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kafka.pause();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    kafka.resume();
+    let acked = tokio::time::timeout(Duration::from_secs(180), sending)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(acked, 500);
+    wait_all_processed(&history, acked, Duration::from_secs(120)).await;
+    stop_all(vec![m]).await;
+    assert_clean("network-partition", &history, true, 500, acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_each_get_every_record() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("sc4");
+    create_topic(&bootstrap, &topic, 3, 1).await.unwrap();
+    let (h1, h2) = (History::new(), History::new());
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let a = member(
+        &bootstrap,
+        &random_name("g1"),
+        &topic,
+        DispatchMode::Unordered { max_in_flight: 32 },
+        &h1,
+        "a",
+        up_to::<2>,
+    )
+    .await;
+    let b = member(
+        &bootstrap,
+        &random_name("g2"),
+        &topic,
+        DispatchMode::PartitionOrdered,
+        &h2,
+        "b",
+        up_to::<0>,
+    )
+    .await;
+    let sending = produce_at(producer, &topic, 500, 500, &h1);
+    let acked = tokio::time::timeout(Duration::from_secs(60), sending)
+        .await
+        .unwrap()
+        .unwrap();
+    for e in h1.events() {
+        if let kafkit_integration_tests::history::Event::Produced { tp, offset, key } = e {
+            h2.produced(tp, offset, key);
+        }
+    }
+    wait_all_processed(&h1, acked, Duration::from_secs(60)).await;
+    wait_all_processed(&h2, acked, Duration::from_secs(60)).await;
+    stop_all(vec![a, b]).await;
+    assert_clean("multiple-groups (group 1)", &h1, false, 500, acked);
+    assert_clean("multiple-groups (group 2)", &h2, true, 500, acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_cluster_survives_losing_a_leader() {
+    let cluster = LocalCluster::start_with(
+        3,
+        BrokerOptions::default()
+            .heap("384m")
+            .property("min.insync.replicas", "2"),
+    )
+    .await
+    .unwrap();
+    let bootstrap = cluster.bootstrap();
+    let topic = random_name("sc6");
+    create_topic(&bootstrap, &topic, 3, 3).await.unwrap();
+    let history = History::new();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let m = member(
+        &bootstrap,
+        &random_name("g"),
+        &topic,
+        DispatchMode::KeyOrdered { max_in_flight: 16 },
+        &history,
+        "m1",
+        up_to::<2>,
+    )
+    .await;
+    let sending = produce_at(producer, &topic, 600, 100, &history);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // With 3 partitions spread over 3 nodes, node 1 leads one of them.
+    cluster.node(1).unwrap().kill();
+    let acked = tokio::time::timeout(Duration::from_secs(180), sending)
+        .await
+        .unwrap()
+        .unwrap();
+    wait_all_processed(&history, acked, Duration::from_secs(120)).await;
+    stop_all(vec![m]).await;
+    assert_clean("replicated-leader-loss", &history, true, 600, acked);
+    assert!(
+        acked >= 590,
+        "with two in-sync replicas left, sends keep being acknowledged: {acked}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_slower_than_the_session_timeout_loses_nothing() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("sc7");
+    create_topic(&bootstrap, &topic, 2, 1).await.unwrap();
+    let history = History::new();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let acked = tokio::time::timeout(
+        Duration::from_secs(60),
+        produce_at(producer, &topic, 200, 1_000, &history),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // Offsets divisible by 50 take 8 s, longer than the 6 s session timeout; the rest are instant.
+    let slow: Latency = |offset| {
+        if offset % 50 == 0 {
+            Duration::from_secs(8)
+        } else {
+            Duration::ZERO
+        }
+    };
+    let m = member(
+        &bootstrap,
+        &random_name("g"),
+        &topic,
+        DispatchMode::KeyOrdered { max_in_flight: 8 },
+        &history,
+        "m1",
+        slow,
+    )
+    .await;
+    wait_all_processed(&history, acked, Duration::from_secs(180)).await;
+    stop_all(vec![m]).await;
+    assert_clean("slow-handler", &history, true, 200, acked);
+    let lost_events = history
+        .events()
+        .iter()
+        .filter(|e| matches!(e, kafkit_integration_tests::history::Event::Lost { .. }))
+        .count();
+    assert_eq!(lost_events, 0, "the member was never expelled");
+}
