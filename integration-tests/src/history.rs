@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use kafkit::Result;
 use kafkit::consumer::{ConsumedRecord, ConsumerListener};
-use kafkit::group::{CommitReport, TopicPartition};
+use kafkit::group::{CommitReport, OffsetToCommit, TopicPartition};
 use parking_lot::Mutex;
 
 /// One thing that happened. `member` names a consumer, `tp` a partition, `offset` a record's
@@ -48,7 +48,16 @@ pub enum Event {
         /// The record's key.
         key: Option<Vec<u8>>,
     },
-    /// A member committed `offset` (the next offset to read) for `tp`.
+    /// A member is about to send a commit of `offset` for `tp`.
+    CommitSent {
+        /// The member.
+        member: String,
+        /// The partition.
+        tp: TopicPartition,
+        /// The offset being committed.
+        offset: i64,
+    },
+    /// The coordinator accepted `member`'s commit of `offset` (the next offset to read) for `tp`.
     Committed {
         /// The member.
         member: String,
@@ -179,6 +188,16 @@ impl ConsumerListener for MemberListener {
         });
     }
 
+    fn committing(&self, offsets: &[OffsetToCommit]) {
+        for o in offsets {
+            self.history.push(Event::CommitSent {
+                member: self.member.clone(),
+                tp: o.partition.clone(),
+                offset: o.offset,
+            });
+        }
+    }
+
     fn committed(&self, result: &Result<CommitReport>) {
         if let Ok(report) = result {
             for (tp, offset) in &report.committed {
@@ -207,7 +226,7 @@ pub struct Verdict {
     pub max_duplicate_window: usize,
     /// Same-key records processed out of offset order within one member's tenure.
     pub order_violations: Vec<String>,
-    /// Commits by a member for a partition it did not own.
+    /// Commits sent by a member for a partition it did not own at the time.
     pub commits_not_owned: Vec<String>,
     /// A partition's committed offset went backwards.
     pub commits_backwards: Vec<String>,
@@ -332,12 +351,14 @@ fn check(events: &[Event], ordered: bool) -> Verdict {
                     last_of_key.insert(k, *offset);
                 }
             }
-            Event::Committed { member, tp, offset } => {
+            Event::CommitSent { member, tp, offset } => {
                 if !owned.get(member.as_str()).is_some_and(|o| o.contains(tp)) {
                     verdict
                         .commits_not_owned
                         .push(format!("{member} {tp} offset {offset}"));
                 }
+            }
+            Event::Committed { member, tp, offset } => {
                 if let Some(&prev) = committed.get(tp)
                     && *offset < prev
                 {
@@ -427,6 +448,14 @@ mod tests {
         }
     }
 
+    fn commit_sent(m: &str, p: i32, o: i64) -> Event {
+        Event::CommitSent {
+            member: m.into(),
+            tp: tp(p),
+            offset: o,
+        }
+    }
+
     fn dispatched(m: &str, p: i32, o: i64) -> Event {
         Event::Dispatched {
             member: m.into(),
@@ -464,7 +493,7 @@ mod tests {
                     assigned("m1", 0),
                     processed("m1", 0, 0, "a"),
                     revoked("m1", 0),
-                    committed("m1", 0, 1),
+                    commit_sent("m1", 0, 1),
                 ],
             ),
             (
@@ -528,6 +557,22 @@ mod tests {
                 v.violations()
             );
         }
+    }
+
+    #[test]
+    fn a_commit_sent_while_owned_may_complete_after_a_loss() {
+        let h = vec![
+            produced(0, 0, "a"),
+            assigned("m1", 0),
+            processed("m1", 0, 0, "a"),
+            commit_sent("m1", 0, 1),
+            Event::Lost {
+                member: "m1".into(),
+                partitions: vec![tp(0)],
+            },
+            committed("m1", 0, 1),
+        ];
+        assert!(check(&h, true).violations().is_empty());
     }
 
     #[test]

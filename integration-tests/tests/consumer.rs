@@ -591,7 +591,12 @@ async fn a_failing_record_in_a_batch_does_not_fail_the_others() {
         }
     }));
     let deadline = Instant::now() + Duration::from_secs(120);
-    while calls.lock().len() < 2_000 || calls.lock().iter().any(|(v, n)| v.is_multiple_of(97) && *n < 2) {
+    while calls.lock().len() < 2_000
+        || calls
+            .lock()
+            .iter()
+            .any(|(v, n)| v.is_multiple_of(97) && *n < 2)
+    {
         assert!(
             Instant::now() < deadline,
             "{} records seen",
@@ -616,5 +621,70 @@ async fn a_failing_record_in_a_batch_does_not_fail_the_others() {
     assert!(
         sizes.iter().any(|&s| s > 1),
         "records were batched: {sizes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_to_latest_is_pinned_so_records_produced_while_down_are_not_skipped() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("latest");
+    let group_id = random_name("g");
+    create_topic(&bootstrap, &topic, 2, 1).await.unwrap();
+    produce_keyed(&bootstrap, &topic, 10, 10).await;
+    let latest = |bootstrap: String, group_id: String, topic: String| async move {
+        ConsumerBuilder::new(client(&bootstrap), group(&group_id, &topic))
+            .auto_offset_reset(OffsetReset::Latest)
+            .commit_interval(Duration::from_millis(200))
+            .revoke_timeout(Duration::from_secs(10))
+            .build()
+            .await
+            .unwrap()
+    };
+
+    // First run: nothing new arrives; the reset position (the end) is committed anyway.
+    let consumer = latest(bootstrap.clone(), group_id.clone(), topic.clone()).await;
+    let stop = consumer.shutdown_handle();
+    let run = tokio::spawn(consumer.run(|_r| async { Ok::<_, std::io::Error>(()) }));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while committed(&bootstrap, &group_id, &topic, 2).await.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the reset position was never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.shutdown();
+    run.await.unwrap().unwrap();
+
+    // Records produced while the group is down are consumed by the next run, not skipped.
+    produce_keyed(&bootstrap, &topic, 20, 20).await;
+    let consumer = latest(bootstrap.clone(), group_id.clone(), topic.clone()).await;
+    let stop = consumer.shutdown_handle();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let run = tokio::spawn(consumer.run({
+        let seen = Arc::clone(&seen);
+        move |_r| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, std::io::Error>(())
+            }
+        }
+    }));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.load(Ordering::Relaxed) < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 20 consumed",
+            seen.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.shutdown();
+    run.await.unwrap().unwrap();
+    assert_eq!(
+        seen.load(Ordering::Relaxed),
+        20,
+        "exactly the records produced while down"
     );
 }

@@ -427,12 +427,16 @@ impl Engine {
                 slot,
                 epoch,
                 offset,
+                from_commit,
                 committed_metadata,
             } => {
                 let offset_map = self.settings.offset_map;
                 if let Some(s) = self.slot_mut(slot, epoch) {
                     s.tracker = Some(WatermarkTracker::new(offset));
-                    s.committed = Some(offset);
+                    // A start from the reset policy is committed at the first commit interval, so
+                    // the group's position is pinned even if no record arrives (a later reset to
+                    // `latest` would skip what was produced meanwhile).
+                    s.committed = from_commit.then_some(offset);
                     if offset_map && let Some(meta) = committed_metadata {
                         match offset_map::decode(offset, &meta) {
                             Ok(Some(done)) => {
@@ -858,6 +862,9 @@ impl Engine {
         }
         if offsets.is_empty() {
             return;
+        }
+        if let Some(l) = &self.listener {
+            l.committing(&offsets);
         }
         let group = Arc::clone(&self.group);
         self.commit = Some(tokio::spawn(async move { group.commit(&offsets).await }));

@@ -54,6 +54,8 @@ pub(crate) enum FetchEvent {
         slot: usize,
         epoch: u64,
         offset: i64,
+        /// Whether `offset` is the group's committed offset (else it came from `auto.offset.reset`).
+        from_commit: bool,
         committed_metadata: Option<String>,
     },
     /// A fetch failed; the task backs off and tries again. For logs and health.
@@ -127,7 +129,7 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
     };
     backoff.reset();
 
-    let (mut offset, metadata) = loop {
+    let (mut offset, from_commit, metadata) = loop {
         match start_offset(&ctx, &client, &tp).await {
             Ok(start) => break start,
             Err(e) if e.is_retriable() => {
@@ -153,6 +155,7 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
             slot,
             epoch,
             offset,
+            from_commit,
             committed_metadata: metadata,
         })
         .await
@@ -244,16 +247,17 @@ async fn report_failure(ctx: &FetchContext, slot: usize, epoch: u64, error: Stri
         .await;
 }
 
-/// The committed offset (with its metadata), or the reset policy's offset when nothing is committed.
+/// The committed offset (with its metadata), or the reset policy's offset when nothing is committed;
+/// and whether it was committed.
 async fn start_offset(
     ctx: &FetchContext,
     client: &PartitionClient,
     tp: &TopicPartition,
-) -> Result<(i64, Option<String>)> {
+) -> Result<(i64, bool, Option<String>)> {
     let committed = ctx.group.committed(std::slice::from_ref(tp)).await?;
     match committed.get(tp).cloned().flatten() {
-        Some(c) => Ok((c.offset, c.metadata)),
-        None => Ok((reset_offset(client, ctx.settings.reset, tp).await?, None)),
+        Some(c) => Ok((c.offset, true, c.metadata)),
+        None => Ok((reset_offset(client, ctx.settings.reset, tp).await?, false, None)),
     }
 }
 

@@ -42,7 +42,7 @@ pub use record::{ConsumedRecord, StreamRecord};
 pub use scheduler::DispatchMode;
 pub use status::HealthHandle;
 
-use crate::group::{CommitReport, GroupConfig, GroupMember, TopicPartition};
+use crate::group::{CommitReport, GroupConfig, GroupMember, OffsetToCommit, TopicPartition};
 use crate::{ClientConfig, Error, Result};
 use engine::{BatchFn, Engine, HandlerFn, Sink};
 use failure::{DeadLetter, FailurePath, HandlerError};
@@ -104,7 +104,13 @@ pub trait ConsumerListener: Send + Sync + 'static {
         let _ = partitions;
     }
 
-    /// A commit finished (periodic, on revocation or at shutdown).
+    /// A commit of these offsets is about to be sent (only ever for partitions owned right now).
+    fn committing(&self, offsets: &[OffsetToCommit]) {
+        let _ = offsets;
+    }
+
+    /// A commit finished (periodic, on revocation or at shutdown). It may finish after the
+    /// partitions were revoked or lost: it was sent while they were owned.
     fn committed(&self, result: &Result<CommitReport>) {
         let _ = result;
     }
