@@ -430,3 +430,225 @@ async fn a_handler_slower_than_the_session_timeout_loses_nothing() {
         .count();
     assert_eq!(lost_events, 0, "the member was never expelled");
 }
+
+/// A stage-1 member of the churn chain: reads `input`, writes `<in partition>:<in offset>` to
+/// `output` under the same key, and returns only once that produce is acknowledged.
+async fn relay(
+    bootstrap: &str,
+    group: &str,
+    input: &str,
+    output: &str,
+    mode: DispatchMode,
+    producer: &Producer,
+) -> (ShutdownHandle, Run) {
+    let config = GroupConfig::new(group, [input])
+        .session_timeout(Duration::from_secs(6))
+        .heartbeat_interval(Duration::from_millis(500))
+        .rebalance_timeout(Duration::from_secs(20));
+    let consumer = ConsumerBuilder::new(client(bootstrap), config)
+        .dispatch(mode)
+        .auto_offset_reset(OffsetReset::Earliest)
+        .commit_interval(Duration::from_millis(300))
+        .revoke_timeout(Duration::from_secs(5))
+        .shutdown_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let producer = producer.clone();
+    let output = output.to_owned();
+    let run = tokio::spawn(consumer.run(move |r| {
+        let producer = producer.clone();
+        let output = output.clone();
+        async move {
+            let ms = (r.offset() as u64).wrapping_mul(2_654_435_761) % 20;
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let value = format!("{}:{}", r.partition(), r.offset());
+            let out = ProducerRecord::new(output, value).key(r.key().unwrap_or_default().to_vec());
+            producer.send(out).await.map(|_| ())
+        }
+    }));
+    (stop, run)
+}
+
+/// xorshift: the churn's schedule, reproducible from the printed seed.
+fn next(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+async fn churn_chain(mode: DispatchMode, ordered: bool) {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let input = random_name("chain-in");
+    let output = random_name("chain-out");
+    let group = random_name("relay");
+    create_topic(&bootstrap, &input, 6, 1).await.unwrap();
+    create_topic(&bootstrap, &output, 6, 1).await.unwrap();
+    let mut seed: u64 = std::env::var("KAFKIT_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_1234_abcd_ef01);
+    eprintln!("churn seed {seed}");
+    let input_history = History::new();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+
+    // The end of the chain: one steady member recording what arrives on the output topic.
+    let sink_history = History::new();
+    let sink = member(
+        &bootstrap,
+        &random_name("sink"),
+        &output,
+        DispatchMode::PartitionOrdered,
+        &sink_history,
+        "sink",
+        up_to::<0>,
+    )
+    .await;
+
+    let mut relays = vec![relay(&bootstrap, &group, &input, &output, mode, &producer).await];
+    let sending = produce_at(producer.clone(), &input, 1_500, 150, &input_history);
+    let (mut joined, mut left, mut killed) = (0, 0, 0);
+    // A fixed mix of joins, clean leaves and crashes; timing and victims come from the seed.
+    for action in ["join", "join", "kill", "join", "leave", "kill", "join"] {
+        tokio::time::sleep(Duration::from_millis(1_000 + next(&mut seed) % 1_500)).await;
+        match action {
+            "join" => {
+                relays.push(relay(&bootstrap, &group, &input, &output, mode, &producer).await);
+                joined += 1;
+            }
+            "leave" => {
+                let (stop, run) = relays.remove((next(&mut seed) as usize) % relays.len());
+                stop.shutdown();
+                tokio::time::timeout(Duration::from_secs(30), run)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap();
+                left += 1;
+            }
+            _ => {
+                let (_, run) = relays.remove((next(&mut seed) as usize) % relays.len());
+                run.abort();
+                killed += 1;
+            }
+        }
+    }
+    let acked = tokio::time::timeout(Duration::from_secs(120), sending)
+        .await
+        .unwrap()
+        .unwrap();
+    // Every acknowledged input record reaches the output topic (possibly more than once).
+    let expected: std::collections::BTreeSet<String> = input_history
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            kafkit_integration_tests::history::Event::Produced { tp, offset, .. } => {
+                Some(format!("{}:{offset}", tp.partition))
+            }
+            _ => None,
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let values = loop {
+        let values = read_values(&bootstrap, &output, 6).await;
+        let distinct: std::collections::BTreeSet<&String> =
+            values.iter().map(|(_, _, v)| v).collect();
+        if expected.iter().all(|v| distinct.contains(v)) {
+            break values;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "chain lost records: {} of {} input records reached the output",
+            expected.iter().filter(|v| distinct.contains(v)).count(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let mut stops = relays;
+    stops.push(sink);
+    stop_all(stops).await;
+
+    if ordered {
+        // Per key, the first arrival of each input record follows input order.
+        type FirstArrivals = (std::collections::BTreeSet<String>, Vec<(i32, i64)>);
+        let mut first_seen: std::collections::HashMap<Vec<u8>, FirstArrivals> = Default::default();
+        for (key, _, value) in &values {
+            let (seen, order) = first_seen.entry(key.clone()).or_default();
+            if seen.insert(value.clone()) {
+                let (p, o) = value.split_once(':').unwrap();
+                order.push((p.parse().unwrap(), o.parse().unwrap()));
+            }
+        }
+        for (key, (_, order)) in &first_seen {
+            for w in order.windows(2) {
+                assert!(
+                    w[0].0 != w[1].0 || w[0].1 < w[1].1,
+                    "key {:?}: input {:?} arrived before {:?}",
+                    String::from_utf8_lossy(key),
+                    w[1],
+                    w[0]
+                );
+            }
+        }
+    }
+    let duplicates = values.len() - expected.len();
+    eprintln!(
+        "SCENARIO churn-chain {mode:?}: sent 1500, acknowledged {acked}, lost 0, duplicates at the end of the chain {duplicates}, members joined {joined} left {left} killed {killed}"
+    );
+    assert_clean("churn-chain sink", &sink_history, true, 0, 0);
+}
+
+/// Every record of `topic` as (key, offset, value), per partition in log order.
+async fn read_values(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(Vec<u8>, i64, String)> {
+    use rskafka::client::ClientBuilder;
+    use rskafka::client::partition::UnknownTopicHandling;
+    let client = ClientBuilder::new(vec![bootstrap.to_owned()])
+        .build()
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let pc = client
+            .partition_client(topic, p, UnknownTopicHandling::Error)
+            .await
+            .unwrap();
+        let mut offset = 0;
+        loop {
+            let (records, hw) = pc.fetch_records(offset, 1..4_000_000, 100).await.unwrap();
+            for r in &records {
+                out.push((
+                    r.record.key.clone().unwrap_or_default(),
+                    r.offset,
+                    String::from_utf8(r.record.value.clone().unwrap_or_default()).unwrap(),
+                ));
+            }
+            if let Some(last) = records.last() {
+                offset = last.offset + 1;
+            }
+            if offset >= hw || records.is_empty() {
+                break;
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_chain_partition_ordered() {
+    churn_chain(DispatchMode::PartitionOrdered, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_chain_key_ordered() {
+    churn_chain(DispatchMode::KeyOrdered { max_in_flight: 32 }, true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_chain_unordered() {
+    churn_chain(DispatchMode::Unordered { max_in_flight: 32 }, false).await;
+}

@@ -512,6 +512,15 @@ impl Engine {
                     s.schedule.push(key, record);
                 }
             }
+            FetchEvent::EndOffset {
+                slot,
+                epoch,
+                high_watermark,
+            } => {
+                if let Some(s) = self.slot_mut(slot, epoch) {
+                    s.high_watermark = s.high_watermark.max(high_watermark);
+                }
+            }
             FetchEvent::Failed { slot, epoch, error } => {
                 if let Some(s) = self.slot_mut(slot, epoch) {
                     debug!(partition = %s.tp, %error, "fetch failed; the fetcher retries");

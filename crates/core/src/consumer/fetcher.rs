@@ -58,6 +58,12 @@ pub(crate) enum FetchEvent {
         from_commit: bool,
         committed_metadata: Option<String>,
     },
+    /// The partition's end offset, looked up while the fetcher waits for buffer space.
+    EndOffset {
+        slot: usize,
+        epoch: u64,
+        high_watermark: i64,
+    },
     /// A fetch failed; the task backs off and tries again. For logs and health.
     Failed {
         slot: usize,
@@ -167,11 +173,27 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
     let max_bytes = settings.max_partition_bytes;
     let max_wait_ms = settings.max_wait.as_millis().min(i32::MAX as u128) as i32;
     loop {
-        // Reserve before fetching: the backpressure point.
-        let Ok(mut budget) = Arc::clone(&ctx.budget)
-            .acquire_many_owned(max_bytes as u32)
-            .await
-        else {
+        // Reserve before fetching: the backpressure point. While waiting, keep the partition's end
+        // offset fresh (once a second), so lag is reported truly while the consumer is held back.
+        let reserve = Arc::clone(&ctx.budget).acquire_many_owned(max_bytes as u32);
+        tokio::pin!(reserve);
+        let mut refresh = tokio::time::interval_at(
+            tokio::time::Instant::now() + Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        let reserved = loop {
+            tokio::select! {
+                r = &mut reserve => break r,
+                _ = refresh.tick() => {
+                    if let Ok(Ok(high_watermark)) = tokio::time::timeout(settings.request_timeout, client.get_offset(OffsetAt::Latest)).await
+                        && ctx.out.send(FetchEvent::EndOffset { slot, epoch, high_watermark }).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        };
+        let Ok(mut budget) = reserved else {
             return;
         };
         let fetch = client.fetch_records(offset, 1..max_bytes as i32, max_wait_ms);
@@ -257,7 +279,11 @@ async fn start_offset(
     let committed = ctx.group.committed(std::slice::from_ref(tp)).await?;
     match committed.get(tp).cloned().flatten() {
         Some(c) => Ok((c.offset, true, c.metadata)),
-        None => Ok((reset_offset(client, ctx.settings.reset, tp).await?, false, None)),
+        None => Ok((
+            reset_offset(client, ctx.settings.reset, tp).await?,
+            false,
+            None,
+        )),
     }
 }
 

