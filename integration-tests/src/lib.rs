@@ -3,5 +3,8 @@
 //!
 //! # Layout
 //! - `history`: the event recorder and checker of the fault suite.
+//! - `verifiable`: parses and validates the event stream of a `verifiable-consumer` process
+//!   (Apache Kafka's VerifiableConsumer contract), for the tests that run `kafkit` as a process.
 
 pub mod history;
+pub mod verifiable;

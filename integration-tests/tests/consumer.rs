@@ -688,3 +688,33 @@ async fn a_reset_to_latest_is_pinned_so_records_produced_while_down_are_not_skip
         "exactly the records produced while down"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_offset_reset_none_without_a_commit_is_a_clear_error() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("reset-none");
+    create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
+    let consumer = ConsumerBuilder::new(client(&bootstrap), group(&random_name("g"), &topic))
+        .auto_offset_reset(OffsetReset::None)
+        .revoke_timeout(Duration::from_secs(5))
+        .shutdown_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        consumer.run(|_r| async { Ok::<_, std::io::Error>(()) }),
+    )
+    .await
+    .expect("the consumer stops by itself");
+    match result {
+        Err(e @ kafkit::Error::NoOffset { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains(&topic) && message.contains("auto.offset.reset"),
+                "{message}"
+            );
+        }
+        other => panic!("expected NoOffset, got {other:?}"),
+    }
+}

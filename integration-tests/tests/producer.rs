@@ -50,7 +50,12 @@ async fn ten_thousand_keyed_records_across_12_partitions_read_back_at_their_offs
     let bootstrap = kafka.bootstrap();
     let topic = random_name("keyed");
     create_topic(&bootstrap, &topic, 12, 1).await.unwrap();
-    let producer = producer(&bootstrap).await;
+    let metrics = kafkit::metrics::Metrics::default();
+    let producer = ProducerBuilder::new(ClientConfig::new([&bootstrap]).unwrap())
+        .metrics(metrics.clone())
+        .build()
+        .await
+        .expect("producer connects");
 
     let sends = (0..10_000).map(|i| {
         let producer = producer.clone();

@@ -333,15 +333,31 @@ async fn a_failing_downstream_opens_the_breaker_and_nothing_is_dead_lettered() {
         .unwrap();
     produce(&producer, &topic, 0..200).await;
 
+    let metrics = kafkit::metrics::Metrics::default();
     let consumer = builder(&bootstrap, &random_name("g"), &topic)
         .retry_policy(fast_retries(4))
         .circuit_breaker(Some(
             CircuitBreakerPolicy::new(5, Duration::from_secs(1)).unwrap(),
         ))
         .dead_letter(DeadLetterPolicy::default(), producer.clone())
+        .metrics(metrics.clone())
         .build()
         .await
         .unwrap();
+    let breaker_states = tokio::spawn({
+        let metrics = metrics.clone();
+        async move {
+            let mut seen = Vec::new();
+            for _ in 0..100 {
+                let state = metrics.publish().gauges.circuit_state;
+                if seen.last() != Some(&state) {
+                    seen.push(state);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            seen
+        }
+    });
     let health = consumer.health_handle();
     let stop = consumer.shutdown_handle();
     let down_until = Instant::now() + Duration::from_secs(5);
@@ -391,6 +407,14 @@ async fn a_failing_downstream_opens_the_breaker_and_nothing_is_dead_lettered() {
         statuses.contains(&HealthStatus::Degraded),
         "an open breaker shows as degraded: {statuses:?}"
     );
+    let breaker_states = breaker_states.await.unwrap();
+    assert!(
+        breaker_states.contains(&kafkit::resilience::CircuitState::Open),
+        "the metrics export the open breaker: {breaker_states:?}"
+    );
+    let totals = metrics.publish().totals.clone();
+    assert_eq!(totals.dead_lettered, 0);
+    assert!(totals.failed > 0 && totals.acked >= 200, "{totals:?}");
     let rs = ClientBuilder::new(vec![bootstrap.clone()])
         .build()
         .await

@@ -26,7 +26,9 @@ pub(crate) fn parse(text: &str) -> BTreeMap<String, String> {
         }
         logical.push_str(line);
         let entry = std::mem::take(&mut logical);
-        let split = entry.find(['=', ':']).or_else(|| entry.find(char::is_whitespace));
+        let split = entry
+            .find(['=', ':'])
+            .or_else(|| entry.find(char::is_whitespace));
         let (key, value) = match split {
             Some(i) => (&entry[..i], &entry[i + 1..]),
             None => (entry.as_str(), ""),

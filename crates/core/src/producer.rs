@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use kafkit_metrics::Metrics;
 use kafkit_resilience::{BackoffPolicy, ConfigError};
 use parking_lot::RwLock;
 use rskafka::client::Client;
@@ -185,6 +186,7 @@ pub struct ProducerBuilder {
     retry_backoff: BackoffPolicy,
     compression: Compression,
     metadata_max_age: Duration,
+    metrics: Option<Metrics>,
 }
 
 impl ProducerBuilder {
@@ -206,7 +208,15 @@ impl ProducerBuilder {
             .expect("valid default backoff"),
             compression: Compression::None,
             metadata_max_age: Duration::from_secs(300),
+            metrics: None,
         }
+    }
+
+    /// Records every acknowledged record and its produce latency per topic into `metrics`, and counts
+    /// this producer as active while it lives.
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// How long a partition's batch waits for more records before it is sent.
@@ -298,8 +308,10 @@ impl ProducerBuilder {
             .connect_with(rskafka_backoff(&self.retry_backoff, None))
             .await?;
         debug!(bootstrap = ?self.client.bootstrap(), "producer connected");
+        let active = self.metrics.as_ref().map(Metrics::producer_active);
         Ok(Producer {
             inner: Arc::new(Inner {
+                _active: active,
                 client,
                 buffer: Arc::new(Semaphore::new(self.buffer_memory)),
                 topics: RwLock::new(HashMap::new()),
@@ -329,6 +341,8 @@ type PartitionBatcher = BatchProducer<RecordAggregator>;
 
 #[derive(Debug)]
 struct Inner {
+    /// Counts this producer in the metrics' active producers while it lives.
+    _active: Option<kafkit_metrics::ActiveGuard>,
     client: Client,
     settings: ProducerBuilder,
     /// Bytes of records in flight; `send` holds permits for its record until acknowledged.
@@ -430,13 +444,19 @@ impl Producer {
                     source,
                 })
         };
+        let started = Instant::now();
         match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(Ok(offset)) => Ok(Delivery {
-                topic: topic.name.clone(),
-                partition,
-                offset,
-                timestamp,
-            }),
+            Ok(Ok(offset)) => {
+                if let Some(m) = &settings.metrics {
+                    m.record_produced(&topic.name, started.elapsed());
+                }
+                Ok(Delivery {
+                    topic: topic.name.clone(),
+                    partition,
+                    offset,
+                    timestamp,
+                })
+            }
             Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::DeliveryTimeout {
                 topic: topic.name.clone(),

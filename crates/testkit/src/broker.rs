@@ -592,10 +592,19 @@ fn fresh_root() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// A KRaft cluster id: 16 random bytes in URL-safe base64 without padding (22 characters).
+/// A KRaft cluster id: 16 random bytes in URL-safe base64 without padding (22 characters), never
+/// starting with `-` (the storage tool would read it as an option; Kafka's own ids avoid it too).
 fn random_cluster_id() -> String {
+    loop {
+        let id = encode_cluster_id(rand::random());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn encode_cluster_id(bytes: [u8; 16]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes: [u8; 16] = rand::random();
     let mut bits: u32 = 0;
     let mut nbits = 0;
     let mut out = String::with_capacity(22);

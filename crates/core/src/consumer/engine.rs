@@ -263,6 +263,9 @@ impl Engine {
                     }
                     let open = self.breaker_open();
                     self.board.set_paused(open);
+                    if let (Some(m), Some(rx)) = (&self.metrics, &self.breaker) {
+                        m.set_circuit_breaker(*rx.borrow(), u64::from(self.breaker_failures()));
+                    }
                     if open {
                         warn!("circuit breaker open: dispatch paused (fetching stops when the buffer fills)");
                     }
@@ -567,6 +570,16 @@ impl Engine {
     }
 
     /// Starts as many records as the bounds allow, round-robin across partitions.
+    /// The breaker's consecutive failures, for the metrics.
+    fn breaker_failures(&self) -> u32 {
+        match &self.sink {
+            Sink::Handler(_, f) | Sink::Batch { failure: f, .. } => {
+                f.breaker.as_ref().map_or(0, |b| b.consecutive_failures())
+            }
+            Sink::Stream(_) => 0,
+        }
+    }
+
     fn breaker_open(&self) -> bool {
         self.breaker
             .as_ref()

@@ -626,9 +626,10 @@ async fn leave(shared: &Shared, events: &mpsc::UnboundedSender<GroupEvent>) {
     }
     let member_id = shared.state.lock().member_id.clone();
     if config.group_instance_id.is_none() && !member_id.is_empty() {
+        // v3+ names leaving members in `members` only; the top-level member id is v0..v2 (setting it
+        // at a newer version fails to encode).
         let request = LeaveGroupRequest::default()
             .with_group_id(group_id(&config.group_id))
-            .with_member_id(StrBytes::from_string(member_id.clone()))
             .with_members(vec![
                 MemberIdentity::default()
                     .with_member_id(StrBytes::from_string(member_id.clone()))
