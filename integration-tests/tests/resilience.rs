@@ -412,7 +412,7 @@ async fn a_failing_downstream_opens_the_breaker_and_nothing_is_dead_lettered() {
         breaker_states.contains(&kafkit::resilience::CircuitState::Open),
         "the metrics export the open breaker: {breaker_states:?}"
     );
-    let totals = metrics.publish().totals.clone();
+    let totals = metrics.publish().totals;
     assert_eq!(totals.dead_lettered, 0);
     assert!(totals.failed > 0 && totals.acked >= 200, "{totals:?}");
     let rs = ClientBuilder::new(vec![bootstrap.clone()])
