@@ -307,7 +307,8 @@ mod tests {
             let mut picks = picks.into_iter().cycle();
             while started < keys.len() || !in_flight.is_empty() {
                 let p = picks.next().unwrap() as usize;
-                if p.is_multiple_of(2) && let Some((k, o)) = s.next() {
+                // Start when the pick says so, or when nothing is in flight (else the loop would spin).
+                if (p.is_multiple_of(2) || in_flight.is_empty()) && let Some((k, o)) = s.next() {
                     prop_assert_eq!(keys[o], k);
                     prop_assert!(!in_flight.iter().any(|(fk, _)| *fk == k), "key {} twice in flight", k);
                     if let Some(prev) = last_started.insert(k, o) {
@@ -315,7 +316,8 @@ mod tests {
                     }
                     in_flight.push((k, o));
                     started += 1;
-                } else if !in_flight.is_empty() {
+                } else {
+                    prop_assert!(!in_flight.is_empty(), "nothing in flight and nothing may start: records are stuck");
                     let (k, _) = in_flight.remove(p % in_flight.len());
                     s.finish(k);
                 }
