@@ -511,10 +511,24 @@ async fn churn_chain(mode: DispatchMode, ordered: bool) {
     .await;
 
     let mut relays = vec![relay(&bootstrap, &group, &input, &output, mode, &producer).await];
-    let sending = produce_at(producer.clone(), &input, 1_500, 150, &input_history);
+    // `KAFKIT_CHAOS_ROUNDS` (`just chaos`) repeats the churn and the traffic for longer runs.
+    let rounds: usize = std::env::var("KAFKIT_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let records = 1_500 * rounds;
+    let sending = produce_at(producer.clone(), &input, records, 150, &input_history);
     let (mut joined, mut left, mut killed) = (0, 0, 0);
-    // A fixed mix of joins, clean leaves and crashes; timing and victims come from the seed.
-    for action in ["join", "join", "kill", "join", "leave", "kill", "join"] {
+    // A fixed mix of joins, clean leaves and crashes per round; timing and victims come from the seed.
+    let schedule = ["join", "join", "kill", "join", "leave", "kill", "join"].repeat(rounds);
+    for &action in &schedule {
+        if action == "leave" || action == "kill" {
+            if relays.len() < 2 {
+                relays.push(relay(&bootstrap, &group, &input, &output, mode, &producer).await);
+                joined += 1;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(1_000 + next(&mut seed) % 1_500)).await;
         match action {
             "join" => {
@@ -538,7 +552,7 @@ async fn churn_chain(mode: DispatchMode, ordered: bool) {
             }
         }
     }
-    let acked = tokio::time::timeout(Duration::from_secs(120), sending)
+    let acked = tokio::time::timeout(Duration::from_secs(120 * rounds as u64), sending)
         .await
         .unwrap()
         .unwrap();
@@ -598,7 +612,7 @@ async fn churn_chain(mode: DispatchMode, ordered: bool) {
     }
     let duplicates = values.len() - expected.len();
     eprintln!(
-        "SCENARIO churn-chain {mode:?}: sent 1500, acknowledged {acked}, lost 0, duplicates at the end of the chain {duplicates}, members joined {joined} left {left} killed {killed}"
+        "SCENARIO churn-chain {mode:?}: sent {records}, acknowledged {acked}, lost 0, duplicates at the end of the chain {duplicates}, members joined {joined} left {left} killed {killed}"
     );
     assert_clean("churn-chain sink", &sink_history, true, 0, 0);
 }
