@@ -3,6 +3,10 @@
 //   member <assignor> [instance-id]  join with the given assignor, print ownership changes, poll until stdin closes
 //   first-offsets <n>                subscribe, print "first <partition> <offset>" for the first record of n partitions
 //   commit <p:o,p:o,...>             commit these offsets for the group (no subscription) and exit
+//   consume <assignor>               like member, but ownership lines carry the time ("assigned <micros> t:p ..."),
+//                                    each record prints "consumed <partition> <offset> <micros>", and every poll
+//                                    is followed by commitSync() (at least once, like a plain Java consumer);
+//                                    <micros> is wall-clock microseconds since the epoch
 import java.time.Duration;
 import java.util.*;
 import org.apache.kafka.clients.consumer.*;
@@ -49,6 +53,49 @@ public class GroupClient {
                 }
                 break;
             }
+            case "consume": {
+                String assignor = args[4];
+                props.put(ConsumerConfig.PARTITION_ASSIGNMENT_STRATEGY_CONFIG, assignorClass(assignor));
+                try (KafkaConsumer<byte[], byte[]> c = new KafkaConsumer<>(props)) {
+                    c.subscribe(List.of(topic), new ConsumerRebalanceListener() {
+                        public void onPartitionsAssigned(Collection<TopicPartition> ps) { print("assigned " + micros(), ps); }
+                        public void onPartitionsRevoked(Collection<TopicPartition> ps) { print("revoked " + micros(), ps); }
+                        public void onPartitionsLost(Collection<TopicPartition> ps) { print("lost " + micros(), ps); }
+                    });
+                    Thread stdin = new Thread(() -> {
+                        try { while (System.in.read() != -1) {} } catch (Exception e) {}
+                        c.wakeup();
+                    });
+                    stdin.setDaemon(true);
+                    stdin.start();
+                    try {
+                        while (true) {
+                            ConsumerRecords<byte[], byte[]> records = c.poll(Duration.ofMillis(200));
+                            if (records.isEmpty()) continue;
+                            // Printed before the commit and before the next poll (where revocations happen),
+                            // so every line is for a partition owned at <micros>.
+                            long at = micros();
+                            StringBuilder sb = new StringBuilder();
+                            for (ConsumerRecord<byte[], byte[]> r : records) {
+                                sb.append("consumed ").append(r.partition()).append(' ').append(r.offset())
+                                        .append(' ').append(at).append('\n');
+                            }
+                            System.out.print(sb);
+                            System.out.flush();
+                            try {
+                                c.commitSync();
+                            } catch (org.apache.kafka.clients.consumer.CommitFailedException
+                                    | org.apache.kafka.common.errors.RebalanceInProgressException e) {
+                                // The partitions moved on: their next owner reads from the last commit.
+                                System.err.println("commit failed: " + e);
+                            }
+                        }
+                    } catch (org.apache.kafka.common.errors.WakeupException e) {
+                        // stdin closed: leave the group cleanly
+                    }
+                }
+                break;
+            }
             case "first-offsets": {
                 int n = Integer.parseInt(args[4]);
                 Map<Integer, Long> first = new TreeMap<>();
@@ -79,6 +126,17 @@ public class GroupClient {
             default:
                 throw new IllegalArgumentException("unknown mode " + mode);
         }
+    }
+
+    static String assignorClass(String assignor) {
+        return assignor.equals("range") ? RangeAssignor.class.getName()
+                : assignor.equals("roundrobin") ? RoundRobinAssignor.class.getName()
+                : CooperativeStickyAssignor.class.getName();
+    }
+
+    static long micros() {
+        java.time.Instant now = java.time.Instant.now();
+        return now.getEpochSecond() * 1_000_000L + now.getNano() / 1_000;
     }
 
     static void print(String what, Collection<TopicPartition> ps) {

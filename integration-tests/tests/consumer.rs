@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kafkit::consumer::{ConsumedRecord, Consumer, ConsumerBuilder, DispatchMode, OffsetReset};
-use kafkit::group::{GroupConfig, GroupMember, TopicPartition};
+use kafkit::group::{GroupConfig, TopicPartition};
 use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
 use kafkit_testkit::{create_topic, random_name, shared};
 use parking_lot::Mutex;
@@ -56,21 +56,20 @@ async fn produce_keyed(bootstrap: &str, topic: &str, n: usize, keys: usize) -> B
     ends
 }
 
-/// The group's committed offsets, read through a short-lived member that joins nothing.
+/// The group's committed offsets, read without joining the group.
 async fn committed(
     bootstrap: &str,
     group_id: &str,
     topic: &str,
     partitions: i32,
 ) -> BTreeMap<i32, i64> {
-    // A member of a different group could not read these; an OffsetFetch needs no membership.
-    let (member, _events) = GroupMember::start(&client(bootstrap), group(group_id, topic)).unwrap();
     let tps: Vec<_> = (0..partitions)
         .map(|p| TopicPartition::new(topic, p))
         .collect();
-    let out = member.committed(&tps).await.unwrap();
-    drop(member);
-    out.into_iter()
+    kafkit::group::committed_offsets(&client(bootstrap), group_id, &tps)
+        .await
+        .unwrap()
+        .into_iter()
         .filter_map(|(tp, c)| c.map(|c| (tp.partition, c.offset)))
         .collect()
 }

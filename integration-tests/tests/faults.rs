@@ -523,11 +523,9 @@ async fn churn_chain(mode: DispatchMode, ordered: bool) {
     // A fixed mix of joins, clean leaves and crashes per round; timing and victims come from the seed.
     let schedule = ["join", "join", "kill", "join", "leave", "kill", "join"].repeat(rounds);
     for &action in &schedule {
-        if action == "leave" || action == "kill" {
-            if relays.len() < 2 {
-                relays.push(relay(&bootstrap, &group, &input, &output, mode, &producer).await);
-                joined += 1;
-            }
+        if (action == "leave" || action == "kill") && relays.len() < 2 {
+            relays.push(relay(&bootstrap, &group, &input, &output, mode, &producer).await);
+            joined += 1;
         }
         tokio::time::sleep(Duration::from_millis(1_000 + next(&mut seed) % 1_500)).await;
         match action {

@@ -18,6 +18,7 @@
 //! - `coordinator`: finding the group coordinator and keeping a connection to it.
 //! - `member`: [`GroupMember`], the join / sync / heartbeat state machine on its own task, with
 //!   commits and offset fetches; ownership changes reach the consumer as [`GroupEvent`]s.
+//! - `offsets`: reading committed offsets ([`committed_offsets`] without joining the group).
 //! - `error`: [`GroupError`], what can go wrong reading or writing the protocol.
 
 mod assignor;
@@ -26,6 +27,7 @@ mod cooperative_sticky;
 mod coordinator;
 mod error;
 mod member;
+mod offsets;
 mod protocol;
 mod range;
 mod round_robin;
@@ -35,9 +37,9 @@ pub use config::GroupConfig;
 pub use cooperative_sticky::CooperativeStickyAssignor;
 pub use error::GroupError;
 pub use member::{
-    CommitReport, CommittedOffset, GroupEvent, GroupMember, MembershipStatus, OffsetToCommit,
-    RevokeDone,
+    CommitReport, GroupEvent, GroupMember, MembershipStatus, OffsetToCommit, RevokeDone,
 };
+pub use offsets::{CommittedOffset, committed_offsets};
 pub use protocol::{
     Assignment, CONSUMER_PROTOCOL_LATEST_VERSION, CONSUMER_PROTOCOL_TYPE, Subscription,
     TopicPartition,
