@@ -46,7 +46,7 @@ pub fn to_positive(n: i32) -> i32 {
 /// The partition the Java client chooses for `key` on a topic with `partitions` partitions.
 ///
 /// ```
-/// assert_eq!(kafkit_core::partitioner::partition_for_key(b"foobar", 12), 2);
+/// assert_eq!(kafkit_core::partitioner::partition_for_key(b"foobar", 12), 6);
 /// ```
 ///
 /// # Panics
