@@ -9,7 +9,7 @@ use std::time::Duration;
 use kafkit::consumer::{
     ConsumerBuilder, DispatchMode, OffsetReset, ShutdownHandle, ShutdownReport,
 };
-use kafkit::group::{GroupConfig, TopicPartition};
+use kafkit::group::{CooperativeStickyAssignor, GroupConfig, TopicPartition};
 use kafkit::{ClientConfig, Producer, ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::history::History;
 use kafkit_testkit::{BrokerOptions, LocalCluster, LocalKafka, create_topic, random_name, shared};
@@ -440,11 +440,15 @@ async fn relay(
     output: &str,
     mode: DispatchMode,
     producer: &Producer,
+    cooperative: bool,
 ) -> (ShutdownHandle, Run) {
-    let config = GroupConfig::new(group, [input])
+    let mut config = GroupConfig::new(group, [input])
         .session_timeout(Duration::from_secs(6))
         .heartbeat_interval(Duration::from_millis(500))
         .rebalance_timeout(Duration::from_secs(20));
+    if cooperative {
+        config = config.assignors(vec![Arc::new(CooperativeStickyAssignor)]);
+    }
     let consumer = ConsumerBuilder::new(client(bootstrap), config)
         .dispatch(mode)
         .auto_offset_reset(OffsetReset::Earliest)
@@ -479,7 +483,7 @@ fn next(seed: &mut u64) -> u64 {
     *seed
 }
 
-async fn churn_chain(mode: DispatchMode, ordered: bool) {
+async fn churn_chain(mode: DispatchMode, ordered: bool, cooperative: bool) {
     let bootstrap = shared().await.unwrap().bootstrap();
     let input = random_name("chain-in");
     let output = random_name("chain-out");
@@ -510,7 +514,18 @@ async fn churn_chain(mode: DispatchMode, ordered: bool) {
     )
     .await;
 
-    let mut relays = vec![relay(&bootstrap, &group, &input, &output, mode, &producer).await];
+    let mut relays = vec![
+        relay(
+            &bootstrap,
+            &group,
+            &input,
+            &output,
+            mode,
+            &producer,
+            cooperative,
+        )
+        .await,
+    ];
     // `KAFKIT_CHAOS_ROUNDS` (`just chaos`) repeats the churn and the traffic for longer runs.
     let rounds: usize = std::env::var("KAFKIT_CHAOS_ROUNDS")
         .ok()
@@ -524,13 +539,35 @@ async fn churn_chain(mode: DispatchMode, ordered: bool) {
     let schedule = ["join", "join", "kill", "join", "leave", "kill", "join"].repeat(rounds);
     for &action in &schedule {
         if (action == "leave" || action == "kill") && relays.len() < 2 {
-            relays.push(relay(&bootstrap, &group, &input, &output, mode, &producer).await);
+            relays.push(
+                relay(
+                    &bootstrap,
+                    &group,
+                    &input,
+                    &output,
+                    mode,
+                    &producer,
+                    cooperative,
+                )
+                .await,
+            );
             joined += 1;
         }
         tokio::time::sleep(Duration::from_millis(1_000 + next(&mut seed) % 1_500)).await;
         match action {
             "join" => {
-                relays.push(relay(&bootstrap, &group, &input, &output, mode, &producer).await);
+                relays.push(
+                    relay(
+                        &bootstrap,
+                        &group,
+                        &input,
+                        &output,
+                        mode,
+                        &producer,
+                        cooperative,
+                    )
+                    .await,
+                );
                 joined += 1;
             }
             "leave" => {
@@ -610,7 +647,12 @@ async fn churn_chain(mode: DispatchMode, ordered: bool) {
     }
     let duplicates = values.len() - expected.len();
     eprintln!(
-        "SCENARIO churn-chain {mode:?}: sent {records}, acknowledged {acked}, lost 0, duplicates at the end of the chain {duplicates}, members joined {joined} left {left} killed {killed}"
+        "SCENARIO churn-chain {mode:?}{}: sent {records}, acknowledged {acked}, lost 0, duplicates at the end of the chain {duplicates}, members joined {joined} left {left} killed {killed}",
+        if cooperative {
+            " cooperative-sticky"
+        } else {
+            ""
+        }
     );
     assert_clean("churn-chain sink", &sink_history, true, 0, 0);
 }
@@ -652,15 +694,20 @@ async fn read_values(bootstrap: &str, topic: &str, partitions: i32) -> Vec<(Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_chain_partition_ordered() {
-    churn_chain(DispatchMode::PartitionOrdered, true).await;
+    churn_chain(DispatchMode::PartitionOrdered, true, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_chain_key_ordered() {
-    churn_chain(DispatchMode::KeyOrdered { max_in_flight: 32 }, true).await;
+    churn_chain(DispatchMode::KeyOrdered { max_in_flight: 32 }, true, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_chain_unordered() {
-    churn_chain(DispatchMode::Unordered { max_in_flight: 32 }, false).await;
+    churn_chain(DispatchMode::Unordered { max_in_flight: 32 }, false, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn churn_chain_key_ordered_cooperative() {
+    churn_chain(DispatchMode::KeyOrdered { max_in_flight: 32 }, true, true).await;
 }
