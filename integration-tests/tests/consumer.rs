@@ -717,3 +717,120 @@ async fn auto_offset_reset_none_without_a_commit_is_a_clear_error() {
         other => panic!("expected NoOffset, got {other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_record_holds_its_partition_within_the_offset_map_span() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("ahead");
+    let group_id = random_name("g");
+    create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    for start in (0..40_000).step_by(5_000) {
+        let sends = (start..start + 5_000).map(|i| {
+            let producer = producer.clone();
+            // Offset 0 has its own key; everything else is spread over 100 keys.
+            let key = if i == 0 {
+                "stuck".to_owned()
+            } else {
+                format!("k{}", i % 100)
+            };
+            let record = ProducerRecord::new(&topic, i.to_string())
+                .key(key)
+                .partition(0);
+            async move { producer.send(record).await.unwrap() }
+        });
+        futures::future::join_all(sends).await;
+    }
+
+    let consumer = consumer(
+        &bootstrap,
+        &group_id,
+        &topic,
+        DispatchMode::KeyOrdered { max_in_flight: 64 },
+    )
+    .await;
+    let stop = consumer.shutdown_handle();
+    let release = Arc::new(tokio::sync::Notify::new());
+    let processed = Arc::new(AtomicUsize::new(0));
+    let run = tokio::spawn(consumer.run({
+        let release = Arc::clone(&release);
+        let processed = Arc::clone(&processed);
+        move |r| {
+            let release = Arc::clone(&release);
+            let processed = Arc::clone(&processed);
+            async move {
+                if r.offset() == 0 {
+                    release.notified().await;
+                }
+                processed.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, std::io::Error>(())
+            }
+        }
+    }));
+    // Processing runs ahead of the stuck watermark, then stops at the span the map can cover.
+    let mut last = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = processed.load(Ordering::Relaxed);
+        if now > 1_000 && now == last {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processing never settled: {now}");
+        last = now;
+    }
+    assert!(
+        (20_000..24_500).contains(&last),
+        "held at {last} records ahead of the stuck offset"
+    );
+    // The commit names the stuck offset and carries the map of what is finished above it.
+    let tp = TopicPartition::new(&topic, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let metadata = loop {
+        let c = kafkit::group::committed_offsets(
+            &client(&bootstrap),
+            &group_id,
+            std::slice::from_ref(&tp),
+        )
+        .await
+        .unwrap();
+        if let Some(Some(c)) = c.get(&tp)
+            && let Some(m) = &c.metadata
+        {
+            assert_eq!(c.offset, 0, "the watermark is the stuck record");
+            break m.clone();
+        }
+        assert!(Instant::now() < deadline, "no commit with a map");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        metadata.starts_with("kk1:0:") && metadata.len() <= 4096,
+        "{} bytes",
+        metadata.len()
+    );
+
+    release.notify_one();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while processed.load(Ordering::Relaxed) < 40_000 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 40000",
+            processed.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.shutdown();
+    let report = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(report.uncommitted.is_empty(), "{report:?}");
+    assert_eq!(
+        committed(&bootstrap, &group_id, &topic, 1).await,
+        BTreeMap::from([(0, 40_000)])
+    );
+}

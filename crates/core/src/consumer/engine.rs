@@ -624,6 +624,10 @@ impl Engine {
             return;
         }
         let limit = self.settings.mode.max_in_flight().unwrap_or(usize::MAX);
+        let max_ahead = self
+            .settings
+            .offset_map
+            .then(|| offset_map::max_span(self.settings.offset_map_max_bytes));
         let n = self.slots.len();
         let mut progressed = true;
         while progressed && self.in_flight < limit {
@@ -639,7 +643,15 @@ impl Engine {
                 if slot.revoking {
                     continue;
                 }
-                let Some((key, record)) = slot.schedule.next() else {
+                // With the offset map on, records may run at most `max_ahead` offsets past the
+                // watermark, so the map of finished offsets always fits the commit metadata: when the
+                // watermark is stuck, the partition waits instead of dropping the map.
+                let limit = match (max_ahead, slot.tracker.as_ref()) {
+                    (Some(ahead), Some(t)) => t.watermark().saturating_add(ahead),
+                    _ => i64::MAX,
+                };
+                let Some((key, record)) = slot.schedule.next_below(limit, ConsumedRecord::offset)
+                else {
                     continue;
                 };
                 let epoch = slot.epoch;
@@ -862,14 +874,19 @@ impl Engine {
                 continue;
             }
             let metadata = if offset_map {
-                match offset_map::encode(
-                    watermark,
-                    &t.done_above(),
-                    self.settings.offset_map_max_bytes,
-                ) {
+                // Only offsets within the span the map may cover: gaps (offsets with no record) can lie
+                // further ahead, and leaving them out only means re-reading nothing.
+                let end = watermark
+                    .saturating_add(offset_map::max_span(self.settings.offset_map_max_bytes));
+                let done: Vec<i64> = t
+                    .done_above()
+                    .into_iter()
+                    .take_while(|&o| o < end)
+                    .collect();
+                match offset_map::encode(watermark, &done, self.settings.offset_map_max_bytes) {
                     Ok(m) => m,
                     Err(e) => {
-                        debug!(partition = %s.tp, error = %e, "offset map too large; committing the watermark alone");
+                        warn!(partition = %s.tp, error = %e, "offset map does not fit; committing the watermark alone");
                         None
                     }
                 }

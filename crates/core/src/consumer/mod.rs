@@ -274,8 +274,9 @@ impl ConsumerBuilder {
     }
 
     /// Whether commits carry a compact map of records finished above the watermark, so that after a
-    /// restart or rebalance the next owner skips them. Default on; the map is left out of a commit
-    /// when it would exceed `offset.metadata.max.bytes` (4096 by default).
+    /// restart or rebalance the next owner skips them. Default on. The map must fit the broker's
+    /// `offset.metadata.max.bytes` (4096 by default), so while it is on a partition processes at most
+    /// about 24,000 offsets past its oldest unfinished record; beyond that it waits (backpressure).
     pub fn offset_map(mut self, enabled: bool) -> Self {
         self.settings.offset_map = enabled;
         self

@@ -114,6 +114,15 @@ pub(crate) enum OffsetMapError {
     },
 }
 
+/// How many offsets above the watermark a map may cover and still always fit in `max_len` bytes
+/// (as a bitset, the larger of the two encodings in the worst case, with the longest base offset).
+/// The consumer keeps processing within this distance of the watermark, so maps never need dropping.
+pub(crate) fn max_span(max_len: usize) -> i64 {
+    // "kk1:" + up to 20 characters of base + ":" + kind = 26 bytes; base64 turns 3 bytes into 4.
+    let data_bytes = max_len.saturating_sub(26) * 3 / 4;
+    (data_bytes as u64 * 8).min(MAX_SPAN) as i64
+}
+
 /// Encodes the done offsets above `watermark` as commit metadata of at most `max_len` bytes.
 ///
 /// `done_above` must be sorted ascending, without duplicates, every offset greater than
@@ -398,6 +407,17 @@ mod tests {
             assert!(text.starts_with(&head), "{name}: {text}");
             assert!(text.is_ascii(), "{name}");
             assert_eq!(decode(*w, &text), Ok(Some(done.clone())), "{name}: {text}");
+        }
+    }
+
+    #[test]
+    fn a_full_span_always_fits() {
+        for max_len in [100, 1000, 4096, 65536] {
+            let span = max_span(max_len);
+            // The worst case for size: every other offset done across the whole span, at the largest base.
+            let done: Vec<i64> = (1..span).step_by(2).map(|d| i64::MAX - span + d).collect();
+            let text = encode(i64::MAX - span, &done, max_len).unwrap().unwrap();
+            assert!(text.len() <= max_len, "{max_len}: {}", text.len());
         }
     }
 

@@ -140,10 +140,28 @@ impl<R> PartitionSchedule<R> {
     }
 
     /// The next record that may start, marking it in flight.
+    #[cfg(test)]
     pub(crate) fn next(&mut self) -> Option<(u64, R)> {
+        self.next_below(i64::MAX, |_| 0)
+    }
+
+    /// The next record that may start and whose offset (per `offset_of`) is below `limit`, marking it
+    /// in flight. The caller bounds how far processing runs ahead of the partition's watermark with
+    /// `limit`; the lowest unfinished record is always below it, so the bound never stalls a partition.
+    pub(crate) fn next_below(
+        &mut self,
+        limit: i64,
+        offset_of: impl Fn(&R) -> i64,
+    ) -> Option<(u64, R)> {
         let record = match (&mut self.state, self.mode) {
             (State::Fifo(_), DispatchMode::PartitionOrdered) if self.in_flight > 0 => None,
-            (State::Fifo(q), _) => q.pop_front().map(|r| (0, r)),
+            (State::Fifo(q), _) => {
+                if q.front().is_some_and(|r| offset_of(r) < limit) {
+                    q.pop_front().map(|r| (0, r))
+                } else {
+                    None
+                }
+            }
             (
                 State::Keyed {
                     queues,
@@ -153,7 +171,14 @@ impl<R> PartitionSchedule<R> {
                 },
                 _,
             ) => {
-                let key = ready.pop_front()?;
+                // The first ready key whose next record is within the limit (usually the first).
+                let at = ready.iter().position(|k| {
+                    queues
+                        .get(k)
+                        .and_then(VecDeque::front)
+                        .is_some_and(|r| offset_of(r) < limit)
+                })?;
+                let key = ready.remove(at).expect("position is in range");
                 let q = queues.get_mut(&key).expect("a ready key has a queue");
                 let r = q.pop_front().expect("a ready key has a record");
                 if q.is_empty() {
@@ -277,6 +302,29 @@ mod tests {
         let (k, r) = s.next().unwrap();
         s.push_front(k, r);
         assert_eq!(s.next(), Some((a, 0)));
+    }
+
+    #[test]
+    fn next_below_holds_back_records_too_far_ahead() {
+        let (a, b) = (key_hash(Some(b"a")), key_hash(Some(b"b")));
+        let mut s = PartitionSchedule::new(DispatchMode::KeyOrdered { max_in_flight: 8 });
+        // a: 0, 5; b: 1, 2
+        for (o, k) in [(0i64, a), (1, b), (2, b), (5, a)] {
+            s.push(k, o);
+        }
+        let below = |s: &mut PartitionSchedule<i64>, limit| s.next_below(limit, |&o| o);
+        assert_eq!(below(&mut s, 3), Some((a, 0)));
+        assert_eq!(below(&mut s, 3), Some((b, 1)));
+        s.finish(b);
+        assert_eq!(below(&mut s, 3), Some((b, 2)));
+        s.finish(a);
+        assert_eq!(below(&mut s, 3), None, "offset 5 is beyond the limit");
+        assert_eq!(below(&mut s, 6), Some((a, 5)));
+
+        let mut fifo = PartitionSchedule::new(DispatchMode::Unordered { max_in_flight: 8 });
+        fifo.push(0, 10i64);
+        assert_eq!(fifo.next_below(10, |&o| o), None);
+        assert_eq!(fifo.next_below(11, |&o| o), Some((0, 10)));
     }
 
     #[test]
