@@ -572,10 +572,14 @@ impl RecordStream {
         let task = self.task.take().expect("task present until shutdown");
         // Keep draining: records arriving now are handed back (dropped) so the engine can finish.
         let mut task = task;
+        let mut open = true;
         loop {
             tokio::select! {
                 done = &mut task => return done.map_err(|_| Error::Closed { what: "consumer" })?,
-                r = self.rx.recv() => drop(r),
+                r = self.rx.recv(), if open => match r {
+                    Some(record) => drop(record),
+                    None => open = false,
+                },
             }
         }
     }
