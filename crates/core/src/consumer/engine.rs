@@ -115,6 +115,8 @@ struct Slot {
     high_watermark: i64,
     /// The last offset committed for this tenure (or found committed when it began).
     committed: Option<i64>,
+    /// The offset map committed with it.
+    committed_metadata: Option<String>,
     /// Offsets already processed by a previous owner above its committed offset (from the offset map).
     skip: BTreeSet<i64>,
 }
@@ -143,6 +145,8 @@ pub(crate) struct Engine {
     events: mpsc::UnboundedReceiver<GroupEvent>,
     handlers: JoinSet<()>,
     commit: Option<tokio::task::JoinHandle<Result<CommitReport>>>,
+    /// The metadata sent with the commit in flight, per partition.
+    commit_metadata: HashMap<TopicPartition, Option<String>>,
     revocations: Vec<Revocation>,
     stream_blocked: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
     shutdown_deadline: Option<Instant>,
@@ -206,6 +210,7 @@ impl Engine {
             events,
             handlers: JoinSet::new(),
             commit: None,
+            commit_metadata: HashMap::new(),
             revocations: Vec::new(),
             stream_blocked: None,
             shutdown_deadline: None,
@@ -239,13 +244,6 @@ impl Engine {
                     Some(event) => self.on_group_event(event),
                     None => break,
                 },
-                Some(c) = self.done_rx.recv() => self.on_completion(c),
-                Some(f) = self.fetched_rx.recv() => self.on_fetch(f),
-                Some(joined) = self.handlers.join_next(), if !self.handlers.is_empty() => {
-                    if let Err(e) = joined && e.is_panic() {
-                        warn!(error = %e, "a record handler panicked; its record will not be committed");
-                    }
-                }
                 result = await_slot(&mut self.commit), if self.commit.is_some() => {
                     self.commit = None;
                     self.on_commit_result(result.unwrap_or_else(|e| Err(Error::Closed { what: if e.is_cancelled() { "commit" } else { "commit task (panicked)" } })));
@@ -281,6 +279,16 @@ impl Engine {
                     }
                 }
                 _ = sleep_until(next_deadline) => {}
+                // The busy channels come last: `biased` polls in order, so the rarely ready branches
+                // above (group events, shutdown, commit ticks, deadlines) are never starved by a
+                // steady stream of completions and fetches.
+                Some(c) = self.done_rx.recv() => self.on_completion(c),
+                Some(f) = self.fetched_rx.recv() => self.on_fetch(f),
+                Some(joined) = self.handlers.join_next(), if !self.handlers.is_empty() => {
+                    if let Err(e) = joined && e.is_panic() {
+                        warn!(error = %e, "a record handler panicked; its record will not be committed");
+                    }
+                }
             }
             if self.shutdown_deadline.is_some_and(|d| Instant::now() >= d) {
                 warn!(
@@ -419,6 +427,7 @@ impl Engine {
             revoking: false,
             high_watermark: -1,
             committed: None,
+            committed_metadata: None,
             skip: BTreeSet::new(),
         });
         self.by_partition.insert(tp, index);
@@ -440,6 +449,7 @@ impl Engine {
                     // the group's position is pinned even if no record arrives (a later reset to
                     // `latest` would skip what was produced meanwhile).
                     s.committed = from_commit.then_some(offset);
+                    s.committed_metadata = committed_metadata.clone().filter(|_| from_commit);
                     if offset_map && let Some(meta) = committed_metadata {
                         match offset_map::decode(offset, &meta) {
                             Ok(Some(done)) => {
@@ -870,7 +880,7 @@ impl Engine {
                 continue;
             };
             let watermark = t.watermark();
-            if s.committed.is_some_and(|c| watermark <= c) {
+            if s.committed.is_some_and(|c| watermark < c) {
                 continue;
             }
             let metadata = if offset_map {
@@ -893,6 +903,11 @@ impl Engine {
             } else {
                 None
             };
+            // Nothing new: the same offset with the same map is already committed. (The map can grow
+            // while the watermark stays put, behind one slow record: then the commit is sent again.)
+            if s.committed == Some(watermark) && s.committed_metadata == metadata {
+                continue;
+            }
             offsets.push(OffsetToCommit {
                 partition: s.tp.clone(),
                 offset: watermark,
@@ -902,6 +917,10 @@ impl Engine {
         if offsets.is_empty() {
             return;
         }
+        self.commit_metadata = offsets
+            .iter()
+            .map(|o| (o.partition.clone(), o.metadata.clone()))
+            .collect();
         if let Some(l) = &self.listener {
             l.committing(&offsets);
         }
@@ -926,8 +945,10 @@ impl Engine {
                 for (tp, offset) in &report.committed {
                     if let Some(&i) = self.by_partition.get(tp)
                         && let Some(s) = self.slots[i].as_mut()
+                        && s.committed.is_none_or(|c| c <= *offset)
                     {
-                        s.committed = Some(s.committed.map_or(*offset, |c| c.max(*offset)));
+                        s.committed = Some(*offset);
+                        s.committed_metadata = self.commit_metadata.remove(tp).flatten();
                     }
                 }
                 if !report.failed.is_empty() {

@@ -117,7 +117,8 @@ pub struct CommitReport {
     pub committed: Vec<(TopicPartition, i64)>,
     /// Not sent: this member does not own the partition in its current generation.
     pub not_owned: Vec<TopicPartition>,
-    /// Not sent: the offset is not above what this member already committed.
+    /// Not sent: the offset is below what this member already committed (the same offset may be
+    /// committed again, e.g. with a newer offset map in its metadata).
     pub not_advanced: Vec<TopicPartition>,
     /// Rejected by the coordinator, with Kafka's error name.
     pub failed: Vec<(TopicPartition, String)>,
@@ -270,7 +271,7 @@ impl GroupMember {
                 } else if state
                     .committed
                     .get(&o.partition)
-                    .is_some_and(|&c| o.offset <= c)
+                    .is_some_and(|&c| o.offset < c)
                 {
                     report.not_advanced.push(o.partition.clone());
                 } else {
