@@ -2,9 +2,13 @@
 //! This library holds what several of them use.
 //!
 //! # Layout
+//! - `binary`: [`kafkit_bin`], the workspace's `kafkit` binary, built on first use.
 //! - `history`: the event recorder and checker of the fault suite.
 //! - `verifiable`: parses and validates the event stream of a `verifiable-consumer` process
 //!   (Apache Kafka's VerifiableConsumer contract), for the tests that run `kafkit` as a process.
 
+mod binary;
 pub mod history;
 pub mod verifiable;
+
+pub use binary::kafkit_bin;

@@ -10,13 +10,13 @@
 //! `KAFKIT_BIN=/path/to/kafkit` skips the build (e.g. to test a musl release binary).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kafkit::ClientConfig;
 use kafkit::group::{GroupConfig, GroupMember};
+use kafkit_integration_tests::kafkit_bin;
 use kafkit_integration_tests::verifiable::{
     self, Options, Report, Stream, TopicPartition, check_group, consumed_offsets,
 };
@@ -29,47 +29,6 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout};
-
-/// The workspace's `kafkit` binary, built (once per test process) if it is missing or stale.
-fn kafkit_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("KAFKIT_BIN") {
-            return PathBuf::from(bin);
-        }
-        // target/<profile>/deps/<this test>: build the binary with the same profile.
-        let exe = std::env::current_exe().expect("test executable path");
-        let profile = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .and_then(|dir| dir.file_name())
-            .and_then(|name| name.to_str())
-            .unwrap_or("debug");
-        let profile = match profile {
-            "debug" => "dev",
-            other => other,
-        };
-        let out = std::process::Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "kafkit-cli", "--bin", "kafkit"])
-            .args([
-                "--profile",
-                profile,
-                "--message-format=json-render-diagnostics",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("running cargo to build the kafkit binary");
-        assert!(out.status.success(), "building the kafkit binary failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "kafkit")
-            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported the kafkit executable")
-    })
-    .clone()
-}
 
 /// A child process whose stdout and stderr are collected as they arrive.
 struct Proc {

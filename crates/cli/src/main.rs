@@ -3,14 +3,18 @@
 //! # Layout
 //! - `consumer`: `kafkit verifiable-consumer`, Apache Kafka's VerifiableConsumer contract.
 //! - `producer`: `kafkit verifiable-producer`, Apache Kafka's VerifiableProducer contract.
+//! - `group`: `kafkit group list` / `kafkit group describe`: members, assignments and lag.
 //! - `events`: the newline-delimited JSON events both print on stdout.
 //! - `properties`: Java properties files (`--consumer.config`, `--producer.config`).
 //!
-//! Stdout carries only JSON events; logs (`RUST_LOG`, default `warn`) and errors go to stderr. An
-//! error is one line on stderr and a non-zero exit: 2 for bad arguments, 1 for anything else.
+//! Stdout carries only the command's output (JSON events, tables, `--json` documents); logs
+//! (`RUST_LOG`, default `warn`) and errors go to stderr. An error is one line on stderr and a
+//! non-zero exit: 2 for bad arguments, 3 for an unknown group, 4 for an unreachable cluster, 1 for
+//! anything else.
 
 mod consumer;
 mod events;
+mod group;
 mod producer;
 mod properties;
 
@@ -35,6 +39,55 @@ enum Command {
     VerifiableConsumer(consumer::ConsumerArgs),
     /// Produce increasing integers and print each acknowledgement as JSON (Kafka's VerifiableProducer).
     VerifiableProducer(producer::ProducerArgs),
+    /// Inspect consumer groups: `list`, `describe --group-id G`.
+    Group(group::GroupArgs),
+}
+
+/// Exit code for bad arguments or settings.
+const EXIT_USAGE: u8 = 2;
+/// Exit code for a group (or other named thing) that does not exist.
+const EXIT_NOT_FOUND: u8 = 3;
+/// Exit code when no broker of the cluster can be reached.
+const EXIT_UNREACHABLE: u8 = 4;
+
+/// A command's failure: the one line for stderr and the exit code.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    /// A runtime failure (exit 1).
+    fn runtime(message: String) -> Self {
+        Failure { code: 1, message }
+    }
+}
+
+impl From<kafkit::Error> for Failure {
+    fn from(e: kafkit::Error) -> Self {
+        use kafkit::{Error, WireError};
+        // GROUP_ID_NOT_FOUND: the group has no members and no committed offsets.
+        const GROUP_ID_NOT_FOUND: i16 = 69;
+        let code = match &e {
+            Error::Config(_) => EXIT_USAGE,
+            Error::Group {
+                code: GROUP_ID_NOT_FOUND,
+                ..
+            }
+            | Error::UnknownTopic { .. } => EXIT_NOT_FOUND,
+            Error::Unreachable { .. }
+            | Error::Connection {
+                source: WireError::Connect { .. },
+                ..
+            } => EXIT_UNREACHABLE,
+            _ => 1,
+        };
+        Failure {
+            code,
+            message: e.to_string(),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -61,7 +114,7 @@ fn main() -> ExitCode {
             let message = message.join(" ");
             let message = message.strip_prefix("error: ").unwrap_or(&message);
             eprintln!("kafkit: {message} (see --help)");
-            return ExitCode::from(2);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
     // rskafka logs every failed connection attempt at warn; kafkit's own error says it once.
@@ -85,17 +138,22 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::VerifiableConsumer(args) => consumer::run(args).await,
-            Command::VerifiableProducer(args) => producer::run(args).await,
+            Command::VerifiableConsumer(args) => {
+                consumer::run(args).await.map_err(Failure::runtime)
+            }
+            Command::VerifiableProducer(args) => {
+                producer::run(args).await.map_err(Failure::runtime)
+            }
+            Command::Group(args) => group::run(args).await,
         }
     });
     // Background work (a connection retrying a dead broker) must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kafkit: {}", e.replace('\n', " "));
-            ExitCode::FAILURE
+        Err(Failure { code, message }) => {
+            eprintln!("kafkit: {}", message.replace('\n', " "));
+            ExitCode::from(code)
         }
     }
 }

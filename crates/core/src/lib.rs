@@ -2,6 +2,7 @@
 //! ordered / keyed / unordered dispatcher and ack-driven commits, and a Java-compatible producer.
 //!
 //! # Layout
+//! - `admin`: group administration for tools: list groups, describe members and assignments, lag.
 //! - `config`: connection settings shared by every client (bootstrap servers, client id, reconnect
 //!   backoff) and the one place rskafka clients are built from them.
 //! - `partitioner`: Java-compatible key partitioning, `toPositive(murmur2(key)) % partitions`.
@@ -16,6 +17,7 @@
 //!   graceful shutdown.
 //! - `error`: the crate's [`Error`] and [`Result`].
 
+pub mod admin;
 mod config;
 pub mod consumer;
 mod error;

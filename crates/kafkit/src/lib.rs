@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - the root re-exports the producer and client settings of `kafkit-core`;
+//! - [`admin`] re-exports group administration (list, describe, lag);
 //! - [`consumer`] and [`group`] re-export the consumer (dispatch modes, ack-driven commits, graceful
 //!   shutdown) and consumer-group membership of `kafkit-core`;
 //! - [`resilience`] re-exports `kafkit-resilience` (backoff, and the breaker, retry and dead-letter
@@ -19,7 +20,7 @@ pub use kafkit_core::{
     ProducerRecord, Result, WireError, partitioner,
 };
 
-pub use kafkit_core::{consumer, group};
+pub use kafkit_core::{admin, consumer, group};
 
 /// Backoff, circuit breaker, retry and dead-letter policies.
 pub mod resilience {

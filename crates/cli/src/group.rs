@@ -1,0 +1,283 @@
+//! `kafkit group list` and `kafkit group describe`: who is in a group, what it owns, how far behind
+//! it is. Read-only: neither joins the group, so a running group is not disturbed.
+//!
+//! The describe table has the columns of Kafka's `kafka-consumer-groups --describe`, so the two can
+//! be read side by side; `--json` prints one JSON document for scripts.
+
+use std::io::Write;
+
+use clap::{Args, Subcommand};
+use kafkit::ClientConfig;
+use kafkit::admin::{self, GroupDescription, GroupListing, PartitionLag};
+use serde_json::{Value, json};
+
+use crate::Failure;
+
+/// `kafkit group ...`.
+#[derive(Debug, Args)]
+pub(crate) struct GroupArgs {
+    #[command(subcommand)]
+    command: GroupCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum GroupCommand {
+    /// List every group on every broker, with its state and protocol type.
+    List(Common),
+    /// Describe one group: state, assignor, members and their assignments, and per-partition
+    /// committed offset, log end offset and lag.
+    Describe(DescribeArgs),
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// The Kafka cluster, `host:port[,host:port...]`.
+    #[arg(
+        long = "bootstrap-server",
+        env = "KAFKA_BOOTSTRAP",
+        value_name = "HOST:PORT,..."
+    )]
+    bootstrap_server: String,
+
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct DescribeArgs {
+    #[command(flatten)]
+    common: Common,
+
+    /// The group to describe.
+    #[arg(long = "group-id", alias = "group", value_name = "GROUP")]
+    group_id: String,
+}
+
+/// Runs a `group` subcommand, printing its answer on stdout.
+pub(crate) async fn run(args: GroupArgs) -> Result<(), Failure> {
+    let text = match args.command {
+        GroupCommand::List(common) => {
+            let client = client(&common)?;
+            let groups = admin::list_groups(&client).await?;
+            if common.json {
+                list_json(&groups)
+            } else {
+                list_table(&groups)
+            }
+        }
+        GroupCommand::Describe(args) => {
+            let client = client(&args.common)?;
+            let (description, lag) =
+                admin::describe_group_with_lag(&client, &args.group_id).await?;
+            if args.common.json {
+                describe_json(&description, &lag)
+            } else {
+                describe_table(&description, &lag)
+            }
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (`| head`) is the reader's choice, not a failure.
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    Ok(())
+}
+
+fn client(common: &Common) -> Result<ClientConfig, Failure> {
+    Ok(ClientConfig::new([common.bootstrap_server.as_str()])?.client_id("kafkit-cli"))
+}
+
+fn list_json(groups: &[GroupListing]) -> String {
+    let groups: Vec<Value> = groups
+        .iter()
+        .map(|g| {
+            json!({
+                "group_id": g.group_id,
+                "state": g.state,
+                "protocol_type": g.protocol_type,
+            })
+        })
+        .collect();
+    format!("{}\n", json!({ "groups": groups }))
+}
+
+fn list_table(groups: &[GroupListing]) -> String {
+    let rows = groups
+        .iter()
+        .map(|g| vec![g.group_id.clone(), g.state.clone(), g.protocol_type.clone()])
+        .collect();
+    table(&["GROUP", "STATE", "PROTOCOL-TYPE"], rows)
+}
+
+fn total_lag(lag: &[PartitionLag]) -> i64 {
+    lag.iter().filter_map(|p| p.lag).sum()
+}
+
+fn describe_json(d: &GroupDescription, lag: &[PartitionLag]) -> String {
+    let members: Vec<Value> = d
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "member_id": m.member_id,
+                "group_instance_id": m.group_instance_id,
+                "client_id": m.client_id,
+                "host": m.host,
+                "assignment": m.assignment.iter()
+                    .map(|tp| json!({ "topic": tp.topic, "partition": tp.partition }))
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let partitions: Vec<Value> = lag
+        .iter()
+        .map(|p| {
+            json!({
+                "topic": p.topic,
+                "partition": p.partition,
+                "committed": p.committed,
+                "end": p.end,
+                "lag": p.lag,
+                "member_id": p.owner.as_ref().map(|o| &o.member_id),
+                "client_id": p.owner.as_ref().map(|o| &o.client_id),
+                "host": p.owner.as_ref().map(|o| &o.host),
+            })
+        })
+        .collect();
+    let doc = json!({
+        "group_id": d.group_id,
+        "state": d.state,
+        "protocol_type": d.protocol_type,
+        "protocol": d.protocol,
+        "coordinator": d.coordinator,
+        "members": members,
+        "partitions": partitions,
+        "total_lag": total_lag(lag),
+    });
+    format!("{doc}\n")
+}
+
+fn describe_table(d: &GroupDescription, lag: &[PartitionLag]) -> String {
+    let or_dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let mut out = format!(
+        "Group `{}`: state {}, protocol {} ({}), {} member(s), coordinator {}, total lag {}\n\n",
+        d.group_id,
+        d.state,
+        or_dash(&d.protocol),
+        or_dash(&d.protocol_type),
+        d.members.len(),
+        d.coordinator,
+        total_lag(lag)
+    );
+    let opt = |v: Option<i64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+    let rows = lag
+        .iter()
+        .map(|p| {
+            let owner = p.owner.as_ref();
+            vec![
+                d.group_id.clone(),
+                p.topic.clone(),
+                p.partition.to_string(),
+                opt(p.committed),
+                p.end.to_string(),
+                opt(p.lag),
+                owner.map_or_else(|| "-".to_owned(), |o| o.member_id.clone()),
+                owner.map_or_else(|| "-".to_owned(), |o| o.host.clone()),
+                owner.map_or_else(|| "-".to_owned(), |o| o.client_id.clone()),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "GROUP",
+            "TOPIC",
+            "PARTITION",
+            "CURRENT-OFFSET",
+            "LOG-END-OFFSET",
+            "LAG",
+            "CONSUMER-ID",
+            "HOST",
+            "CLIENT-ID",
+        ],
+        rows,
+    ));
+    out.push('\n');
+    let rows = d
+        .members
+        .iter()
+        .map(|m| {
+            let assignment: Vec<String> = m.assignment.iter().map(ToString::to_string).collect();
+            vec![
+                m.member_id.clone(),
+                m.group_instance_id.clone().unwrap_or_else(|| "-".into()),
+                m.host.clone(),
+                m.client_id.clone(),
+                m.assignment.len().to_string(),
+                or_dash(&assignment.join(",")),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "CONSUMER-ID",
+            "GROUP-INSTANCE-ID",
+            "HOST",
+            "CLIENT-ID",
+            "#PARTITIONS",
+            "ASSIGNMENT",
+        ],
+        rows,
+    ));
+    out
+}
+
+/// Left-aligned columns separated by two spaces; the last column is not padded.
+fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(cell);
+            } else {
+                s.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        s.truncate(s.trim_end().len());
+        s.push('\n');
+        s
+    };
+    let mut out = line(header.to_vec());
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns_and_does_not_pad_the_last() {
+        let t = table(
+            &["A", "BB", "C"],
+            vec![
+                vec!["xxx".into(), "y".into(), "z".into()],
+                vec!["-".into(), "yyyy".into(), "".into()],
+            ],
+        );
+        assert_eq!(t, "A    BB    C\nxxx  y     z\n-    yyyy\n");
+    }
+}

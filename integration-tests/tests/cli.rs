@@ -1,0 +1,330 @@
+//! `kafkit group list` and `kafkit group describe` as processes against the shared broker: the
+//! describe output compared with Kafka's own `kafka-consumer-groups --describe` for the same group,
+//! and the error paths with their exit codes.
+
+use std::collections::BTreeMap;
+use std::process::Output;
+use std::time::Duration;
+
+use kafkit::group::{GroupConfig, GroupEvent, GroupMember, OffsetToCommit, TopicPartition};
+use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
+use kafkit_integration_tests::kafkit_bin;
+use kafkit_testkit::{create_topic, java_tool, random_name, shared};
+use serde_json::Value;
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs `kafkit args...` to completion.
+async fn kafkit(args: &[&str]) -> Output {
+    let mut cmd = tokio::process::Command::new(kafkit_bin());
+    cmd.args(args)
+        .env_remove("KAFKA_BOOTSTRAP")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    timeout(LIMIT, cmd.output())
+        .await
+        .expect("kafkit did not exit in time")
+        .expect("running kafkit")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+async fn produce(bootstrap: &str, topic: &str, per_partition: &[usize]) {
+    let producer = timeout(
+        LIMIT,
+        ProducerBuilder::new(ClientConfig::new([bootstrap]).unwrap()).build(),
+    )
+    .await
+    .expect("producer build timeout")
+    .unwrap();
+    for (p, &n) in per_partition.iter().enumerate() {
+        for i in 0..n {
+            timeout(
+                LIMIT,
+                producer.send(ProducerRecord::new(topic, format!("r{i}")).partition(p as i32)),
+            )
+            .await
+            .expect("send timeout")
+            .unwrap();
+        }
+    }
+    timeout(LIMIT, producer.flush())
+        .await
+        .expect("flush timeout")
+        .unwrap();
+}
+
+/// One row of `kafka-consumer-groups --describe`.
+#[derive(Debug, PartialEq, Eq)]
+struct Row {
+    committed: Option<i64>,
+    end: i64,
+    lag: Option<i64>,
+    consumer_id: Option<String>,
+    host: Option<String>,
+    client_id: Option<String>,
+}
+
+fn dash(s: &str) -> Option<String> {
+    (s != "-").then(|| s.to_owned())
+}
+
+/// Kafka's ConsumerGroupCommand `--describe`: (topic, partition) -> row.
+async fn java_describe(bootstrap: &str, group: &str) -> BTreeMap<(String, i32), Row> {
+    let out = java_tool(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--group",
+            group,
+        ],
+        LIMIT,
+    )
+    .await
+    .unwrap();
+    assert!(out.success, "ConsumerGroupCommand failed: {}", out.stderr);
+    out.stdout
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            if f.len() != 9 || f[0] != group {
+                return None;
+            }
+            Some((
+                (f[1].to_owned(), f[2].parse().ok()?),
+                Row {
+                    committed: f[3].parse().ok(),
+                    end: f[4].parse().ok()?,
+                    lag: f[5].parse().ok(),
+                    consumer_id: dash(f[6]),
+                    host: dash(f[7]),
+                    client_id: dash(f[8]),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The same rows from `kafkit group describe --json`.
+fn kafkit_rows(doc: &Value) -> BTreeMap<(String, i32), Row> {
+    let s = |v: &Value| v.as_str().map(str::to_owned);
+    doc["partitions"]
+        .as_array()
+        .expect("partitions array")
+        .iter()
+        .map(|p| {
+            (
+                (
+                    p["topic"].as_str().unwrap().to_owned(),
+                    p["partition"].as_i64().unwrap() as i32,
+                ),
+                Row {
+                    committed: p["committed"].as_i64(),
+                    end: p["end"].as_i64().unwrap(),
+                    lag: p["lag"].as_i64(),
+                    consumer_id: s(&p["member_id"]),
+                    host: s(&p["host"]),
+                    client_id: s(&p["client_id"]),
+                },
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_describe_matches_kafka_consumer_groups_and_list_contains_the_group() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("cli-lag");
+    let group = random_name("cli-g");
+    timeout(LIMIT, create_topic(&bootstrap, &topic, 3, 1))
+        .await
+        .expect("create topic timeout")
+        .unwrap();
+    produce(&bootstrap, &topic, &[30, 20, 10]).await;
+
+    // A live kafkit member owning all three partitions, with commits on two of them.
+    let client = ClientConfig::new([bootstrap.as_str()])
+        .unwrap()
+        .client_id("cli-test-member");
+    let (member, mut events) =
+        GroupMember::start(&client, GroupConfig::new(&group, [&topic])).expect("member start");
+    let mut owned = 0;
+    while owned < 3 {
+        match timeout(LIMIT, events.recv()).await.expect("no assignment") {
+            Some(GroupEvent::Assigned { partitions, .. }) => owned += partitions.len(),
+            Some(GroupEvent::Revoked { partitions, done }) => {
+                owned -= partitions.len();
+                done.done();
+            }
+            other => panic!("unexpected group event {other:?}"),
+        }
+    }
+    let commits: Vec<OffsetToCommit> = [(0, 10), (1, 20)]
+        .into_iter()
+        .map(|(p, offset)| OffsetToCommit {
+            partition: TopicPartition::new(&topic, p),
+            offset,
+            metadata: None,
+        })
+        .collect();
+    let report = timeout(LIMIT, member.commit(&commits))
+        .await
+        .expect("commit timeout")
+        .unwrap();
+    assert_eq!(report.committed.len(), 2, "{report:?}");
+
+    let out = kafkit(&[
+        "group",
+        "describe",
+        "--bootstrap-server",
+        &bootstrap,
+        "--group-id",
+        &group,
+        "--json",
+    ])
+    .await;
+    assert!(out.status.success(), "describe: {}", text(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("describe --json is JSON");
+    assert_eq!(doc["state"], "Stable", "{doc}");
+    assert_eq!(doc["protocol_type"], "consumer", "{doc}");
+    assert!(!doc["protocol"].as_str().unwrap().is_empty(), "{doc}");
+    let members = doc["members"].as_array().unwrap();
+    assert_eq!(members.len(), 1, "{doc}");
+    assert_eq!(members[0]["client_id"], "cli-test-member", "{doc}");
+    assert_eq!(
+        members[0]["assignment"].as_array().unwrap().len(),
+        3,
+        "{doc}"
+    );
+    assert_eq!(doc["total_lag"], 20, "{doc}");
+
+    let ours = kafkit_rows(&doc);
+    let expected: Vec<(i32, Option<i64>, i64, Option<i64>)> = vec![
+        (0, Some(10), 30, Some(20)),
+        (1, Some(20), 20, Some(0)),
+        (2, None, 10, None),
+    ];
+    for (p, committed, end, lag) in expected {
+        let row = &ours[&(topic.clone(), p)];
+        assert_eq!(
+            (row.committed, row.end, row.lag),
+            (committed, end, lag),
+            "p{p}"
+        );
+    }
+    let java = java_describe(&bootstrap, &group).await;
+    assert_eq!(ours, java, "kafkit group describe vs kafka-consumer-groups");
+
+    // The table names the same columns as Kafka's tool.
+    let out = kafkit(&[
+        "group",
+        "describe",
+        "--bootstrap-server",
+        &bootstrap,
+        "--group-id",
+        &group,
+    ])
+    .await;
+    assert!(out.status.success(), "describe: {}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("CURRENT-OFFSET") && table.contains("cli-test-member"),
+        "{table}"
+    );
+
+    let out = kafkit(&["group", "list", "--bootstrap-server", &bootstrap, "--json"]).await;
+    assert!(out.status.success(), "list: {}", text(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("list --json is JSON");
+    let listed = doc["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group_id"] == group.as_str())
+        .unwrap_or_else(|| panic!("{group} not listed: {doc}"));
+    assert_eq!(listed["protocol_type"], "consumer");
+    assert_eq!(listed["state"], "Stable");
+
+    // KAFKA_BOOTSTRAP stands in for --bootstrap-server; the table lists the group.
+    let out = timeout(
+        LIMIT,
+        tokio::process::Command::new(kafkit_bin())
+            .args(["group", "list"])
+            .env("KAFKA_BOOTSTRAP", &bootstrap)
+            .output(),
+    )
+    .await
+    .expect("list timeout")
+    .unwrap();
+    assert!(out.status.success(), "list: {}", text(&out.stderr));
+    assert!(text(&out.stdout).contains(&group), "{}", text(&out.stdout));
+
+    // Closing hands back everything owned through a final Revoked, which must be acknowledged.
+    let drain = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            if let GroupEvent::Revoked { done, .. } = event {
+                done.done();
+            }
+        }
+    });
+    timeout(LIMIT, member.close())
+        .await
+        .expect("close timeout")
+        .unwrap();
+    timeout(LIMIT, drain)
+        .await
+        .expect("event channel closes")
+        .unwrap();
+}
+
+fn assert_one_line_failure(out: &Output, code: i32, needle: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
+    assert!(stderr.contains(needle), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "nothing on stdout: {}",
+        text(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_group_exits_3_and_unreachable_broker_exits_4() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let group = random_name("cli-missing");
+    let out = kafkit(&[
+        "group",
+        "describe",
+        "--bootstrap-server",
+        &bootstrap,
+        "--group-id",
+        &group,
+    ])
+    .await;
+    assert_one_line_failure(&out, 3, &group);
+
+    // Port 1 on localhost: nothing listens, the connection is refused at once.
+    let out = kafkit(&["group", "list", "--bootstrap-server", "127.0.0.1:1"]).await;
+    assert_one_line_failure(&out, 4, "127.0.0.1:1");
+    let out = kafkit(&[
+        "group",
+        "describe",
+        "--bootstrap-server",
+        "127.0.0.1:1",
+        "--group-id",
+        "g",
+    ])
+    .await;
+    assert_one_line_failure(&out, 4, "127.0.0.1:1");
+
+    // Bad arguments: 2.
+    let out = kafkit(&["group", "describe", "--bootstrap-server", &bootstrap]).await;
+    assert_one_line_failure(&out, 2, "--group-id");
+    let out = kafkit(&["group", "list", "--bootstrap-server", "no-port"]).await;
+    assert_one_line_failure(&out, 2, "bootstrap.servers");
+}
