@@ -7,25 +7,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kafkit::consumer::{ConsumedRecord, Consumer, ConsumerBuilder, DispatchMode, OffsetReset};
-use kafkit::group::{GroupConfig, TopicPartition};
-use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
+use kafkit::group::TopicPartition;
+use kafkit::{ProducerBuilder, ProducerRecord};
+use kafkit_integration_tests::support::{client, test_group};
 use kafkit_testkit::{create_topic, random_name, shared};
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-fn client(bootstrap: &str) -> ClientConfig {
-    ClientConfig::new([bootstrap]).unwrap()
-}
-
-fn group(group: &str, topic: &str) -> GroupConfig {
-    GroupConfig::new(group, [topic])
-        .session_timeout(Duration::from_secs(6))
-        .heartbeat_interval(Duration::from_millis(500))
-        .rebalance_timeout(Duration::from_secs(30))
-}
-
 async fn consumer(bootstrap: &str, group_id: &str, topic: &str, mode: DispatchMode) -> Consumer {
-    ConsumerBuilder::new(client(bootstrap), group(group_id, topic))
+    ConsumerBuilder::new(client(bootstrap), test_group(group_id, topic))
         .dispatch(mode)
         .auto_offset_reset(OffsetReset::Earliest)
         .commit_interval(Duration::from_millis(200))
@@ -461,7 +451,7 @@ async fn a_handler_slower_than_the_session_timeout_keeps_the_member_and_shutdown
     create_topic(&bootstrap, &topic, 2, 1).await.unwrap();
     produce_keyed(&bootstrap, &topic, 20, 20).await;
 
-    let consumer = ConsumerBuilder::new(client(&bootstrap), group(&group_id, &topic))
+    let consumer = ConsumerBuilder::new(client(&bootstrap), test_group(&group_id, &topic))
         .dispatch(DispatchMode::Unordered { max_in_flight: 4 })
         .auto_offset_reset(OffsetReset::Earliest)
         .shutdown_timeout(Duration::from_secs(3))
@@ -631,7 +621,7 @@ async fn a_reset_to_latest_is_pinned_so_records_produced_while_down_are_not_skip
     create_topic(&bootstrap, &topic, 2, 1).await.unwrap();
     produce_keyed(&bootstrap, &topic, 10, 10).await;
     let latest = |bootstrap: String, group_id: String, topic: String| async move {
-        ConsumerBuilder::new(client(&bootstrap), group(&group_id, &topic))
+        ConsumerBuilder::new(client(&bootstrap), test_group(&group_id, &topic))
             .auto_offset_reset(OffsetReset::Latest)
             .commit_interval(Duration::from_millis(200))
             .revoke_timeout(Duration::from_secs(10))
@@ -693,7 +683,7 @@ async fn auto_offset_reset_none_without_a_commit_is_a_clear_error() {
     let bootstrap = shared().await.unwrap().bootstrap();
     let topic = random_name("reset-none");
     create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
-    let consumer = ConsumerBuilder::new(client(&bootstrap), group(&random_name("g"), &topic))
+    let consumer = ConsumerBuilder::new(client(&bootstrap), test_group(&random_name("g"), &topic))
         .auto_offset_reset(OffsetReset::None)
         .revoke_timeout(Duration::from_secs(5))
         .shutdown_timeout(Duration::from_secs(10))

@@ -10,17 +10,14 @@ use kafkit::consumer::{
     ConsumerBuilder, DispatchMode, OffsetReset, ShutdownHandle, ShutdownReport,
 };
 use kafkit::group::{CooperativeStickyAssignor, GroupConfig, TopicPartition};
-use kafkit::{ClientConfig, Producer, ProducerBuilder, ProducerRecord};
+use kafkit::{Producer, ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::history::History;
+use kafkit_integration_tests::support::client;
 use kafkit_testkit::{BrokerOptions, LocalCluster, LocalKafka, create_topic, random_name, shared};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 type Run = JoinHandle<kafkit::Result<ShutdownReport>>;
-
-fn client(bootstrap: &str) -> ClientConfig {
-    ClientConfig::new([bootstrap]).unwrap()
-}
 
 /// Handler latency per record offset.
 type Latency = fn(i64) -> Duration;

@@ -12,6 +12,7 @@ use kafkit::group::{
     TopicPartition,
 };
 use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
+use kafkit_integration_tests::support::eventually;
 use kafkit_testkit::{create_topic, java_command, java_tool, random_name, shared};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -91,18 +92,6 @@ fn config(group: &str, topic: &str) -> GroupConfig {
         .session_timeout(Duration::from_secs(6))
         .heartbeat_interval(Duration::from_millis(500))
         .rebalance_timeout(Duration::from_secs(20))
-}
-
-/// Waits until `check` holds, polling every 100 ms, or panics with `what` after `limit`.
-async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !check() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn all_partitions(topic: &str, n: i32) -> BTreeSet<TopicPartition> {

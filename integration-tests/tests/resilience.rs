@@ -9,31 +9,21 @@ use std::time::Duration;
 use kafkit::consumer::{
     ConsumedRecord, Consumer, ConsumerBuilder, DispatchMode, HealthHandle, OffsetReset,
 };
-use kafkit::group::{GroupConfig, TopicPartition};
+use kafkit::group::TopicPartition;
 use kafkit::resilience::{
     BackoffPolicy, CircuitBreakerPolicy, DeadLetterHeaders, DeadLetterPolicy, HealthStatus,
     RetryPolicy,
 };
-use kafkit::{ClientConfig, Producer, ProducerBuilder, ProducerRecord};
+use kafkit::{Producer, ProducerBuilder, ProducerRecord};
+use kafkit_integration_tests::support::{client, eventually, test_group};
 use kafkit_testkit::{LocalKafka, create_topic, random_name, shared};
 use parking_lot::Mutex;
 use rskafka::client::ClientBuilder;
 use rskafka::client::partition::UnknownTopicHandling;
 use tokio::time::Instant;
 
-fn client(bootstrap: &str) -> ClientConfig {
-    ClientConfig::new([bootstrap]).unwrap()
-}
-
-fn group(group_id: &str, topic: &str) -> GroupConfig {
-    GroupConfig::new(group_id, [topic])
-        .session_timeout(Duration::from_secs(6))
-        .heartbeat_interval(Duration::from_millis(500))
-        .rebalance_timeout(Duration::from_secs(30))
-}
-
 fn builder(bootstrap: &str, group_id: &str, topic: &str) -> ConsumerBuilder {
-    ConsumerBuilder::new(client(bootstrap), group(group_id, topic))
+    ConsumerBuilder::new(client(bootstrap), test_group(group_id, topic))
         .dispatch(DispatchMode::KeyOrdered { max_in_flight: 16 })
         .auto_offset_reset(OffsetReset::Earliest)
         .commit_interval(Duration::from_millis(200))
@@ -77,17 +67,6 @@ fn run_collecting(
     (seen, run)
 }
 
-async fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Samples the health status every 200 ms until `stop` is set.
 fn watch_health(
     health: HealthHandle,
@@ -124,11 +103,11 @@ async fn broker_outage(kill: bool) {
     let health = consumer.health_handle();
     let stop = consumer.shutdown_handle();
     let (seen, run) = run_collecting(consumer);
-    wait_for(Duration::from_secs(60), "first 300 processed", || {
+    eventually(Duration::from_secs(60), "first 300 processed", || {
         seen.lock().len() == 300
     })
     .await;
-    wait_for(Duration::from_secs(20), "healthy before the outage", || {
+    eventually(Duration::from_secs(20), "healthy before the outage", || {
         health.report().status == HealthStatus::Healthy
     })
     .await;
@@ -147,13 +126,13 @@ async fn broker_outage(kill: bool) {
         kafka.resume();
     }
     produce(&producer, &topic, 300..600).await;
-    wait_for(
+    eventually(
         Duration::from_secs(120),
         "all 600 processed after the outage",
         || seen.lock().len() == 600,
     )
     .await;
-    wait_for(Duration::from_secs(60), "healthy again", || {
+    eventually(Duration::from_secs(60), "healthy again", || {
         health.report().status == HealthStatus::Healthy
     })
     .await;
@@ -246,7 +225,7 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_with_its_headers() {
             }
         }
     }));
-    wait_for(
+    eventually(
         Duration::from_secs(60),
         "999 good records processed",
         || seen.lock().len() == 999,
@@ -381,7 +360,7 @@ async fn a_failing_downstream_opens_the_breaker_and_nothing_is_dead_lettered() {
     }));
     let stop_watch = Arc::new(AtomicBool::new(false));
     let statuses = watch_health(health, Arc::clone(&stop_watch));
-    wait_for(
+    eventually(
         Duration::from_secs(60),
         "all 200 processed after the outage",
         || seen.lock().len() == 200,
