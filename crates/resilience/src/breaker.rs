@@ -16,8 +16,9 @@
 //! the record, so nothing is dead-lettered just because a downstream is down.
 //!
 //! There is no timer task. `Open` becomes `HalfOpen` the first time the breaker is consulted
-//! ([`try_acquire`](CircuitBreaker::try_acquire) or [`state`](CircuitBreaker::state)) once the reset
-//! timeout has elapsed; a consumer that paused for `retry_in` does exactly that when it wakes.
+//! ([`try_acquire`](CircuitBreaker::try_acquire), [`state`](CircuitBreaker::state) or
+//! [`half_open_in`](CircuitBreaker::half_open_in)) once the reset timeout has elapsed; a consumer
+//! that paused for `retry_in` does exactly that when it wakes, whether or not records are in flight.
 
 use std::fmt;
 use std::sync::Arc;
@@ -285,6 +286,19 @@ impl CircuitBreaker {
         inner.phase.state()
     }
 
+    /// While open, how long until the reset timeout lets a probe through; `None` in any other state.
+    /// Like [`state`](Self::state) it moves an expired `Open` to `HalfOpen`, so a consumer with
+    /// nothing in flight wakes after this long, asks again, and resumes dispatching for the probe.
+    pub fn half_open_in(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut inner = self.shared.inner.lock();
+        self.shared.expire_open(&mut inner, now);
+        match inner.phase {
+            Phase::Open { until } => Some(until.saturating_duration_since(now)),
+            _ => None,
+        }
+    }
+
     /// Failures counted towards the threshold so far (0 unless closed).
     pub fn consecutive_failures(&self) -> u32 {
         match self.shared.inner.lock().phase {
@@ -547,6 +561,21 @@ mod tests {
         advance(Duration::from_millis(1)).await;
         let probe = b.try_acquire().unwrap();
         assert!(probe.is_probe());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_open_in_counts_down_and_expires_without_a_caller() {
+        let b = breaker(1, 10);
+        let mut rx = b.subscribe();
+        assert_eq!(b.half_open_in(), None);
+        fail_n(&b, 1);
+        rx.borrow_and_update();
+        advance(secs(3)).await;
+        assert_eq!(b.half_open_in(), Some(secs(7)));
+        advance(secs(7)).await;
+        assert_eq!(b.half_open_in(), None);
+        assert!(rx.has_changed().unwrap());
+        assert_eq!(*rx.borrow(), CircuitState::HalfOpen);
     }
 
     #[tokio::test(start_paused = true)]

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use kafkit_metrics::Metrics;
-use kafkit_resilience::CircuitState;
+use kafkit_resilience::{CircuitBreaker, CircuitState};
 
 use super::failure::{FailurePath, HandlerError};
 use super::fetcher::{FetchContext, FetchEvent, FetchTask};
@@ -312,6 +312,7 @@ impl Engine {
             .filter(|r| !r.commit_sent)
             .map(|r| r.deadline)
             .chain(self.shutdown_deadline)
+            .chain(self.breaker_reopens_at())
             .min()
     }
 
@@ -580,14 +581,30 @@ impl Engine {
     }
 
     /// Starts as many records as the bounds allow, round-robin across partitions.
+    /// The circuit breaker in front of the handler, if one is configured.
+    fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
+        match &self.sink {
+            Sink::Handler(_, f) | Sink::Batch { failure: f, .. } => f.breaker.as_ref(),
+            Sink::Stream(_) => None,
+        }
+    }
+
     /// The breaker's consecutive failures, for the metrics.
     fn breaker_failures(&self) -> u32 {
-        match &self.sink {
-            Sink::Handler(_, f) | Sink::Batch { failure: f, .. } => {
-                f.breaker.as_ref().map_or(0, |b| b.consecutive_failures())
-            }
-            Sink::Stream(_) => 0,
+        self.circuit_breaker()
+            .map_or(0, CircuitBreaker::consecutive_failures)
+    }
+
+    /// While the breaker is open, when its reset timeout lets a probe through. Asking expires an
+    /// elapsed `Open` (the watch then fires and dispatch resumes), so the consumer does not depend on
+    /// a record in flight to notice: an open breaker with nothing in flight would otherwise pause
+    /// dispatch for good.
+    fn breaker_reopens_at(&self) -> Option<Instant> {
+        if !self.breaker_open() {
+            return None;
         }
+        let wait = self.circuit_breaker()?.half_open_in()?;
+        Some(Instant::now() + wait)
     }
 
     fn breaker_open(&self) -> bool {

@@ -8,7 +8,8 @@
 //!
 //! Rules applied here:
 //! - an attempt waits while the breaker is open (or its probe is out); that wait is not an attempt,
-//!   so a downstream outage never dead-letters records;
+//!   and neither is a retriable failure after which the breaker is not closed (it opened the
+//!   breaker, or was a failed probe), so a downstream outage never dead-letters records;
 //! - only retriable errors count against the breaker: a poison record says nothing about the downstream;
 //! - a dead-letter produce that fails is retried with backoff; the original stays unacked meanwhile;
 //! - a record that fails again in a dead-letter topic is not dead-lettered again (no loops): with the
@@ -20,12 +21,12 @@ use std::time::Duration;
 
 use kafkit_metrics::Metrics;
 use kafkit_resilience::{
-    BreakerRejected, CircuitBreaker, DeadLetterHeaders, DeadLetterPolicy, DeadLetterRoute,
-    DltFailureAction, ErrorDescription, GiveUpReason, OriginalRecord, RetryDecision, RetryPolicy,
-    TimestampType,
+    BreakerRejected, CircuitBreaker, CircuitState, DeadLetterHeaders, DeadLetterPolicy,
+    DeadLetterRoute, DltFailureAction, ErrorDescription, GiveUpReason, OriginalRecord,
+    RetryDecision, RetryPolicy, TimestampType,
 };
 use tokio::time::Instant;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::engine::{BoxError, HandlerFn};
 use super::record::ConsumedRecord;
@@ -125,6 +126,17 @@ impl FailurePath {
             if let Some(m) = &self.metrics {
                 m.record_failed(record.topic());
             }
+            if retriable && self.downstream_down() {
+                // The breaker is open (this failure may have opened it) or probing: the downstream is
+                // down, not the record. The attempt does not count, or a record that happens to
+                // draw the probe a few times in one outage would be dead-lettered for it.
+                attempt -= 1;
+                debug!(topic = record.topic(), partition = record.partition(), offset = record.offset(), error = %error, "handler failed while the circuit breaker is open; waiting for it");
+                if let Some(m) = &self.metrics {
+                    m.record_retried(record.topic());
+                }
+                continue;
+            }
             match self.retry.decide(attempt, &*error.source) {
                 RetryDecision::RetryAfter(delay) => {
                     warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), attempt, error = %error, ?delay, "handler failed; retrying");
@@ -151,6 +163,13 @@ impl FailurePath {
                 }
             }
         }
+    }
+
+    /// Whether the breaker (if any) is anything but closed.
+    fn downstream_down(&self) -> bool {
+        self.breaker
+            .as_ref()
+            .is_some_and(|b| b.state() != CircuitState::Closed)
     }
 
     /// Waits until the breaker lets an attempt through. Waiting is not an attempt.
@@ -267,5 +286,95 @@ impl FailurePath {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use kafkit_resilience::{BackoffPolicy, CircuitBreakerPolicy};
+
+    use super::*;
+    use crate::consumer::record::RecordData;
+
+    fn record() -> ConsumedRecord {
+        ConsumedRecord::new(RecordData {
+            topic: "orders".into(),
+            partition: 0,
+            offset: 7,
+            key: None,
+            value: Some(b"v".to_vec()),
+            headers: BTreeMap::new(),
+            timestamp: chrono::Utc::now(),
+            _budget: None,
+        })
+    }
+
+    /// Fails with a retriable error until `outage` has passed (tokio's clock), counting calls.
+    fn flaky(outage: Duration, calls: Arc<AtomicU32>) -> HandlerFn {
+        let until = Instant::now() + outage;
+        Arc::new(move |_| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            let down = Instant::now() < until;
+            Box::pin(async move {
+                if down {
+                    Err(HandlerError {
+                        type_name: "io::Error",
+                        source: "downstream unavailable".into(),
+                    })
+                } else {
+                    Ok(())
+                }
+            })
+        })
+    }
+
+    fn path(breaker: Option<CircuitBreaker>) -> FailurePath {
+        // Three attempts 10 ms apart; a record that gives up without a dead-letter topic is kept
+        // and tried again only after a minute, which makes giving up visible in the elapsed time.
+        let backoff =
+            BackoffPolicy::new(Duration::from_millis(10), Duration::from_secs(60), 1.0, 0.0)
+                .unwrap();
+        FailurePath {
+            retry: RetryPolicy::new(3, backoff).unwrap(),
+            breaker,
+            dead_letter: None,
+            group_id: "g".into(),
+            metrics: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_probes_during_an_outage_do_not_use_up_the_records_attempts() {
+        let policy = CircuitBreakerPolicy::new(1, Duration::from_secs(1)).unwrap();
+        let breaker = CircuitBreaker::new(policy);
+        let calls = Arc::new(AtomicU32::new(0));
+        let handler = flaky(Duration::from_secs(10), Arc::clone(&calls));
+        let started = Instant::now();
+        path(Some(breaker.clone()))
+            .process(&handler, &record())
+            .await;
+        let took = started.elapsed();
+        // One probe per reset timeout: about ten failed calls, then the first probe after the
+        // outage succeeds. Counting the probes as attempts would have given up after three calls
+        // and parked the record for a minute.
+        assert!(took < Duration::from_secs(12), "took {took:?}");
+        let n = calls.load(Ordering::Relaxed);
+        assert!((10..=12).contains(&n), "{n} calls");
+        assert_eq!(breaker.state(), CircuitState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_breaker_the_attempts_run_out_and_the_record_is_kept() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let handler = flaky(Duration::from_secs(10), Arc::clone(&calls));
+        let started = Instant::now();
+        path(None).process(&handler, &record()).await;
+        // Three attempts, given up, kept; tried again a minute later, when the outage is over.
+        assert_eq!(calls.load(Ordering::Relaxed), 4);
+        assert!(started.elapsed() >= Duration::from_secs(60));
     }
 }
