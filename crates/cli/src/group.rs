@@ -4,14 +4,12 @@
 //! The describe table has the columns of Kafka's `kafka-consumer-groups --describe`, so the two can
 //! be read side by side; `--json` prints one JSON document for scripts.
 
-use std::io::Write;
-
 use clap::{Args, Subcommand};
-use kafkit::ClientConfig;
 use kafkit::admin::{self, GroupDescription, GroupListing, PartitionLag};
 use serde_json::{Value, json};
 
 use crate::Failure;
+use crate::common::{ClusterArgs, print, table};
 
 /// `kafkit group ...`.
 #[derive(Debug, Args)]
@@ -31,13 +29,8 @@ enum GroupCommand {
 
 #[derive(Debug, Args)]
 struct Common {
-    /// The Kafka cluster, `host:port[,host:port...]`.
-    #[arg(
-        long = "bootstrap-server",
-        env = "KAFKA_BOOTSTRAP",
-        value_name = "HOST:PORT,..."
-    )]
-    bootstrap_server: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
 
     /// Print one JSON document instead of a table.
     #[arg(long)]
@@ -58,7 +51,7 @@ struct DescribeArgs {
 pub(crate) async fn run(args: GroupArgs) -> Result<(), Failure> {
     let text = match args.command {
         GroupCommand::List(common) => {
-            let client = client(&common)?;
+            let client = common.cluster.client()?;
             let groups = admin::list_groups(&client).await?;
             if common.json {
                 list_json(&groups)
@@ -67,7 +60,7 @@ pub(crate) async fn run(args: GroupArgs) -> Result<(), Failure> {
             }
         }
         GroupCommand::Describe(args) => {
-            let client = client(&args.common)?;
+            let client = args.common.cluster.client()?;
             let (description, lag) =
                 admin::describe_group_with_lag(&client, &args.group_id).await?;
             if args.common.json {
@@ -77,14 +70,8 @@ pub(crate) async fn run(args: GroupArgs) -> Result<(), Failure> {
             }
         }
     };
-    let mut out = std::io::stdout().lock();
-    // A closed stdout (`| head`) is the reader's choice, not a failure.
-    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+    print(&text);
     Ok(())
-}
-
-fn client(common: &Common) -> Result<ClientConfig, Failure> {
-    Ok(ClientConfig::new([common.bootstrap_server.as_str()])?.client_id("kafkit-cli"))
 }
 
 fn list_json(groups: &[GroupListing]) -> String {
@@ -235,49 +222,4 @@ fn describe_table(d: &GroupDescription, lag: &[PartitionLag]) -> String {
         rows,
     ));
     out
-}
-
-/// Left-aligned columns separated by two spaces; the last column is not padded.
-fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(cell);
-            } else {
-                s.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        s.truncate(s.trim_end().len());
-        s.push('\n');
-        s
-    };
-    let mut out = line(header.to_vec());
-    for row in &rows {
-        out.push_str(&line(row.iter().map(String::as_str).collect()));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_aligns_columns_and_does_not_pad_the_last() {
-        let t = table(
-            &["A", "BB", "C"],
-            vec![
-                vec!["xxx".into(), "y".into(), "z".into()],
-                vec!["-".into(), "yyyy".into(), "".into()],
-            ],
-        );
-        assert_eq!(t, "A    BB    C\nxxx  y     z\n-    yyyy\n");
-    }
 }

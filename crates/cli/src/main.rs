@@ -3,20 +3,30 @@
 //! # Layout
 //! - `consumer`: `kafkit verifiable-consumer`, Apache Kafka's VerifiableConsumer contract.
 //! - `producer`: `kafkit verifiable-producer`, Apache Kafka's VerifiableProducer contract.
+//! - `diag`: `kafkit diag`: reachability, brokers, controller, API versions, topic health, a verdict.
+//! - `topics`: `kafkit topics list / describe / create / delete`.
+//! - `produce` / `consume`: lines of stdin to a topic, records of topics to stdout.
 //! - `group`: `kafkit group list` / `kafkit group describe`: members, assignments and lag.
+//! - `common`, `progress`: connection arguments and tables; the progress line on stderr.
 //! - `events`: the newline-delimited JSON events both print on stdout.
 //! - `properties`: Java properties files (`--consumer.config`, `--producer.config`).
 //!
 //! Stdout carries only the command's output (JSON events, tables, `--json` documents); logs
 //! (`RUST_LOG`, default `warn`) and errors go to stderr. An error is one line on stderr and a
-//! non-zero exit: 2 for bad arguments, 3 for an unknown group, 4 for an unreachable cluster, 1 for
-//! anything else.
+//! non-zero exit: 2 for bad arguments, 3 for an unknown group or topic, 4 for an unreachable
+//! cluster, 5 when `diag` finds a problem, 1 for anything else.
 
+mod common;
+mod consume;
 mod consumer;
+mod diag;
 mod events;
 mod group;
+mod produce;
 mod producer;
+mod progress;
 mod properties;
+mod topics;
 
 use std::process::ExitCode;
 
@@ -39,6 +49,14 @@ enum Command {
     VerifiableConsumer(consumer::ConsumerArgs),
     /// Produce increasing integers and print each acknowledgement as JSON (Kafka's VerifiableProducer).
     VerifiableProducer(producer::ProducerArgs),
+    /// Check a cluster: reachability, brokers, controller, API versions, topic health; a verdict.
+    Diag(diag::DiagArgs),
+    /// Manage topics: `list`, `describe`, `create`, `delete`.
+    Topics(topics::TopicsArgs),
+    /// Send the lines of stdin to a topic, one record per line.
+    Produce(produce::ProduceArgs),
+    /// Print the records of topics on stdout, one per line.
+    Consume(consume::ConsumeArgs),
     /// Inspect consumer groups: `list`, `describe --group-id G`.
     Group(group::GroupArgs),
 }
@@ -49,17 +67,19 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_NOT_FOUND: u8 = 3;
 /// Exit code when no broker of the cluster can be reached.
 const EXIT_UNREACHABLE: u8 = 4;
+/// Exit code when `kafkit diag` finds a problem with the cluster.
+const EXIT_UNHEALTHY: u8 = 5;
 
 /// A command's failure: the one line for stderr and the exit code.
 #[derive(Debug)]
 pub(crate) struct Failure {
-    code: u8,
-    message: String,
+    pub(crate) code: u8,
+    pub(crate) message: String,
 }
 
 impl Failure {
     /// A runtime failure (exit 1).
-    fn runtime(message: String) -> Self {
+    pub(crate) fn runtime(message: String) -> Self {
         Failure { code: 1, message }
     }
 }
@@ -144,6 +164,10 @@ fn main() -> ExitCode {
             Command::VerifiableProducer(args) => {
                 producer::run(args).await.map_err(Failure::runtime)
             }
+            Command::Diag(args) => diag::run(args).await,
+            Command::Topics(args) => topics::run(args).await,
+            Command::Produce(args) => produce::run(args).await,
+            Command::Consume(args) => consume::run(args).await,
             Command::Group(args) => group::run(args).await,
         }
     });

@@ -1,5 +1,7 @@
-//! Group administration for tools: list the groups of a cluster, describe one group's members and
-//! assignments, and measure its lag. Nothing here joins a group, so a running group is not disturbed.
+//! Cluster administration for tools: describe the cluster (brokers, controller, API versions,
+//! topics with their leaders and in-sync replicas), create and delete topics, list the groups of a
+//! cluster, describe one group's members and assignments, and measure its lag. Nothing here joins a
+//! group, so a running group is not disturbed.
 //!
 //! Each call opens its own short-lived connections (kafkit's `wire` layer) and closes them when it
 //! returns; these are one-shot questions from a CLI or a health check, not a hot path.
@@ -10,11 +12,13 @@ use std::time::Duration;
 
 use futures::future::try_join_all;
 use kafka_protocol::ResponseError;
+use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    BrokerId, DescribeGroupsRequest, FindCoordinatorRequest, GroupId, ListGroupsRequest,
-    ListOffsetsRequest, MetadataRequest, MetadataResponse, OffsetFetchRequest, TopicName,
+    ApiKey, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, DescribeGroupsRequest,
+    FindCoordinatorRequest, GroupId, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
+    MetadataResponse, OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -105,6 +109,134 @@ pub struct PartitionLag {
     pub owner: Option<PartitionOwner>,
 }
 
+/// A broker of the cluster, as Metadata lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BrokerDescription {
+    /// The node id.
+    pub id: i32,
+    /// The advertised host.
+    pub host: String,
+    /// The advertised port.
+    pub port: i32,
+    /// The rack, if configured.
+    pub rack: Option<String>,
+}
+
+/// A partition's leader and replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PartitionDescription {
+    /// The partition.
+    pub partition: i32,
+    /// The leader's node id; `None` when the partition is offline (no leader).
+    pub leader: Option<i32>,
+    /// The replicas' node ids.
+    pub replicas: Vec<i32>,
+    /// The in-sync replicas' node ids.
+    pub isr: Vec<i32>,
+    /// Replicas on brokers that are down.
+    pub offline: Vec<i32>,
+    /// The broker's error for this partition (`LeaderNotAvailable`, ...), if any.
+    pub error: Option<String>,
+}
+
+impl PartitionDescription {
+    /// Fewer in-sync replicas than replicas: a broker is down or behind.
+    pub fn is_under_replicated(&self) -> bool {
+        self.isr.len() < self.replicas.len()
+    }
+}
+
+/// A topic with its partitions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TopicDescription {
+    /// The topic.
+    pub name: String,
+    /// Kafka's own topics (`__consumer_offsets`, ...).
+    pub internal: bool,
+    /// The partitions, by partition number.
+    pub partitions: Vec<PartitionDescription>,
+}
+
+/// The range of versions a broker supports for one API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ApiVersionRange {
+    /// The API key.
+    pub key: i16,
+    /// The API's name (`Fetch`, `JoinGroup`, ...), or `Unknown(<key>)` for APIs newer than kafkit.
+    pub name: String,
+    /// The broker's lowest version.
+    pub min: i16,
+    /// The broker's highest version.
+    pub max: i16,
+}
+
+/// The cluster as one bootstrap broker describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterDescription {
+    /// The bootstrap broker that answered.
+    pub answered_by: String,
+    /// The cluster id.
+    pub cluster_id: Option<String>,
+    /// The controller's node id as Metadata reports it (`None`: no controller known).
+    pub controller: Option<i32>,
+    /// The live brokers, by node id.
+    pub brokers: Vec<BrokerDescription>,
+    /// The API versions of the broker that answered, by key.
+    pub api_versions: Vec<ApiVersionRange>,
+    /// Every topic, internal ones included, by name.
+    pub topics: Vec<TopicDescription>,
+}
+
+/// A topic to create. Partitions and replication factor default to the broker's
+/// `num.partitions` and `default.replication.factor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NewTopic {
+    /// The topic.
+    pub name: String,
+    /// The partition count, or `None` for the broker's default.
+    pub partitions: Option<i32>,
+    /// The replication factor, or `None` for the broker's default.
+    pub replication_factor: Option<i16>,
+    /// Topic configs (`retention.ms`, `cleanup.policy`, ...).
+    pub configs: BTreeMap<String, String>,
+}
+
+impl NewTopic {
+    /// `name` with the broker's default partitions and replication factor.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            partitions: None,
+            replication_factor: None,
+            configs: BTreeMap::new(),
+        }
+    }
+
+    /// The partition count.
+    pub fn partitions(mut self, partitions: i32) -> Self {
+        self.partitions = Some(partitions);
+        self
+    }
+
+    /// The replication factor.
+    pub fn replication_factor(mut self, factor: i16) -> Self {
+        self.replication_factor = Some(factor);
+        self
+    }
+
+    /// A topic config.
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.configs.insert(key.into(), value.into());
+        self
+    }
+}
+
 /// Every group on every broker of the cluster (ListGroups on each broker from Metadata), sorted by id.
 pub async fn list_groups(client: &ClientConfig) -> Result<Vec<GroupListing>> {
     let bootstrap = connect_bootstrap(client).await?;
@@ -114,13 +246,12 @@ pub async fn list_groups(client: &ClientConfig) -> Result<Vec<GroupListing>> {
         let conn = connect(client, address).await?;
         let response = send(&conn, &ListGroupsRequest::default(), "ListGroups").await?;
         if response.error_code != 0 {
-            return Err(Error::Connection {
-                context: format!("ListGroups on broker {address}"),
-                source: WireError::Io {
-                    broker: address.clone(),
-                    message: error_name(response.error_code),
-                },
-            });
+            return Err(admin_error(
+                "ListGroups",
+                format!("broker {address}"),
+                response.error_code,
+                None,
+            ));
         }
         Ok(response.groups)
     }))
@@ -165,6 +296,135 @@ pub async fn describe_group_with_lag(
     let description = describe_on(&coordinator, group).await?;
     let lag = lag_on(client, &coordinator, &description).await?;
     Ok((description, lag))
+}
+
+/// The cluster as the first reachable bootstrap broker describes it: brokers, controller, that
+/// broker's API versions, and every topic with its leaders and replicas.
+pub async fn describe_cluster(client: &ClientConfig) -> Result<ClusterDescription> {
+    let bootstrap = connect_bootstrap(client).await?;
+    let metadata = metadata(&bootstrap, None).await?;
+    let mut api_versions: Vec<ApiVersionRange> = bootstrap
+        .api_versions()
+        .iter()
+        .map(|(&key, &(min, max))| ApiVersionRange {
+            key,
+            name: match ApiKey::try_from(key) {
+                Ok(api) => format!("{api:?}"),
+                Err(()) => format!("Unknown({key})"),
+            },
+            min,
+            max,
+        })
+        .collect();
+    api_versions.sort_by_key(|v| v.key);
+    let mut brokers: Vec<BrokerDescription> = metadata
+        .brokers
+        .iter()
+        .map(|b| BrokerDescription {
+            id: b.node_id.0,
+            host: b.host.to_string(),
+            port: b.port,
+            rack: b.rack.as_ref().map(ToString::to_string),
+        })
+        .collect();
+    brokers.sort_by_key(|b| b.id);
+    Ok(ClusterDescription {
+        answered_by: bootstrap.broker().to_owned(),
+        cluster_id: metadata.cluster_id.as_ref().map(ToString::to_string),
+        controller: (metadata.controller_id.0 >= 0).then_some(metadata.controller_id.0),
+        brokers,
+        api_versions,
+        topics: topic_descriptions(&metadata)?,
+    })
+}
+
+/// `topics` with their partitions, leaders and replicas, by name. A topic that does not exist is
+/// [`Error::UnknownTopic`].
+pub async fn describe_topics(
+    client: &ClientConfig,
+    topics: &[String],
+) -> Result<Vec<TopicDescription>> {
+    let bootstrap = connect_bootstrap(client).await?;
+    let metadata = metadata(&bootstrap, Some(topics)).await?;
+    topic_descriptions(&metadata)
+}
+
+/// Creates `topics` and waits until every partition of each has a leader, so the topics are ready
+/// for producers and consumers when this returns. A topic that exists already is an
+/// [`Error::Admin`] with code `TOPIC_ALREADY_EXISTS` (36); nothing is created if any topic is invalid.
+pub async fn create_topics(client: &ClientConfig, topics: &[NewTopic]) -> Result<()> {
+    let bootstrap = connect_bootstrap(client).await?;
+    let controller = controller(client, &bootstrap).await?;
+    let request = CreateTopicsRequest::default()
+        .with_timeout_ms(REQUEST_TIMEOUT.as_millis() as i32)
+        .with_topics(
+            topics
+                .iter()
+                .map(|t| {
+                    CreatableTopic::default()
+                        .with_name(TopicName(StrBytes::from_string(t.name.clone())))
+                        .with_num_partitions(t.partitions.unwrap_or(-1))
+                        .with_replication_factor(t.replication_factor.unwrap_or(-1))
+                        .with_configs(
+                            t.configs
+                                .iter()
+                                .map(|(k, v)| {
+                                    CreatableTopicConfig::default()
+                                        .with_name(StrBytes::from_string(k.clone()))
+                                        .with_value(Some(StrBytes::from_string(v.clone())))
+                                })
+                                .collect(),
+                        )
+                })
+                .collect(),
+        );
+    let response = send(&controller, &request, "CreateTopics").await?;
+    for t in &response.topics {
+        if t.error_code != 0 {
+            return Err(admin_error(
+                "CreateTopics",
+                format!("topic `{}`", t.name.as_str()),
+                t.error_code,
+                t.error_message.as_deref(),
+            ));
+        }
+    }
+    let names: Vec<String> = topics.iter().map(|t| t.name.clone()).collect();
+    wait_for_leaders(&bootstrap, &names).await
+}
+
+/// Deletes `topics`. A topic that does not exist is [`Error::UnknownTopic`]; the others are still
+/// deleted.
+pub async fn delete_topics(client: &ClientConfig, topics: &[String]) -> Result<()> {
+    let bootstrap = connect_bootstrap(client).await?;
+    let controller = controller(client, &bootstrap).await?;
+    let request = DeleteTopicsRequest::default()
+        .with_timeout_ms(REQUEST_TIMEOUT.as_millis() as i32)
+        .with_topic_names(
+            topics
+                .iter()
+                .map(|t| TopicName(StrBytes::from_string(t.clone())))
+                .collect(),
+        );
+    let response = send(&controller, &request, "DeleteTopics").await?;
+    for t in &response.responses {
+        let name = t.name.as_ref().map(|n| n.to_string()).unwrap_or_default();
+        match ResponseError::try_from_code(t.error_code) {
+            None => {}
+            Some(ResponseError::UnknownTopicOrPartition) => {
+                return Err(Error::UnknownTopic { topic: name });
+            }
+            Some(_) => {
+                return Err(admin_error(
+                    "DeleteTopics",
+                    format!("topic `{name}`"),
+                    t.error_code,
+                    t.error_message.as_deref(),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A connection to the first bootstrap broker that answers; none answering is [`Error::Unreachable`].
@@ -225,6 +485,87 @@ async fn metadata(conn: &Connection, topics: Option<&[String]>) -> Result<Metada
     send(conn, &request, "Metadata").await
 }
 
+/// Topics of a Metadata response, sorted, with their partitions sorted. A topic the broker does not
+/// know is [`Error::UnknownTopic`]; other topic errors are [`Error::Admin`].
+fn topic_descriptions(metadata: &MetadataResponse) -> Result<Vec<TopicDescription>> {
+    let mut topics = Vec::with_capacity(metadata.topics.len());
+    for t in &metadata.topics {
+        let name = t.name.as_ref().map(|n| n.to_string()).unwrap_or_default();
+        match ResponseError::try_from_code(t.error_code) {
+            None => {}
+            Some(ResponseError::UnknownTopicOrPartition) => {
+                return Err(Error::UnknownTopic { topic: name });
+            }
+            Some(_) => {
+                return Err(admin_error(
+                    "Metadata",
+                    format!("topic `{name}`"),
+                    t.error_code,
+                    None,
+                ));
+            }
+        }
+        let ids = |v: &[BrokerId]| v.iter().map(|b| b.0).collect::<Vec<_>>();
+        let mut partitions: Vec<PartitionDescription> = t
+            .partitions
+            .iter()
+            .map(|p| PartitionDescription {
+                partition: p.partition_index,
+                leader: (p.leader_id.0 >= 0).then_some(p.leader_id.0),
+                replicas: ids(&p.replica_nodes),
+                isr: ids(&p.isr_nodes),
+                offline: ids(&p.offline_replicas),
+                error: ResponseError::try_from_code(p.error_code).map(|e| format!("{e:?}")),
+            })
+            .collect();
+        partitions.sort_by_key(|p| p.partition);
+        topics.push(TopicDescription {
+            name,
+            internal: t.is_internal,
+            partitions,
+        });
+    }
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(topics)
+}
+
+/// A connection to the controller Metadata names (in KRaft a broker that forwards to the active
+/// controller), or to the bootstrap broker when none is named.
+async fn controller(client: &ClientConfig, bootstrap: &Connection) -> Result<Connection> {
+    let metadata = metadata(bootstrap, Some(&[])).await?;
+    match brokers(&metadata).get(&metadata.controller_id) {
+        Some(address) if address != bootstrap.broker() => connect(client, address).await,
+        _ => connect(client, bootstrap.broker()).await,
+    }
+}
+
+/// Polls Metadata until every partition of `topics` has a leader.
+async fn wait_for_leaders(conn: &Connection, topics: &[String]) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        let metadata = metadata(conn, Some(topics)).await?;
+        let ready = metadata.topics.iter().all(|t| {
+            t.error_code == 0
+                && !t.partitions.is_empty()
+                && t.partitions.iter().all(|p| p.leader_id.0 >= 0)
+        });
+        if ready {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Connection {
+                context: format!("waiting for leaders of {}", topics.join(", ")),
+                source: WireError::Timeout {
+                    broker: conn.broker().to_owned(),
+                    api: ApiKey::Metadata,
+                    timeout: REQUEST_TIMEOUT,
+                },
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn brokers(metadata: &MetadataResponse) -> BTreeMap<BrokerId, String> {
     metadata
         .brokers
@@ -257,11 +598,21 @@ async fn find_coordinator(client: &ClientConfig, group: &str) -> Result<Connecti
     .await
 }
 
-/// Kafka's name for an error code (`NotLeaderOrFollower`), or the bare code if it is unknown.
-fn error_name(code: i16) -> String {
-    match ResponseError::try_from_code(code) {
-        Some(err) => format!("broker answered {err:?} (error code {code})"),
-        None => format!("broker answered error code {code}"),
+/// An admin request's error code as an [`Error::Admin`], with Kafka's name for the code
+/// (`TopicAlreadyExists`) and the broker's message if it sent one.
+fn admin_error(operation: &'static str, target: String, code: i16, message: Option<&str>) -> Error {
+    let name = match ResponseError::try_from_code(code) {
+        Some(err) => format!("{err:?}"),
+        None => "unknown error".to_owned(),
+    };
+    Error::Admin {
+        operation,
+        target,
+        code,
+        error: match message {
+            Some(m) if !m.is_empty() => format!("{name}: {m}"),
+            _ => name,
+        },
     }
 }
 
@@ -444,13 +795,12 @@ async fn end_offsets(
                 continue;
             }
             if p.leader_id.0 < 0 {
-                return Err(Error::Connection {
-                    context: format!("{tp}: no leader to ask for the log end offset"),
-                    source: WireError::Io {
-                        broker: bootstrap.broker().to_owned(),
-                        message: error_name(p.error_code),
-                    },
-                });
+                return Err(admin_error(
+                    "Metadata",
+                    format!("{tp} (no leader to ask for the log end offset)"),
+                    p.error_code,
+                    None,
+                ));
             }
             by_leader
                 .entry(p.leader_id)
@@ -507,13 +857,12 @@ async fn end_offsets(
             for p in t.partitions {
                 let tp = TopicPartition::new(t.name.0.to_string(), p.partition_index);
                 if p.error_code != 0 {
-                    return Err(Error::Connection {
-                        context: format!("ListOffsets for {tp}"),
-                        source: WireError::Io {
-                            broker: broker.clone(),
-                            message: error_name(p.error_code),
-                        },
-                    });
+                    return Err(admin_error(
+                        "ListOffsets",
+                        format!("{tp} on broker {broker}"),
+                        p.error_code,
+                        None,
+                    ));
                 }
                 out.insert(tp, p.offset);
             }

@@ -123,6 +123,19 @@ pub enum Error {
         error: String,
     },
 
+    /// A broker answered an admin request (topics, groups listing, offsets) with an error code.
+    #[error("{operation} for {target} failed: {error} (error code {code})")]
+    Admin {
+        /// The request (CreateTopics, DeleteTopics, ListGroups, ListOffsets, Metadata).
+        operation: &'static str,
+        /// What it was about: a topic, a partition, a broker.
+        target: String,
+        /// Kafka's error code.
+        code: i16,
+        /// Kafka's name for the error and, if any, the broker's message.
+        error: String,
+    },
+
     /// A consumer-protocol message (subscription or assignment) could not be read or written.
     #[error(transparent)]
     Protocol(#[from] GroupError),
@@ -156,8 +169,10 @@ impl Error {
             },
             Error::Kafka { source, .. } => client_error_is_retriable(source),
             Error::Connection { source, .. } => source.is_retriable(),
-            Error::Group { code, .. } => kafka_protocol::ResponseError::try_from_code(*code)
-                .is_some_and(|e| e.is_retriable()),
+            Error::Group { code, .. } | Error::Admin { code, .. } => {
+                kafka_protocol::ResponseError::try_from_code(*code)
+                    .is_some_and(|e| e.is_retriable())
+            }
             Error::Config(_)
             | Error::UnknownTopic { .. }
             | Error::UnknownPartition { .. }

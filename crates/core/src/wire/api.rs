@@ -5,7 +5,8 @@
 //! response and its API key instead.
 
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse,
+    DeleteTopicsRequest, DeleteTopicsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
     FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
     JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
     ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
@@ -53,4 +54,7 @@ api! {
     DescribeGroupsRequest => DescribeGroupsResponse, DescribeGroups, 5;
     ListOffsetsRequest => ListOffsetsResponse, ListOffsets, 7;
     MetadataRequest => MetadataResponse, Metadata, 12;
+    CreateTopicsRequest => CreateTopicsResponse, CreateTopics, 7;
+    // v6 names topics by name or id in a new structure; names alone are enough for kafkit.
+    DeleteTopicsRequest => DeleteTopicsResponse, DeleteTopics, 5;
 }

@@ -168,6 +168,11 @@ impl Connection {
         &self.broker
     }
 
+    /// The API versions the broker announced: API key -> (min, max).
+    pub(crate) fn api_versions(&self) -> &HashMap<i16, (i16, i16)> {
+        &self.versions
+    }
+
     /// Whether the socket has failed; a dead connection fails every request.
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)

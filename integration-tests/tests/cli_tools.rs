@@ -1,0 +1,514 @@
+//! `kafkit diag`, `kafkit topics`, `kafkit produce` and `kafkit consume` as processes against real
+//! brokers: what they print, what they change on the broker (checked with Kafka's own tools or
+//! kafkit's admin API), and their error paths with one line on stderr and a distinct exit code.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use kafkit::ClientConfig;
+use kafkit::partitioner::partition_for_key;
+use kafkit_integration_tests::kafkit_bin;
+use kafkit_testkit::{LocalCluster, create_topic, java_tool, random_name, shared};
+use serde_json::Value;
+use tokio::io::AsyncWriteExt;
+use tokio::time::timeout;
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// Runs `kafkit args...` with `stdin` as its input.
+async fn kafkit_with_input(args: &[&str], stdin: &str) -> Output {
+    let mut child = tokio::process::Command::new(kafkit_bin())
+        .args(args)
+        .env_remove("KAFKA_BOOTSTRAP")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running kafkit");
+    let mut input = child.stdin.take().expect("piped stdin");
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    timeout(LIMIT, child.wait_with_output())
+        .await
+        .expect("kafkit did not exit in time")
+        .expect("waiting for kafkit")
+}
+
+async fn kafkit(args: &[&str]) -> Output {
+    kafkit_with_input(args, "").await
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json(out: &Output) -> Value {
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON document on stdout")
+}
+
+fn assert_one_line_failure(out: &Output, code: i32, needle: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line on stderr: {stderr}");
+    assert!(stderr.contains(needle), "`{needle}` in: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_create_describe_list_and_delete_as_kafka_sees_them() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let b = bootstrap.as_str();
+    let topic = random_name("cli-topic");
+    let out = kafkit(&[
+        "topics",
+        "create",
+        "--bootstrap-server",
+        b,
+        "--topic",
+        &topic,
+        "--partitions",
+        "5",
+        "--replication-factor",
+        "1",
+        "--config",
+        "retention.ms=3600000",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // Kafka's own tool sees the partitions and the config.
+    let java = java_tool(
+        "org.apache.kafka.tools.TopicCommand",
+        &["--bootstrap-server", b, "--describe", "--topic", &topic],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert!(java.success, "{}", java.stderr);
+    assert!(java.stdout.contains("PartitionCount: 5"), "{}", java.stdout);
+    assert!(
+        java.stdout.contains("retention.ms=3600000"),
+        "{}",
+        java.stdout
+    );
+
+    let listed = json(&kafkit(&["topics", "list", "--bootstrap-server", b, "--json"]).await);
+    let entry = listed["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == topic.as_str())
+        .expect("the new topic is listed");
+    assert_eq!(entry["partitions"].as_array().unwrap().len(), 5);
+    assert!(
+        listed["topics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["internal"] == false),
+        "internal topics only with --internal"
+    );
+    let described = json(
+        &kafkit(&[
+            "topics",
+            "describe",
+            "--bootstrap-server",
+            b,
+            "--topic",
+            &topic,
+            "--json",
+        ])
+        .await,
+    );
+    let partitions = described["topics"][0]["partitions"].as_array().unwrap();
+    let numbers: Vec<i64> = partitions
+        .iter()
+        .map(|p| p["partition"].as_i64().unwrap())
+        .collect();
+    assert_eq!(numbers, vec![0, 1, 2, 3, 4]);
+    assert!(
+        partitions
+            .iter()
+            .all(|p| p["leader"] == 1 && p["isr"] == serde_json::json!([1]))
+    );
+
+    // Creating it again: Kafka's error, one line, exit 1; --if-not-exists makes it a no-op.
+    let again = kafkit(&[
+        "topics",
+        "create",
+        "--bootstrap-server",
+        b,
+        "--topic",
+        &topic,
+    ])
+    .await;
+    assert_one_line_failure(&again, 1, "TopicAlreadyExists");
+    let again = kafkit(&[
+        "topics",
+        "create",
+        "--bootstrap-server",
+        b,
+        "--topic",
+        &topic,
+        "--if-not-exists",
+    ])
+    .await;
+    assert!(again.status.success(), "{}", text(&again.stderr));
+
+    let out = kafkit(&[
+        "topics",
+        "delete",
+        "--bootstrap-server",
+        b,
+        "--topic",
+        &topic,
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let java = java_tool(
+        "org.apache.kafka.tools.TopicCommand",
+        &["--bootstrap-server", b, "--list"],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert!(java.success, "{}", java.stderr);
+    assert!(
+        !java.stdout.lines().any(|l| l.trim() == topic),
+        "deleted topic still listed by Kafka: {}",
+        java.stdout
+    );
+
+    let missing = kafkit(&[
+        "topics",
+        "delete",
+        "--bootstrap-server",
+        b,
+        "--topic",
+        &topic,
+    ])
+    .await;
+    assert_one_line_failure(&missing, 3, &topic);
+    let missing = kafkit(&[
+        "topics",
+        "delete",
+        "--bootstrap-server",
+        b,
+        "--topic",
+        &topic,
+        "--if-exists",
+    ])
+    .await;
+    assert!(missing.status.success(), "{}", text(&missing.stderr));
+    let missing = kafkit(&[
+        "topics",
+        "describe",
+        "--bootstrap-server",
+        b,
+        "--topic",
+        &topic,
+    ])
+    .await;
+    assert_one_line_failure(&missing, 3, &topic);
+    let bad = kafkit(&[
+        "topics",
+        "create",
+        "--bootstrap-server",
+        b,
+        "--topic",
+        "t",
+        "--config",
+        "no-equals",
+    ])
+    .await;
+    assert_one_line_failure(&bad, 2, "KEY=VALUE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_and_consume_round_trip_keys_headers_and_commit_only_what_was_printed() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let b = bootstrap.as_str();
+    let topic = random_name("cli-records");
+    create_topic(b, &topic, 4, 1).await.unwrap();
+    let input: String = (0..200).map(|i| format!("k{}|v{i}\n", i % 13)).collect();
+    let out = kafkit_with_input(
+        &[
+            "produce",
+            "--bootstrap-server",
+            b,
+            "--topic",
+            &topic,
+            "--key-separator",
+            "|",
+            "--header",
+            "source=cli",
+            "--header",
+            "n=1",
+        ],
+        &input,
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+    assert!(
+        text(&out.stderr).contains("produced 200 records"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let group = random_name("cli-consume");
+    let out = kafkit(&[
+        "consume",
+        "--bootstrap-server",
+        b,
+        "--topic",
+        &topic,
+        "--group",
+        &group,
+        "--from-beginning",
+        "--max-messages",
+        "200",
+        "--print-partition",
+        "--print-offset",
+        "--print-headers",
+        "--print-key",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let mut values = BTreeSet::new();
+    let mut last_offset: BTreeMap<String, i64> = BTreeMap::new();
+    for line in stdout.lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [tp, offset, headers, key, value] = fields[..] else {
+            panic!("five fields expected: {line:?}");
+        };
+        assert_eq!(headers, "n:1,source:cli");
+        let i: usize = value.strip_prefix('v').unwrap().parse().unwrap();
+        assert_eq!(key, format!("k{}", i % 13));
+        // Keys land where Java's partitioner puts them.
+        let partition = partition_for_key(key.as_bytes(), 4);
+        assert_eq!(tp, format!("{topic}-{partition}"), "{line}");
+        let offset: i64 = offset.parse().unwrap();
+        if let Some(prev) = last_offset.insert(tp.to_owned(), offset) {
+            assert!(offset > prev, "offsets increase per partition: {line}");
+        }
+        assert!(values.insert(i), "printed twice: {line}");
+    }
+    assert_eq!(values, (0..200).collect::<BTreeSet<_>>());
+
+    // Everything was committed: the same group gets nothing more.
+    let out = kafkit(&[
+        "consume",
+        "--bootstrap-server",
+        b,
+        "--topic",
+        &topic,
+        "--group",
+        &group,
+        "--timeout-ms",
+        "3000",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+
+    // --max-messages 10 in a new group: exactly the 10 printed records are committed.
+    let group = random_name("cli-max");
+    let out = kafkit(&[
+        "consume",
+        "--bootstrap-server",
+        b,
+        "--topic",
+        &topic,
+        "--group",
+        &group,
+        "--from-beginning",
+        "--max-messages",
+        "10",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 10);
+    let client = ClientConfig::new([b]).unwrap();
+    let lag = kafkit::admin::group_lag(&client, &group).await.unwrap();
+    let committed: i64 = lag.iter().filter_map(|p| p.committed).sum();
+    assert_eq!(committed, 10, "{lag:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_and_consume_errors_are_one_line_with_distinct_exit_codes() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let b = bootstrap.as_str();
+    let missing = random_name("cli-missing");
+    let out = kafkit_with_input(
+        &["produce", "--bootstrap-server", b, "--topic", &missing],
+        "x\n",
+    )
+    .await;
+    assert_one_line_failure(&out, 3, &missing);
+    let out = kafkit(&["consume", "--bootstrap-server", b, "--topic", &missing]).await;
+    assert_one_line_failure(&out, 3, &missing);
+
+    let topic = random_name("cli-bad-input");
+    create_topic(b, &topic, 1, 1).await.unwrap();
+    let out = kafkit_with_input(
+        &[
+            "produce",
+            "--bootstrap-server",
+            b,
+            "--topic",
+            &topic,
+            "--key-separator",
+            ":",
+        ],
+        "a:1\nno separator\nb:2\n",
+    )
+    .await;
+    assert_one_line_failure(&out, 2, "line 2");
+    let out = kafkit_with_input(
+        &[
+            "produce",
+            "--bootstrap-server",
+            b,
+            "--topic",
+            &topic,
+            "--header",
+            "novalue",
+        ],
+        "x\n",
+    )
+    .await;
+    assert_one_line_failure(&out, 2, "NAME=VALUE");
+    // Only the line before the bad one was sent.
+    let out = kafkit(&[
+        "consume",
+        "--bootstrap-server",
+        b,
+        "--topic",
+        &topic,
+        "--from-beginning",
+        "--timeout-ms",
+        "3000",
+        "--print-key",
+    ])
+    .await;
+    assert_eq!(text(&out.stdout), "a\t1\n");
+
+    let out = kafkit_with_input(
+        &[
+            "produce",
+            "--bootstrap-server",
+            "127.0.0.1:1",
+            "--connect-timeout-ms",
+            "1000",
+            "--topic",
+            &topic,
+        ],
+        "x\n",
+    )
+    .await;
+    assert_one_line_failure(&out, 4, "127.0.0.1:1");
+    let out = kafkit(&[
+        "consume",
+        "--bootstrap-server",
+        "127.0.0.1:1",
+        "--topic",
+        &topic,
+    ])
+    .await;
+    assert_one_line_failure(&out, 4, "127.0.0.1:1");
+    let out = kafkit(&["consume", "--bootstrap-server", b]).await;
+    assert_one_line_failure(&out, 2, "--topic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diag_says_ok_on_a_healthy_broker_and_names_each_problem_otherwise() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let b = bootstrap.as_str();
+    let topic = random_name("cli-diag");
+    create_topic(b, &topic, 3, 1).await.unwrap();
+    let out = kafkit(&["diag", "--bootstrap-server", b]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(
+        report.lines().last().unwrap().starts_with("verdict: OK"),
+        "{report}"
+    );
+    assert!(report.contains(&topic), "{report}");
+    assert!(
+        report.contains("16 of the 16 kafkit uses are supported"),
+        "{report}"
+    );
+
+    let doc = json(&kafkit(&["diag", "--bootstrap-server", b, "--json", "--api-versions"]).await);
+    assert_eq!(doc["healthy"], true);
+    assert_eq!(doc["controller"], 1);
+    assert_eq!(doc["brokers"][0]["reachable"], true);
+    let topic_doc = doc["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == topic.as_str())
+        .unwrap();
+    assert_eq!(topic_doc["partitions"].as_array().unwrap().len(), 3);
+    assert!(
+        doc["api_versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "JoinGroup" && v["max"].as_i64().unwrap() >= 5)
+    );
+
+    // A second bootstrap address that does not answer is a problem, though the cluster answers.
+    let both = format!("{b},127.0.0.1:1");
+    let out = kafkit(&["diag", "--bootstrap-server", &both]).await;
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("verdict: PROBLEM"));
+    assert!(text(&out.stderr).contains("bootstrap server 127.0.0.1:1 is unreachable"));
+
+    let out = kafkit(&["diag", "--bootstrap-server", "127.0.0.1:1"]).await;
+    assert_one_line_failure(&out, 4, "127.0.0.1:1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diag_reports_under_replicated_partitions_when_a_broker_is_down() {
+    // Three combined broker+controller nodes: with one down, the KRaft quorum still has a majority
+    // and can shrink the ISR.
+    let cluster = LocalCluster::start(3).await.unwrap();
+    let bootstrap = cluster.bootstrap();
+    let topic = random_name("cli-replicated");
+    create_topic(&bootstrap, &topic, 2, 3).await.unwrap();
+    let out = kafkit(&["diag", "--bootstrap-server", &bootstrap]).await;
+    assert!(out.status.success(), "{}", text(&out.stdout));
+
+    cluster.node(3).unwrap().kill();
+    let first = cluster.node(1).unwrap().bootstrap();
+    // At once the dead broker's address stops answering; the ISR shrinks once the controller
+    // notices (the broker's session times out).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let out = loop {
+        let out = kafkit(&["diag", "--bootstrap-server", &first]).await;
+        if text(&out.stdout).contains("under-replicated") || tokio::time::Instant::now() > deadline
+        {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stdout));
+    let report = text(&out.stdout);
+    assert!(
+        report.contains(&format!(
+            "topic `{topic}`: partition(s) 0,1 under-replicated"
+        )),
+        "{report}"
+    );
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+}
