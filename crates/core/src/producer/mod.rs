@@ -7,6 +7,8 @@
 //! 4. hand the record to that partition's rskafka `BatchProducer`, which lingers, batches and retries
 //!    connection and leadership errors with backoff; the whole send is bounded by `delivery.timeout.ms`.
 
+mod batch;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,8 +19,9 @@ use kafkit_metrics::Metrics;
 use kafkit_resilience::{BackoffPolicy, ConfigError};
 use parking_lot::RwLock;
 use rskafka::client::Client;
+
+use batch::SizedAggregator;
 use rskafka::client::partition::{Compression as RsCompression, UnknownTopicHandling};
-use rskafka::client::producer::aggregator::RecordAggregator;
 use rskafka::client::producer::{BatchProducer, BatchProducerBuilder};
 use rskafka::record::Record;
 use tokio::sync::{OnceCell, Semaphore};
@@ -337,7 +340,7 @@ pub struct Producer {
     inner: Arc<Inner>,
 }
 
-type PartitionBatcher = BatchProducer<RecordAggregator>;
+type PartitionBatcher = BatchProducer<SizedAggregator>;
 
 #[derive(Debug)]
 struct Inner {
@@ -431,7 +434,7 @@ impl Producer {
                         BatchProducerBuilder::new(Arc::new(client))
                             .with_linger(settings.linger)
                             .with_compression(settings.compression.to_rskafka())
-                            .build(RecordAggregator::new(settings.batch_size)),
+                            .build(SizedAggregator::new(settings.batch_size)),
                     )
                 })
                 .await?;

@@ -1,0 +1,167 @@
+//! kafkit's contenders: the producer, the group consumer in each dispatch mode, and the latency probe.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kafkit::consumer::{ConsumerBuilder, ConsumerListener, DispatchMode, OffsetReset};
+use kafkit::group::{GroupConfig, TopicPartition};
+use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
+use tokio::sync::Notify;
+
+use crate::{Latch, Outcome, payload, percentiles, value_micros};
+
+/// Sends `records` records of `size` bytes, keyed round-robin over 1,000 keys, and waits for every
+/// acknowledgement (acks=all).
+pub(crate) async fn produce(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+    size: usize,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let producer = ProducerBuilder::new(ClientConfig::new([bootstrap])?)
+        .linger(Duration::from_millis(5))
+        .batch_size(1024 * 1024)
+        .build()
+        .await?;
+    producer.partition_count(topic).await?;
+    let value = payload(size);
+    let started = Instant::now();
+    let mut sends = futures::stream::iter(0..records)
+        .map(|i| {
+            let record = ProducerRecord::new(topic, value.clone()).key(format!("key-{}", i % 1000));
+            producer.send(record)
+        })
+        .buffer_unordered(100_000);
+    while let Some(done) = sends.next().await {
+        done?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Outcome {
+        records,
+        bytes: records * size as u64,
+        secs,
+        latency_us: None,
+    })
+}
+
+/// Marks the first assignment: throughput is timed from there (the group join is not the
+/// client's speed) to the last record, as Java's ConsumerPerformance times its fetch phase.
+struct Assigned(Arc<Latch>, Option<Arc<Notify>>);
+
+impl ConsumerListener for Assigned {
+    fn assigned(&self, _partitions: &[TopicPartition]) {
+        self.0.set_once();
+        if let Some(n) = &self.1 {
+            n.notify_one();
+        }
+    }
+}
+
+fn mode(name: &str) -> DispatchMode {
+    match name {
+        "partition" => DispatchMode::PartitionOrdered,
+        "key" => DispatchMode::KeyOrdered {
+            max_in_flight: 1024,
+        },
+        _ => DispatchMode::Unordered {
+            max_in_flight: 1024,
+        },
+    }
+}
+
+/// Reads `records` records in a new group with a pass-through handler; commits on (every 5 s and at
+/// shutdown). Timed from the assignment to the last record.
+pub(crate) async fn consume(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+    dispatch: &str,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let group = format!("bench-kafkit-{}-{}", dispatch, std::process::id());
+    let assigned = Arc::new(Latch::default());
+    let consumer = ConsumerBuilder::new(
+        ClientConfig::new([bootstrap])?,
+        GroupConfig::new(group, [topic]),
+    )
+    .dispatch(mode(dispatch))
+    .auto_offset_reset(OffsetReset::Earliest)
+    .max_partition_fetch_bytes(1024 * 1024)
+    .listener(Arc::new(Assigned(Arc::clone(&assigned), None)))
+    .build()
+    .await?;
+    let stop = consumer.shutdown_handle();
+    let count = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(Latch::default());
+    consumer
+        .run({
+            let (count, bytes, last) = (Arc::clone(&count), Arc::clone(&bytes), Arc::clone(&last));
+            move |record| {
+                let n = count.fetch_add(1, Ordering::Relaxed) + 1;
+                bytes.fetch_add(
+                    record.value().map_or(0, <[u8]>::len) as u64,
+                    Ordering::Relaxed,
+                );
+                if n == records {
+                    last.set_once();
+                    stop.shutdown();
+                }
+                std::future::ready(Ok::<_, std::io::Error>(()))
+            }
+        })
+        .await?;
+    Ok(Outcome {
+        records: count.load(Ordering::Relaxed),
+        bytes: bytes.load(Ordering::Relaxed),
+        secs: last.since(&assigned),
+        latency_us: None,
+    })
+}
+
+/// Consumes `records` records produced while it runs and reports end-to-end latency: now minus the
+/// send time the producer wrote into each value. Prints `ready` once assigned.
+pub(crate) async fn latency(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let ready = Arc::new(Notify::new());
+    let group = format!("bench-kafkit-latency-{}", std::process::id());
+    let consumer = ConsumerBuilder::new(
+        ClientConfig::new([bootstrap])?,
+        GroupConfig::new(group, [topic]),
+    )
+    .dispatch(DispatchMode::PartitionOrdered)
+    // A fresh topic per run, produced to only after `ready`: earliest loses nothing, where latest
+    // could skip records sent between the assignment and the position lookup.
+    .auto_offset_reset(OffsetReset::Earliest)
+    .fetch_max_wait(Duration::from_millis(100))
+    .listener(Arc::new(Assigned(Arc::default(), Some(Arc::clone(&ready)))))
+    .build()
+    .await?;
+    let mut stream = consumer.stream()?;
+    let announce = tokio::spawn(async move {
+        ready.notified().await;
+        crate::announce_ready();
+    });
+    let mut samples = Vec::with_capacity(records as usize);
+    let started = Instant::now();
+    while (samples.len() as u64) < records {
+        let Some(record) = stream.next().await else {
+            break;
+        };
+        samples.push(value_micros(record.value().unwrap_or_default()));
+        record.ack();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    announce.abort();
+    stream.shutdown().await?;
+    Ok(Outcome {
+        records: samples.len() as u64,
+        bytes: 0,
+        secs,
+        latency_us: Some(percentiles(&mut samples)),
+    })
+}

@@ -1,0 +1,653 @@
+//! `kafkit-bench`: kafkit against rust-rdkafka (librdkafka), the Java client's own performance tools
+//! and a raw-fetch ceiling, side by side on one local broker in one run.
+//!
+//! The runner starts a broker (kafkit-testkit, or `KAFKA_BOOTSTRAP`), then for each workload runs
+//! every contender as a child process of its own (`kafkit-bench child ...`), wrapped in
+//! `/usr/bin/time` for CPU time and peak RSS. Rounds alternate the contenders' order (A/B/C, then
+//! B/C/A, ...) after one warm-up round that is not counted. It prints medians with min–max and the
+//! ratios, and writes them to `results/latest.md`.
+//!
+//! # Layout
+//! - `kafkit_side`, `rdkafka_side`, `java_side`: the contenders.
+//! - `ceiling`: the raw multi-partition fetch loop.
+//! - this file: the runner, the child entry point, and the report.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+mod ceiling;
+mod java_side;
+mod kafkit_side;
+mod rdkafka_side;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Parser, Subcommand};
+use kafkit::admin::{self, NewTopic};
+use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
+use kafkit_testkit::{BrokerOptions, LocalKafka};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[derive(Debug, Parser)]
+#[command(name = "kafkit-bench")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// Fraction of the full record counts (1.0 = 1,000,000 x 100 B and 100,000 x 10 KiB).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Counted rounds per contender (after one warm-up round).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Only run benchmarks whose name contains this (`produce`, `consume`, `latency`, `A-12`, ...).
+    #[arg(long)]
+    only: Option<String>,
+    /// Where to write the markdown report.
+    #[arg(long, default_value = "results/latest.md")]
+    out: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one contender once and print its outcome as one JSON line (used by the runner).
+    Child(ChildArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ChildArgs {
+    role: String,
+    #[arg(long)]
+    bootstrap: String,
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    records: u64,
+    #[arg(long, default_value_t = 100)]
+    size: usize,
+    #[arg(long, default_value_t = 1)]
+    partitions: i32,
+}
+
+/// What one run of a contender measured.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Outcome {
+    pub(crate) records: u64,
+    pub(crate) bytes: u64,
+    pub(crate) secs: f64,
+    /// End-to-end latency (p50, p99) in microseconds, for the latency runs.
+    pub(crate) latency_us: Option<(u64, u64)>,
+}
+
+/// A run's outcome with the process's CPU time and peak RSS.
+#[derive(Debug, Clone)]
+struct Measured {
+    outcome: Outcome,
+    cpu_secs: Option<f64>,
+    max_rss_kb: Option<u64>,
+}
+
+/// The first time something happened.
+#[derive(Debug, Default)]
+pub(crate) struct Latch(OnceLock<Instant>);
+
+impl Latch {
+    pub(crate) fn set_once(&self) {
+        let _ = self.0.set(Instant::now());
+    }
+
+    /// Seconds from `start` to this latch (0 if either never happened).
+    pub(crate) fn since(&self, start: &Latch) -> f64 {
+        match (start.0.get(), self.0.get()) {
+            (Some(a), Some(b)) => b.duration_since(*a).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+/// A record value of `size` bytes.
+pub(crate) fn payload(size: usize) -> Vec<u8> {
+    (0..size).map(|i| b'a' + (i % 26) as u8).collect()
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Latency of a value whose first 8 bytes are its send time (µs since the epoch, big-endian).
+pub(crate) fn value_micros(value: &[u8]) -> u64 {
+    let sent = value
+        .get(..8)
+        .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+    now_micros().saturating_sub(sent)
+}
+
+/// p50 and p99 of `samples`.
+pub(crate) fn percentiles(samples: &mut [u64]) -> (u64, u64) {
+    if samples.is_empty() {
+        return (0, 0);
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.50), at(0.99))
+}
+
+/// Tells the runner this latency probe is assigned and reading.
+pub(crate) fn announce_ready() {
+    println!("ready");
+    let _ = std::io::stdout().flush();
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Some(Command::Child(args)) => runtime.block_on(child(args)),
+        None => runtime.block_on(run(cli)),
+    }
+}
+
+async fn child(a: ChildArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let (b, t, n, size) = (a.bootstrap.as_str(), a.topic.as_str(), a.records, a.size);
+    let outcome = match a.role.as_str() {
+        "produce-kafkit" => kafkit_side::produce(b, t, n, size).await?,
+        "produce-rdkafka" => rdkafka_side::produce(b, t, n, size).await?,
+        "produce-java" => java_side::produce(b, t, n, size).await?,
+        "consume-kafkit-partition" => kafkit_side::consume(b, t, n, "partition").await?,
+        "consume-kafkit-key" => kafkit_side::consume(b, t, n, "key").await?,
+        "consume-kafkit-unordered" => kafkit_side::consume(b, t, n, "unordered").await?,
+        "consume-rdkafka" => rdkafka_side::consume(b, t, n).await?,
+        "consume-java" => java_side::consume(b, t, n).await?,
+        "consume-ceiling" => ceiling::run(b, t, a.partitions, n, 1024 * 1024).await?,
+        "latency-kafkit" => kafkit_side::latency(b, t, n).await?,
+        "latency-rdkafka" => rdkafka_side::latency(b, t, n).await?,
+        other => return Err(format!("unknown role {other}").into()),
+    };
+    if outcome.records < n {
+        return Err(format!("{}: only {} of {n} records", a.role, outcome.records).into());
+    }
+    let doc = json!({
+        "records": outcome.records,
+        "bytes": outcome.bytes,
+        "secs": outcome.secs,
+        "latency_us": outcome.latency_us.map(|(p50, p99)| json!([p50, p99])),
+    });
+    println!("{doc}");
+    Ok(())
+}
+
+/// Runs `role` as a child process (under `/usr/bin/time` when present). `on_ready` runs once the
+/// child prints `ready` (the latency probes), concurrently with the child.
+async fn run_child<F, Fut>(
+    role: &str,
+    args: &[String],
+    on_ready: Option<F>,
+) -> Result<Measured, Box<dyn std::error::Error>>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<(), Box<dyn std::error::Error>>>,
+{
+    let exe = std::env::current_exe()?;
+    let time = std::path::Path::new("/usr/bin/time");
+    let stats = std::env::temp_dir().join(format!("kafkit-bench-{}.time", std::process::id()));
+    let mut cmd = if time.exists() {
+        let mut c = tokio::process::Command::new(time);
+        c.arg("-f").arg("%U %S %M").arg("-o").arg(&stats).arg(&exe);
+        c
+    } else {
+        tokio::process::Command::new(&exe)
+    };
+    cmd.arg("child")
+        .arg(role)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut on_ready = on_ready;
+    let mut result = None;
+    let deadline = tokio::time::sleep(Duration::from_secs(600));
+    tokio::pin!(deadline);
+    loop {
+        let line = tokio::select! {
+            line = lines.next_line() => line?,
+            _ = &mut deadline => return Err(format!("{role}: no result within 600 s").into()),
+        };
+        let Some(line) = line else { break };
+        if line == "ready" {
+            if let Some(f) = on_ready.take() {
+                f().await?;
+            }
+        } else if line.starts_with('{') {
+            result = Some(serde_json::from_str::<Value>(&line)?);
+        }
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        return Err(format!(
+            "{role} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
+    }
+    let doc = result.ok_or_else(|| format!("{role} printed no result"))?;
+    let (cpu_secs, max_rss_kb) = match std::fs::read_to_string(&stats) {
+        Ok(text) => {
+            let f: Vec<&str> = text.split_whitespace().collect();
+            let user: f64 = f.first().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let sys: f64 = f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            (Some(user + sys), f.get(2).and_then(|v| v.parse().ok()))
+        }
+        Err(_) => (None, None),
+    };
+    let _ = std::fs::remove_file(&stats);
+    Ok(Measured {
+        outcome: Outcome {
+            records: doc["records"].as_u64().unwrap_or(0),
+            bytes: doc["bytes"].as_u64().unwrap_or(0),
+            secs: doc["secs"].as_f64().unwrap_or(0.0),
+            latency_us: doc["latency_us"]
+                .as_array()
+                .map(|a| (a[0].as_u64().unwrap_or(0), a[1].as_u64().unwrap_or(0))),
+        },
+        cpu_secs,
+        max_rss_kb,
+    })
+}
+
+type NoReady = fn() -> std::future::Ready<Result<(), Box<dyn std::error::Error>>>;
+
+/// Results of one benchmark: contender -> counted runs.
+type Runs = BTreeMap<String, Vec<Measured>>;
+
+async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+    let started = Instant::now();
+    let _kafka;
+    let bootstrap = match std::env::var("KAFKA_BOOTSTRAP") {
+        Ok(b) => b,
+        Err(_) => {
+            let kafka = LocalKafka::start_with(BrokerOptions::default().heap("1g")).await?;
+            let b = kafka.bootstrap();
+            _kafka = kafka;
+            b
+        }
+    };
+    let client = ClientConfig::new([bootstrap.as_str()])?;
+    let scaled = |n: u64| ((n as f64 * cli.scale).round() as u64).max(100);
+    let workloads = [
+        ("A", scaled(1_000_000), 100usize),
+        ("B", scaled(100_000), 10 * 1024),
+    ];
+    let wanted = |name: &str| cli.only.as_deref().is_none_or(|o| name.contains(o));
+    let mut report = String::new();
+    let _ = writeln!(report, "{}\n", machine());
+    let _ = writeln!(
+        report,
+        "Command: `just bench` (`cargo run --release --manifest-path bench/Cargo.toml -- --scale {} --rounds {}`)\n",
+        cli.scale, cli.rounds
+    );
+
+    for (w, records, size) in workloads {
+        for partitions in [1, 12] {
+            let name = format!("produce {w}-{partitions}");
+            if !wanted(&name) {
+                continue;
+            }
+            let contenders = ["produce-kafkit", "produce-rdkafka", "produce-java"];
+            let mut runs = Runs::new();
+            for round in 0..=cli.rounds {
+                for i in 0..contenders.len() {
+                    let role = contenders[(i + round) % contenders.len()];
+                    let topic = format!(
+                        "bench-{}-{round}-{}",
+                        role,
+                        kafkit_testkit::random_name("p")
+                    );
+                    admin::create_topics(
+                        &client,
+                        &[NewTopic::new(&topic)
+                            .partitions(partitions)
+                            .replication_factor(1)],
+                    )
+                    .await?;
+                    let m = run_child::<NoReady, _>(
+                        role,
+                        &args(&bootstrap, &topic, records, size, partitions),
+                        None,
+                    )
+                    .await?;
+                    admin::delete_topics(&client, &[topic]).await?;
+                    eprintln!(
+                        "{name} round {round} {role}: {:.0} records/s",
+                        m.outcome.records as f64 / m.outcome.secs
+                    );
+                    if round > 0 {
+                        runs.entry(role.to_owned()).or_default().push(m);
+                    }
+                }
+            }
+            report.push_str(&throughput_table(
+                &name,
+                records,
+                size,
+                &runs,
+                "produce-kafkit",
+                &["produce-rdkafka", "produce-java"],
+            ));
+        }
+    }
+
+    for (w, records, size) in workloads {
+        for partitions in [1, 12] {
+            let name = format!("consume {w}-{partitions}");
+            if !wanted(&name) {
+                continue;
+            }
+            let topic = format!(
+                "bench-consume-{w}-{partitions}-{}",
+                kafkit_testkit::random_name("c")
+            );
+            admin::create_topics(
+                &client,
+                &[NewTopic::new(&topic)
+                    .partitions(partitions)
+                    .replication_factor(1)],
+            )
+            .await?;
+            preload(&client, &topic, records, size).await?;
+            let contenders = [
+                "consume-kafkit-partition",
+                "consume-kafkit-key",
+                "consume-kafkit-unordered",
+                "consume-rdkafka",
+                "consume-java",
+                "consume-ceiling",
+            ];
+            let mut runs = Runs::new();
+            for round in 0..=cli.rounds {
+                for i in 0..contenders.len() {
+                    let role = contenders[(i + round) % contenders.len()];
+                    let m = run_child::<NoReady, _>(
+                        role,
+                        &args(&bootstrap, &topic, records, size, partitions),
+                        None,
+                    )
+                    .await?;
+                    eprintln!(
+                        "{name} round {round} {role}: {:.0} records/s",
+                        m.outcome.records as f64 / m.outcome.secs
+                    );
+                    if round > 0 {
+                        runs.entry(role.to_owned()).or_default().push(m);
+                    }
+                }
+            }
+            admin::delete_topics(&client, &[topic]).await?;
+            report.push_str(&throughput_table(
+                &name,
+                records,
+                size,
+                &runs,
+                "consume-kafkit",
+                &["consume-rdkafka", "consume-java", "consume-ceiling"],
+            ));
+        }
+    }
+
+    if wanted("latency") {
+        let rate = 10_000u64;
+        let records = scaled(100_000);
+        let producer = ProducerBuilder::new(client.clone())
+            .linger(Duration::from_millis(1))
+            .build()
+            .await?;
+        let contenders = ["latency-kafkit", "latency-rdkafka"];
+        let mut runs = Runs::new();
+        for round in 0..=cli.rounds.min(3) {
+            for i in 0..contenders.len() {
+                let role = contenders[(i + round) % contenders.len()];
+                // A fresh topic per run: the probe reads from the start and sees only this run.
+                let topic = format!("bench-latency-{}", kafkit_testkit::random_name("l"));
+                admin::create_topics(
+                    &client,
+                    &[NewTopic::new(&topic).partitions(12).replication_factor(1)],
+                )
+                .await?;
+                let (producer, topic2) = (producer.clone(), topic.clone());
+                let paced = move || paced_produce(producer, topic2, records, rate);
+                let m = run_child(
+                    role,
+                    &args(&bootstrap, &topic, records, 100, 12),
+                    Some(paced),
+                )
+                .await?;
+                admin::delete_topics(&client, &[topic]).await?;
+                let (p50, p99) = m.outcome.latency_us.unwrap_or_default();
+                eprintln!("latency round {round} {role}: p50 {p50} µs, p99 {p99} µs");
+                if round > 0 {
+                    runs.entry(role.to_owned()).or_default().push(m);
+                }
+            }
+        }
+        report.push_str(&latency_table(records, rate, &runs));
+    }
+    let _ = writeln!(
+        report,
+        "Total run time: {:.0} s.",
+        started.elapsed().as_secs_f64()
+    );
+    println!("{report}");
+    if let Some(dir) = std::path::Path::new(&cli.out).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(&cli.out, &report)?;
+    Ok(())
+}
+
+fn args(bootstrap: &str, topic: &str, records: u64, size: usize, partitions: i32) -> Vec<String> {
+    vec![
+        "--bootstrap".into(),
+        bootstrap.into(),
+        "--topic".into(),
+        topic.into(),
+        "--records".into(),
+        records.to_string(),
+        "--size".into(),
+        size.to_string(),
+        "--partitions".into(),
+        partitions.to_string(),
+    ]
+}
+
+/// Writes the consume topics once, with kafkit's producer, so every consumer reads the same data.
+async fn preload(
+    client: &ClientConfig,
+    topic: &str,
+    records: u64,
+    size: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use futures::StreamExt;
+    let producer = ProducerBuilder::new(client.clone()).build().await?;
+    let value = payload(size);
+    let mut sends = futures::stream::iter(0..records)
+        .map(|i| {
+            producer
+                .send(ProducerRecord::new(topic, value.clone()).key(format!("key-{}", i % 1000)))
+        })
+        .buffer_unordered(50_000);
+    while let Some(done) = sends.next().await {
+        done?;
+    }
+    producer.close().await?;
+    Ok(())
+}
+
+/// Produces `records` records at `rate` per second, each value stamped with its send time.
+async fn paced_produce(
+    producer: kafkit::Producer,
+    topic: String,
+    records: u64,
+    rate: u64,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let per_tick = rate / 1000;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut sent = 0;
+    let mut tasks = tokio::task::JoinSet::new();
+    while sent < records {
+        tick.tick().await;
+        for _ in 0..per_tick.min(records - sent) {
+            let mut value = now_micros().to_be_bytes().to_vec();
+            value.resize(100, b'x');
+            let record = ProducerRecord::new(&topic, value).key(format!("key-{}", sent % 1000));
+            let producer = producer.clone();
+            tasks.spawn(async move { producer.send(record).await });
+            sent += 1;
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return 0.0;
+    }
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Medians, spread, CPU and RSS per contender, then each of ours (`ours` is a name prefix) over each peer.
+fn throughput_table(
+    name: &str,
+    records: u64,
+    size: usize,
+    runs: &Runs,
+    ours: &str,
+    peers: &[&str],
+) -> String {
+    let rate = |m: &Measured| m.outcome.records as f64 / m.outcome.secs.max(1e-9);
+    let medians: BTreeMap<&str, f64> = runs
+        .iter()
+        .map(|(k, v)| (k.as_str(), median(v.iter().map(rate).collect())))
+        .collect();
+    let mut out = format!(
+        "### {name}: {records} records x {size} B\n\n| contender | records/s (median) | min–max | MB/s | CPU µs/record | peak RSS MiB |\n| --- | ---: | ---: | ---: | ---: | ---: |\n"
+    );
+    for (role, ms) in runs {
+        let rates: Vec<f64> = ms.iter().map(rate).collect();
+        let min = rates.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = rates.iter().copied().fold(0.0, f64::max);
+        let med = medians[role.as_str()];
+        let cpu: Vec<f64> = ms
+            .iter()
+            .filter_map(|m| m.cpu_secs.map(|c| c * 1e6 / m.outcome.records as f64))
+            .collect();
+        let rss: Vec<f64> = ms
+            .iter()
+            .filter_map(|m| m.max_rss_kb.map(|k| k as f64 / 1024.0))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {role} | {med:.0} | {min:.0}–{max:.0} | {:.1} | {} | {} |",
+            med * size as f64 / 1e6,
+            if cpu.is_empty() {
+                "n/a".into()
+            } else {
+                format!("{:.2}", median(cpu))
+            },
+            if rss.is_empty() {
+                "n/a".into()
+            } else {
+                format!("{:.0}", median(rss))
+            },
+        );
+    }
+    out.push('\n');
+    for role in runs.keys().filter(|r| r.starts_with(ours)) {
+        for peer in peers {
+            if let Some(p) = medians.get(peer) {
+                let _ = writeln!(
+                    out,
+                    "- {role} / {peer}: **{:.2}**",
+                    medians[role.as_str()] / p
+                );
+            }
+        }
+    }
+    out.push('\n');
+    out
+}
+
+fn latency_table(records: u64, rate: u64, runs: &Runs) -> String {
+    let mut out = format!(
+        "### end-to-end latency: {records} records at {rate}/s (send to handler, 12 partitions)\n\n| contender | p50 µs (median of runs) | p99 µs (median of runs) | p99 min–max |\n| --- | ---: | ---: | ---: |\n"
+    );
+    for (role, ms) in runs {
+        let p50: Vec<f64> = ms
+            .iter()
+            .filter_map(|m| m.outcome.latency_us.map(|l| l.0 as f64))
+            .collect();
+        let p99: Vec<f64> = ms
+            .iter()
+            .filter_map(|m| m.outcome.latency_us.map(|l| l.1 as f64))
+            .collect();
+        let min = p99.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = p99.iter().copied().fold(0.0, f64::max);
+        let _ = writeln!(
+            out,
+            "| {role} | {:.0} | {:.0} | {min:.0}–{max:.0} |",
+            median(p50),
+            median(p99.clone())
+        );
+    }
+    out.push('\n');
+    out
+}
+
+/// The machine the numbers come from.
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024 / 1024);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "Machine: {cpu}, {cores} cores, {mem} GiB; load average at start: {}; broker: Apache Kafka {} (kafkit-testkit, one node, same machine); librdkafka 2.0.2 (Debian) via rust-rdkafka 0.29.",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+        kafkit_testkit::KAFKA_VERSION
+    )
+}

@@ -1,0 +1,167 @@
+//! rust-rdkafka's contenders (librdkafka underneath): `FutureProducer` and `StreamConsumer`, set up
+//! for the same work as kafkit's: acks=all, 5 ms linger, 1 MiB batches; 1 MiB per-partition fetches,
+//! and at-least-once commits (auto-commit of offsets stored only after each record is handled).
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use std::sync::Arc;
+
+use rdkafka::ClientConfig;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+
+use crate::{Latch, Outcome, payload, percentiles, value_micros};
+
+pub(crate) async fn produce(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+    size: usize,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.size", "1048576")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("partitioner", "murmur2_random")
+        .create()?;
+    let value = payload(size);
+    let keys: Vec<String> = (0..1000).map(|i| format!("key-{i}")).collect();
+    let started = Instant::now();
+    let mut sends = futures::stream::iter(0..records)
+        .map(|i| {
+            let record = FutureRecord::to(topic)
+                .payload(&value[..])
+                .key(keys[(i % 1000) as usize].as_str());
+            producer.send(record, Timeout::After(Duration::from_secs(120)))
+        })
+        .buffer_unordered(100_000);
+    while let Some(done) = sends.next().await {
+        done.map_err(|(e, _)| e)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Outcome {
+        records,
+        bytes: records * size as u64,
+        secs,
+        latency_us: None,
+    })
+}
+
+/// Marks the first assignment (throughput is timed from there, as for kafkit and Java).
+struct Assigned(Arc<Latch>);
+
+impl ClientContext for Assigned {}
+
+impl ConsumerContext for Assigned {
+    fn post_rebalance(&self, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(_) = rebalance {
+            self.0.set_once();
+        }
+    }
+}
+
+fn consumer(
+    bootstrap: &str,
+    group: &str,
+    reset: &str,
+    wait_ms: &str,
+    assigned: Arc<Latch>,
+) -> Result<StreamConsumer<Assigned>, rdkafka::error::KafkaError> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", reset)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "5000")
+        .set("enable.auto.offset.store", "false")
+        .set("max.partition.fetch.bytes", "1048576")
+        .set("fetch.wait.max.ms", wait_ms)
+        .create_with_context(Assigned(assigned))
+}
+
+pub(crate) async fn consume(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let group = format!("bench-rdkafka-{}", std::process::id());
+    let assigned = Arc::new(Latch::default());
+    let consumer = consumer(bootstrap, &group, "earliest", "500", Arc::clone(&assigned))?;
+    consumer.subscribe(&[topic])?;
+    let mut stream = consumer.stream();
+    let mut count = 0u64;
+    let mut bytes = 0u64;
+    while count < records {
+        let Some(message) = stream.next().await else {
+            break;
+        };
+        let message = message?;
+        bytes += message.payload().map_or(0, <[u8]>::len) as u64;
+        count += 1;
+        consumer.store_offset_from_message(&message)?;
+    }
+    let last = Latch::default();
+    last.set_once();
+    let secs = last.since(&assigned);
+    drop(stream);
+    consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync)?;
+    Ok(Outcome {
+        records: count,
+        bytes,
+        secs,
+        latency_us: None,
+    })
+}
+
+pub(crate) async fn latency(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let group = format!("bench-rdkafka-latency-{}", std::process::id());
+    // A fresh topic per run, produced to only after `ready`: earliest loses nothing.
+    let consumer = consumer(bootstrap, &group, "earliest", "100", Arc::default())?;
+    consumer.subscribe(&[topic])?;
+    let mut stream = consumer.stream();
+    // Poll until the group assigned partitions and positions are known.
+    let mut announced = false;
+    let mut samples = Vec::with_capacity(records as usize);
+    let started = Instant::now();
+    while (samples.len() as u64) < records {
+        if !announced {
+            match tokio::time::timeout(Duration::from_millis(100), stream.next()).await {
+                Ok(Some(message)) => {
+                    let message = message?;
+                    samples.push(value_micros(message.payload().unwrap_or_default()));
+                    consumer.store_offset_from_message(&message)?;
+                }
+                Ok(None) => break,
+                Err(_) => {}
+            }
+            if consumer.assignment()?.count() > 0 {
+                announced = true;
+                crate::announce_ready();
+            }
+            continue;
+        }
+        let Some(message) = stream.next().await else {
+            break;
+        };
+        let message = message?;
+        samples.push(value_micros(message.payload().unwrap_or_default()));
+        consumer.store_offset_from_message(&message)?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Outcome {
+        records: samples.len() as u64,
+        bytes: 0,
+        secs,
+        latency_us: Some(percentiles(&mut samples)),
+    })
+}
