@@ -25,8 +25,18 @@ chaos runs="5" rounds="4":
 musl:
     bash .ci/musl
 
-# Benchmarks (see docs/benchmarks.md).
-bench:
+# Side-by-side benchmarks: kafkit vs rust-rdkafka vs the Java client vs a raw fetch ceiling, on one
+# local broker (docs/benchmarks.md). Needs librdkafka-dev (Debian) for the rdkafka peer. Takes about
+# 20 minutes at the default size; `just bench --scale 0.2` is a fifth of the records.
+bench *args:
+    cargo run --release --locked --manifest-path bench/Cargo.toml -- {{args}}
+
+# The same runner at a tiny size, one round: keeps it from rotting (about a minute).
+bench-smoke:
+    cargo run --release --locked --manifest-path bench/Cargo.toml -- --scale 0.002 --rounds 1 --out /tmp/kafkit-bench-smoke.md
+
+# The metrics hot-path micro-benchmark.
+bench-metrics:
     cargo bench -p kafkit-metrics
 
 # Start a local Kafka, print its address, keep it up until Ctrl-C.
