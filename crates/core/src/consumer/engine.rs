@@ -27,6 +27,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
@@ -84,22 +85,50 @@ pub(crate) enum Sink {
     Stream(mpsc::Sender<StreamRecord>),
 }
 
-/// A record finished (or handed back) by a handler task or a stream user.
+/// A record finished (or records handed back) by a handler task or a stream user.
 #[derive(Debug)]
 pub(crate) struct Completion {
     pub(crate) slot: usize,
     pub(crate) epoch: u64,
     pub(crate) key: u64,
-    pub(crate) offset: i64,
     pub(crate) outcome: Outcome,
 }
 
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// Processed: the offset may be committed.
-    Done,
-    /// Not processed and given back (a stream record dropped without ack): deliver it again.
-    Redeliver(ConsumedRecord),
+    /// The record at this offset is processed (it may be committed) and its hand-out ends.
+    Done(i64),
+    /// The record at this offset is processed; the run it belongs to goes on with its next record,
+    /// so the hand-out (the key, the in-flight unit) stays taken.
+    Progress(i64),
+    /// Records handed out and not processed (a stream record dropped without ack, or the rest of a
+    /// run stopped by a revocation or shutdown), in offset order. Ends the hand-out; they are
+    /// delivered again unless their partition is going away.
+    Returned(Vec<ConsumedRecord>),
+}
+
+/// The most records one run may take: records of one partition (`PartitionOrdered`) or one key
+/// (`KeyOrdered`) that a handler task processes one after another without a round trip through the
+/// engine. It bounds how many started-but-unprocessed records a stop has to hand back.
+const RUN_MAX: usize = 256;
+
+/// The most ready messages of one kind the engine takes in a row before it dispatches again.
+const DRAIN_MAX: usize = 512;
+
+/// The most lanes (runs, or single `Unordered` records) one handler task drives concurrently.
+/// Grouping saves a task spawn and a join per record; the bound keeps a dispatch spread over several
+/// tasks, so the runtime's worker threads share the work.
+const LANES_PER_TASK: usize = 16;
+
+/// Records handed to a handler task as one unit: processed one after another, in offset order, while
+/// the slot's tenure lasts. Each record reports [`Outcome::Progress`], the last [`Outcome::Done`]; a
+/// stop hands the rest back with [`Outcome::Returned`].
+struct Lane {
+    slot: usize,
+    epoch: u64,
+    key: u64,
+    records: Vec<ConsumedRecord>,
+    stop: Arc<AtomicBool>,
 }
 
 /// One owned partition.
@@ -119,6 +148,18 @@ struct Slot {
     committed_metadata: Option<String>,
     /// Offsets already processed by a previous owner above its committed offset (from the offset map).
     skip: BTreeSet<i64>,
+    /// Set when the tenure stops dispatching; runs in flight check it before each next record.
+    stop: Arc<AtomicBool>,
+}
+
+impl Slot {
+    /// Invariant: once called, no further record of this tenure starts. The fetcher stops, queued
+    /// records are dropped, and runs in flight hand back the records they have not started.
+    fn stop_dispatch(&mut self) {
+        self.fetch = None;
+        self.schedule.clear_queued();
+        self.stop.store(true, Ordering::Release);
+    }
 }
 
 struct Revocation {
@@ -159,6 +200,8 @@ pub(crate) struct Engine {
     group_id: String,
     /// Records gathered for the next batch handler call (batch sink only).
     batch: Vec<BatchItem>,
+    /// Lanes gathered for the next handler task (handler sink only).
+    lanes: Vec<Lane>,
     listener: Option<Arc<dyn ConsumerListener>>,
 }
 
@@ -221,6 +264,7 @@ impl Engine {
             metrics,
             group_id,
             batch: Vec::new(),
+            lanes: Vec::new(),
             listener: settings_listener,
         }
     }
@@ -282,11 +326,29 @@ impl Engine {
                 // The busy channels come last: `biased` polls in order, so the rarely ready branches
                 // above (group events, shutdown, commit ticks, deadlines) are never starved by a
                 // steady stream of completions and fetches.
-                Some(c) = self.done_rx.recv() => self.on_completion(c),
-                Some(f) = self.fetched_rx.recv() => self.on_fetch(f),
+                // Each busy branch takes what else is ready (up to a bound) before the next dispatch:
+                // one pass over the partitions per batch of completions, not per completion.
+                Some(c) = self.done_rx.recv() => {
+                    self.on_completion(c);
+                    for _ in 0..DRAIN_MAX {
+                        let Ok(c) = self.done_rx.try_recv() else { break };
+                        self.on_completion(c);
+                    }
+                }
+                Some(f) = self.fetched_rx.recv() => {
+                    self.on_fetch(f);
+                    for _ in 0..DRAIN_MAX {
+                        let Ok(f) = self.fetched_rx.try_recv() else { break };
+                        self.on_fetch(f);
+                    }
+                }
                 Some(joined) = self.handlers.join_next(), if !self.handlers.is_empty() => {
-                    if let Err(e) = joined && e.is_panic() {
-                        warn!(error = %e, "a record handler panicked; its record will not be committed");
+                    let mut joined = Some(joined);
+                    for _ in 0..DRAIN_MAX {
+                        let Some(j) = joined.take().or_else(|| self.handlers.try_join_next()) else { break };
+                        if let Err(e) = j && e.is_panic() {
+                            warn!(error = %e, "a record handler panicked; its records will not be committed");
+                        }
                     }
                 }
             }
@@ -323,8 +385,7 @@ impl Engine {
         info!(timeout = ?self.settings.shutdown_timeout, "shutting down: stop fetching, drain, commit, leave");
         self.shutdown_deadline = Some(Instant::now() + self.settings.shutdown_timeout);
         for slot in self.slots.iter_mut().flatten() {
-            slot.fetch = None;
-            slot.schedule.clear_queued();
+            slot.stop_dispatch();
         }
         self.group.shutdown();
     }
@@ -362,8 +423,7 @@ impl Engine {
                 for &i in &slots {
                     if let Some(s) = self.slots[i].as_mut() {
                         s.revoking = true;
-                        s.fetch = None;
-                        s.schedule.clear_queued();
+                        s.stop_dispatch();
                     }
                 }
                 let timeout = self.settings.revoke_timeout;
@@ -387,6 +447,9 @@ impl Engine {
                 for tp in partitions {
                     self.release(&tp);
                     if let Some(i) = self.by_partition.remove(&tp) {
+                        if let Some(s) = self.slots[i].as_mut() {
+                            s.stop_dispatch();
+                        }
                         self.slots[i] = None;
                     }
                 }
@@ -430,6 +493,7 @@ impl Engine {
             committed: None,
             committed_metadata: None,
             skip: BTreeSet::new(),
+            stop: Arc::new(AtomicBool::new(false)),
         });
         self.by_partition.insert(tp, index);
     }
@@ -551,36 +615,37 @@ impl Engine {
     }
 
     fn on_completion(&mut self, c: Completion) {
-        self.in_flight = self.in_flight.saturating_sub(1);
+        if !matches!(c.outcome, Outcome::Progress(_)) {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        let stopping = self.shutdown_deadline.is_some();
         let metrics = self.metrics.clone();
         let Some(s) = self.slot_mut(c.slot, c.epoch) else {
-            debug!(
-                offset = c.offset,
-                "completion from a previous tenure dropped"
-            );
+            debug!("completion from a previous tenure dropped");
             return;
         };
         match c.outcome {
-            Outcome::Done => {
+            Outcome::Done(offset) | Outcome::Progress(offset) => {
                 if let Some(m) = &metrics {
                     m.record_acked(&s.topic);
                 }
-                s.schedule.finish(c.key);
+                if matches!(c.outcome, Outcome::Done(_)) {
+                    s.schedule.finish(c.key);
+                }
                 if let Some(t) = s.tracker.as_mut() {
-                    t.complete(c.offset);
+                    t.complete(offset);
                 }
             }
-            Outcome::Redeliver(record) => {
-                if s.revoking {
+            Outcome::Returned(records) => {
+                if s.revoking || stopping {
                     s.schedule.finish(c.key);
                 } else {
-                    s.schedule.push_front(c.key, record);
+                    s.schedule.finish_run(c.key, records.into_iter());
                 }
             }
         }
     }
 
-    /// Starts as many records as the bounds allow, round-robin across partitions.
     /// The circuit breaker in front of the handler, if one is configured.
     fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
         match &self.sink {
@@ -645,6 +710,10 @@ impl Engine {
         }
     }
 
+    /// Starts as many records as the bounds allow, round-robin across partitions. With a handler,
+    /// a start takes a run: the records of the same partition (`PartitionOrdered`) or key
+    /// (`KeyOrdered`) that would start right after it, processed in sequence by one task; a run counts
+    /// once against `max_in_flight`, since its records never run at the same time.
     fn dispatch(&mut self) {
         if self.shutdown_deadline.is_some() || self.stream_blocked.is_some() || self.breaker_open()
         {
@@ -681,8 +750,24 @@ impl Engine {
                 else {
                     continue;
                 };
-                let epoch = slot.epoch;
-                if !self.start(idx, epoch, key, record) {
+                let mut records = vec![record];
+                if matches!(self.sink, Sink::Handler(..)) {
+                    slot.schedule.extend_run(
+                        key,
+                        limit,
+                        ConsumedRecord::offset,
+                        RUN_MAX,
+                        &mut records,
+                    );
+                }
+                let lane = Lane {
+                    slot: idx,
+                    epoch: slot.epoch,
+                    key,
+                    records,
+                    stop: Arc::clone(&slot.stop),
+                };
+                if !self.start(lane) {
                     return;
                 }
                 progressed = true;
@@ -690,6 +775,31 @@ impl Engine {
             self.rr = self.rr.wrapping_add(1);
         }
         self.flush_batch();
+        self.flush_lanes();
+    }
+
+    /// Spawns one handler task for the lanes gathered by [`start`](Self::start).
+    fn flush_lanes(&mut self) {
+        let Sink::Handler(handler, failure) = &self.sink else {
+            return;
+        };
+        if self.lanes.is_empty() {
+            return;
+        }
+        let lanes = std::mem::take(&mut self.lanes);
+        let handler = Arc::clone(handler);
+        let failure = Arc::clone(failure);
+        let done = self.done_tx.clone();
+        self.handlers.spawn(async move {
+            let run = |lane| run_lane(lane, &handler, &failure, &done);
+            if lanes.len() == 1 {
+                for lane in lanes {
+                    run(lane).await;
+                }
+            } else {
+                futures::future::join_all(lanes.into_iter().map(run)).await;
+            }
+        });
     }
 
     /// Hands the gathered records to one batch handler call. Successes complete together; each
@@ -715,8 +825,7 @@ impl Engine {
                     slot: item.slot,
                     epoch: item.epoch,
                     key: item.key,
-                    offset: item.record.offset(),
-                    outcome: Outcome::Done,
+                    outcome: Outcome::Done(item.record.offset()),
                 });
             };
             let permit = failure.admit().await;
@@ -768,15 +877,25 @@ impl Engine {
         });
     }
 
-    /// Hands one record to the sink. Returns false when the stream is full (the record is put back).
-    fn start(&mut self, slot: usize, epoch: u64, key: u64, record: ConsumedRecord) -> bool {
+    /// Hands a lane to the sink (the batch and stream sinks get lanes of one record). Returns false
+    /// when the stream is full (the record is put back).
+    fn start(&mut self, mut lane: Lane) -> bool {
         match &self.sink {
+            Sink::Handler(..) => {
+                self.lanes.push(lane);
+                self.in_flight += 1;
+                if self.lanes.len() >= LANES_PER_TASK {
+                    self.flush_lanes();
+                }
+                true
+            }
             Sink::Batch { max, .. } => {
                 let max = *max;
+                let record = lane.records.pop().expect("a lane has a record");
                 self.batch.push(BatchItem {
-                    slot,
-                    epoch,
-                    key,
+                    slot: lane.slot,
+                    epoch: lane.epoch,
+                    key: lane.key,
                     record,
                 });
                 self.in_flight += 1;
@@ -785,50 +904,36 @@ impl Engine {
                 }
                 true
             }
-            Sink::Handler(handler, failure) => {
-                let handler = Arc::clone(handler);
-                let failure = Arc::clone(failure);
-                let done = self.done_tx.clone();
-                self.handlers.spawn(async move {
-                    failure.process(&handler, &record).await;
-                    let _ = done.send(Completion {
-                        slot,
-                        epoch,
-                        key,
-                        offset: record.offset(),
-                        outcome: Outcome::Done,
-                    });
-                });
-                self.in_flight += 1;
-                true
+            Sink::Stream(tx) => {
+                let record = lane.records.pop().expect("a lane has a record");
+                match tx.clone().try_reserve_owned() {
+                    Ok(permit) => {
+                        permit.send(StreamRecord {
+                            record,
+                            ack: Some(AckHandle {
+                                slot: lane.slot,
+                                epoch: lane.epoch,
+                                key: lane.key,
+                                done: self.done_tx.clone(),
+                            }),
+                        });
+                        self.in_flight += 1;
+                        true
+                    }
+                    Err(err) => {
+                        let closed = matches!(err, mpsc::error::TrySendError::Closed(_));
+                        let s = self.slots[lane.slot].as_mut().expect("slot exists");
+                        // `next` counted it in flight; put it back.
+                        s.schedule.push_front(lane.key, record);
+                        let tx = tx.clone();
+                        self.stream_blocked =
+                            Some(Box::pin(
+                                async move { !closed && tx.reserve().await.is_ok() },
+                            ));
+                        false
+                    }
+                }
             }
-            Sink::Stream(tx) => match tx.clone().try_reserve_owned() {
-                Ok(permit) => {
-                    permit.send(StreamRecord {
-                        record,
-                        ack: Some(AckHandle {
-                            slot,
-                            epoch,
-                            key,
-                            done: self.done_tx.clone(),
-                        }),
-                    });
-                    self.in_flight += 1;
-                    true
-                }
-                Err(err) => {
-                    let closed = matches!(err, mpsc::error::TrySendError::Closed(_));
-                    let s = self.slots[slot].as_mut().expect("slot exists");
-                    // `next` counted it in flight; put it back.
-                    s.schedule.push_front(key, record);
-                    let tx = tx.clone();
-                    self.stream_blocked =
-                        Some(Box::pin(
-                            async move { !closed && tx.reserve().await.is_ok() },
-                        ));
-                    false
-                }
-            },
         }
     }
 
@@ -989,6 +1094,44 @@ async fn breaker_changed(rx: &mut Option<watch::Receiver<CircuitState>>) -> bool
     match rx {
         Some(rx) => rx.changed().await.is_ok(),
         None => std::future::pending().await,
+    }
+}
+
+/// Processes a lane's records in order through the failure path, reporting each; stops before the
+/// next record once the slot's tenure stopped dispatching, handing the rest back.
+async fn run_lane(
+    lane: Lane,
+    handler: &HandlerFn,
+    failure: &FailurePath,
+    done: &mpsc::UnboundedSender<Completion>,
+) {
+    let Lane {
+        slot,
+        epoch,
+        key,
+        records,
+        stop,
+    } = lane;
+    let report = |outcome| {
+        let _ = done.send(Completion {
+            slot,
+            epoch,
+            key,
+            outcome,
+        });
+    };
+    let mut records = records.into_iter();
+    while let Some(record) = records.next() {
+        failure.process(handler, &record).await;
+        if records.len() == 0 {
+            report(Outcome::Done(record.offset()));
+            return;
+        }
+        report(Outcome::Progress(record.offset()));
+        if stop.load(Ordering::Acquire) {
+            report(Outcome::Returned(records.collect()));
+            return;
+        }
     }
 }
 

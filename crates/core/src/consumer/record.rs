@@ -123,8 +123,7 @@ impl StreamRecord {
                 slot: h.slot,
                 epoch: h.epoch,
                 key: h.key,
-                offset: self.record.offset(),
-                outcome: super::engine::Outcome::Done,
+                outcome: super::engine::Outcome::Done(self.record.offset()),
             });
         }
     }
@@ -142,8 +141,7 @@ impl Drop for StreamRecord {
                 slot: h.slot,
                 epoch: h.epoch,
                 key: h.key,
-                offset: self.record.offset(),
-                outcome: super::engine::Outcome::Redeliver(self.record.clone()),
+                outcome: super::engine::Outcome::Returned(vec![self.record.clone()]),
             });
         }
     }

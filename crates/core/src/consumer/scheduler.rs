@@ -122,21 +122,7 @@ impl<R> PartitionSchedule<R> {
     /// Puts a record that was handed out back at the front of its queue (it will be handed out
     /// again next). Its key stays ready; call instead of [`finish`](Self::finish).
     pub(crate) fn push_front(&mut self, key: u64, record: R) {
-        self.in_flight -= 1;
-        match &mut self.state {
-            State::Fifo(q) => q.push_front(record),
-            State::Keyed {
-                queues,
-                busy,
-                ready,
-                len,
-            } => {
-                busy.remove(&key);
-                queues.entry(key).or_default().push_front(record);
-                ready.push_front(key);
-                *len += 1;
-            }
-        }
+        self.finish_run(key, std::iter::once(record));
     }
 
     /// The next record that may start, marking it in flight.
@@ -195,20 +181,78 @@ impl<R> PartitionSchedule<R> {
         record
     }
 
+    /// After [`next_below`](Self::next_below) handed out a record of `key`, takes the records that
+    /// would run right after it anyway, one at a time and in this order: the rest of the partition
+    /// (`PartitionOrdered`) or of the key (`KeyOrdered`), up to `out.len() == max`, offsets below
+    /// `limit`. They join the same hand-out, which one [`finish_run`](Self::finish_run) ends, so the
+    /// caller may process them in sequence without asking again. `Unordered` records keep no order
+    /// with each other: nothing is added.
+    pub(crate) fn extend_run(
+        &mut self,
+        key: u64,
+        limit: i64,
+        offset_of: impl Fn(&R) -> i64,
+        max: usize,
+        out: &mut Vec<R>,
+    ) {
+        let below = |q: &VecDeque<R>| q.front().is_some_and(|r| offset_of(r) < limit);
+        match (&mut self.state, self.mode) {
+            (State::Fifo(q), DispatchMode::PartitionOrdered) => {
+                while out.len() < max && below(q) {
+                    out.extend(q.pop_front());
+                }
+            }
+            (State::Fifo(_), _) => {}
+            (State::Keyed { queues, len, .. }, _) => {
+                let Entry::Occupied(mut q) = queues.entry(key) else {
+                    return;
+                };
+                while out.len() < max && below(q.get()) {
+                    out.extend(q.get_mut().pop_front());
+                    *len -= 1;
+                }
+                if q.get().is_empty() {
+                    q.remove();
+                }
+            }
+        }
+    }
+
     /// A record handed out by [`next`](Self::next) is finished; its key may run its next record.
     pub(crate) fn finish(&mut self, key: u64) {
+        self.finish_run(key, std::iter::empty());
+    }
+
+    /// Ends a hand-out of `key` (a record, or a run built by [`extend_run`](Self::extend_run)).
+    /// `unstarted` are the records of it that did not run, in offset order: they go back to the front
+    /// of their queue and are handed out next.
+    pub(crate) fn finish_run(&mut self, key: u64, unstarted: impl DoubleEndedIterator<Item = R>) {
         self.in_flight -= 1;
-        if let State::Keyed {
-            queues,
-            busy,
-            ready,
-            ..
-        } = &mut self.state
-            && busy.remove(&key).is_some()
-            && let Entry::Occupied(q) = queues.entry(key)
-            && !q.get().is_empty()
-        {
-            ready.push_back(key);
+        match &mut self.state {
+            State::Fifo(q) => {
+                for r in unstarted.rev() {
+                    q.push_front(r);
+                }
+            }
+            State::Keyed {
+                queues,
+                busy,
+                ready,
+                len,
+            } => {
+                let was_busy = busy.remove(&key).is_some();
+                let mut returned = false;
+                for r in unstarted.rev() {
+                    queues.entry(key).or_default().push_front(r);
+                    *len += 1;
+                    returned = true;
+                }
+                if returned {
+                    ready.push_front(key);
+                } else if was_busy && queues.get(&key).is_some_and(|q| !q.is_empty()) {
+                    ready.push_back(key);
+                }
+            }
         }
     }
 
@@ -340,6 +384,52 @@ mod tests {
         assert_eq!(s.next(), None);
     }
 
+    #[test]
+    fn runs_take_what_would_run_next_in_the_same_lane() {
+        let (a, b) = (key_hash(Some(b"a")), key_hash(Some(b"b")));
+        let mut keyed = PartitionSchedule::new(DispatchMode::KeyOrdered { max_in_flight: 8 });
+        // a: 0, 2, 3, 6; b: 1, 4
+        for (o, k) in [(0i64, a), (1, b), (2, a), (3, a), (4, b), (6, a)] {
+            keyed.push(k, o);
+        }
+        let (k, first) = keyed.next_below(i64::MAX, |&o| o).unwrap();
+        let mut run = vec![first];
+        keyed.extend_run(k, 6, |&o| o, 3, &mut run);
+        assert_eq!(
+            (k, run.clone()),
+            (a, vec![0, 2, 3]),
+            "a's records, at most 3, below 6"
+        );
+        assert_eq!(keyed.in_flight(), 1, "a run is one hand-out");
+        assert_eq!(keyed.next(), Some((b, 1)), "other keys still run");
+        assert_eq!(keyed.next(), None, "a stays busy while its run is out");
+        // The run stopped after 0: 2 and 3 go back in front of 6.
+        keyed.finish_run(a, vec![2, 3].into_iter());
+        assert_eq!(keyed.next(), Some((a, 2)));
+        keyed.finish(a);
+        assert_eq!(keyed.next(), Some((a, 3)));
+
+        let mut ordered = PartitionSchedule::new(DispatchMode::PartitionOrdered);
+        for o in 0..5i64 {
+            ordered.push(0, o);
+        }
+        let (k, first) = ordered.next().unwrap();
+        let mut run = vec![first];
+        ordered.extend_run(k, i64::MAX, |&o| o, 10, &mut run);
+        assert_eq!(run, vec![0, 1, 2, 3, 4]);
+        assert_eq!(ordered.next(), None);
+        ordered.finish_run(k, std::iter::empty());
+        assert_eq!((ordered.in_flight(), ordered.queued()), (0, 0));
+
+        let mut unordered = PartitionSchedule::new(DispatchMode::Unordered { max_in_flight: 8 });
+        unordered.push(0, 0i64);
+        unordered.push(0, 1);
+        let (k, first) = unordered.next().unwrap();
+        let mut run = vec![first];
+        unordered.extend_run(k, i64::MAX, |&o| o, 10, &mut run);
+        assert_eq!(run, vec![0], "unordered records are handed out one by one");
+    }
+
     proptest! {
         /// Whatever the interleaving of starts and finishes, no two records of a key are in flight
         /// at once and each key's records start in offset order.
@@ -370,6 +460,63 @@ mod tests {
                     s.finish(k);
                 }
             }
+        }
+
+        /// The same with runs: a start may take more of its key's records, and a finish may hand back
+        /// the part of a run that did not start. Keys still never overlap and start in offset order,
+        /// and every record runs exactly once.
+        #[test]
+        fn runs_keep_per_key_order(keys in proptest::collection::vec(0u64..6, 1..300), picks in proptest::collection::vec(any::<u16>(), 1..600)) {
+            let mut s = PartitionSchedule::new(DispatchMode::KeyOrdered { max_in_flight: 100 });
+            for (offset, k) in keys.iter().enumerate() {
+                s.push(*k, offset);
+            }
+            // Runs in flight: key and the offsets not yet started (the first one has started).
+            let mut runs: Vec<(u64, Vec<usize>)> = Vec::new();
+            let mut last_started: HashMap<u64, usize> = HashMap::new();
+            let mut ran = vec![0u32; keys.len()];
+            let mut picks = picks.into_iter().cycle();
+            let mut guard = 0;
+            while ran.iter().any(|&n| n == 0) {
+                guard += 1;
+                prop_assert!(guard < 100_000, "no progress");
+                let p = picks.next().unwrap() as usize;
+                if (p.is_multiple_of(3) || runs.is_empty()) && let Some((k, o)) = s.next() {
+                    prop_assert!(!runs.iter().any(|(rk, _)| *rk == k), "key {} twice in flight", k);
+                    let mut run = vec![o];
+                    s.extend_run(k, i64::MAX, |&o| o as i64, 1 + p % 5, &mut run);
+                    for w in run.windows(2) {
+                        prop_assert!(w[0] < w[1]);
+                    }
+                    for &o in &run {
+                        prop_assert_eq!(keys[o], k);
+                    }
+                    runs.push((k, run));
+                    // The first record starts now.
+                    let (k, run) = runs.last_mut().unwrap();
+                    let o = run.remove(0);
+                    if let Some(prev) = last_started.insert(*k, o) {
+                        prop_assert!(prev < o, "key {} started {} after {}", k, o, prev);
+                    }
+                    ran[o] += 1;
+                } else {
+                    prop_assert!(!runs.is_empty(), "nothing in flight and nothing may start: records are stuck");
+                    let i = p % runs.len();
+                    let (k, rest) = &mut runs[i];
+                    if !rest.is_empty() && p % 4 != 0 {
+                        // The run goes on with its next record.
+                        let o = rest.remove(0);
+                        let prev = last_started.insert(*k, o);
+                        prop_assert!(prev.is_none_or(|prev| prev < o));
+                        ran[o] += 1;
+                    } else {
+                        // The run ends; what did not start goes back.
+                        let (k, rest) = runs.remove(i);
+                        s.finish_run(k, rest.into_iter());
+                    }
+                }
+            }
+            prop_assert!(ran.iter().all(|&n| n == 1), "each record runs exactly once: {:?}", ran);
         }
     }
 }
