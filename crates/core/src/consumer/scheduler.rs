@@ -477,7 +477,7 @@ mod tests {
             let mut ran = vec![0u32; keys.len()];
             let mut picks = picks.into_iter().cycle();
             let mut guard = 0;
-            while ran.iter().any(|&n| n == 0) {
+            while ran.contains(&0) {
                 guard += 1;
                 prop_assert!(guard < 100_000, "no progress");
                 let p = picks.next().unwrap() as usize;
@@ -503,7 +503,7 @@ mod tests {
                     prop_assert!(!runs.is_empty(), "nothing in flight and nothing may start: records are stuck");
                     let i = p % runs.len();
                     let (k, rest) = &mut runs[i];
-                    if !rest.is_empty() && p % 4 != 0 {
+                    if !rest.is_empty() && !p.is_multiple_of(4) {
                         // The run goes on with its next record.
                         let o = rest.remove(0);
                         let prev = last_started.insert(*k, o);
