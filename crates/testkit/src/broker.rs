@@ -17,14 +17,47 @@ use rskafka::client::ClientBuilder;
 use crate::jars::kafka_classpath;
 use crate::java::check_java;
 use crate::process;
+use crate::tls::TlsMaterial;
 use crate::{Error, Result};
 
+/// The SASL mechanisms the SASL listeners enable; every user of [`BrokerOptions::sasl_users`] is valid
+/// for each.
+const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
+
 /// How local brokers are started.
+///
+/// Every broker has a `PLAINTEXT` client listener ([`Node::bootstrap`]), which is also the
+/// inter-broker listener and the one the testkit probes for readiness. [`sasl_users`](Self::sasl_users)
+/// and [`tls`](Self::tls) add secured client listeners beside it:
+///
+/// | options | listeners added |
+/// | --- | --- |
+/// | `sasl_users` | `SASL_PLAINTEXT` |
+/// | `tls` | `SSL` |
+/// | both | `SASL_PLAINTEXT`, `SSL`, `SASL_SSL` |
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), kafkit_testkit::Error> {
+/// use kafkit_testkit::{BrokerOptions, LocalKafka};
+/// let kafka = LocalKafka::start_with(
+///     BrokerOptions::default()
+///         .sasl_users([("alice", "alice-secret")])
+///         .tls(),
+/// )
+/// .await?;
+/// let scram = kafka.sasl_plaintext_bootstrap().unwrap(); // SCRAM-SHA-256/512 or PLAIN, alice
+/// let tls = kafka.ssl_bootstrap().unwrap(); // trust kafka.tls_material().unwrap().ca_path()
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct BrokerOptions {
     heap: String,
     properties: Vec<(String, String)>,
     start_timeout: Duration,
+    /// `Some` once `sasl_users` was called: the SASL listeners exist, with these (name, password).
+    sasl_users: Option<Vec<(String, String)>>,
+    tls: bool,
+    tls_client_auth_required: bool,
 }
 
 impl Default for BrokerOptions {
@@ -34,6 +67,9 @@ impl Default for BrokerOptions {
             heap: "512m".into(),
             properties: Vec::new(),
             start_timeout: Duration::from_secs(60),
+            sasl_users: None,
+            tls: false,
+            tls_client_auth_required: false,
         }
     }
 }
@@ -56,6 +92,86 @@ impl BrokerOptions {
         self.start_timeout = timeout;
         self
     }
+
+    /// Adds a `SASL_PLAINTEXT` client listener on a free loopback port (and a `SASL_SSL` one too with
+    /// [`tls`](Self::tls)) with the mechanisms PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512, where each of
+    /// `users` (name, password) is valid for all three. Calls add up.
+    ///
+    /// PLAIN users live in the listener's JAAS config (`user_<name>="<password>"`); SCRAM credentials
+    /// are written into the cluster metadata when the storage is formatted (`--add-scram`), so they
+    /// survive restarts like any other metadata.
+    ///
+    /// # Panics
+    /// If a name is empty or holds other than ASCII letters, digits, `_`, `-` and `.`, or a password is
+    /// empty or holds other than printable ASCII without space, `"`, `\` and `,`: such values do not
+    /// survive the JAAS and `--add-scram` syntax.
+    pub fn sasl_users<U, P>(mut self, users: impl IntoIterator<Item = (U, P)>) -> Self
+    where
+        U: Into<String>,
+        P: Into<String>,
+    {
+        let list = self.sasl_users.get_or_insert_with(Vec::new);
+        for (name, password) in users {
+            let (name, password) = (name.into(), password.into());
+            check_sasl_user(&name, &password);
+            list.retain(|(n, _)| *n != name);
+            list.push((name, password));
+        }
+        self
+    }
+
+    /// One SASL user: [`sasl_users`](Self::sasl_users) with one (name, password).
+    ///
+    /// # Panics
+    /// As [`sasl_users`](Self::sasl_users).
+    pub fn sasl_user(self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.sasl_users([(name.into(), password.into())])
+    }
+
+    /// Adds an `SSL` client listener on a free loopback port (and a `SASL_SSL` one too with
+    /// [`sasl_users`](Self::sasl_users)). Each cluster makes its own test CA and certificates at start
+    /// ([`LocalCluster::tls_material`]): clients trust [`TlsMaterial::ca_path`]; the server certificate
+    /// names `127.0.0.1` and `localhost`. Clients need no certificate unless
+    /// [`tls_client_auth_required`](Self::tls_client_auth_required).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
+    /// Turns [`tls`](Self::tls) on and makes the `SSL` listener require a client certificate signed by
+    /// the test CA (`ssl.client.auth=required`), such as [`TlsMaterial::client_cert_path`]. The
+    /// `SASL_SSL` listener keeps `none`: SASL authenticates its clients.
+    pub fn tls_client_auth_required(mut self) -> Self {
+        self.tls = true;
+        self.tls_client_auth_required = true;
+        self
+    }
+
+    fn sasl(&self) -> bool {
+        self.sasl_users.is_some()
+    }
+
+    /// How many client listeners the options add beside PLAINTEXT.
+    fn secured_listener_count(&self) -> usize {
+        usize::from(self.sasl()) + usize::from(self.tls) + usize::from(self.sasl() && self.tls)
+    }
+}
+
+fn check_sasl_user(name: &str, password: &str) {
+    assert!(
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.')),
+        "kafkit-testkit: SASL user name {name:?} must be non-empty ASCII letters, digits, `_`, `-` or `.`"
+    );
+    assert!(
+        !password.is_empty()
+            && password
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b'\\' | b',')),
+        "kafkit-testkit: the SASL password of {name:?} must be non-empty printable ASCII without space, `\"`, `\\` or `,`"
+    );
 }
 
 /// One broker+controller JVM of a local cluster, with its fault controls.
@@ -64,6 +180,9 @@ pub struct Node {
     id: i32,
     port: u16,
     controller_port: u16,
+    sasl_plaintext_port: Option<u16>,
+    ssl_port: Option<u16>,
+    sasl_ssl_port: Option<u16>,
     dir: PathBuf,
     options: BrokerOptions,
     /// The running JVM. std Mutex: held only for signals and `try_wait`, never across an await.
@@ -84,6 +203,23 @@ impl Node {
     /// The client listener port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `127.0.0.1:<port>` of this broker's `SASL_PLAINTEXT` listener, with
+    /// [`BrokerOptions::sasl_users`].
+    pub fn sasl_plaintext_bootstrap(&self) -> Option<String> {
+        self.sasl_plaintext_port.map(loopback)
+    }
+
+    /// `127.0.0.1:<port>` of this broker's `SSL` listener, with [`BrokerOptions::tls`].
+    pub fn ssl_bootstrap(&self) -> Option<String> {
+        self.ssl_port.map(loopback)
+    }
+
+    /// `127.0.0.1:<port>` of this broker's `SASL_SSL` listener, with both [`BrokerOptions::tls`] and
+    /// [`BrokerOptions::sasl_users`].
+    pub fn sasl_ssl_bootstrap(&self) -> Option<String> {
+        self.sasl_ssl_port.map(loopback)
     }
 
     /// The broker's log file (stdout and stderr of the JVM, appended across restarts).
@@ -154,8 +290,8 @@ impl Node {
         }
     }
 
-    /// Starts the broker again on the same ports with the same data, stopping it cleanly first if it
-    /// still runs, and waits until it answers Metadata.
+    /// Starts the broker again on the same ports (every listener) with the same data, users and
+    /// certificates, stopping it cleanly first if it still runs, and waits until it answers Metadata.
     pub async fn restart(&self) -> Result<()> {
         if self.is_running() {
             self.stop();
@@ -173,7 +309,14 @@ impl Node {
     }
 
     fn launch(&self) -> Result<()> {
-        for port in [self.port, self.controller_port] {
+        let ports = [
+            Some(self.port),
+            Some(self.controller_port),
+            self.sasl_plaintext_port,
+            self.ssl_port,
+            self.sasl_ssl_port,
+        ];
+        for port in ports.into_iter().flatten() {
             if TcpListener::bind(("127.0.0.1", port)).is_err() {
                 return Err(Error::PortInUse { port });
             }
@@ -259,6 +402,10 @@ impl Node {
     }
 }
 
+fn loopback(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill();
@@ -292,6 +439,7 @@ async fn probe_metadata(bootstrap: &str) -> std::result::Result<(), String> {
 pub struct LocalCluster {
     nodes: Vec<Node>,
     root: PathBuf,
+    tls: Option<TlsMaterial>,
 }
 
 impl LocalCluster {
@@ -308,23 +456,44 @@ impl LocalCluster {
             .await
             .map_err(|e| Error::io("fetching jars")(std::io::Error::other(e)))??;
         let root = fresh_root()?;
-        let ports = free_ports(count * 2)?;
+        // Per node: client (PLAINTEXT), controller, then the secured listeners the options ask for.
+        let per_node = 2 + options.secured_listener_count();
+        let ports = free_ports(count * per_node)?;
         let voters: Vec<String> = (0..count)
-            .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[2 * i + 1]))
+            .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[per_node * i + 1]))
             .collect();
         let voters = voters.join(",");
         let cluster_id = random_cluster_id();
         let nodes: Vec<Node> = (0..count)
-            .map(|i| Node {
-                id: i as i32 + 1,
-                port: ports[2 * i],
-                controller_port: ports[2 * i + 1],
-                dir: root.join(format!("node-{}", i + 1)),
-                options: options.clone(),
-                child: Mutex::new(None),
+            .map(|i| {
+                let mut secured = ports[per_node * i + 2..per_node * (i + 1)].iter().copied();
+                let sasl_plaintext_port = options.sasl().then(|| secured.next()).flatten();
+                let ssl_port = options.tls.then(|| secured.next()).flatten();
+                let sasl_ssl_port = (options.sasl() && options.tls)
+                    .then(|| secured.next())
+                    .flatten();
+                Node {
+                    id: i as i32 + 1,
+                    port: ports[per_node * i],
+                    controller_port: ports[per_node * i + 1],
+                    sasl_plaintext_port,
+                    ssl_port,
+                    sasl_ssl_port,
+                    dir: root.join(format!("node-{}", i + 1)),
+                    options: options.clone(),
+                    child: Mutex::new(None),
+                }
             })
             .collect();
-        let cluster = LocalCluster { nodes, root };
+        let mut cluster = LocalCluster {
+            nodes,
+            root,
+            tls: None,
+        };
+        if options.tls {
+            let dir = cluster.root.join("tls");
+            cluster.tls = Some(TlsMaterial::generate(&dir)?);
+        }
 
         let mut formats = Vec::new();
         for node in &cluster.nodes {
@@ -332,12 +501,13 @@ impl LocalCluster {
                 .map_err(Error::io("creating the broker data dir"))?;
             fs::write(
                 node.config_path(),
-                server_properties(node, count, &voters, &options),
+                server_properties(node, count, &voters, &options, cluster.tls.as_ref()),
             )
             .map_err(Error::io("writing server.properties"))?;
             formats.push(format_storage(
                 node.config_path(),
                 cluster_id.clone(),
+                scram_arguments(&options),
                 node.log_path(),
             ));
         }
@@ -360,6 +530,35 @@ impl LocalCluster {
             .map(Node::bootstrap)
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// All `SASL_PLAINTEXT` listeners, comma-separated, with [`BrokerOptions::sasl_users`].
+    pub fn sasl_plaintext_bootstrap(&self) -> Option<String> {
+        self.join_bootstrap(Node::sasl_plaintext_bootstrap)
+    }
+
+    /// All `SSL` listeners, comma-separated, with [`BrokerOptions::tls`].
+    pub fn ssl_bootstrap(&self) -> Option<String> {
+        self.join_bootstrap(Node::ssl_bootstrap)
+    }
+
+    /// All `SASL_SSL` listeners, comma-separated, with both [`BrokerOptions::tls`] and
+    /// [`BrokerOptions::sasl_users`].
+    pub fn sasl_ssl_bootstrap(&self) -> Option<String> {
+        self.join_bootstrap(Node::sasl_ssl_bootstrap)
+    }
+
+    /// The cluster's test CA and certificates, with [`BrokerOptions::tls`].
+    pub fn tls_material(&self) -> Option<&TlsMaterial> {
+        self.tls.as_ref()
+    }
+
+    fn join_bootstrap(&self, listener: impl Fn(&Node) -> Option<String>) -> Option<String> {
+        self.nodes
+            .iter()
+            .map(listener)
+            .collect::<Option<Vec<_>>>()
+            .map(|all| all.join(","))
     }
 
     /// The nodes, in id order.
@@ -426,6 +625,32 @@ impl LocalKafka {
         self.node().bootstrap()
     }
 
+    /// `127.0.0.1:<port>` of the `SASL_PLAINTEXT` listener, with [`BrokerOptions::sasl_users`].
+    pub fn sasl_plaintext_bootstrap(&self) -> Option<String> {
+        self.node().sasl_plaintext_bootstrap()
+    }
+
+    /// `127.0.0.1:<port>` of the `SSL` listener, with [`BrokerOptions::tls`].
+    pub fn ssl_bootstrap(&self) -> Option<String> {
+        self.node().ssl_bootstrap()
+    }
+
+    /// `127.0.0.1:<port>` of the `SASL_SSL` listener, with both [`BrokerOptions::tls`] and
+    /// [`BrokerOptions::sasl_users`].
+    pub fn sasl_ssl_bootstrap(&self) -> Option<String> {
+        self.node().sasl_ssl_bootstrap()
+    }
+
+    /// The broker's test CA and certificates, with [`BrokerOptions::tls`].
+    pub fn tls_material(&self) -> Option<&TlsMaterial> {
+        self.cluster.tls_material()
+    }
+
+    /// The broker's data directory (its config, data, log, and the `tls` certificates).
+    pub fn data_dir(&self) -> &Path {
+        self.cluster.data_dir()
+    }
+
     /// The broker node.
     pub fn node(&self) -> &Node {
         &self.cluster.nodes[0]
@@ -456,36 +681,58 @@ impl LocalKafka {
         self.node().resume();
     }
 
-    /// Starts the broker again on the same port with the same data and waits until it answers.
+    /// Starts the broker again on the same ports with the same data, users and certificates, and waits
+    /// until it answers.
     pub async fn restart(&self) -> Result<()> {
         self.node().restart().await
     }
 }
 
-fn server_properties(node: &Node, count: usize, voters: &str, options: &BrokerOptions) -> String {
+fn server_properties(
+    node: &Node,
+    count: usize,
+    voters: &str,
+    options: &BrokerOptions,
+    tls: Option<&TlsMaterial>,
+) -> String {
     let rf = count.min(3);
     let min_isr = count.min(2);
-    let mut props = vec![
+    // Client listeners, each named after its security protocol.
+    let client_listeners: Vec<(&str, u16)> = [
+        ("PLAINTEXT", Some(node.port)),
+        ("SASL_PLAINTEXT", node.sasl_plaintext_port),
+        ("SSL", node.ssl_port),
+        ("SASL_SSL", node.sasl_ssl_port),
+    ]
+    .into_iter()
+    .filter_map(|(name, port)| Some((name, port?)))
+    .collect();
+    let endpoints = |listeners: &[(&str, u16)]| {
+        listeners
+            .iter()
+            .map(|(name, port)| format!("{name}://127.0.0.1:{port}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut all_listeners = client_listeners.clone();
+    all_listeners.insert(1, ("CONTROLLER", node.controller_port));
+    let protocol_map = all_listeners
+        .iter()
+        .map(|(name, _)| match *name {
+            "CONTROLLER" => "CONTROLLER:PLAINTEXT".to_owned(),
+            name => format!("{name}:{name}"),
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut props: Vec<(String, String)> = vec![
         ("process.roles", "broker,controller".to_owned()),
         ("node.id", node.id.to_string()),
         ("controller.quorum.voters", voters.to_owned()),
-        (
-            "listeners",
-            format!(
-                "PLAINTEXT://127.0.0.1:{},CONTROLLER://127.0.0.1:{}",
-                node.port, node.controller_port
-            ),
-        ),
-        (
-            "advertised.listeners",
-            format!("PLAINTEXT://127.0.0.1:{}", node.port),
-        ),
+        ("listeners", endpoints(&all_listeners)),
+        ("advertised.listeners", endpoints(&client_listeners)),
         ("controller.listener.names", "CONTROLLER".into()),
         ("inter.broker.listener.name", "PLAINTEXT".into()),
-        (
-            "listener.security.protocol.map",
-            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT".into(),
-        ),
+        ("listener.security.protocol.map", protocol_map),
         ("log.dirs", node.dir.join("data").display().to_string()),
         ("offsets.topic.replication.factor", rf.to_string()),
         // Few offsets partitions: the topic is created on first group use, and 50 partitions take seconds.
@@ -509,9 +756,71 @@ fn server_properties(node: &Node, count: usize, voters: &str, options: &BrokerOp
             "log.cleaner.dedupe.buffer.size",
             (8 * 1024 * 1024).to_string(),
         ),
-    ];
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if let Some(users) = &options.sasl_users {
+        props.push(("sasl.enabled.mechanisms".into(), SASL_MECHANISMS.join(",")));
+        let plain_users: String = users
+            .iter()
+            .map(|(name, password)| format!(" user_{name}=\"{password}\""))
+            .collect();
+        for (listener, port) in [
+            ("sasl_plaintext", node.sasl_plaintext_port),
+            ("sasl_ssl", node.sasl_ssl_port),
+        ] {
+            if port.is_none() {
+                continue;
+            }
+            let prefix = format!("listener.name.{listener}");
+            props.push((
+                format!("{prefix}.plain.sasl.jaas.config"),
+                format!(
+                    "org.apache.kafka.common.security.plain.PlainLoginModule required{plain_users};"
+                ),
+            ));
+            for mechanism in ["scram-sha-256", "scram-sha-512"] {
+                props.push((
+                    format!("{prefix}.{mechanism}.sasl.jaas.config"),
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;".into(),
+                ));
+            }
+        }
+    }
+    if let Some(tls) = tls {
+        for (listener, port, client_auth) in [
+            (
+                "ssl",
+                node.ssl_port,
+                if options.tls_client_auth_required {
+                    "required"
+                } else {
+                    "none"
+                },
+            ),
+            ("sasl_ssl", node.sasl_ssl_port, "none"),
+        ] {
+            if port.is_none() {
+                continue;
+            }
+            let prefix = format!("listener.name.{listener}.ssl");
+            for (key, value) in [
+                ("keystore.type", "PEM".to_owned()),
+                (
+                    "keystore.location",
+                    tls.server_keystore_path().display().to_string(),
+                ),
+                ("truststore.type", "PEM".to_owned()),
+                ("truststore.location", tls.ca_path().display().to_string()),
+                ("client.auth", client_auth.to_owned()),
+            ] {
+                props.push((format!("{prefix}.{key}"), value));
+            }
+        }
+    }
     for (k, v) in &options.properties {
-        props.push((k.as_str(), v.clone()));
+        props.push((k.clone(), v.clone()));
     }
     let mut out = String::from("# Written by kafkit-testkit\n");
     for (k, v) in props {
@@ -520,7 +829,24 @@ fn server_properties(node: &Node, count: usize, voters: &str, options: &BrokerOp
     out
 }
 
-async fn format_storage(config: PathBuf, cluster_id: String, log: PathBuf) -> Result<()> {
+/// `--add-scram` arguments for the storage tool: every SASL user for both SCRAM mechanisms.
+fn scram_arguments(options: &BrokerOptions) -> Vec<String> {
+    let mut args = Vec::new();
+    for (name, password) in options.sasl_users.iter().flatten() {
+        for mechanism in ["SCRAM-SHA-256", "SCRAM-SHA-512"] {
+            args.push("--add-scram".to_owned());
+            args.push(format!("{mechanism}=[name={name},password={password}]"));
+        }
+    }
+    args
+}
+
+async fn format_storage(
+    config: PathBuf,
+    cluster_id: String,
+    scram: Vec<String>,
+    log: PathBuf,
+) -> Result<()> {
     let cp = kafka_classpath()?;
     let output = tokio::process::Command::new("java")
         .args(["-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1"])
@@ -528,6 +854,7 @@ async fn format_storage(config: PathBuf, cluster_id: String, log: PathBuf) -> Re
         .arg(cp)
         .args(["kafka.tools.StorageTool", "format", "-t", &cluster_id, "-c"])
         .arg(&config)
+        .args(&scram)
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output()
@@ -636,6 +963,114 @@ mod tests {
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             );
         }
+    }
+
+    fn node_for(options: &BrokerOptions) -> Node {
+        Node {
+            id: 1,
+            port: 9092,
+            controller_port: 9093,
+            sasl_plaintext_port: options.sasl().then_some(9094),
+            ssl_port: options.tls.then_some(9095),
+            sasl_ssl_port: (options.sasl() && options.tls).then_some(9096),
+            dir: PathBuf::from("/nonexistent/node-1"),
+            options: options.clone(),
+            child: Mutex::new(None),
+        }
+    }
+
+    fn lines(props: &str) -> Vec<&str> {
+        props.lines().collect()
+    }
+
+    #[test]
+    fn default_listeners_are_unchanged() {
+        let options = BrokerOptions::default();
+        let props = server_properties(&node_for(&options), 1, "1@127.0.0.1:9093", &options, None);
+        let lines = lines(&props);
+        assert!(
+            lines.contains(&"listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093")
+        );
+        assert!(lines.contains(&"advertised.listeners=PLAINTEXT://127.0.0.1:9092"));
+        assert!(
+            lines.contains(
+                &"listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+            )
+        );
+        assert!(!props.contains("sasl") && !props.contains("ssl."));
+        assert!(scram_arguments(&options).is_empty());
+        assert_eq!(options.secured_listener_count(), 0);
+    }
+
+    #[test]
+    fn secured_listener_properties() {
+        let options = BrokerOptions::default()
+            .sasl_users([("alice", "a-secret"), ("bob", "b=secret")])
+            .sasl_user("alice", "new-secret")
+            .tls_client_auth_required();
+        assert_eq!(options.secured_listener_count(), 3);
+        let dir = std::env::temp_dir().join(format!(
+            "kafkit-testkit-props-unit-{}-{:x}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let tls = TlsMaterial::generate(&dir).unwrap();
+        let props = server_properties(
+            &node_for(&options),
+            1,
+            "1@127.0.0.1:9093",
+            &options,
+            Some(&tls),
+        );
+        let _ = fs::remove_dir_all(&dir);
+        let lines = lines(&props);
+        for expected in [
+            "listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093,SASL_PLAINTEXT://127.0.0.1:9094,SSL://127.0.0.1:9095,SASL_SSL://127.0.0.1:9096",
+            "advertised.listeners=PLAINTEXT://127.0.0.1:9092,SASL_PLAINTEXT://127.0.0.1:9094,SSL://127.0.0.1:9095,SASL_SSL://127.0.0.1:9096",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL",
+            "inter.broker.listener.name=PLAINTEXT",
+            "sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_bob=\"b=secret\" user_alice=\"new-secret\";",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_bob=\"b=secret\" user_alice=\"new-secret\";",
+            "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "listener.name.ssl.ssl.keystore.type=PEM",
+            "listener.name.ssl.ssl.truststore.type=PEM",
+            "listener.name.ssl.ssl.client.auth=required",
+            "listener.name.sasl_ssl.ssl.client.auth=none",
+        ] {
+            assert!(lines.contains(&expected), "missing {expected}\n{props}");
+        }
+        let keystore = format!(
+            "listener.name.sasl_ssl.ssl.keystore.location={}",
+            tls.server_keystore_path().display()
+        );
+        assert!(lines.contains(&keystore.as_str()));
+        assert_eq!(
+            scram_arguments(&options),
+            [
+                "--add-scram",
+                "SCRAM-SHA-256=[name=bob,password=b=secret]",
+                "--add-scram",
+                "SCRAM-SHA-512=[name=bob,password=b=secret]",
+                "--add-scram",
+                "SCRAM-SHA-256=[name=alice,password=new-secret]",
+                "--add-scram",
+                "SCRAM-SHA-512=[name=alice,password=new-secret]",
+            ]
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "SASL password")]
+    fn rejects_a_password_the_jaas_syntax_cannot_carry() {
+        let _ = BrokerOptions::default().sasl_user("alice", "a\"b");
+    }
+
+    #[test]
+    #[should_panic(expected = "SASL user name")]
+    fn rejects_a_user_name_the_jaas_syntax_cannot_carry() {
+        let _ = BrokerOptions::default().sasl_user("al ice", "secret");
     }
 
     #[test]

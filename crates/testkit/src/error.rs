@@ -70,6 +70,13 @@ pub enum Error {
         source: rskafka::client::error::Error,
     },
 
+    /// The per-cluster test certificates could not be made.
+    #[error("generating the test TLS certificates failed: {reason}")]
+    Tls {
+        /// What failed.
+        reason: String,
+    },
+
     /// A file system or process operation failed.
     #[error("{context}: {source}")]
     Io {

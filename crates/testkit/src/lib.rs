@@ -17,6 +17,7 @@
 //! - `java`: checks the JDK and runs Kafka's Java tools and small Java programs against a cluster.
 //! - `process`: starts child JVMs from one long-lived thread so they die with the test process.
 //! - `broker`: [`LocalKafka`] and [`LocalCluster`]: format, start, wait for Metadata, fault controls.
+//! - `tls`: [`TlsMaterial`], the per-cluster test CA and certificates for the SSL listeners.
 //! - `admin`: topic creation and random names for isolated tests.
 //! - `shared`: one broker per test binary ([`shared`]), or an existing cluster from `KAFKA_BOOTSTRAP`.
 //! - `error`: [`Error`], saying what to install or change.
@@ -28,6 +29,7 @@ mod jars;
 mod java;
 mod process;
 mod shared;
+mod tls;
 
 pub use admin::{create_topic, random_name};
 pub use broker::{BrokerOptions, LocalCluster, LocalKafka, Node};
@@ -35,3 +37,4 @@ pub use error::{Error, Result};
 pub use jars::{KAFKA_VERSION, kafka_classpath};
 pub use java::{JavaOutput, java_command, java_source, java_tool};
 pub use shared::{TestKafka, shared};
+pub use tls::TlsMaterial;
