@@ -33,6 +33,8 @@ pub fn kafkit_bin() -> PathBuf {
         };
         let out = std::process::Command::new(env!("CARGO"))
             .args(["build", "--quiet", "-p", "kafkit-cli", "--bin", "kafkit"])
+            // With TLS, so the secured-broker tests can run `kafkit diag` over SSL.
+            .args(["--features", "kafkit-cli/tls"])
             .args([
                 "--profile",
                 profile,

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
-use kafkit::ClientConfig;
+use kafkit::{ClientConfig, Security};
 
 use crate::Failure;
 
@@ -23,6 +23,70 @@ pub(crate) struct ClusterArgs {
     /// How long to keep trying to reach the cluster before giving up, in milliseconds.
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub(crate) connect_timeout_ms: u64,
+
+    #[command(flatten)]
+    pub(crate) security: SecurityArgs,
+}
+
+/// How to authenticate and encrypt. The password is read from the environment or a file only, never
+/// from the command line (where `ps` would show it).
+#[derive(Debug, Args)]
+pub(crate) struct SecurityArgs {
+    /// PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (SSL needs a build with the `tls` feature).
+    #[arg(long, env = "KAFKA_SECURITY_PROTOCOL", value_name = "PROTOCOL")]
+    security_protocol: Option<String>,
+    /// PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (default SCRAM-SHA-512).
+    #[arg(long, env = "KAFKA_SASL_MECHANISM", value_name = "MECHANISM")]
+    sasl_mechanism: Option<String>,
+    /// The SASL user; the password comes from KAFKA_SASL_PASSWORD or --sasl-password-file.
+    #[arg(long, env = "KAFKA_SASL_USERNAME", value_name = "USER")]
+    sasl_username: Option<String>,
+    /// A file whose first line is the SASL password.
+    #[arg(long, value_name = "PATH")]
+    sasl_password_file: Option<std::path::PathBuf>,
+    /// PEM CA certificates to trust (default: the system's trust store).
+    #[arg(long, env = "KAFKA_SSL_CA_LOCATION", value_name = "PATH")]
+    ssl_ca_location: Option<String>,
+    /// PEM client certificate, for brokers that require one.
+    #[arg(long, env = "KAFKA_SSL_CERTIFICATE_LOCATION", value_name = "PATH")]
+    ssl_certificate_location: Option<String>,
+    /// PEM private key of the client certificate (unencrypted).
+    #[arg(long, env = "KAFKA_SSL_KEY_LOCATION", value_name = "PATH")]
+    ssl_key_location: Option<String>,
+}
+
+impl SecurityArgs {
+    /// The security settings, with the names of the environment variables the library reads.
+    fn security(&self) -> Result<Security, Failure> {
+        let password = match &self.sasl_password_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Failure {
+                        code: crate::EXIT_USAGE,
+                        message: format!("--sasl-password-file {}: {e}", path.display()),
+                    })?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            ),
+            None => std::env::var("KAFKA_SASL_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty()),
+        };
+        let security = Security::from_lookup(|name| match name {
+            "KAFKA_SECURITY_PROTOCOL" => self.security_protocol.clone(),
+            "KAFKA_SASL_MECHANISM" => self.sasl_mechanism.clone(),
+            "KAFKA_SASL_USERNAME" => self.sasl_username.clone(),
+            "KAFKA_SASL_PASSWORD" => password.clone(),
+            "KAFKA_SSL_CA_LOCATION" => self.ssl_ca_location.clone(),
+            "KAFKA_SSL_CERTIFICATE_LOCATION" => self.ssl_certificate_location.clone(),
+            "KAFKA_SSL_KEY_LOCATION" => self.ssl_key_location.clone(),
+            _ => None,
+        })
+        .map_err(kafkit::Error::from)?;
+        Ok(security)
+    }
 }
 
 impl ClusterArgs {
@@ -31,7 +95,8 @@ impl ClusterArgs {
         Ok(
             ClientConfig::new(self.bootstrap_server.split(',').map(str::trim))?
                 .client_id("kafkit-cli")
-                .connect_timeout(Duration::from_millis(self.connect_timeout_ms)),
+                .connect_timeout(Duration::from_millis(self.connect_timeout_ms))
+                .with_security(self.security.security()?)?,
         )
     }
 }

@@ -14,7 +14,9 @@
 //! Stdout carries only the command's output (JSON events, tables, `--json` documents); logs
 //! (`RUST_LOG`, default `warn`) and errors go to stderr. An error is one line on stderr and a
 //! non-zero exit: 2 for bad arguments, 3 for an unknown group or topic, 4 for an unreachable
-//! cluster, 5 when `diag` finds a problem, 1 for anything else.
+//! cluster, 5 when `diag` finds a problem, 6 when a broker refuses the security handshake (wrong
+//! credentials, an untrusted certificate, a `security.protocol` that does not fit the listener), 1
+//! for anything else.
 
 mod common;
 mod consume;
@@ -69,6 +71,8 @@ const EXIT_NOT_FOUND: u8 = 3;
 const EXIT_UNREACHABLE: u8 = 4;
 /// Exit code when `kafkit diag` finds a problem with the cluster.
 const EXIT_UNHEALTHY: u8 = 5;
+/// Exit code when a broker refuses the security handshake (credentials, TLS, `security.protocol`).
+const EXIT_SECURITY: u8 = 6;
 
 /// A command's failure: the one line for stderr and the exit code.
 #[derive(Debug)]
@@ -96,6 +100,8 @@ impl From<kafkit::Error> for Failure {
                 ..
             }
             | Error::UnknownTopic { .. } => EXIT_NOT_FOUND,
+            Error::Security { .. } => EXIT_SECURITY,
+            Error::Connection { source, .. } if source.is_security() => EXIT_SECURITY,
             Error::Unreachable { .. }
             | Error::Connection {
                 source: WireError::Connect { .. },

@@ -432,7 +432,7 @@ async fn connect_bootstrap(client: &ClientConfig) -> Result<Connection> {
     let started = tokio::time::Instant::now();
     let mut last = None;
     for address in client.bootstrap() {
-        match Connection::connect(address, client.client_id_str(), REQUEST_TIMEOUT).await {
+        match Connection::connect(address, client, REQUEST_TIMEOUT).await {
             Ok(conn) => return Ok(conn),
             Err(e) => {
                 tracing::debug!(broker = %address, error = %e, "bootstrap broker not reachable");
@@ -445,6 +445,14 @@ async fn connect_bootstrap(client: &ClientConfig) -> Result<Connection> {
             bootstrap: client.bootstrap().join(","),
             waited: started.elapsed(),
         }),
+        Some(source) if source.is_security() => Err(Error::Security {
+            context: format!(
+                "connecting to {} with security.protocol {}",
+                client.bootstrap().join(","),
+                client.security().protocol
+            ),
+            source,
+        }),
         Some(source) => Err(Error::Connection {
             context: format!("connecting to {}", client.bootstrap().join(",")),
             source,
@@ -453,7 +461,7 @@ async fn connect_bootstrap(client: &ClientConfig) -> Result<Connection> {
 }
 
 async fn connect(client: &ClientConfig, address: &str) -> Result<Connection> {
-    Connection::connect(address, client.client_id_str(), REQUEST_TIMEOUT)
+    Connection::connect(address, client, REQUEST_TIMEOUT)
         .await
         .map_err(|source| Error::Connection {
             context: format!("connecting to broker {address}"),

@@ -7,15 +7,24 @@ use kafkit_resilience::{BackoffPolicy, ConfigError};
 use rskafka::BackoffConfig;
 use rskafka::client::{Client, ClientBuilder};
 
+use crate::security::Security;
+#[cfg(feature = "tls")]
+use crate::security::TlsClient;
+use crate::wire::{Connection, WireError};
 use crate::{Error, Result};
 
 /// Where the cluster is and how to reach it. Shared by the producer, the consumer and the tools.
+/// `Debug` never shows secrets (see [`Security`]).
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     bootstrap: Vec<String>,
     client_id: Arc<str>,
     reconnect_backoff: BackoffPolicy,
     connect_timeout: Duration,
+    security: Security,
+    /// Built from `security.tls` when the protocol uses TLS.
+    #[cfg(feature = "tls")]
+    tls: Option<TlsClient>,
 }
 
 impl ClientConfig {
@@ -59,7 +68,38 @@ impl ClientConfig {
             client_id: Arc::from("kafkit"),
             reconnect_backoff: BackoffPolicy::default(),
             connect_timeout: Duration::from_secs(30),
+            security: Security::default(),
+            #[cfg(feature = "tls")]
+            tls: None,
         })
+    }
+
+    /// How connections authenticate and encrypt (`security.protocol`, SASL, TLS), for every
+    /// connection of every client built from this configuration. Validated here, TLS material
+    /// included (files are read now): a setting that does not fit is an error naming it.
+    pub fn with_security(mut self, security: Security) -> Result<Self> {
+        security.validate()?;
+        #[cfg(feature = "tls")]
+        {
+            self.tls = if security.protocol.uses_tls() {
+                Some(TlsClient::build(&security.tls)?)
+            } else {
+                None
+            };
+        }
+        self.security = security;
+        Ok(self)
+    }
+
+    /// The security settings.
+    pub fn security(&self) -> &Security {
+        &self.security
+    }
+
+    /// The TLS client configuration, when the protocol uses TLS.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_client(&self) -> Option<&TlsClient> {
+        self.tls.as_ref()
     }
 
     /// The name brokers log and quota this client under. Corresponds to `client.id`. Default `kafkit`.
@@ -99,10 +139,19 @@ impl ClientConfig {
 
     /// Connects an rskafka client: fetches cluster metadata from the first bootstrap broker that answers,
     /// retrying for up to the connect timeout; `backoff` drives the retries inside each later request.
+    /// A security misconfiguration fails at once (see [`check_security`](Self::check_security)).
     pub(crate) async fn connect_with(&self, backoff: BackoffConfig) -> Result<Client> {
-        let builder = ClientBuilder::new(self.bootstrap.clone())
+        self.check_security().await?;
+        let mut builder = ClientBuilder::new(self.bootstrap.clone())
             .client_id(Arc::clone(&self.client_id))
             .backoff_config(backoff);
+        if let Some(sasl) = self.security.rskafka_sasl() {
+            builder = builder.sasl_config(sasl);
+        }
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            builder = builder.tls_config(Arc::clone(&tls.0));
+        }
         match tokio::time::timeout(self.connect_timeout, builder.build()).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(source)) => Err(Error::Kafka {
@@ -114,6 +163,49 @@ impl ClientConfig {
                 waited: self.connect_timeout,
             }),
         }
+    }
+}
+
+impl ClientConfig {
+    /// Opens one kafkit connection to the bootstrap brokers (TLS, SASL, then a Metadata request) so
+    /// that wrong credentials, an untrusted certificate or a `security.protocol` that does not match
+    /// the listener fail at once with their cause. rskafka retries every connection failure until the
+    /// connect timeout, which would turn them into a late, vague "unreachable". Brokers that cannot be
+    /// reached at all are left to that retrying connect.
+    pub(crate) async fn check_security(&self) -> Result<()> {
+        let timeout = self.connect_timeout.min(Duration::from_secs(10));
+        for broker in &self.bootstrap {
+            let checked = match Connection::connect(broker, self, timeout).await {
+                Ok(conn) => {
+                    let request = kafka_protocol::messages::MetadataRequest::default()
+                        .with_topics(Some(Vec::new()));
+                    match conn.send(&request, timeout).await {
+                        Ok(_) => return Ok(()),
+                        Err(WireError::Io { broker, .. }) => Err(WireError::Handshake {
+                            broker,
+                            stage: "at the first request after the handshake",
+                            hint: "the listener may require SASL authentication (security.protocol SASL_PLAINTEXT or SASL_SSL)",
+                        }),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            };
+            match checked {
+                Err(source) if source.is_security() => {
+                    return Err(Error::Security {
+                        context: format!(
+                            "connecting to {broker} with security.protocol {}",
+                            self.security.protocol
+                        ),
+                        source,
+                    });
+                }
+                Err(e) => tracing::debug!(%broker, error = %e, "bootstrap broker not reachable"),
+                Ok(()) => return Ok(()),
+            }
+        }
+        Ok(())
     }
 }
 

@@ -100,6 +100,18 @@ pub enum Error {
         source: Arc<ClientError>,
     },
 
+    /// A broker refused this client's security handshake: wrong SASL credentials or mechanism, an
+    /// untrusted certificate, or a `security.protocol` that does not fit the listener. Not
+    /// retriable: the settings need fixing.
+    #[error("{context}: {source}")]
+    Security {
+        /// What kafkit was doing.
+        context: String,
+        /// The handshake's failure.
+        #[source]
+        source: WireError,
+    },
+
     /// A kafkit connection to a broker failed or a request timed out.
     #[error("{context}: {source}")]
     Connection {
@@ -174,6 +186,7 @@ impl Error {
                     .is_some_and(|e| e.is_retriable())
             }
             Error::Config(_)
+            | Error::Security { .. }
             | Error::UnknownTopic { .. }
             | Error::UnknownPartition { .. }
             | Error::RecordTooLarge { .. }

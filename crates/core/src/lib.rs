@@ -24,10 +24,14 @@ mod error;
 pub mod group;
 pub mod partitioner;
 mod producer;
+pub mod security;
 mod wire;
 
 pub use config::ClientConfig;
 pub use error::{Error, Result};
 pub use kafkit_resilience::{BackoffPolicy, ConfigError};
 pub use producer::{Compression, Delivery, Producer, ProducerBuilder, ProducerRecord};
+pub use security::{
+    Pem, SaslCredentials, SaslMechanism, Secret, Security, SecurityProtocol, TlsSettings,
+};
 pub use wire::WireError;

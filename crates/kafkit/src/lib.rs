@@ -16,11 +16,12 @@
 //! without a C compiler. `lz4`, `zstd` and `tls` are opt-in.
 
 pub use kafkit_core::{
-    ClientConfig, Compression, ConfigError, Delivery, Error, Producer, ProducerBuilder,
-    ProducerRecord, Result, WireError, partitioner,
+    ClientConfig, Compression, ConfigError, Delivery, Error, Pem, Producer, ProducerBuilder,
+    ProducerRecord, Result, SaslCredentials, SaslMechanism, Secret, Security, SecurityProtocol,
+    TlsSettings, WireError, partitioner,
 };
 
-pub use kafkit_core::{admin, consumer, group};
+pub use kafkit_core::{admin, consumer, group, security};
 
 /// Backoff, circuit breaker, retry and dead-letter policies.
 pub mod resilience {

@@ -1,6 +1,7 @@
 //! The way to a group's coordinator: found with FindCoordinator through any bootstrap broker, found
 //! again when the coordinator moves (NOT_COORDINATOR) or its connection breaks.
 
+use crate::ClientConfig;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,7 +24,8 @@ use crate::{Error, Result};
 pub(crate) struct Coordinator {
     group: String,
     bootstrap: Vec<String>,
-    client_id: String,
+    /// How to connect: client id and security.
+    client: ClientConfig,
     request_timeout: Duration,
     backoff: BackoffPolicy,
     /// The current coordinator connection. parking_lot Mutex: only cloned out or replaced, never held
@@ -38,19 +40,13 @@ pub(crate) struct Coordinator {
 }
 
 impl Coordinator {
-    pub(crate) fn new(
-        group: String,
-        bootstrap: Vec<String>,
-        client_id: String,
-        request_timeout: Duration,
-        backoff: BackoffPolicy,
-    ) -> Self {
+    pub(crate) fn new(group: String, client: &ClientConfig, request_timeout: Duration) -> Self {
         Self {
             group,
-            bootstrap,
-            client_id,
+            bootstrap: client.bootstrap().to_vec(),
+            backoff: client.reconnect_backoff_policy(),
+            client: client.clone(),
             request_timeout,
-            backoff,
             current: parking_lot::Mutex::new(None),
             any: parking_lot::Mutex::new(None),
             discovery: tokio::sync::Mutex::new(()),
@@ -141,7 +137,7 @@ impl Coordinator {
         }
         let address = format!("{}:{}", response.host.as_str(), response.port);
         let conn = Arc::new(
-            Connection::connect(&address, &self.client_id, self.request_timeout)
+            Connection::connect(&address, &self.client, self.request_timeout)
                 .await
                 .map_err(|source| Error::Connection {
                     context: format!("group `{}`: connecting to coordinator", self.group),
@@ -161,8 +157,7 @@ impl Coordinator {
         let mut last: Option<WireError> = None;
         for _ in 0..self.bootstrap.len() {
             let i = self.next_bootstrap.fetch_add(1, Ordering::Relaxed) % self.bootstrap.len();
-            match Connection::connect(&self.bootstrap[i], &self.client_id, self.request_timeout)
-                .await
+            match Connection::connect(&self.bootstrap[i], &self.client, self.request_timeout).await
             {
                 Ok(conn) => {
                     let conn = Arc::new(conn);

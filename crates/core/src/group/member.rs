@@ -192,13 +192,7 @@ impl GroupMember {
         config: GroupConfig,
     ) -> Result<(Self, mpsc::UnboundedReceiver<GroupEvent>)> {
         config.validate()?;
-        let coordinator = Coordinator::new(
-            config.group_id.clone(),
-            client.bootstrap().to_vec(),
-            client.client_id_str().to_owned(),
-            config.request_timeout,
-            client.reconnect_backoff_policy(),
-        );
+        let coordinator = Coordinator::new(config.group_id.clone(), client, config.request_timeout);
         let shared = Arc::new(Shared {
             config,
             coordinator,

@@ -31,13 +31,7 @@ pub async fn committed_offsets(
     partitions: &[TopicPartition],
 ) -> Result<HashMap<TopicPartition, Option<CommittedOffset>>> {
     let timeout = Duration::from_secs(30);
-    let coordinator = Coordinator::new(
-        group.to_owned(),
-        client.bootstrap().to_vec(),
-        client.client_id_str().to_owned(),
-        timeout,
-        client.reconnect_backoff_policy(),
-    );
+    let coordinator = Coordinator::new(group.to_owned(), client, timeout);
     let retry = BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(1), 2.0, 0.2)?;
     fetch_committed(&coordinator, group, timeout, &retry, partitions).await
 }

@@ -11,6 +11,7 @@ use kafka_protocol::messages::{
     JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
     ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
     SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message};
@@ -57,4 +58,8 @@ api! {
     CreateTopicsRequest => CreateTopicsResponse, CreateTopics, 7;
     // v6 names topics by name or id in a new structure; names alone are enough for kafkit.
     DeleteTopicsRequest => DeleteTopicsResponse, DeleteTopics, 5;
+    // v1: the mechanism's tokens travel in SaslAuthenticate requests (v0 sent them raw).
+    SaslHandshakeRequest => SaslHandshakeResponse, SaslHandshake, 1;
+    // v1 adds the session lifetime, v2 flexible encoding; kafkit reads neither.
+    SaslAuthenticateRequest => SaslAuthenticateResponse, SaslAuthenticate, 2;
 }

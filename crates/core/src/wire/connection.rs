@@ -14,15 +14,24 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslHandshakeRequest,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use super::ApiRequest;
+use crate::config::ClientConfig;
+use crate::security::SaslCredentials;
+
+/// A byte stream to a broker: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + std::fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + std::fmt::Debug> Io for T {}
+
+type Reader = ReadHalf<Box<dyn Io>>;
+type Writer = WriteHalf<Box<dyn Io>>;
 
 /// The largest response frame accepted (a bound against a corrupt length prefix).
 const MAX_FRAME: usize = 100 * 1024 * 1024;
@@ -76,6 +85,41 @@ pub enum WireError {
         /// kafkit's highest version.
         ours_max: i16,
     },
+    /// The broker closed a new connection before completing its first exchange: typically a listener
+    /// that expects another `security.protocol` (TLS, or SASL authentication), or a broker going down.
+    #[error("broker {broker} closed the connection {stage}: {hint}")]
+    Handshake {
+        /// `host:port`.
+        broker: String,
+        /// Where it happened, e.g. "before answering ApiVersions".
+        stage: &'static str,
+        /// The likely causes, for the user.
+        hint: &'static str,
+    },
+    /// SASL authentication failed: wrong credentials, or a mechanism the broker does not enable.
+    /// Not retriable: the same credentials fail the same way.
+    #[error(
+        "SASL {mechanism} authentication of user `{username}` with broker {broker} failed: {message}"
+    )]
+    Authentication {
+        /// `host:port`.
+        broker: String,
+        /// The SASL mechanism.
+        mechanism: &'static str,
+        /// The user name (never the password).
+        username: String,
+        /// The broker's (or the mechanism's) reason.
+        message: String,
+    },
+    /// The TLS handshake failed: an untrusted or mismatched certificate, or a listener that does not
+    /// speak TLS. Not retriable.
+    #[error("TLS handshake with broker {broker} failed: {message}")]
+    Tls {
+        /// `host:port`.
+        broker: String,
+        /// rustls' reason.
+        message: String,
+    },
     /// A message could not be encoded or a response decoded.
     #[error("encoding or decoding {api:?} for broker {broker} failed: {message}")]
     Codec {
@@ -89,11 +133,25 @@ pub enum WireError {
 }
 
 impl WireError {
-    /// Whether a new connection may succeed where this one failed.
+    /// Whether a new connection may succeed where this one failed. A [`Handshake`](Self::Handshake)
+    /// counts as retriable (a broker shutting down closes connections too); kafkit's first connection
+    /// of a client treats it as final instead (see [`ClientConfig::check_reachable`]).
     pub fn is_retriable(&self) -> bool {
         matches!(
             self,
-            WireError::Connect { .. } | WireError::Io { .. } | WireError::Timeout { .. }
+            WireError::Connect { .. }
+                | WireError::Io { .. }
+                | WireError::Timeout { .. }
+                | WireError::Handshake { .. }
+        )
+    }
+
+    /// Whether the failure is about security settings (credentials, TLS, or the wrong
+    /// `security.protocol` for the listener).
+    pub fn is_security(&self) -> bool {
+        matches!(
+            self,
+            WireError::Handshake { .. } | WireError::Authentication { .. } | WireError::Tls { .. }
         )
     }
 }
@@ -106,7 +164,7 @@ pub(crate) struct Connection {
     broker: String,
     client_id: StrBytes,
     /// tokio Mutex: held across the `write_all` await so frames are never interleaved.
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<Writer>,
     /// Correlation id -> the waiting request. parking_lot Mutex: never held across an await.
     pending: Pending,
     next_correlation: AtomicI32,
@@ -123,24 +181,31 @@ impl Drop for Connection {
 }
 
 impl Connection {
-    /// Connects to `broker` (`host:port`) and negotiates API versions, within `timeout`.
+    /// Connects to `broker` (`host:port`) as `config` says (client id, TLS, SASL), negotiates API
+    /// versions and authenticates, each step within `timeout`.
     pub(crate) async fn connect(
         broker: &str,
-        client_id: &str,
+        config: &ClientConfig,
         timeout: Duration,
     ) -> Result<Self, WireError> {
         let connect_err = |message: String| WireError::Connect {
             broker: broker.to_owned(),
             message,
         };
-        let stream = tokio::time::timeout(timeout, TcpStream::connect(broker))
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(broker))
             .await
             .map_err(|_| connect_err(format!("no TCP connection within {timeout:?}")))?
             .map_err(|e| connect_err(e.to_string()))?;
-        stream
-            .set_nodelay(true)
+        tcp.set_nodelay(true)
             .map_err(|e| connect_err(e.to_string()))?;
-        let (read, write) = stream.into_split();
+        #[cfg(feature = "tls")]
+        let stream: Box<dyn Io> = match config.tls_client() {
+            Some(tls) => Box::new(tls_handshake(tcp, broker, tls, timeout).await?),
+            None => Box::new(tcp),
+        };
+        #[cfg(not(feature = "tls"))]
+        let stream: Box<dyn Io> = Box::new(tcp);
+        let (read, write) = tokio::io::split(stream);
         let pending: Pending = Arc::default();
         let dead = Arc::new(AtomicBool::new(false));
         let reader = tokio::spawn(read_loop(
@@ -151,7 +216,7 @@ impl Connection {
         ));
         let mut conn = Connection {
             broker: broker.to_owned(),
-            client_id: StrBytes::from_string(client_id.to_owned()),
+            client_id: StrBytes::from_string(config.client_id_str().to_owned()),
             writer: tokio::sync::Mutex::new(write),
             pending,
             next_correlation: AtomicI32::new(0),
@@ -159,8 +224,101 @@ impl Connection {
             dead,
             reader,
         };
-        conn.versions = conn.negotiate(timeout).await?;
+        conn.versions = conn.negotiate(timeout).await.map_err(|e| match e {
+            WireError::Io { broker, .. } => WireError::Handshake {
+                broker,
+                stage: "before answering ApiVersions",
+                hint: if config.security().protocol.uses_tls() {
+                    "is the broker shutting down?"
+                } else {
+                    "the listener may expect TLS (security.protocol SSL or SASL_SSL), or the broker is shutting down"
+                },
+            },
+            e => e,
+        })?;
+        if let Some(sasl) = &config.security().sasl {
+            conn.authenticate(sasl, timeout).await?;
+        }
         Ok(conn)
+    }
+
+    /// SASL: SaslHandshake (v1, so the exchange is framed in SaslAuthenticate requests), then the
+    /// mechanism's steps (from rsasl) until it finishes. A refusal is [`WireError::Authentication`].
+    async fn authenticate(
+        &self,
+        sasl: &SaslCredentials,
+        timeout: Duration,
+    ) -> Result<(), WireError> {
+        let mechanism = sasl.mechanism.as_str();
+        let refused = |message: String| WireError::Authentication {
+            broker: self.broker.clone(),
+            mechanism,
+            username: sasl.username.clone(),
+            message,
+        };
+        let handshake = self
+            .send(
+                &SaslHandshakeRequest::default()
+                    .with_mechanism(StrBytes::from_static_str(mechanism)),
+                timeout,
+            )
+            .await?;
+        if handshake.error_code != 0 {
+            let offered: Vec<&str> = handshake.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(refused(format!(
+                "the listener does not enable it (it offers {}; error code {})",
+                offered.join(", "),
+                handshake.error_code
+            )));
+        }
+        let config = rsasl::config::SASLConfig::with_credentials(
+            None,
+            sasl.username.clone(),
+            sasl.password.expose().to_owned(),
+        )
+        .map_err(|e| refused(e.to_string()))?;
+        let name = rsasl::prelude::Mechname::parse(mechanism.as_bytes())
+            .map_err(|e| refused(e.to_string()))?;
+        let mut session = rsasl::prelude::SASLClient::new(config)
+            .start_suggested(&[name])
+            .map_err(|e| refused(e.to_string()))?;
+        let mut received: Option<Bytes> = None;
+        loop {
+            let mut out = Vec::new();
+            let state = session
+                .step(received.as_deref(), &mut out)
+                .map_err(|e| refused(e.to_string()))?;
+            if state.has_sent_message() {
+                let response = self
+                    .send(
+                        &SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(out)),
+                        timeout,
+                    )
+                    .await
+                    .map_err(|e| match e {
+                        // Brokers close the connection right after a failed authentication.
+                        WireError::Io { .. } => {
+                            refused("the broker closed the connection during authentication".into())
+                        }
+                        e => e,
+                    })?;
+                if response.error_code != 0 {
+                    let message = response
+                        .error_message
+                        .as_ref()
+                        .map(|m| m.to_string())
+                        .unwrap_or_default();
+                    return Err(refused(format!(
+                        "{message} (error code {})",
+                        response.error_code
+                    )));
+                }
+                received = Some(response.auth_bytes);
+            }
+            if state.is_finished() {
+                return Ok(());
+            }
+        }
     }
 
     /// The broker this connection goes to.
@@ -332,12 +490,7 @@ impl Connection {
 
 /// Reads response frames and hands each to the request waiting for its correlation id. Ends on the
 /// first socket error, failing every pending request.
-async fn read_loop(
-    mut read: OwnedReadHalf,
-    broker: String,
-    pending: Pending,
-    dead: Arc<AtomicBool>,
-) {
+async fn read_loop(mut read: Reader, broker: String, pending: Pending, dead: Arc<AtomicBool>) {
     let error = loop {
         let len = match read.read_i32().await {
             Ok(len) if len >= 4 && (len as usize) <= MAX_FRAME => len as usize,
@@ -361,5 +514,42 @@ async fn read_loop(
             broker: broker.clone(),
             message: error.clone(),
         }));
+    }
+}
+
+/// Wraps `tcp` in TLS for `broker`'s host name (or IP address).
+#[cfg(feature = "tls")]
+async fn tls_handshake(
+    tcp: TcpStream,
+    broker: &str,
+    tls: &crate::security::TlsClient,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, WireError> {
+    let failed = |message: String| WireError::Tls {
+        broker: broker.to_owned(),
+        message,
+    };
+    let host = broker
+        .rsplit_once(':')
+        .map_or(broker, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| failed(format!("`{host}` is not a valid server name: {e}")))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&tls.0));
+    match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
+        Err(_) => Err(WireError::Timeout {
+            broker: broker.to_owned(),
+            api: ApiKey::ApiVersions,
+            timeout,
+        }),
+        // rustls reports its own failures (certificates, protocol) as InvalidData.
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => Err(failed(e.to_string())),
+        Ok(Err(_)) => Err(WireError::Handshake {
+            broker: broker.to_owned(),
+            stage: "during the TLS handshake",
+            hint: "the listener may not speak TLS (security.protocol PLAINTEXT or SASL_PLAINTEXT), or the broker is shutting down",
+        }),
+        Ok(Ok(stream)) => Ok(stream),
     }
 }
