@@ -347,3 +347,46 @@ async fn tls_and_sasl_over_tls_produce_consume_commit_and_diag() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_requires_client_certificates_accepts_ours_and_refuses_none() {
+    let _ = kafka().await; // the log capture
+    let kafka = LocalKafka::start_with(BrokerOptions::default().tls_client_auth_required())
+        .await
+        .unwrap();
+    let material = kafka.tls_material().unwrap();
+    let bootstrap = kafka.ssl_bootstrap().unwrap();
+    let mutual = TlsSettings {
+        ca: Some(Pem::File(material.ca_path())),
+        client_cert: Some(Pem::File(material.client_cert_path())),
+        client_key: Some(Pem::Inline(kafkit::Secret::new(material.client_key_pem()))),
+    };
+    let with_cert = client(&bootstrap, Security::ssl(mutual));
+    assert_eq!(
+        admin::describe_cluster(&with_cert)
+            .await
+            .unwrap()
+            .brokers
+            .len(),
+        1
+    );
+    ProducerBuilder::new(with_cert.clone())
+        .build()
+        .await
+        .unwrap();
+    assert!(
+        !format!("{with_cert:?}").contains("PRIVATE KEY"),
+        "the inline key leaked into Debug"
+    );
+
+    let started = Instant::now();
+    let err = ProducerBuilder::new(client(&bootstrap, Security::ssl(tls(&kafka))))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5) && !err.is_retriable(),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&bootstrap), "{err}");
+}
