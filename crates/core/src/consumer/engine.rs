@@ -1,22 +1,22 @@
 //! The engine: one task that owns every owned partition's state and moves records from the fetcher
-//! to the handlers and acknowledgements to commits.
+//! to the dispatcher and processed offsets to commits.
 //!
 //! ```text
 //!  GroupMember ──GroupEvent──► engine ◄──FetchEvent── fetch task (one per partition)
 //!                                │  ▲
-//!                 spawn handler  │  │ Completion (ack / redeliver)
+//!            push(slot, record)  │  │ processed (slot, offset)
 //!                                ▼  │
-//!                         handler tasks / stream consumer
+//!                             Dispatcher ──lanes──► handler tasks / stream consumer
 //! ```
 //!
-//! The engine is an actor: all partition state lives in this one task, so there are no locks and
-//! the invariants below are enforced in one place.
+//! The engine is an actor: all partition state lives in this one task (the dispatcher is owned by
+//! it), so there are no locks and the invariants below are enforced in one place.
 //!
 //! - Each partition's tenure has an *epoch*. Fetch events and completions carry the epoch they were
 //!   issued under; anything from an older epoch is dropped. A late ack after a revocation can never
 //!   move a watermark, and nothing from a previous tenure is committed.
-//! - A revoked or lost partition's fetcher is stopped and its queued (prefetched, not started) records
-//!   are dropped before anything else happens: they are never dispatched.
+//! - A revoked or lost partition's fetcher is stopped and its dispatcher queue stopped (prefetched
+//!   records dropped, lanes in flight start nothing more) before anything else happens.
 //! - Commits name the watermark of [`WatermarkTracker`](super::watermark::WatermarkTracker): never an
 //!   offset above an unfinished record. One commit is in flight at a time, so commits of one partition
 //!   reach the coordinator in order.
@@ -25,23 +25,20 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use kafkit_metrics::Metrics;
 use kafkit_resilience::{CircuitBreaker, CircuitState};
 
-use super::failure::{FailurePath, HandlerError};
+use super::dispatcher::{Completion, DRAIN_MAX, DispatchEvent, Dispatcher, Sink};
 use super::fetcher::{FetchContext, FetchEvent, FetchTask};
 use super::offset_map;
-use super::record::{AckHandle, ConsumedRecord, RecordData, StreamRecord};
-use super::scheduler::{PartitionSchedule, key_hash};
+use super::record::{ConsumedRecord, RecordData};
+use super::scheduler::key_hash;
 use super::status::StatusBoard;
 use super::watermark::WatermarkTracker;
 use super::{ConsumerListener, ConsumerSettings, ShutdownReport};
@@ -50,87 +47,6 @@ use crate::group::{
 };
 use crate::{Error, Result};
 
-/// The error type handlers return, boxed.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A handler, type-erased: called once per attempt.
-pub(crate) type HandlerFn = Arc<
-    dyn Fn(ConsumedRecord) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>
-        + Send
-        + Sync,
->;
-
-/// A batch handler, type-erased: one result per record, in order.
-pub(crate) type BatchFn = Arc<
-    dyn Fn(
-            Vec<ConsumedRecord>,
-        ) -> Pin<Box<dyn Future<Output = Vec<Result<(), HandlerError>>> + Send>>
-        + Send
-        + Sync,
->;
-
-/// Where dispatched records go.
-pub(crate) enum Sink {
-    /// Up to `max` records at a time go to one batch handler call; each record's failure is isolated
-    /// and goes through the failure path alone.
-    Batch {
-        handler: BatchFn,
-        failure: Arc<FailurePath>,
-        max: usize,
-    },
-    /// Each record runs the handler on its own task through the failure path (retries, breaker,
-    /// dead-letter topic).
-    Handler(HandlerFn, Arc<FailurePath>),
-    /// Each record is sent to the user's stream and finishes when acked.
-    Stream(mpsc::Sender<StreamRecord>),
-}
-
-/// A record finished (or records handed back) by a handler task or a stream user.
-#[derive(Debug)]
-pub(crate) struct Completion {
-    pub(crate) slot: usize,
-    pub(crate) epoch: u64,
-    pub(crate) key: u64,
-    pub(crate) outcome: Outcome,
-}
-
-#[derive(Debug)]
-pub(crate) enum Outcome {
-    /// The record at this offset is processed (it may be committed) and its hand-out ends.
-    Done(i64),
-    /// The record at this offset is processed; the run it belongs to goes on with its next record,
-    /// so the hand-out (the key, the in-flight unit) stays taken.
-    Progress(i64),
-    /// Records handed out and not processed (a stream record dropped without ack, or the rest of a
-    /// run stopped by a revocation or shutdown), in offset order. Ends the hand-out; they are
-    /// delivered again unless their partition is going away.
-    Returned(Vec<ConsumedRecord>),
-}
-
-/// The most records one run may take: records of one partition (`PartitionOrdered`) or one key
-/// (`KeyOrdered`) that a handler task processes one after another without a round trip through the
-/// engine. It bounds how many started-but-unprocessed records a stop has to hand back.
-const RUN_MAX: usize = 256;
-
-/// The most ready messages of one kind the engine takes in a row before it dispatches again.
-const DRAIN_MAX: usize = 512;
-
-/// The most lanes (runs, or single `Unordered` records) one handler task drives concurrently.
-/// Grouping saves a task spawn and a join per record; the bound keeps a dispatch spread over several
-/// tasks, so the runtime's worker threads share the work.
-const LANES_PER_TASK: usize = 16;
-
-/// Records handed to a handler task as one unit: processed one after another, in offset order, while
-/// the slot's tenure lasts. Each record reports [`Outcome::Progress`], the last [`Outcome::Done`]; a
-/// stop hands the rest back with [`Outcome::Returned`].
-struct Lane {
-    slot: usize,
-    epoch: u64,
-    key: u64,
-    records: Vec<ConsumedRecord>,
-    stop: Arc<AtomicBool>,
-}
-
 /// One owned partition.
 struct Slot {
     tp: TopicPartition,
@@ -138,7 +54,6 @@ struct Slot {
     epoch: u64,
     /// None until the fetcher reports where it starts.
     tracker: Option<WatermarkTracker>,
-    schedule: PartitionSchedule<ConsumedRecord>,
     fetch: Option<FetchTask>,
     revoking: bool,
     high_watermark: i64,
@@ -148,18 +63,6 @@ struct Slot {
     committed_metadata: Option<String>,
     /// Offsets already processed by a previous owner above its committed offset (from the offset map).
     skip: BTreeSet<i64>,
-    /// Set when the tenure stops dispatching; runs in flight check it before each next record.
-    stop: Arc<AtomicBool>,
-}
-
-impl Slot {
-    /// Invariant: once called, no further record of this tenure starts. The fetcher stops, queued
-    /// records are dropped, and runs in flight hand back the records they have not started.
-    fn stop_dispatch(&mut self) {
-        self.fetch = None;
-        self.schedule.clear_queued();
-        self.stop.store(true, Ordering::Release);
-    }
 }
 
 struct Revocation {
@@ -177,19 +80,13 @@ pub(crate) struct Engine {
     slots: Vec<Option<Slot>>,
     by_partition: HashMap<TopicPartition, usize>,
     next_epoch: u64,
-    rr: usize,
-    in_flight: usize,
-    sink: Sink,
-    done_tx: mpsc::UnboundedSender<Completion>,
-    done_rx: mpsc::UnboundedReceiver<Completion>,
+    dispatcher: Dispatcher,
     fetched_rx: mpsc::Receiver<FetchEvent>,
     events: mpsc::UnboundedReceiver<GroupEvent>,
-    handlers: JoinSet<()>,
     commit: Option<tokio::task::JoinHandle<Result<CommitReport>>>,
     /// The metadata sent with the commit in flight, per partition.
     commit_metadata: HashMap<TopicPartition, Option<String>>,
     revocations: Vec<Revocation>,
-    stream_blocked: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
     shutdown_deadline: Option<Instant>,
     report: ShutdownReport,
     fatal: Option<Error>,
@@ -198,19 +95,7 @@ pub(crate) struct Engine {
     board: Arc<StatusBoard>,
     metrics: Option<Metrics>,
     group_id: String,
-    /// Records gathered for the next batch handler call (batch sink only).
-    batch: Vec<BatchItem>,
-    /// Lanes gathered for the next handler task (handler sink only).
-    lanes: Vec<Lane>,
     listener: Option<Arc<dyn ConsumerListener>>,
-}
-
-/// One record of a batch and where its completion goes.
-struct BatchItem {
-    slot: usize,
-    epoch: u64,
-    key: u64,
-    record: ConsumedRecord,
 }
 
 impl Engine {
@@ -228,8 +113,8 @@ impl Engine {
         board.set_member(Arc::clone(&group));
         let settings_listener = settings.listener.clone();
         let group_id = group.group_id().to_owned();
-        let (done_tx, done_rx) = mpsc::unbounded_channel();
         let (fetched_tx, fetched_rx) = mpsc::channel(64);
+        let dispatcher = Dispatcher::new(settings.mode, sink);
         let fetch_ctx = Arc::new(FetchContext {
             client,
             group: Arc::clone(&group),
@@ -244,18 +129,12 @@ impl Engine {
             slots: Vec::new(),
             by_partition: HashMap::new(),
             next_epoch: 1,
-            rr: 0,
-            in_flight: 0,
-            sink,
-            done_tx,
-            done_rx,
+            dispatcher,
             fetched_rx,
             events,
-            handlers: JoinSet::new(),
             commit: None,
             commit_metadata: HashMap::new(),
             revocations: Vec::new(),
-            stream_blocked: None,
             shutdown_deadline: None,
             report: ShutdownReport::default(),
             fatal: None,
@@ -263,8 +142,6 @@ impl Engine {
             board,
             metrics,
             group_id,
-            batch: Vec::new(),
-            lanes: Vec::new(),
             listener: settings_listener,
         }
     }
@@ -291,13 +168,6 @@ impl Engine {
                 result = await_slot(&mut self.commit), if self.commit.is_some() => {
                     self.commit = None;
                     self.on_commit_result(result.unwrap_or_else(|e| Err(Error::Closed { what: if e.is_cancelled() { "commit" } else { "commit task (panicked)" } })));
-                }
-                ready = await_slot(&mut self.stream_blocked), if self.stream_blocked.is_some() => {
-                    self.stream_blocked = None;
-                    if !ready {
-                        // The stream was dropped: nobody will process records; leave.
-                        self.begin_shutdown();
-                    }
                 }
                 changed = breaker_changed(&mut self.breaker), if self.breaker.is_some() => {
                     if !changed {
@@ -326,29 +196,32 @@ impl Engine {
                 // The busy channels come last: `biased` polls in order, so the rarely ready branches
                 // above (group events, shutdown, commit ticks, deadlines) are never starved by a
                 // steady stream of completions and fetches.
-                // Each busy branch takes what else is ready (up to a bound) before the next dispatch:
-                // one pass over the partitions per batch of completions, not per completion.
-                Some(c) = self.done_rx.recv() => {
-                    self.on_completion(c);
-                    for _ in 0..DRAIN_MAX {
-                        let Ok(c) = self.done_rx.try_recv() else { break };
+                // The busy branches come last: `biased` polls in order, so the rarely ready branches
+                // above (group events, shutdown, commit ticks, deadlines) are never starved by a
+                // steady stream of completions and fetches. Each takes what else is ready (up to a
+                // bound) before the next dispatch: one pass over the partitions per batch, not per
+                // completion.
+                event = self.dispatcher.next() => match event {
+                    DispatchEvent::Completion(c) => {
                         self.on_completion(c);
+                        for _ in 0..DRAIN_MAX {
+                            let Some(c) = self.dispatcher.try_completion() else { break };
+                            self.on_completion(c);
+                        }
                     }
-                }
+                    DispatchEvent::StreamReady(ready) => {
+                        if !ready {
+                            // The stream was dropped: nobody will process records; leave.
+                            self.begin_shutdown();
+                        }
+                    }
+                    DispatchEvent::Joined => {}
+                },
                 Some(f) = self.fetched_rx.recv() => {
                     self.on_fetch(f);
                     for _ in 0..DRAIN_MAX {
                         let Ok(f) = self.fetched_rx.try_recv() else { break };
                         self.on_fetch(f);
-                    }
-                }
-                Some(joined) = self.handlers.join_next(), if !self.handlers.is_empty() => {
-                    let mut joined = Some(joined);
-                    for _ in 0..DRAIN_MAX {
-                        let Some(j) = joined.take().or_else(|| self.handlers.try_join_next()) else { break };
-                        if let Err(e) = j && e.is_panic() {
-                            warn!(error = %e, "a record handler panicked; its records will not be committed");
-                        }
                     }
                 }
             }
@@ -361,7 +234,7 @@ impl Engine {
             }
         }
         self.finish_report();
-        self.handlers.abort_all();
+        self.dispatcher.abort_all();
         match self.fatal.take() {
             Some(e) => Err(e),
             None => Ok(std::mem::take(&mut self.report)),
@@ -384,8 +257,11 @@ impl Engine {
         }
         info!(timeout = ?self.settings.shutdown_timeout, "shutting down: stop fetching, drain, commit, leave");
         self.shutdown_deadline = Some(Instant::now() + self.settings.shutdown_timeout);
-        for slot in self.slots.iter_mut().flatten() {
-            slot.stop_dispatch();
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if let Some(slot) = slot {
+                slot.fetch = None;
+                self.dispatcher.stop(i);
+            }
         }
         self.group.shutdown();
     }
@@ -423,7 +299,8 @@ impl Engine {
                 for &i in &slots {
                     if let Some(s) = self.slots[i].as_mut() {
                         s.revoking = true;
-                        s.stop_dispatch();
+                        s.fetch = None;
+                        self.dispatcher.stop(i);
                     }
                 }
                 let timeout = self.settings.revoke_timeout;
@@ -447,9 +324,7 @@ impl Engine {
                 for tp in partitions {
                     self.release(&tp);
                     if let Some(i) = self.by_partition.remove(&tp) {
-                        if let Some(s) = self.slots[i].as_mut() {
-                            s.stop_dispatch();
-                        }
+                        self.dispatcher.close(i);
                         self.slots[i] = None;
                     }
                 }
@@ -486,15 +361,14 @@ impl Engine {
             tp: tp.clone(),
             epoch,
             tracker: None,
-            schedule: PartitionSchedule::new(self.settings.mode),
             fetch,
             revoking: false,
             high_watermark: -1,
             committed: None,
             committed_metadata: None,
             skip: BTreeSet::new(),
-            stop: Arc::new(AtomicBool::new(false)),
         });
+        self.dispatcher.open(index, epoch);
         self.by_partition.insert(tp, index);
     }
 
@@ -539,7 +413,12 @@ impl Engine {
                 let stopping = self.shutdown_deadline.is_some();
                 let board = Arc::clone(&self.board);
                 let metrics = self.metrics.clone();
-                let Some(s) = self.slot_mut(slot, epoch) else {
+                let Some(s) = self
+                    .slots
+                    .get_mut(slot)
+                    .and_then(Option::as_mut)
+                    .filter(|s| s.epoch == epoch)
+                else {
                     return;
                 };
                 if s.revoking || stopping {
@@ -587,7 +466,7 @@ impl Engine {
                         timestamp: r.record.timestamp,
                         _budget: share,
                     });
-                    s.schedule.push(key, record);
+                    self.dispatcher.push(slot, key, record);
                 }
             }
             FetchEvent::EndOffset {
@@ -615,43 +494,22 @@ impl Engine {
     }
 
     fn on_completion(&mut self, c: Completion) {
-        if !matches!(c.outcome, Outcome::Progress(_)) {
-            self.in_flight = self.in_flight.saturating_sub(1);
-        }
-        let stopping = self.shutdown_deadline.is_some();
-        let metrics = self.metrics.clone();
-        let Some(s) = self.slot_mut(c.slot, c.epoch) else {
-            debug!("completion from a previous tenure dropped");
+        let Some((slot, offset)) = self.dispatcher.apply(c) else {
             return;
         };
-        match c.outcome {
-            Outcome::Done(offset) | Outcome::Progress(offset) => {
-                if let Some(m) = &metrics {
-                    m.record_acked(&s.topic);
-                }
-                if matches!(c.outcome, Outcome::Done(_)) {
-                    s.schedule.finish(c.key);
-                }
-                if let Some(t) = s.tracker.as_mut() {
-                    t.complete(offset);
-                }
+        if let Some(s) = self.slots[slot].as_mut() {
+            if let Some(m) = &self.metrics {
+                m.record_acked(&s.topic);
             }
-            Outcome::Returned(records) => {
-                if s.revoking || stopping {
-                    s.schedule.finish(c.key);
-                } else {
-                    s.schedule.finish_run(c.key, records.into_iter());
-                }
+            if let Some(t) = s.tracker.as_mut() {
+                t.complete(offset);
             }
         }
     }
 
     /// The circuit breaker in front of the handler, if one is configured.
     fn circuit_breaker(&self) -> Option<&CircuitBreaker> {
-        match &self.sink {
-            Sink::Handler(_, f) | Sink::Batch { failure: f, .. } => f.breaker.as_ref(),
-            Sink::Stream(_) => None,
-        }
+        self.dispatcher.circuit_breaker()
     }
 
     /// The breaker's consecutive failures, for the metrics.
@@ -703,238 +561,36 @@ impl Engine {
         }
         self.board.sample_lag(total);
         if let Some(m) = &self.metrics {
-            m.records_in_flight().set(self.in_flight as i64);
+            m.records_in_flight()
+                .set(self.dispatcher.in_flight() as i64);
             let budget = &self.fetch_ctx.budget;
             m.buffered_bytes()
                 .set((self.settings.buffer_bytes - budget.available_permits()) as i64);
         }
     }
 
-    /// Starts as many records as the bounds allow, round-robin across partitions. With a handler,
-    /// a start takes a run: the records of the same partition (`PartitionOrdered`) or key
-    /// (`KeyOrdered`) that would start right after it, processed in sequence by one task; a run counts
-    /// once against `max_in_flight`, since its records never run at the same time.
+    /// Starts what the dispatcher may start, unless shutting down, the breaker is open or the
+    /// stream is full. With the offset map on, records may run at most `max_ahead` offsets past their
+    /// partition's watermark, so the map of finished offsets always fits the commit metadata: when a
+    /// watermark is stuck, its partition waits instead of dropping the map.
     fn dispatch(&mut self) {
-        if self.shutdown_deadline.is_some() || self.stream_blocked.is_some() || self.breaker_open()
-        {
+        if self.shutdown_deadline.is_some() || self.breaker_open() {
             return;
         }
-        let limit = self.settings.mode.max_in_flight().unwrap_or(usize::MAX);
         let max_ahead = self
             .settings
             .offset_map
             .then(|| offset_map::max_span(self.settings.offset_map_max_bytes));
-        let n = self.slots.len();
-        let mut progressed = true;
-        while progressed && self.in_flight < limit {
-            progressed = false;
-            for i in 0..n {
-                if self.in_flight >= limit {
-                    break;
-                }
-                let idx = (self.rr + i) % n;
-                let Some(slot) = self.slots[idx].as_mut() else {
-                    continue;
-                };
-                if slot.revoking {
-                    continue;
-                }
-                // With the offset map on, records may run at most `max_ahead` offsets past the
-                // watermark, so the map of finished offsets always fits the commit metadata: when the
-                // watermark is stuck, the partition waits instead of dropping the map.
-                let limit = match (max_ahead, slot.tracker.as_ref()) {
-                    (Some(ahead), Some(t)) => t.watermark().saturating_add(ahead),
-                    _ => i64::MAX,
-                };
-                let Some((key, record)) = slot.schedule.next_below(limit, ConsumedRecord::offset)
-                else {
-                    continue;
-                };
-                let mut records = vec![record];
-                if matches!(self.sink, Sink::Handler(..)) {
-                    slot.schedule.extend_run(
-                        key,
-                        limit,
-                        ConsumedRecord::offset,
-                        RUN_MAX,
-                        &mut records,
-                    );
-                }
-                let lane = Lane {
-                    slot: idx,
-                    epoch: slot.epoch,
-                    key,
-                    records,
-                    stop: Arc::clone(&slot.stop),
-                };
-                if !self.start(lane) {
-                    return;
-                }
-                progressed = true;
-            }
-            self.rr = self.rr.wrapping_add(1);
-        }
-        self.flush_batch();
-        self.flush_lanes();
-    }
-
-    /// Spawns one handler task for the lanes gathered by [`start`](Self::start).
-    fn flush_lanes(&mut self) {
-        let Sink::Handler(handler, failure) = &self.sink else {
-            return;
-        };
-        if self.lanes.is_empty() {
-            return;
-        }
-        let lanes = std::mem::take(&mut self.lanes);
-        let handler = Arc::clone(handler);
-        let failure = Arc::clone(failure);
-        let done = self.done_tx.clone();
-        self.handlers.spawn(async move {
-            let run = |lane| run_lane(lane, &handler, &failure, &done);
-            if lanes.len() == 1 {
-                for lane in lanes {
-                    run(lane).await;
-                }
-            } else {
-                futures::future::join_all(lanes.into_iter().map(run)).await;
+        let slots = &self.slots;
+        self.dispatcher.dispatch(|i| {
+            match (
+                max_ahead,
+                slots[i].as_ref().and_then(|s| s.tracker.as_ref()),
+            ) {
+                (Some(ahead), Some(t)) => t.watermark().saturating_add(ahead),
+                _ => i64::MAX,
             }
         });
-    }
-
-    /// Hands the gathered records to one batch handler call. Successes complete together; each
-    /// failure then goes through the failure path on its own (retried as a batch of one), so one bad
-    /// record never fails the others.
-    fn flush_batch(&mut self) {
-        let Sink::Batch {
-            handler, failure, ..
-        } = &self.sink
-        else {
-            return;
-        };
-        if self.batch.is_empty() {
-            return;
-        }
-        let items = std::mem::take(&mut self.batch);
-        let handler = Arc::clone(handler);
-        let failure = Arc::clone(failure);
-        let done = self.done_tx.clone();
-        self.handlers.spawn(async move {
-            let complete = |item: &BatchItem| {
-                let _ = done.send(Completion {
-                    slot: item.slot,
-                    epoch: item.epoch,
-                    key: item.key,
-                    outcome: Outcome::Done(item.record.offset()),
-                });
-            };
-            let permit = failure.admit().await;
-            let records: Vec<ConsumedRecord> = items.iter().map(|i| i.record.clone()).collect();
-            let count = records.len();
-            let mut results = handler(records).await;
-            // A handler that returns the wrong number of results fails the records it left out.
-            results.resize_with(count, || {
-                Err(HandlerError {
-                    type_name: "kafkit::consumer::MissingBatchResult",
-                    source: format!("the batch handler returned fewer results than the {count} records it was given").into(),
-                })
-            });
-            let mut failed = Vec::new();
-            for (item, result) in items.into_iter().zip(results) {
-                match result {
-                    Ok(()) => complete(&item),
-                    Err(e) => failed.push((item, e)),
-                }
-            }
-            if let Some(p) = permit {
-                if failed.iter().any(|(_, e)| failure.retry.is_retriable(&*e.source)) {
-                    p.failure();
-                } else {
-                    p.success();
-                }
-            }
-            let single: HandlerFn = Arc::new(move |record| {
-                let call = handler(vec![record]);
-                Box::pin(async move {
-                    call.await.into_iter().next().unwrap_or_else(|| {
-                        Err(HandlerError {
-                            type_name: "kafkit::consumer::MissingBatchResult",
-                            source: "the batch handler returned no result for a batch of one".into(),
-                        })
-                    })
-                })
-            });
-            let retries = failed.into_iter().map(|(item, error)| {
-                let failure = &failure;
-                let single = &single;
-                let complete = &complete;
-                async move {
-                    failure.process_from(single, &item.record, Some(error)).await;
-                    complete(&item);
-                }
-            });
-            futures::future::join_all(retries).await;
-        });
-    }
-
-    /// Hands a lane to the sink (the batch and stream sinks get lanes of one record). Returns false
-    /// when the stream is full (the record is put back).
-    fn start(&mut self, mut lane: Lane) -> bool {
-        match &self.sink {
-            Sink::Handler(..) => {
-                self.lanes.push(lane);
-                self.in_flight += 1;
-                if self.lanes.len() >= LANES_PER_TASK {
-                    self.flush_lanes();
-                }
-                true
-            }
-            Sink::Batch { max, .. } => {
-                let max = *max;
-                let record = lane.records.pop().expect("a lane has a record");
-                self.batch.push(BatchItem {
-                    slot: lane.slot,
-                    epoch: lane.epoch,
-                    key: lane.key,
-                    record,
-                });
-                self.in_flight += 1;
-                if self.batch.len() >= max {
-                    self.flush_batch();
-                }
-                true
-            }
-            Sink::Stream(tx) => {
-                let record = lane.records.pop().expect("a lane has a record");
-                match tx.clone().try_reserve_owned() {
-                    Ok(permit) => {
-                        permit.send(StreamRecord {
-                            record,
-                            ack: Some(AckHandle {
-                                slot: lane.slot,
-                                epoch: lane.epoch,
-                                key: lane.key,
-                                done: self.done_tx.clone(),
-                            }),
-                        });
-                        self.in_flight += 1;
-                        true
-                    }
-                    Err(err) => {
-                        let closed = matches!(err, mpsc::error::TrySendError::Closed(_));
-                        let s = self.slots[lane.slot].as_mut().expect("slot exists");
-                        // `next` counted it in flight; put it back.
-                        s.schedule.push_front(lane.key, record);
-                        let tx = tx.clone();
-                        self.stream_blocked =
-                            Some(Box::pin(
-                                async move { !closed && tx.reserve().await.is_ok() },
-                            ));
-                        false
-                    }
-                }
-            }
-        }
     }
 
     /// Revocations whose partitions have drained (or whose deadline passed) commit, then release.
@@ -947,7 +603,7 @@ impl Engine {
                 let drained = r.slots.iter().all(|&s| {
                     self.slots[s]
                         .as_ref()
-                        .is_none_or(|s| s.schedule.in_flight() == 0)
+                        .is_none_or(|_| self.dispatcher.in_flight_of(s) == 0)
                 });
                 if (drained || now >= r.deadline) && self.commit.is_none() {
                     if !drained {
@@ -966,6 +622,7 @@ impl Engine {
                 // Its commit is done: release the partitions.
                 let r = self.revocations.remove(i);
                 for s in r.slots {
+                    self.dispatcher.close(s);
                     if let Some(slot) = self.slots[s].take() {
                         self.report
                             .record(&slot.tp, slot.committed, slot.tracker.as_ref());
@@ -1094,44 +751,6 @@ async fn breaker_changed(rx: &mut Option<watch::Receiver<CircuitState>>) -> bool
     match rx {
         Some(rx) => rx.changed().await.is_ok(),
         None => std::future::pending().await,
-    }
-}
-
-/// Processes a lane's records in order through the failure path, reporting each; stops before the
-/// next record once the slot's tenure stopped dispatching, handing the rest back.
-async fn run_lane(
-    lane: Lane,
-    handler: &HandlerFn,
-    failure: &FailurePath,
-    done: &mpsc::UnboundedSender<Completion>,
-) {
-    let Lane {
-        slot,
-        epoch,
-        key,
-        records,
-        stop,
-    } = lane;
-    let report = |outcome| {
-        let _ = done.send(Completion {
-            slot,
-            epoch,
-            key,
-            outcome,
-        });
-    };
-    let mut records = records.into_iter();
-    while let Some(record) = records.next() {
-        failure.process(handler, &record).await;
-        if records.len() == 0 {
-            report(Outcome::Done(record.offset()));
-            return;
-        }
-        report(Outcome::Progress(record.offset()));
-        if stop.load(Ordering::Acquire) {
-            report(Outcome::Returned(records.collect()));
-            return;
-        }
     }
 }
 

@@ -28,7 +28,7 @@ use kafkit_resilience::{
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
-use super::engine::{BoxError, HandlerFn};
+use super::dispatcher::{BoxError, HandlerFn};
 use super::record::ConsumedRecord;
 use crate::{Producer, ProducerRecord};
 

@@ -14,6 +14,7 @@
 //! - `status`: what the engine observes, for [`HealthHandle`] reports.
 //! - `record`: [`ConsumedRecord`] and the acknowledgeable [`StreamRecord`].
 
+mod dispatcher;
 mod engine;
 mod failure;
 mod fetcher;
@@ -37,14 +38,15 @@ use kafkit_resilience::{
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-pub use engine::BoxError;
+pub use dispatcher::BoxError;
 pub use record::{ConsumedRecord, StreamRecord};
 pub use scheduler::DispatchMode;
 pub use status::HealthHandle;
 
 use crate::group::{CommitReport, GroupConfig, GroupMember, OffsetToCommit, TopicPartition};
 use crate::{ClientConfig, Error, Result};
-use engine::{BatchFn, Engine, HandlerFn, Sink};
+use dispatcher::{BatchFn, HandlerFn, Sink};
+use engine::Engine;
 use failure::{DeadLetter, FailurePath, HandlerError};
 use fetcher::FetchSettings;
 use status::StatusBoard;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::engine::Completion;
+use super::dispatcher::Completion;
 
 /// A consumed record. Cheap to clone (the data is shared); immutable.
 #[derive(Clone)]
@@ -123,7 +123,7 @@ impl StreamRecord {
                 slot: h.slot,
                 epoch: h.epoch,
                 key: h.key,
-                outcome: super::engine::Outcome::Done(self.record.offset()),
+                outcome: super::dispatcher::Outcome::Done(self.record.offset()),
             });
         }
     }
@@ -141,7 +141,7 @@ impl Drop for StreamRecord {
                 slot: h.slot,
                 epoch: h.epoch,
                 key: h.key,
-                outcome: super::engine::Outcome::Returned(vec![self.record.clone()]),
+                outcome: super::dispatcher::Outcome::Returned(vec![self.record.clone()]),
             });
         }
     }

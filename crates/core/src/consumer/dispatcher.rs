@@ -1,0 +1,562 @@
+//! The dispatcher: each owned partition's queue of fetched records, the dispatch modes' rules
+//! ([`PartitionSchedule`]), and the hand-off to the sink in *lanes*; completions come back on one
+//! channel and are applied here (queues, keys, the in-flight count) before the engine sees the
+//! processed offset (watermarks, commits).
+//!
+//! ```text
+//!  engine ──push(slot, key, record)──► Dispatcher ──lanes──► handler tasks / stream / batch calls
+//!    ▲                                     │  ▲
+//!    └──── processed (slot, offset) ◄──────┘  └── Completion (Progress / Done / Returned)
+//! ```
+//!
+//! Invariants enforced here:
+//! - A partition's records start in the order its mode allows: one hand-out per partition
+//!   (`PartitionOrdered`) or per key (`KeyOrdered`) at a time, a run being one hand-out whose records
+//!   are processed one after another in offset order.
+//! - Once a queue is stopped ([`Dispatcher::stop`]) no record of its tenure starts: the queue is
+//!   emptied, and each lane in flight checks the tenure's stop flag before its next record and hands
+//!   the rest back, which is then dropped.
+//! - Completions carry the tenure's epoch; one from an older tenure changes nothing but the in-flight
+//!   count.
+//! - At most `max_in_flight` hand-outs (records, or runs) are out at once.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tracing::warn;
+
+use super::failure::{FailurePath, HandlerError};
+use super::record::{AckHandle, ConsumedRecord, StreamRecord};
+use super::scheduler::{DispatchMode, PartitionSchedule};
+use crate::Result;
+
+/// The error type handlers return, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A handler, type-erased: called once per attempt.
+pub(crate) type HandlerFn = Arc<
+    dyn Fn(ConsumedRecord) -> Pin<Box<dyn Future<Output = Result<(), HandlerError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// A batch handler, type-erased: one result per record, in order.
+pub(crate) type BatchFn = Arc<
+    dyn Fn(
+            Vec<ConsumedRecord>,
+        ) -> Pin<Box<dyn Future<Output = Vec<Result<(), HandlerError>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Where dispatched records go.
+pub(crate) enum Sink {
+    /// Up to `max` records at a time go to one batch handler call; each record's failure is isolated
+    /// and goes through the failure path alone.
+    Batch {
+        handler: BatchFn,
+        failure: Arc<FailurePath>,
+        max: usize,
+    },
+    /// Each record runs the handler on its own task through the failure path (retries, breaker,
+    /// dead-letter topic).
+    Handler(HandlerFn, Arc<FailurePath>),
+    /// Each record is sent to the user's stream and finishes when acked.
+    Stream(mpsc::Sender<StreamRecord>),
+}
+
+/// A record finished (or records handed back) by a handler task or a stream user.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub(crate) slot: usize,
+    pub(crate) epoch: u64,
+    pub(crate) key: u64,
+    pub(crate) outcome: Outcome,
+}
+
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    /// The record at this offset is processed (it may be committed) and its hand-out ends.
+    Done(i64),
+    /// The record at this offset is processed; the run it belongs to goes on with its next record,
+    /// so the hand-out (the key, the in-flight unit) stays taken.
+    Progress(i64),
+    /// Records handed out and not processed (a stream record dropped without ack, or the rest of a
+    /// run stopped by a revocation or shutdown), in offset order. Ends the hand-out; they are
+    /// delivered again unless their partition is going away.
+    Returned(Vec<ConsumedRecord>),
+}
+
+/// The most records one run may take: records of one partition (`PartitionOrdered`) or one key
+/// (`KeyOrdered`) that a handler task processes one after another without a round trip through the
+/// engine. It bounds how many started-but-unprocessed records a stop has to hand back.
+const RUN_MAX: usize = 256;
+
+/// The most ready completions taken in a row before the next dispatch.
+pub(crate) const DRAIN_MAX: usize = 512;
+
+/// The most lanes (runs, or single `Unordered` records) one handler task drives concurrently.
+/// Grouping saves a task spawn and a join per record; the bound keeps a dispatch spread over several
+/// tasks, so the runtime's worker threads share the work.
+const LANES_PER_TASK: usize = 16;
+
+/// Records handed to a handler task as one unit: processed one after another, in offset order, while
+/// the slot's tenure lasts. Each record reports [`Outcome::Progress`], the last [`Outcome::Done`]; a
+/// stop hands the rest back with [`Outcome::Returned`].
+struct Lane {
+    slot: usize,
+    epoch: u64,
+    key: u64,
+    records: Vec<ConsumedRecord>,
+    stop: Arc<AtomicBool>,
+}
+
+/// One record of a batch and where its completion goes.
+struct BatchItem {
+    slot: usize,
+    epoch: u64,
+    key: u64,
+    record: ConsumedRecord,
+}
+
+/// One partition's tenure, as the dispatcher sees it.
+struct Queue {
+    epoch: u64,
+    schedule: PartitionSchedule<ConsumedRecord>,
+    /// Set by [`Dispatcher::stop`]; lanes in flight check it before each next record.
+    stop: Arc<AtomicBool>,
+}
+
+/// What [`Dispatcher::next`] waited for.
+pub(crate) enum DispatchEvent {
+    /// A handler task or stream user reported.
+    Completion(Completion),
+    /// The full stream has room again (`true`), or was dropped (`false`).
+    StreamReady(bool),
+    /// Handler tasks ended (their panics, if any, are logged).
+    Joined,
+}
+
+/// Per-partition queues and the sink; see the module docs.
+pub(crate) struct Dispatcher {
+    mode: DispatchMode,
+    sink: Sink,
+    /// Indexed by the engine's slot.
+    queues: Vec<Option<Queue>>,
+    rr: usize,
+    in_flight: usize,
+    done_tx: mpsc::UnboundedSender<Completion>,
+    done_rx: mpsc::UnboundedReceiver<Completion>,
+    handlers: JoinSet<()>,
+    /// Records gathered for the next batch handler call (batch sink only).
+    batch: Vec<BatchItem>,
+    /// Lanes gathered for the next handler task (handler sink only).
+    lanes: Vec<Lane>,
+    /// Set while the stream is full: dispatch waits for room.
+    stream_blocked: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(mode: DispatchMode, sink: Sink) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Self {
+            mode,
+            sink,
+            queues: Vec::new(),
+            rr: 0,
+            in_flight: 0,
+            done_tx,
+            done_rx,
+            handlers: JoinSet::new(),
+            batch: Vec::new(),
+            lanes: Vec::new(),
+            stream_blocked: None,
+        }
+    }
+
+    /// A new tenure of `slot` (replacing whatever was there).
+    pub(crate) fn open(&mut self, slot: usize, epoch: u64) {
+        if self.queues.len() <= slot {
+            self.queues.resize_with(slot + 1, || None);
+        }
+        if let Some(old) = self.queues[slot].as_mut() {
+            old.stop.store(true, Ordering::Release);
+        }
+        self.queues[slot] = Some(Queue {
+            epoch,
+            schedule: PartitionSchedule::new(self.mode),
+            stop: Arc::new(AtomicBool::new(false)),
+        });
+    }
+
+    /// No further record of `slot`'s tenure starts (see the module invariants). Its records in
+    /// flight still report; [`in_flight_of`](Self::in_flight_of) tells when they have.
+    pub(crate) fn stop(&mut self, slot: usize) {
+        if let Some(q) = self.queues.get_mut(slot).and_then(Option::as_mut) {
+            q.schedule.clear_queued();
+            q.stop.store(true, Ordering::Release);
+        }
+    }
+
+    /// Stops `slot` and forgets it: later completions of its tenure are dropped.
+    pub(crate) fn close(&mut self, slot: usize) {
+        self.stop(slot);
+        if let Some(q) = self.queues.get_mut(slot) {
+            *q = None;
+        }
+    }
+
+    /// Queues a fetched record of `slot` (records arrive in offset order).
+    pub(crate) fn push(&mut self, slot: usize, key: u64, record: ConsumedRecord) {
+        if let Some(q) = self.queues.get_mut(slot).and_then(Option::as_mut)
+            && !q.stop.load(Ordering::Relaxed)
+        {
+            q.schedule.push(key, record);
+        }
+    }
+
+    /// Hand-outs in flight across every partition.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Hand-outs of `slot`'s tenure in flight (0 for a slot without one).
+    pub(crate) fn in_flight_of(&self, slot: usize) -> usize {
+        self.queues
+            .get(slot)
+            .and_then(Option::as_ref)
+            .map_or(0, |q| q.schedule.in_flight())
+    }
+
+    /// Starts as many records as the bounds allow, round-robin across partitions. `limit_of(slot)`
+    /// is the offset below which `slot`'s records may start (the caller bounds how far processing
+    /// runs ahead of a watermark). With a handler, a start takes a run: the records of the same
+    /// partition (`PartitionOrdered`) or key (`KeyOrdered`) that would start right after it,
+    /// processed in sequence by one task; a run counts once against `max_in_flight`, since its
+    /// records never run at the same time.
+    pub(crate) fn dispatch(&mut self, limit_of: impl Fn(usize) -> i64) {
+        if self.stream_blocked.is_some() {
+            return;
+        }
+        let limit = self.mode.max_in_flight().unwrap_or(usize::MAX);
+        let n = self.queues.len();
+        let mut progressed = true;
+        while progressed && self.in_flight < limit {
+            progressed = false;
+            for i in 0..n {
+                if self.in_flight >= limit {
+                    break;
+                }
+                let idx = (self.rr + i) % n;
+                let Some(q) = self.queues[idx].as_mut() else {
+                    continue;
+                };
+                let below = limit_of(idx);
+                let Some((key, record)) = q.schedule.next_below(below, ConsumedRecord::offset)
+                else {
+                    continue;
+                };
+                let mut records = vec![record];
+                if matches!(self.sink, Sink::Handler(..)) {
+                    q.schedule.extend_run(
+                        key,
+                        below,
+                        ConsumedRecord::offset,
+                        RUN_MAX,
+                        &mut records,
+                    );
+                }
+                let lane = Lane {
+                    slot: idx,
+                    epoch: q.epoch,
+                    key,
+                    records,
+                    stop: Arc::clone(&q.stop),
+                };
+                if !self.start(lane) {
+                    return;
+                }
+                progressed = true;
+            }
+            self.rr = self.rr.wrapping_add(1);
+        }
+        self.flush_batch();
+        self.flush_lanes();
+    }
+
+    /// Applies a completion to the queues. Returns the slot and offset of a processed record of a
+    /// current tenure, for the watermark.
+    pub(crate) fn apply(&mut self, c: Completion) -> Option<(usize, i64)> {
+        if !matches!(c.outcome, Outcome::Progress(_)) {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        let q = self
+            .queues
+            .get_mut(c.slot)
+            .and_then(Option::as_mut)
+            .filter(|q| q.epoch == c.epoch)?;
+        match c.outcome {
+            Outcome::Done(offset) => {
+                q.schedule.finish(c.key);
+                Some((c.slot, offset))
+            }
+            Outcome::Progress(offset) => Some((c.slot, offset)),
+            Outcome::Returned(records) => {
+                if q.stop.load(Ordering::Relaxed) {
+                    q.schedule.finish(c.key);
+                } else {
+                    q.schedule.finish_run(c.key, records.into_iter());
+                }
+                None
+            }
+        }
+    }
+
+    /// A completion that is ready now, if any.
+    pub(crate) fn try_completion(&mut self) -> Option<Completion> {
+        self.done_rx.try_recv().ok()
+    }
+
+    /// Waits for the next completion, room in a full stream, or ended handler tasks. Cancel-safe.
+    pub(crate) async fn next(&mut self) -> DispatchEvent {
+        tokio::select! {
+            biased;
+            ready = async {
+                match self.stream_blocked.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            }, if self.stream_blocked.is_some() => {
+                self.stream_blocked = None;
+                DispatchEvent::StreamReady(ready)
+            }
+            Some(c) = self.done_rx.recv() => DispatchEvent::Completion(c),
+            Some(joined) = self.handlers.join_next(), if !self.handlers.is_empty() => {
+                let mut joined = Some(joined);
+                for _ in 0..DRAIN_MAX {
+                    let Some(j) = joined.take().or_else(|| self.handlers.try_join_next()) else { break };
+                    if let Err(e) = j && e.is_panic() {
+                        warn!(error = %e, "a record handler panicked; its records will not be committed");
+                    }
+                }
+                DispatchEvent::Joined
+            }
+        }
+    }
+
+    /// Ends every handler task (past the shutdown deadline).
+    pub(crate) fn abort_all(&mut self) {
+        self.handlers.abort_all();
+    }
+
+    /// The circuit breaker in front of the handler, if one is configured.
+    pub(crate) fn circuit_breaker(&self) -> Option<&kafkit_resilience::CircuitBreaker> {
+        match &self.sink {
+            Sink::Handler(_, f) | Sink::Batch { failure: f, .. } => f.breaker.as_ref(),
+            Sink::Stream(_) => None,
+        }
+    }
+
+    /// Spawns one handler task for the lanes gathered by [`start`](Self::start).
+    fn flush_lanes(&mut self) {
+        let Sink::Handler(handler, failure) = &self.sink else {
+            return;
+        };
+        if self.lanes.is_empty() {
+            return;
+        }
+        let lanes = std::mem::take(&mut self.lanes);
+        let handler = Arc::clone(handler);
+        let failure = Arc::clone(failure);
+        let done = self.done_tx.clone();
+        self.handlers.spawn(async move {
+            let run = |lane| run_lane(lane, &handler, &failure, &done);
+            if lanes.len() == 1 {
+                for lane in lanes {
+                    run(lane).await;
+                }
+            } else {
+                futures::future::join_all(lanes.into_iter().map(run)).await;
+            }
+        });
+    }
+
+    /// Hands the gathered records to one batch handler call. Successes complete together; each
+    /// failure then goes through the failure path on its own (retried as a batch of one), so one bad
+    /// record never fails the others.
+    fn flush_batch(&mut self) {
+        let Sink::Batch {
+            handler, failure, ..
+        } = &self.sink
+        else {
+            return;
+        };
+        if self.batch.is_empty() {
+            return;
+        }
+        let items = std::mem::take(&mut self.batch);
+        let handler = Arc::clone(handler);
+        let failure = Arc::clone(failure);
+        let done = self.done_tx.clone();
+        self.handlers.spawn(async move {
+            let complete = |item: &BatchItem| {
+                let _ = done.send(Completion {
+                    slot: item.slot,
+                    epoch: item.epoch,
+                    key: item.key,
+                    outcome: Outcome::Done(item.record.offset()),
+                });
+            };
+            let permit = failure.admit().await;
+            let records: Vec<ConsumedRecord> = items.iter().map(|i| i.record.clone()).collect();
+            let count = records.len();
+            let mut results = handler(records).await;
+            // A handler that returns the wrong number of results fails the records it left out.
+            results.resize_with(count, || {
+                Err(HandlerError {
+                    type_name: "kafkit::consumer::MissingBatchResult",
+                    source: format!("the batch handler returned fewer results than the {count} records it was given").into(),
+                })
+            });
+            let mut failed = Vec::new();
+            for (item, result) in items.into_iter().zip(results) {
+                match result {
+                    Ok(()) => complete(&item),
+                    Err(e) => failed.push((item, e)),
+                }
+            }
+            if let Some(p) = permit {
+                if failed.iter().any(|(_, e)| failure.retry.is_retriable(&*e.source)) {
+                    p.failure();
+                } else {
+                    p.success();
+                }
+            }
+            let single: HandlerFn = Arc::new(move |record| {
+                let call = handler(vec![record]);
+                Box::pin(async move {
+                    call.await.into_iter().next().unwrap_or_else(|| {
+                        Err(HandlerError {
+                            type_name: "kafkit::consumer::MissingBatchResult",
+                            source: "the batch handler returned no result for a batch of one".into(),
+                        })
+                    })
+                })
+            });
+            let retries = failed.into_iter().map(|(item, error)| {
+                let failure = &failure;
+                let single = &single;
+                let complete = &complete;
+                async move {
+                    failure.process_from(single, &item.record, Some(error)).await;
+                    complete(&item);
+                }
+            });
+            futures::future::join_all(retries).await;
+        });
+    }
+
+    /// Hands a lane to the sink (the batch and stream sinks get lanes of one record). Returns false
+    /// when the stream is full (the record is put back).
+    fn start(&mut self, mut lane: Lane) -> bool {
+        match &self.sink {
+            Sink::Handler(..) => {
+                self.lanes.push(lane);
+                self.in_flight += 1;
+                if self.lanes.len() >= LANES_PER_TASK {
+                    self.flush_lanes();
+                }
+                true
+            }
+            Sink::Batch { max, .. } => {
+                let max = *max;
+                let record = lane.records.pop().expect("a lane has a record");
+                self.batch.push(BatchItem {
+                    slot: lane.slot,
+                    epoch: lane.epoch,
+                    key: lane.key,
+                    record,
+                });
+                self.in_flight += 1;
+                if self.batch.len() >= max {
+                    self.flush_batch();
+                }
+                true
+            }
+            Sink::Stream(tx) => {
+                let record = lane.records.pop().expect("a lane has a record");
+                match tx.clone().try_reserve_owned() {
+                    Ok(permit) => {
+                        permit.send(StreamRecord {
+                            record,
+                            ack: Some(AckHandle {
+                                slot: lane.slot,
+                                epoch: lane.epoch,
+                                key: lane.key,
+                                done: self.done_tx.clone(),
+                            }),
+                        });
+                        self.in_flight += 1;
+                        true
+                    }
+                    Err(err) => {
+                        let closed = matches!(err, mpsc::error::TrySendError::Closed(_));
+                        let q = self.queues[lane.slot]
+                            .as_mut()
+                            .expect("the lane's queue exists");
+                        // `next_below` counted it in flight; put it back.
+                        q.schedule.push_front(lane.key, record);
+                        let tx = tx.clone();
+                        self.stream_blocked =
+                            Some(Box::pin(
+                                async move { !closed && tx.reserve().await.is_ok() },
+                            ));
+                        false
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Processes a lane's records in order through the failure path, reporting each; stops before the
+/// next record once the slot's tenure stopped dispatching, handing the rest back.
+async fn run_lane(
+    lane: Lane,
+    handler: &HandlerFn,
+    failure: &FailurePath,
+    done: &mpsc::UnboundedSender<Completion>,
+) {
+    let Lane {
+        slot,
+        epoch,
+        key,
+        records,
+        stop,
+    } = lane;
+    let report = |outcome| {
+        let _ = done.send(Completion {
+            slot,
+            epoch,
+            key,
+            outcome,
+        });
+    };
+    let mut records = records.into_iter();
+    while let Some(record) = records.next() {
+        failure.process(handler, &record).await;
+        if records.len() == 0 {
+            report(Outcome::Done(record.offset()));
+            return;
+        }
+        report(Outcome::Progress(record.offset()));
+        if stop.load(Ordering::Acquire) {
+            report(Outcome::Returned(records.collect()));
+            return;
+        }
+    }
+}
