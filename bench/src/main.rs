@@ -15,6 +15,7 @@
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod ceiling;
+mod dispatcher;
 mod java_side;
 mod kafkit_side;
 mod rdkafka_side;
@@ -271,22 +272,7 @@ type Runs = BTreeMap<String, Vec<Measured>>;
 
 async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
-    let _kafka;
-    let bootstrap = match std::env::var("KAFKA_BOOTSTRAP") {
-        Ok(b) => b,
-        Err(_) => {
-            let kafka = LocalKafka::start_with(BrokerOptions::default().heap("1g")).await?;
-            let b = kafka.bootstrap();
-            _kafka = kafka;
-            b
-        }
-    };
-    let client = ClientConfig::new([bootstrap.as_str()])?;
     let scaled = |n: u64| ((n as f64 * cli.scale).round() as u64).max(100);
-    let workloads = [
-        ("A", scaled(1_000_000), 100usize),
-        ("B", scaled(100_000), 10 * 1024),
-    ];
     let wanted = |name: &str| cli.only.as_deref().is_none_or(|o| name.contains(o));
     let mut report = String::new();
     let _ = writeln!(report, "{}\n", machine());
@@ -295,6 +281,80 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         "Command: `just bench` (`cargo run --release --manifest-path bench/Cargo.toml -- --scale {} --rounds {}`)\n",
         cli.scale, cli.rounds
     );
+
+    // In memory: no broker needed.
+    let records = scaled(1_000_000);
+    let workload = dispatcher::workload(records);
+    for (mode_name, mode) in dispatcher::modes() {
+        let name = format!("dispatcher {mode_name}");
+        if !wanted(&name) {
+            continue;
+        }
+        let contenders = ["dispatch-kafkit", "dispatch-hand-written"];
+        let mut runs = Runs::new();
+        for round in 0..=cli.rounds {
+            for i in 0..contenders.len() {
+                let role = contenders[(i + round) % contenders.len()];
+                let elapsed = match role {
+                    "dispatch-kafkit" => dispatcher::kafkit(mode, &workload).await,
+                    _ => dispatcher::hand_written(mode, &workload).await,
+                };
+                eprintln!(
+                    "{name} round {round} {role}: {:.0} records/s",
+                    records as f64 / elapsed.as_secs_f64()
+                );
+                if round > 0 {
+                    runs.entry(role.to_owned()).or_default().push(Measured {
+                        outcome: Outcome {
+                            records,
+                            bytes: records * dispatcher::VALUE as u64,
+                            secs: elapsed.as_secs_f64(),
+                            latency_us: None,
+                        },
+                        cpu_secs: None,
+                        max_rss_kb: None,
+                    });
+                }
+            }
+        }
+        report.push_str(&throughput_table(
+            &format!("{name} (in memory, 1,000 Zipf keys on 12 partitions, no-op handler)"),
+            records,
+            dispatcher::VALUE,
+            &runs,
+            "dispatch-kafkit",
+            &["dispatch-hand-written"],
+        ));
+    }
+
+    let needs_broker = ["produce", "consume"]
+        .iter()
+        .flat_map(|kind| ["A-1", "A-12", "B-1", "B-12"].map(|w| format!("{kind} {w}")))
+        .chain(["latency".to_owned()])
+        .any(|name| wanted(&name));
+    let _kafka;
+    let bootstrap = if !needs_broker {
+        String::new()
+    } else {
+        match std::env::var("KAFKA_BOOTSTRAP") {
+            Ok(b) => b,
+            Err(_) => {
+                let kafka = LocalKafka::start_with(BrokerOptions::default().heap("1g")).await?;
+                let b = kafka.bootstrap();
+                _kafka = kafka;
+                b
+            }
+        }
+    };
+    let workloads = [
+        ("A", scaled(1_000_000), 100usize),
+        ("B", scaled(100_000), 10 * 1024),
+    ];
+    let client = ClientConfig::new([if needs_broker {
+        bootstrap.as_str()
+    } else {
+        "unused:1"
+    }])?;
 
     for (w, records, size) in workloads {
         for partitions in [1, 12] {

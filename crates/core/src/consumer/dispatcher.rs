@@ -560,3 +560,95 @@ async fn run_lane(
         }
     }
 }
+
+/// The dispatcher alone, in memory, for kafkit's benchmark runner: the same queues, dispatch rules,
+/// lanes, failure path (default retry policy and circuit breaker) and completion handling the
+/// consumer uses, fed records directly instead of by fetchers, with a handler that does nothing.
+/// Not a stable API.
+#[doc(hidden)]
+pub mod bench {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use kafkit_resilience::{CircuitBreaker, CircuitBreakerPolicy, RetryPolicy};
+
+    use super::{DRAIN_MAX, DispatchEvent, Dispatcher, HandlerFn, Sink};
+    use crate::consumer::DispatchMode;
+    use crate::consumer::failure::FailurePath;
+    use crate::consumer::record::{ConsumedRecord, RecordData};
+    use crate::consumer::scheduler::key_hash;
+    use crate::consumer::watermark::WatermarkTracker;
+
+    /// Pushes `records` (partition, key) with `value_size`-byte values through a dispatcher in
+    /// `mode` and waits until every one is processed and its partition's watermark passed it.
+    /// Returns the time from the first push to the last watermark move. Needs a tokio runtime.
+    pub async fn dispatch_in_memory(
+        mode: DispatchMode,
+        records: &[(usize, Vec<u8>)],
+        value_size: usize,
+    ) -> Duration {
+        let handler: HandlerFn = Arc::new(|_record| Box::pin(async { Ok(()) }));
+        let failure = Arc::new(FailurePath {
+            retry: RetryPolicy::default(),
+            breaker: Some(CircuitBreaker::new(CircuitBreakerPolicy::default())),
+            dead_letter: None,
+            group_id: "bench".into(),
+            metrics: None,
+        });
+        let partitions = records.iter().map(|(p, _)| p + 1).max().unwrap_or(0);
+        let topic: Arc<str> = Arc::from("bench");
+        let mut next_offset = vec![0i64; partitions];
+        let built: Vec<(usize, u64, ConsumedRecord)> = records
+            .iter()
+            .map(|(p, key)| {
+                let offset = next_offset[*p];
+                next_offset[*p] += 1;
+                let record = ConsumedRecord::new(RecordData {
+                    topic: Arc::clone(&topic),
+                    partition: *p as i32,
+                    offset,
+                    key: Some(key.clone()),
+                    value: Some(vec![0; value_size]),
+                    headers: BTreeMap::new(),
+                    timestamp: chrono::DateTime::UNIX_EPOCH,
+                    _budget: None,
+                });
+                (*p, key_hash(Some(key)), record)
+            })
+            .collect();
+
+        let started = Instant::now();
+        let mut dispatcher = Dispatcher::new(mode, Sink::Handler(handler, failure));
+        let mut trackers: Vec<WatermarkTracker> = (0..partitions)
+            .map(|p| {
+                dispatcher.open(p, 1);
+                WatermarkTracker::new(0)
+            })
+            .collect();
+        for (p, key, record) in built {
+            trackers[p].track(record.offset());
+            dispatcher.push(p, key, record);
+        }
+        let done = |t: &[WatermarkTracker]| {
+            t.iter()
+                .zip(&next_offset)
+                .all(|(t, end)| t.watermark() == *end)
+        };
+        while !done(&trackers) {
+            dispatcher.dispatch(|_| i64::MAX);
+            if let DispatchEvent::Completion(c) = dispatcher.next().await {
+                let mut next = Some(c);
+                for _ in 0..DRAIN_MAX {
+                    let Some(c) = next.take().or_else(|| dispatcher.try_completion()) else {
+                        break;
+                    };
+                    if let Some((slot, offset)) = dispatcher.apply(c) {
+                        trackers[slot].complete(offset);
+                    }
+                }
+            }
+        }
+        started.elapsed()
+    }
+}

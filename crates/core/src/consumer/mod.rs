@@ -39,6 +39,8 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 pub use dispatcher::BoxError;
+#[doc(hidden)]
+pub use dispatcher::bench;
 pub use record::{ConsumedRecord, StreamRecord};
 pub use scheduler::DispatchMode;
 pub use status::HealthHandle;
