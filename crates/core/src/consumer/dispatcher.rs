@@ -82,9 +82,15 @@ pub(crate) struct Completion {
 pub(crate) enum Outcome {
     /// The record at this offset is processed (it may be committed) and its hand-out ends.
     Done(i64),
-    /// The record at this offset is processed; the run it belongs to goes on with its next record,
-    /// so the hand-out (the key, the in-flight unit) stays taken.
-    Progress(i64),
+    /// Records of a lane are processed, at these offsets (in offset order). With `ends`, the lane
+    /// is finished and its hand-out ends; otherwise the run goes on, so the hand-out (the key, the
+    /// in-flight unit) stays taken.
+    Processed {
+        /// The processed offsets.
+        offsets: Vec<i64>,
+        /// Whether the lane's hand-out ends with them.
+        ends: bool,
+    },
     /// Records handed out and not processed (a stream record dropped without ack, or the rest of a
     /// run stopped by a revocation or shutdown), in offset order. Ends the hand-out; they are
     /// delivered again unless their partition is going away.
@@ -96,6 +102,9 @@ pub(crate) enum Outcome {
 /// engine. It bounds how many started-but-unprocessed records a stop has to hand back.
 const RUN_MAX: usize = 256;
 
+/// The most processed records a lane holds before reporting them, when its handler never waits.
+const REPORT_MAX: usize = 64;
+
 /// The most ready completions taken in a row before the next dispatch.
 pub(crate) const DRAIN_MAX: usize = 512;
 
@@ -105,8 +114,9 @@ pub(crate) const DRAIN_MAX: usize = 512;
 const LANES_PER_TASK: usize = 16;
 
 /// Records handed to a handler task as one unit: processed one after another, in offset order, while
-/// the slot's tenure lasts. Each record reports [`Outcome::Progress`], the last [`Outcome::Done`]; a
-/// stop hands the rest back with [`Outcome::Returned`].
+/// the slot's tenure lasts. Processed records are reported together ([`Outcome::Processed`]) when
+/// the lane is about to wait (its handler is pending), every [`REPORT_MAX`] records, and at its end;
+/// a stop hands the rest back with [`Outcome::Returned`].
 struct Lane {
     slot: usize,
     epoch: u64,
@@ -260,8 +270,10 @@ impl Dispatcher {
                 else {
                     continue;
                 };
-                let mut records = vec![record];
+                let mut records;
                 if matches!(self.sink, Sink::Handler(..)) {
+                    records = Vec::with_capacity(1 + q.schedule.run_len_hint(key).min(RUN_MAX - 1));
+                    records.push(record);
                     q.schedule.extend_run(
                         key,
                         below,
@@ -269,6 +281,8 @@ impl Dispatcher {
                         RUN_MAX,
                         &mut records,
                     );
+                } else {
+                    records = vec![record];
                 }
                 let lane = Lane {
                     slot: idx,
@@ -288,30 +302,43 @@ impl Dispatcher {
         self.flush_lanes();
     }
 
-    /// Applies a completion to the queues. Returns the slot and offset of a processed record of a
-    /// current tenure, for the watermark.
-    pub(crate) fn apply(&mut self, c: Completion) -> Option<(usize, i64)> {
-        if !matches!(c.outcome, Outcome::Progress(_)) {
+    /// Applies a completion to the queues, and calls `processed(slot, offset)` for each processed
+    /// record of a current tenure (for the watermark).
+    pub(crate) fn apply(&mut self, c: Completion, mut processed: impl FnMut(usize, i64)) {
+        let ends = match &c.outcome {
+            Outcome::Processed { ends, .. } => *ends,
+            Outcome::Done(_) | Outcome::Returned(_) => true,
+        };
+        if ends {
             self.in_flight = self.in_flight.saturating_sub(1);
         }
-        let q = self
+        let Some(q) = self
             .queues
             .get_mut(c.slot)
             .and_then(Option::as_mut)
-            .filter(|q| q.epoch == c.epoch)?;
+            .filter(|q| q.epoch == c.epoch)
+        else {
+            return;
+        };
         match c.outcome {
             Outcome::Done(offset) => {
                 q.schedule.finish(c.key);
-                Some((c.slot, offset))
+                processed(c.slot, offset);
             }
-            Outcome::Progress(offset) => Some((c.slot, offset)),
+            Outcome::Processed { offsets, ends } => {
+                if ends {
+                    q.schedule.finish(c.key);
+                }
+                for offset in offsets {
+                    processed(c.slot, offset);
+                }
+            }
             Outcome::Returned(records) => {
                 if q.stop.load(Ordering::Relaxed) {
                     q.schedule.finish(c.key);
                 } else {
                     q.schedule.finish_run(c.key, records.into_iter());
                 }
-                None
             }
         }
     }
@@ -523,8 +550,8 @@ impl Dispatcher {
     }
 }
 
-/// Processes a lane's records in order through the failure path, reporting each; stops before the
-/// next record once the slot's tenure stopped dispatching, handing the rest back.
+/// Processes a lane's records in order through the failure path and reports them (see [`Lane`]);
+/// stops before the next record once the slot's tenure stopped dispatching, handing the rest back.
 async fn run_lane(
     lane: Lane,
     handler: &HandlerFn,
@@ -546,15 +573,37 @@ async fn run_lane(
             outcome,
         });
     };
+    let mut unreported: Vec<i64> = Vec::new();
     let mut records = records.into_iter();
     while let Some(record) = records.next() {
-        failure.process(handler, &record).await;
-        if records.len() == 0 {
-            report(Outcome::Done(record.offset()));
-            return;
+        let mut processing = std::pin::pin!(failure.process(handler, &record));
+        std::future::poll_fn(|cx| {
+            let poll = processing.as_mut().poll(cx);
+            // About to wait: what is processed must not wait with it (the watermark would lag).
+            if poll.is_pending() && !unreported.is_empty() {
+                report(Outcome::Processed {
+                    offsets: std::mem::take(&mut unreported),
+                    ends: false,
+                });
+            }
+            poll
+        })
+        .await;
+        unreported.push(record.offset());
+        let last = records.len() == 0;
+        if last || unreported.len() >= REPORT_MAX {
+            report(Outcome::Processed {
+                offsets: std::mem::take(&mut unreported),
+                ends: last,
+            });
         }
-        report(Outcome::Progress(record.offset()));
-        if stop.load(Ordering::Acquire) {
+        if !last && stop.load(Ordering::Acquire) {
+            if !unreported.is_empty() {
+                report(Outcome::Processed {
+                    offsets: std::mem::take(&mut unreported),
+                    ends: false,
+                });
+            }
             report(Outcome::Returned(records.collect()));
             return;
         }
@@ -643,9 +692,9 @@ pub mod bench {
                     let Some(c) = next.take().or_else(|| dispatcher.try_completion()) else {
                         break;
                     };
-                    if let Some((slot, offset)) = dispatcher.apply(c) {
+                    dispatcher.apply(c, |slot, offset| {
                         trackers[slot].complete(offset);
-                    }
+                    });
                 }
             }
         }

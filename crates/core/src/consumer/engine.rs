@@ -494,17 +494,17 @@ impl Engine {
     }
 
     fn on_completion(&mut self, c: Completion) {
-        let Some((slot, offset)) = self.dispatcher.apply(c) else {
-            return;
-        };
-        if let Some(s) = self.slots[slot].as_mut() {
-            if let Some(m) = &self.metrics {
-                m.record_acked(&s.topic);
+        let (slots, metrics) = (&mut self.slots, &self.metrics);
+        self.dispatcher.apply(c, |slot, offset| {
+            if let Some(s) = slots[slot].as_mut() {
+                if let Some(m) = metrics {
+                    m.record_acked(&s.topic);
+                }
+                if let Some(t) = s.tracker.as_mut() {
+                    t.complete(offset);
+                }
             }
-            if let Some(t) = s.tracker.as_mut() {
-                t.complete(offset);
-            }
-        }
+        });
     }
 
     /// The circuit breaker in front of the handler, if one is configured.

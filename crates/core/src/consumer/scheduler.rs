@@ -218,6 +218,16 @@ impl<R> PartitionSchedule<R> {
         }
     }
 
+    /// How many records [`extend_run`](Self::extend_run) could add for `key` at most (ignoring its
+    /// limits), to size the run up front.
+    pub(crate) fn run_len_hint(&self, key: u64) -> usize {
+        match (&self.state, self.mode) {
+            (State::Fifo(q), DispatchMode::PartitionOrdered) => q.len(),
+            (State::Fifo(_), _) => 0,
+            (State::Keyed { queues, .. }, _) => queues.get(&key).map_or(0, VecDeque::len),
+        }
+    }
+
     /// A record handed out by [`next`](Self::next) is finished; its key may run its next record.
     pub(crate) fn finish(&mut self, key: u64) {
         self.finish_run(key, std::iter::empty());
@@ -393,6 +403,11 @@ mod tests {
             keyed.push(k, o);
         }
         let (k, first) = keyed.next_below(i64::MAX, |&o| o).unwrap();
+        assert_eq!(
+            keyed.run_len_hint(k),
+            3,
+            "a's queue behind the handed-out record"
+        );
         let mut run = vec![first];
         keyed.extend_run(k, 6, |&o| o, 3, &mut run);
         assert_eq!(
@@ -414,6 +429,7 @@ mod tests {
             ordered.push(0, o);
         }
         let (k, first) = ordered.next().unwrap();
+        assert_eq!(ordered.run_len_hint(k), 4);
         let mut run = vec![first];
         ordered.extend_run(k, i64::MAX, |&o| o, 10, &mut run);
         assert_eq!(run, vec![0, 1, 2, 3, 4]);
