@@ -6,7 +6,7 @@
 //! ```text
 //!  engine ──push(slot, key, record)──► Dispatcher ──lanes──► handler tasks / stream / batch calls
 //!    ▲                                     │  ▲
-//!    └──── processed (slot, offset) ◄──────┘  └── Completion (Progress / Done / Returned)
+//!    └──── processed (slot, offset) ◄──────┘  └── Completion (Processed / Done / Returned)
 //! ```
 //!
 //! Invariants enforced here:
