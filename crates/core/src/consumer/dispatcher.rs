@@ -24,6 +24,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
+
+use futures::StreamExt;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -95,6 +98,23 @@ pub(crate) enum Outcome {
     /// run stopped by a revocation or shutdown), in offset order. Ends the hand-out; they are
     /// delivered again unless their partition is going away.
     Returned(Vec<ConsumedRecord>),
+    /// Records of an `Unordered` lane are processed, at these offsets; each was a hand-out of its own.
+    ProcessedEach(Vec<i64>),
+    /// Records of an `Unordered` lane that a stop kept from starting, in offset order; each was a
+    /// hand-out of its own.
+    ReturnedEach(Vec<ConsumedRecord>),
+}
+
+impl Outcome {
+    /// How many hand-outs this completion ends.
+    fn hand_outs_ended(&self) -> usize {
+        match self {
+            Outcome::Done(_) | Outcome::Returned(_) => 1,
+            Outcome::Processed { ends, .. } => usize::from(*ends),
+            Outcome::ProcessedEach(offsets) => offsets.len(),
+            Outcome::ReturnedEach(records) => records.len(),
+        }
+    }
 }
 
 /// The most records one run may take: records of one partition (`PartitionOrdered`) or one key
@@ -113,8 +133,11 @@ pub(crate) const DRAIN_MAX: usize = 512;
 /// tasks, so the runtime's worker threads share the work.
 const LANES_PER_TASK: usize = 16;
 
-/// Records handed to a handler task as one unit: processed one after another, in offset order, while
-/// the slot's tenure lasts. Processed records are reported together ([`Outcome::Processed`]) when
+/// Records handed to a handler task as one unit. A run (`PartitionOrdered`, `KeyOrdered`: `each` is
+/// false) is processed one after another, in offset order, while the slot's tenure lasts; an
+/// `Unordered` lane (`each`: every record is a hand-out of its own) runs its records one after
+/// another while each finishes without waiting, and starts all the rest at once as soon as one waits,
+/// so a slow record never holds the others back. Processed records are reported together ([`Outcome::Processed`]) when
 /// the lane is about to wait (its handler is pending), every [`REPORT_MAX`] records, and at its end;
 /// a stop hands the rest back with [`Outcome::Returned`].
 struct Lane {
@@ -123,6 +146,7 @@ struct Lane {
     key: u64,
     records: Vec<ConsumedRecord>,
     stop: Arc<AtomicBool>,
+    each: bool,
 }
 
 /// One record of a batch and where its completion goes.
@@ -271,7 +295,21 @@ impl Dispatcher {
                     continue;
                 };
                 let mut records;
-                if matches!(self.sink, Sink::Handler(..)) {
+                let each = matches!(self.mode, DispatchMode::Unordered { .. });
+                if matches!(self.sink, Sink::Handler(..)) && each {
+                    // Each record is a hand-out of its own: a fair share of the room the bound
+                    // leaves, so one partition does not take it all in a pass.
+                    let room = ((limit - self.in_flight) / n).clamp(1, RUN_MAX);
+                    records = Vec::with_capacity(room.min(16));
+                    records.push(record);
+                    while records.len() < room {
+                        let Some((_, r)) = q.schedule.next_below(below, ConsumedRecord::offset)
+                        else {
+                            break;
+                        };
+                        records.push(r);
+                    }
+                } else if matches!(self.sink, Sink::Handler(..)) {
                     records = Vec::with_capacity(1 + q.schedule.run_len_hint(key).min(RUN_MAX - 1));
                     records.push(record);
                     q.schedule.extend_run(
@@ -290,6 +328,7 @@ impl Dispatcher {
                     key,
                     records,
                     stop: Arc::clone(&q.stop),
+                    each,
                 };
                 if !self.start(lane) {
                     return;
@@ -305,13 +344,7 @@ impl Dispatcher {
     /// Applies a completion to the queues, and calls `processed(slot, offset)` for each processed
     /// record of a current tenure (for the watermark).
     pub(crate) fn apply(&mut self, c: Completion, mut processed: impl FnMut(usize, i64)) {
-        let ends = match &c.outcome {
-            Outcome::Processed { ends, .. } => *ends,
-            Outcome::Done(_) | Outcome::Returned(_) => true,
-        };
-        if ends {
-            self.in_flight = self.in_flight.saturating_sub(1);
-        }
+        self.in_flight = self.in_flight.saturating_sub(c.outcome.hand_outs_ended());
         let Some(q) = self
             .queues
             .get_mut(c.slot)
@@ -338,6 +371,25 @@ impl Dispatcher {
                     q.schedule.finish(c.key);
                 } else {
                     q.schedule.finish_run(c.key, records.into_iter());
+                }
+            }
+            Outcome::ProcessedEach(offsets) => {
+                for offset in offsets {
+                    q.schedule.finish(c.key);
+                    processed(c.slot, offset);
+                }
+            }
+            Outcome::ReturnedEach(records) => {
+                let n = records.len();
+                if q.stop.load(Ordering::Relaxed) {
+                    for _ in 0..n {
+                        q.schedule.finish(c.key);
+                    }
+                } else if n > 0 {
+                    q.schedule.finish_run(c.key, records.into_iter());
+                    for _ in 1..n {
+                        q.schedule.finish(c.key);
+                    }
                 }
             }
         }
@@ -401,7 +453,13 @@ impl Dispatcher {
         let failure = Arc::clone(failure);
         let done = self.done_tx.clone();
         self.handlers.spawn(async move {
-            let run = |lane| run_lane(lane, &handler, &failure, &done);
+            let run = |lane: Lane| async {
+                if lane.each {
+                    run_each_lane(lane, &handler, &failure, &done).await;
+                } else {
+                    run_lane(lane, &handler, &failure, &done).await;
+                }
+            };
             if lanes.len() == 1 {
                 for lane in lanes {
                     run(lane).await;
@@ -492,8 +550,8 @@ impl Dispatcher {
     fn start(&mut self, mut lane: Lane) -> bool {
         match &self.sink {
             Sink::Handler(..) => {
+                self.in_flight += if lane.each { lane.records.len() } else { 1 };
                 self.lanes.push(lane);
-                self.in_flight += 1;
                 if self.lanes.len() >= LANES_PER_TASK {
                     self.flush_lanes();
                 }
@@ -564,6 +622,7 @@ async fn run_lane(
         key,
         records,
         stop,
+        each: _,
     } = lane;
     let report = |outcome| {
         let _ = done.send(Completion {
@@ -608,6 +667,82 @@ async fn run_lane(
             return;
         }
     }
+}
+
+/// Processes an `Unordered` lane (see [`Lane`]): inline while each record finishes without waiting,
+/// then everything not yet started at once. Reports like [`run_lane`], each record ending its own
+/// hand-out; a stop before the concurrent phase hands the unstarted records back.
+async fn run_each_lane(
+    lane: Lane,
+    handler: &HandlerFn,
+    failure: &FailurePath,
+    done: &mpsc::UnboundedSender<Completion>,
+) {
+    let Lane {
+        slot,
+        epoch,
+        key,
+        records,
+        stop,
+        each: _,
+    } = lane;
+    let report = |outcome| {
+        let _ = done.send(Completion {
+            slot,
+            epoch,
+            key,
+            outcome,
+        });
+    };
+    let process = |record: ConsumedRecord| -> Pin<Box<dyn Future<Output = i64> + Send + '_>> {
+        Box::pin(async move {
+            failure.process(handler, &record).await;
+            record.offset()
+        })
+    };
+    let mut rest = records.into_iter();
+    let mut waiting = futures::stream::FuturesUnordered::new();
+    let mut unreported: Vec<i64> = Vec::new();
+    std::future::poll_fn(|cx| {
+        loop {
+            while let Poll::Ready(Some(offset)) = waiting.poll_next_unpin(cx) {
+                unreported.push(offset);
+            }
+            if unreported.len() >= REPORT_MAX {
+                report(Outcome::ProcessedEach(std::mem::take(&mut unreported)));
+            }
+            if !waiting.is_empty() {
+                if rest.len() > 0 {
+                    // One waits: start the rest now, none of them waits behind it.
+                    waiting.extend(rest.by_ref().map(process));
+                    continue;
+                }
+                if !unreported.is_empty() {
+                    report(Outcome::ProcessedEach(std::mem::take(&mut unreported)));
+                }
+                return Poll::Pending;
+            }
+            if rest.len() > 0 && stop.load(Ordering::Acquire) {
+                if !unreported.is_empty() {
+                    report(Outcome::ProcessedEach(std::mem::take(&mut unreported)));
+                }
+                report(Outcome::ReturnedEach(rest.by_ref().collect()));
+                return Poll::Ready(());
+            }
+            let Some(record) = rest.next() else {
+                if !unreported.is_empty() {
+                    report(Outcome::ProcessedEach(std::mem::take(&mut unreported)));
+                }
+                return Poll::Ready(());
+            };
+            let mut processing = process(record);
+            match processing.as_mut().poll(cx) {
+                Poll::Ready(offset) => unreported.push(offset),
+                Poll::Pending => waiting.push(processing),
+            }
+        }
+    })
+    .await;
 }
 
 /// The dispatcher alone, in memory, for kafkit's benchmark runner: the same queues, dispatch rules,
@@ -699,5 +834,139 @@ pub mod bench {
             }
         }
         started.elapsed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use kafkit_resilience::RetryPolicy;
+    use tokio::time::Instant;
+
+    use super::*;
+    use crate::consumer::record::RecordData;
+
+    fn record(offset: i64, key: &str) -> ConsumedRecord {
+        ConsumedRecord::new(RecordData {
+            topic: Arc::from("t"),
+            partition: 0,
+            offset,
+            key: Some(key.as_bytes().to_vec()),
+            value: None,
+            headers: BTreeMap::new(),
+            timestamp: chrono::DateTime::UNIX_EPOCH,
+            _budget: None,
+        })
+    }
+
+    /// Which offsets the handler started, and when.
+    type StartLog = Arc<Mutex<Vec<(i64, Instant)>>>;
+
+    /// A dispatcher whose handler sleeps `delays[offset]` ms and logs (offset, start time).
+    fn dispatcher(mode: DispatchMode, delays: Vec<u64>) -> (Dispatcher, StartLog) {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&log);
+        let handler: HandlerFn = Arc::new(move |r: ConsumedRecord| {
+            let delay = Duration::from_millis(delays[r.offset() as usize]);
+            seen.lock().unwrap().push((r.offset(), Instant::now()));
+            Box::pin(async move {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                Ok(())
+            })
+        });
+        let failure = Arc::new(FailurePath {
+            retry: RetryPolicy::default(),
+            breaker: None,
+            dead_letter: None,
+            group_id: "g".into(),
+            metrics: None,
+        });
+        (Dispatcher::new(mode, Sink::Handler(handler, failure)), log)
+    }
+
+    /// Dispatches and applies completions until `n` records are processed; returns their offsets.
+    async fn drive(d: &mut Dispatcher, n: usize) -> Vec<i64> {
+        let mut processed = Vec::new();
+        while processed.len() < n {
+            d.dispatch(|_| i64::MAX);
+            if let DispatchEvent::Completion(c) = d.next().await {
+                d.apply(c, |_, offset| processed.push(offset));
+            }
+        }
+        processed
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unordered_lane_starts_the_rest_as_soon_as_one_record_waits() {
+        // Offset 1 takes 50 ms; the others finish at once or take 30 ms.
+        let (mut d, log) = dispatcher(
+            DispatchMode::Unordered { max_in_flight: 8 },
+            vec![0, 50, 0, 30, 0],
+        );
+        d.open(0, 1);
+        for o in 0..5 {
+            d.push(0, 0, record(o, "k"));
+        }
+        let start = Instant::now();
+        let mut processed = drive(&mut d, 5).await;
+        processed.sort_unstable();
+        assert_eq!(processed, vec![0, 1, 2, 3, 4]);
+        // Concurrent: the slowest record's time, not the sum (80 ms).
+        assert!(
+            start.elapsed() < Duration::from_millis(60),
+            "{:?}",
+            start.elapsed()
+        );
+        let started: Vec<(i64, Duration)> = log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(o, t)| (*o, *t - start))
+            .collect();
+        assert!(
+            started.iter().all(|(_, t)| *t < Duration::from_millis(1)),
+            "{started:?}"
+        );
+        assert_eq!(d.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_keeps_order_and_a_stop_starts_none_of_its_rest() {
+        let (mut d, log) = dispatcher(DispatchMode::PartitionOrdered, vec![10; 6]);
+        d.open(0, 1);
+        for o in 0..6 {
+            d.push(0, 0, record(o, "k"));
+        }
+        d.dispatch(|_| i64::MAX);
+        assert_eq!(d.in_flight(), 1, "the partition's records form one run");
+        // The first record finishes; stop while the second runs.
+        let mut processed = Vec::new();
+        while processed.len() < 2 {
+            if let DispatchEvent::Completion(c) = d.next().await {
+                d.apply(c, |_, offset| processed.push(offset));
+            }
+            if processed.len() == 1 {
+                d.stop(0);
+            }
+        }
+        while d.in_flight() > 0 {
+            if let DispatchEvent::Completion(c) = d.next().await {
+                d.apply(c, |_, offset| processed.push(offset));
+            }
+        }
+        assert_eq!(
+            processed,
+            vec![0, 1],
+            "in order, and nothing after the stop"
+        );
+        let started: Vec<i64> = log.lock().unwrap().iter().map(|(o, _)| *o).collect();
+        assert_eq!(started, vec![0, 1]);
+        d.dispatch(|_| i64::MAX);
+        assert_eq!(d.in_flight(), 0, "a stopped queue hands nothing out");
     }
 }
