@@ -608,6 +608,23 @@ impl Dispatcher {
     }
 }
 
+/// Sends a lane's outcomes to the dispatcher, tagged with the lane's tenure and key.
+fn reporter(
+    done: &mpsc::UnboundedSender<Completion>,
+    slot: usize,
+    epoch: u64,
+    key: u64,
+) -> impl Fn(Outcome) + '_ {
+    move |outcome| {
+        let _ = done.send(Completion {
+            slot,
+            epoch,
+            key,
+            outcome,
+        });
+    }
+}
+
 /// Processes a lane's records in order through the failure path and reports them (see [`Lane`]);
 /// stops before the next record once the slot's tenure stopped dispatching, handing the rest back.
 async fn run_lane(
@@ -624,14 +641,7 @@ async fn run_lane(
         stop,
         each: _,
     } = lane;
-    let report = |outcome| {
-        let _ = done.send(Completion {
-            slot,
-            epoch,
-            key,
-            outcome,
-        });
-    };
+    let report = reporter(done, slot, epoch, key);
     let mut unreported: Vec<i64> = Vec::new();
     let mut records = records.into_iter();
     while let Some(record) = records.next() {
@@ -686,14 +696,7 @@ async fn run_each_lane(
         stop,
         each: _,
     } = lane;
-    let report = |outcome| {
-        let _ = done.send(Completion {
-            slot,
-            epoch,
-            key,
-            outcome,
-        });
-    };
+    let report = reporter(done, slot, epoch, key);
     let process = |record: ConsumedRecord| -> Pin<Box<dyn Future<Output = i64> + Send + '_>> {
         Box::pin(async move {
             failure.process(handler, &record).await;
