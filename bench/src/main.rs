@@ -152,7 +152,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     match cli.command {
         Some(Command::Child(args)) => runtime.block_on(child(args)),
-        None => runtime.block_on(run(cli)),
+        None => {
+            // The runner's own producer and admin calls log when `RUST_LOG` asks (children never do:
+            // their output is their measurement).
+            if std::env::var_os("RUST_LOG").is_some() {
+                tracing_subscriber::fmt()
+                    .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                    .with_writer(std::io::stderr)
+                    .init();
+            }
+            runtime.block_on(run(cli))
+        }
     }
 }
 

@@ -109,6 +109,92 @@ async fn ten_thousand_keyed_records_across_12_partitions_read_back_at_their_offs
     );
 }
 
+/// TCP connections this process holds open to `port` on loopback (Linux `/proc`): sockets among
+/// our file descriptors whose remote end is `port`, in state ESTABLISHED.
+fn connections_to(port: u16) -> usize {
+    let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let wanted = format!(":{port:04X}");
+    ["/proc/self/net/tcp", "/proc/self/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // cols: sl, local, remote, state (01 = ESTABLISHED), ..., inode at 9.
+            cols.len() > 9
+                && cols[2].ends_with(&wanted)
+                && cols[3] == "01"
+                && ours.contains(cols[9])
+        })
+        .count()
+}
+
+/// A producer's first sends race to look up the topic. They must share one lookup and one batcher
+/// per partition: before lookups were single-flight, 20,000 cold sends built thousands of partition
+/// producers, each with its own leader connection, and the storm of connections stalled sends
+/// past the delivery timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_concurrent_sends_share_one_connection_per_partition() {
+    let kafka = LocalKafka::start().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let port: u16 = bootstrap.rsplit(':').next().unwrap().parse().unwrap();
+    let topic = random_name("cold");
+    create_topic(&bootstrap, &topic, 12, 1).await.unwrap();
+    let producer = producer(&bootstrap).await;
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let done = Arc::clone(&done);
+        async move {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                most = most.max(connections_to(port));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        }
+    });
+    let sends = (0..20_000).map(|i| {
+        let record = ProducerRecord::new(&topic, vec![b'v'; 100]).key(format!("key-{}", i % 1_000));
+        producer.send(record)
+    });
+    let deliveries = futures::future::join_all(sends).await;
+    done.store(true, std::sync::atomic::Ordering::Release);
+    let most = sampler.await.unwrap();
+    let open = connections_to(port);
+
+    assert!(deliveries.iter().all(Result::is_ok), "every send delivered");
+    let mut per_partition = [0usize; 12];
+    for d in deliveries.into_iter().flatten() {
+        per_partition[d.partition as usize] += 1;
+    }
+    let mut read = 0;
+    for p in 0..12 {
+        let records = read_partition(&bootstrap, &topic, p).await;
+        assert_eq!(records.len(), per_partition[p as usize], "partition {p}");
+        read += records.len();
+    }
+    assert_eq!(read, 20_000);
+    // One metadata connection plus one leader connection per partition (the check itself adds none:
+    // `read_partition`'s client is gone by now, and it ran after the sampling).
+    assert!(
+        most <= 13,
+        "at most 13 connections while sending, saw {most} (one per partition + metadata)"
+    );
+    assert!(open <= 13, "{open} connections left open");
+    assert!(
+        most >= 12,
+        "the sampler saw the partition connections: {most}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_land_on_the_partition_the_java_client_chooses() {
     let kafka = shared().await.unwrap();

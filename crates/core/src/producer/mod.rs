@@ -318,6 +318,7 @@ impl ProducerBuilder {
                 client,
                 buffer: Arc::new(Semaphore::new(self.buffer_memory)),
                 topics: RwLock::new(HashMap::new()),
+                lookups: parking_lot::Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
                 settings: self,
             }),
@@ -353,6 +354,9 @@ struct Inner {
     /// Topic name -> partitions. parking_lot RwLock, not tokio's: held only to clone an `Arc` out or
     /// to swap one in, never across an await, and read on every send.
     topics: RwLock<HashMap<String, Arc<TopicProducer>>>,
+    /// Topic name -> the lock held while that topic's metadata is looked up: lookups are
+    /// single-flight per topic (see `Producer::topic`), and a slow topic does not hold up others.
+    lookups: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     closed: AtomicBool,
 }
 
@@ -531,11 +535,35 @@ impl Producer {
 
     /// The topic's partitions, from the cache or, when absent or older than `metadata.max.age.ms`,
     /// from a metadata request (retried until `max.block.ms` if the topic is not there yet).
+    ///
+    /// Invariant: a topic has one `PartitionProducer` per partition for the producer's lifetime, so
+    /// each partition has one batcher and one leader connection however many sends race. Lookups
+    /// are single-flight: one send refreshes a topic while the others wait for it (no entry yet) or
+    /// go on with the stale entry (an entry to refresh). Without this, N concurrent first sends made
+    /// N metadata requests and N sets of partition producers, each with its own connections.
     async fn topic(&self, name: &str) -> Result<Arc<TopicProducer>> {
         let inner = &self.inner;
+        let fresh_enough =
+            |t: &TopicProducer| t.fetched_at.elapsed() < inner.settings.metadata_max_age;
         let cached = inner.topics.read().get(name).cloned();
         if let Some(t) = &cached
-            && t.fetched_at.elapsed() < inner.settings.metadata_max_age
+            && fresh_enough(t)
+        {
+            return Ok(Arc::clone(t));
+        }
+        let lookup = Arc::clone(inner.lookups.lock().entry(name.to_owned()).or_default());
+        let _looking_up = match &cached {
+            // Someone else is refreshing: the stale view is as good as it was a moment ago.
+            Some(t) => match lookup.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return Ok(Arc::clone(t)),
+            },
+            None => lookup.lock().await,
+        };
+        // Whoever held the lock before may have just filled the cache.
+        let cached = inner.topics.read().get(name).cloned();
+        if let Some(t) = &cached
+            && fresh_enough(t)
         {
             return Ok(Arc::clone(t));
         }
