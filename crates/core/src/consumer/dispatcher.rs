@@ -34,7 +34,7 @@ use tracing::warn;
 
 use super::failure::{FailurePath, HandlerError};
 use super::record::{AckHandle, ConsumedRecord, StreamRecord};
-use super::scheduler::{DispatchMode, PartitionSchedule};
+use super::scheduler::{DispatchMode, PartitionSchedule, key_hash};
 use crate::Result;
 
 /// The error type handlers return, boxed.
@@ -244,11 +244,16 @@ impl Dispatcher {
         }
     }
 
-    /// Queues a fetched record of `slot` (records arrive in offset order).
-    pub(crate) fn push(&mut self, slot: usize, key: u64, record: ConsumedRecord) {
+    /// Queues a fetched record of `slot` (records arrive in offset order). Only `KeyOrdered` routes
+    /// by key, so only it pays for hashing the key.
+    pub(crate) fn push(&mut self, slot: usize, record: ConsumedRecord) {
         if let Some(q) = self.queues.get_mut(slot).and_then(Option::as_mut)
             && !q.stop.load(Ordering::Relaxed)
         {
+            let key = match self.mode {
+                DispatchMode::KeyOrdered { .. } => key_hash(record.key()),
+                DispatchMode::PartitionOrdered | DispatchMode::Unordered { .. } => 0,
+            };
             q.schedule.push(key, record);
         }
     }
@@ -764,7 +769,6 @@ pub mod bench {
     use crate::consumer::DispatchMode;
     use crate::consumer::failure::FailurePath;
     use crate::consumer::record::{ConsumedRecord, RecordData};
-    use crate::consumer::scheduler::key_hash;
     use crate::consumer::watermark::WatermarkTracker;
 
     /// Pushes `records` (partition, key) with `value_size`-byte values through a dispatcher in
@@ -786,7 +790,7 @@ pub mod bench {
         let partitions = records.iter().map(|(p, _)| p + 1).max().unwrap_or(0);
         let topic: Arc<str> = Arc::from("bench");
         let mut next_offset = vec![0i64; partitions];
-        let built: Vec<(usize, u64, ConsumedRecord)> = records
+        let built: Vec<(usize, ConsumedRecord)> = records
             .iter()
             .map(|(p, key)| {
                 let offset = next_offset[*p];
@@ -801,7 +805,7 @@ pub mod bench {
                     timestamp: chrono::DateTime::UNIX_EPOCH,
                     _budget: None,
                 });
-                (*p, key_hash(Some(key)), record)
+                (*p, record)
             })
             .collect();
 
@@ -813,9 +817,9 @@ pub mod bench {
                 WatermarkTracker::new(0)
             })
             .collect();
-        for (p, key, record) in built {
+        for (p, record) in built {
             trackers[p].track(record.offset());
-            dispatcher.push(p, key, record);
+            dispatcher.push(p, record);
         }
         let done = |t: &[WatermarkTracker]| {
             t.iter()
@@ -913,7 +917,7 @@ mod tests {
         );
         d.open(0, 1);
         for o in 0..5 {
-            d.push(0, 0, record(o, "k"));
+            d.push(0, record(o, "k"));
         }
         let start = Instant::now();
         let mut processed = drive(&mut d, 5).await;
@@ -943,7 +947,7 @@ mod tests {
         let (mut d, log) = dispatcher(DispatchMode::PartitionOrdered, vec![10; 6]);
         d.open(0, 1);
         for o in 0..6 {
-            d.push(0, 0, record(o, "k"));
+            d.push(0, record(o, "k"));
         }
         d.dispatch(|_| i64::MAX);
         assert_eq!(d.in_flight(), 1, "the partition's records form one run");

@@ -38,7 +38,6 @@ use super::dispatcher::{Completion, DRAIN_MAX, DispatchEvent, Dispatcher, Sink};
 use super::fetcher::{FetchContext, FetchEvent, FetchTask};
 use super::offset_map;
 use super::record::{ConsumedRecord, RecordData};
-use super::scheduler::key_hash;
 use super::status::StatusBoard;
 use super::watermark::WatermarkTracker;
 use super::{ConsumerListener, ConsumerSettings, ShutdownReport};
@@ -455,7 +454,6 @@ impl Engine {
                             if n == 0 { None } else { b.split(n) }
                         })
                     };
-                    let key = key_hash(r.record.key.as_deref());
                     let record = ConsumedRecord::new(RecordData {
                         topic: Arc::clone(&s.topic),
                         partition: s.tp.partition,
@@ -466,7 +464,7 @@ impl Engine {
                         timestamp: r.record.timestamp,
                         _budget: share,
                     });
-                    self.dispatcher.push(slot, key, record);
+                    self.dispatcher.push(slot, record);
                 }
             }
             FetchEvent::EndOffset {
