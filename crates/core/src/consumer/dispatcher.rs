@@ -465,13 +465,7 @@ impl Dispatcher {
                     run_lane(lane, &handler, &failure, &done).await;
                 }
             };
-            if lanes.len() == 1 {
-                for lane in lanes {
-                    run(lane).await;
-                }
-            } else {
-                futures::future::join_all(lanes.into_iter().map(run)).await;
-            }
+            run_all(lanes.into_iter().map(run)).await;
         });
     }
 
@@ -687,6 +681,28 @@ async fn run_lane(
 /// Processes an `Unordered` lane (see [`Lane`]): inline while each record finishes without waiting,
 /// then everything not yet started at once. Reports like [`run_lane`], each record ending its own
 /// hand-out; a stop before the concurrent phase hands the unstarted records back.
+/// Runs `lanes` concurrently, as `join_all` does, but a lane that finishes at its first poll
+/// (every record processed without waiting) costs no allocation: its box is reused for the next.
+async fn run_all<F: Future<Output = ()>>(lanes: impl Iterator<Item = F>) {
+    let mut waiting = futures::stream::FuturesUnordered::new();
+    let mut spare: Option<Pin<Box<F>>> = None;
+    for lane in lanes {
+        let mut running = match spare.take() {
+            Some(mut boxed) => {
+                boxed.set(lane);
+                boxed
+            }
+            None => Box::pin(lane),
+        };
+        if futures::poll!(running.as_mut()).is_ready() {
+            spare = Some(running);
+        } else {
+            waiting.push(running);
+        }
+    }
+    while waiting.next().await.is_some() {}
+}
+
 async fn run_each_lane(
     lane: Lane,
     handler: &HandlerFn,
@@ -702,15 +718,16 @@ async fn run_each_lane(
         each: _,
     } = lane;
     let report = reporter(done, slot, epoch, key);
-    let process = |record: ConsumedRecord| -> Pin<Box<dyn Future<Output = i64> + Send + '_>> {
-        Box::pin(async move {
-            failure.process(handler, &record).await;
-            record.offset()
-        })
+    let process = |record: ConsumedRecord| async move {
+        failure.process(handler, &record).await;
+        record.offset()
     };
     let mut rest = records.into_iter();
     let mut waiting = futures::stream::FuturesUnordered::new();
     let mut unreported: Vec<i64> = Vec::new();
+    // The box of the last record that finished inline, reused for the next record: a record that
+    // does not wait costs no allocation of its own (records that wait keep theirs in `waiting`).
+    let mut spare = None;
     std::future::poll_fn(|cx| {
         loop {
             while let Poll::Ready(Some(offset)) = waiting.poll_next_unpin(cx) {
@@ -722,7 +739,7 @@ async fn run_each_lane(
             if !waiting.is_empty() {
                 if rest.len() > 0 {
                     // One waits: start the rest now, none of them waits behind it.
-                    waiting.extend(rest.by_ref().map(process));
+                    waiting.extend(rest.by_ref().map(|r| Box::pin(process(r))));
                     continue;
                 }
                 if !unreported.is_empty() {
@@ -743,9 +760,18 @@ async fn run_each_lane(
                 }
                 return Poll::Ready(());
             };
-            let mut processing = process(record);
+            let mut processing = match spare.take() {
+                Some(mut boxed) => {
+                    Pin::set(&mut boxed, process(record));
+                    boxed
+                }
+                None => Box::pin(process(record)),
+            };
             match processing.as_mut().poll(cx) {
-                Poll::Ready(offset) => unreported.push(offset),
+                Poll::Ready(offset) => {
+                    unreported.push(offset);
+                    spare = Some(processing);
+                }
                 Poll::Pending => waiting.push(processing),
             }
         }

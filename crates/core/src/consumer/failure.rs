@@ -147,7 +147,9 @@ impl FailurePath {
                     tokio::time::sleep(delay).await;
                 }
                 RetryDecision::GiveUp { reason } => {
-                    if self.give_up(record, &error, attempt, reason).await {
+                    // Boxed: the dead-letter send is a large future on a rare path, and inline it
+                    // would make every record's processing future (moved into each lane) as large.
+                    if Box::pin(self.give_up(record, &error, attempt, reason)).await {
                         return;
                     }
                     // Kept: try the handler again later, at the policy's longest delay.
@@ -377,5 +379,16 @@ mod tests {
         // Three attempts, given up, kept; tried again a minute later, when the outage is over.
         assert_eq!(calls.load(Ordering::Relaxed), 4);
         assert!(started.elapsed() >= Duration::from_secs(60));
+    }
+
+    /// Every record's processing future is moved into its lane: the rare paths (dead-lettering)
+    /// are boxed so it stays small (it was 4,968 bytes with the dead-letter send inline).
+    #[test]
+    fn the_processing_future_stays_small() {
+        let handler: HandlerFn = Arc::new(|_| Box::pin(async { Ok(()) }));
+        let (path, record) = (path(None), record());
+        let processing = path.process(&handler, &record);
+        let size = std::mem::size_of_val(&processing);
+        assert!(size <= 1024, "{size} bytes");
     }
 }
