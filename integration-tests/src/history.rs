@@ -155,6 +155,25 @@ impl History {
             .len()
     }
 
+    /// Acknowledged records (their partition and offset) not processed yet. Waiting for this to reach
+    /// zero, rather than for [`processed_count`](Self::processed_count) to reach the number of
+    /// acknowledgements, is what "everything was processed" means: a send retried after a broker
+    /// failure can be written twice, and the copy nobody was told about is processed too.
+    pub fn acked_unprocessed(&self) -> usize {
+        let events = self.events.lock();
+        let processed: BTreeSet<(&TopicPartition, i64)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Processed { tp, offset, .. } => Some((tp, *offset)),
+                _ => None,
+            })
+            .collect();
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Produced { tp, offset, .. } if !processed.contains(&(tp, *offset))))
+            .count()
+    }
+
     /// Checks the history; `ordered` says whether per-key order must hold (ordered dispatch modes).
     pub fn check(&self, ordered: bool) -> Verdict {
         check(&self.events(), ordered)

@@ -173,6 +173,33 @@ impl ClientConfig {
     /// connect timeout, which would turn them into a late, vague "unreachable". Brokers that cannot be
     /// reached at all are left to that retrying connect.
     pub(crate) async fn check_security(&self) -> Result<()> {
+        self.try_bootstrap().await.map(|_| ())
+    }
+
+    /// Waits until a bootstrap broker answers over a kafkit connection (TLS, SASL, Metadata),
+    /// retrying with the reconnect backoff: [`Error::Unreachable`] once the connect timeout has
+    /// passed, [`Error::Security`] at once.
+    pub(crate) async fn reach(&self) -> Result<()> {
+        let started = tokio::time::Instant::now();
+        let mut backoff = self.reconnect_backoff.start();
+        loop {
+            if self.try_bootstrap().await? {
+                return Ok(());
+            }
+            let left = self.connect_timeout.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                return Err(Error::Unreachable {
+                    bootstrap: self.bootstrap.join(","),
+                    waited: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(backoff.next_delay().min(left)).await;
+        }
+    }
+
+    /// One pass over the bootstrap brokers: whether one answered a Metadata request; a security
+    /// failure is an error.
+    async fn try_bootstrap(&self) -> Result<bool> {
         let timeout = self.connect_timeout.min(Duration::from_secs(10));
         for broker in &self.bootstrap {
             let checked = match Connection::connect(broker, self, timeout).await {
@@ -180,7 +207,7 @@ impl ClientConfig {
                     let request = kafka_protocol::messages::MetadataRequest::default()
                         .with_topics(Some(Vec::new()));
                     match conn.send(&request, timeout).await {
-                        Ok(_) => return Ok(()),
+                        Ok(_) => return Ok(true),
                         Err(WireError::Io { broker, .. }) => Err(WireError::Handshake {
                             broker,
                             stage: "at the first request after the handshake",
@@ -202,10 +229,10 @@ impl ClientConfig {
                     });
                 }
                 Err(e) => tracing::debug!(%broker, error = %e, "bootstrap broker not reachable"),
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(true),
             }
         }
-        Ok(())
+        Ok(false)
     }
 }
 

@@ -816,17 +816,31 @@ pub mod bench {
         let partitions = records.iter().map(|(p, _)| p + 1).max().unwrap_or(0);
         let topic: Arc<str> = Arc::from("bench");
         let mut next_offset = vec![0i64; partitions];
+        // Keys and values are slices of one buffer, as they are of the fetch response in the consumer.
+        let frame = bytes::Bytes::from(
+            records
+                .iter()
+                .flat_map(|(_, key)| {
+                    key.iter()
+                        .copied()
+                        .chain(std::iter::repeat_n(0, value_size))
+                })
+                .collect::<Vec<u8>>(),
+        );
+        let mut at = 0;
         let built: Vec<(usize, ConsumedRecord)> = records
             .iter()
             .map(|(p, key)| {
                 let offset = next_offset[*p];
                 next_offset[*p] += 1;
+                let key_at = at;
+                at += key.len() + value_size;
                 let record = ConsumedRecord::new(RecordData {
                     topic: Arc::clone(&topic),
                     partition: *p as i32,
                     offset,
-                    key: Some(key.clone()),
-                    value: Some(vec![0; value_size]),
+                    key: Some(frame.slice(key_at..key_at + key.len())),
+                    value: Some(frame.slice(key_at + key.len()..at)),
                     headers: BTreeMap::new(),
                     timestamp: chrono::DateTime::UNIX_EPOCH,
                     _budget: None,
@@ -887,7 +901,7 @@ mod tests {
             topic: Arc::from("t"),
             partition: 0,
             offset,
-            key: Some(key.as_bytes().to_vec()),
+            key: Some(bytes::Bytes::copy_from_slice(key.as_bytes())),
             value: None,
             headers: BTreeMap::new(),
             timestamp: chrono::DateTime::UNIX_EPOCH,

@@ -103,7 +103,6 @@ impl Engine {
         settings: Arc<ConsumerSettings>,
         group: Arc<GroupMember>,
         events: mpsc::UnboundedReceiver<GroupEvent>,
-        client: Arc<rskafka::client::Client>,
         sink: Sink,
         breaker: Option<watch::Receiver<CircuitState>>,
         board: Arc<StatusBoard>,
@@ -115,7 +114,6 @@ impl Engine {
         let (fetched_tx, fetched_rx) = mpsc::channel(64);
         let dispatcher = Dispatcher::new(settings.mode, sink);
         let fetch_ctx = Arc::new(FetchContext {
-            client,
             group: Arc::clone(&group),
             settings: settings.fetch.clone(),
             budget: Arc::new(Semaphore::new(settings.buffer_bytes)),
@@ -435,9 +433,7 @@ impl Engine {
                     m.record_consumed(&s.topic, records.len() as u64);
                 }
                 let tracker = s.tracker.as_mut().expect("Started precedes Records");
-                let mut budget = Some(budget);
-                let last = records.len().saturating_sub(1);
-                for (i, r) in records.into_iter().enumerate() {
+                for r in records {
                     if !tracker.track(r.offset) {
                         continue;
                     }
@@ -445,24 +441,20 @@ impl Engine {
                         tracker.complete(r.offset);
                         continue;
                     }
-                    let size = r.record.approximate_size() + 64;
-                    let share = if i == last {
-                        budget.take()
-                    } else {
-                        budget.as_mut().and_then(|b| {
-                            let n = size.min(b.num_permits().saturating_sub(1));
-                            if n == 0 { None } else { b.split(n) }
-                        })
-                    };
                     let record = ConsumedRecord::new(RecordData {
                         topic: Arc::clone(&s.topic),
                         partition: s.tp.partition,
                         offset: r.offset,
-                        key: r.record.key,
-                        value: r.record.value,
-                        headers: r.record.headers,
-                        timestamp: r.record.timestamp,
-                        _budget: share,
+                        key: r.key,
+                        value: r.value,
+                        headers: r
+                            .headers
+                            .into_iter()
+                            .map(|(k, v)| (k, v.map_or_else(Vec::new, |v| v.to_vec())))
+                            .collect(),
+                        timestamp: chrono::DateTime::from_timestamp_millis(r.timestamp_ms)
+                            .unwrap_or(chrono::DateTime::UNIX_EPOCH),
+                        _budget: Some(Arc::clone(&budget)),
                     });
                     self.dispatcher.push(slot, record);
                 }

@@ -309,7 +309,7 @@ mod tests {
             partition: 0,
             offset: 7,
             key: None,
-            value: Some(b"v".to_vec()),
+            value: Some(bytes::Bytes::from_static(b"v")),
             headers: BTreeMap::new(),
             timestamp: chrono::Utc::now(),
             _budget: None,

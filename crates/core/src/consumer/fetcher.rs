@@ -1,10 +1,17 @@
 //! The fetcher: one task per owned partition that keeps the next fetch in flight while the previous
 //! batch is processed, bounded by a buffer budget shared by all partitions.
 //!
+//! Each task fetches over a connection of its own to its partition's leader (kafkit's [`Connection`],
+//! so TLS and SASL apply), found through Metadata and looked up again whenever a request fails or a
+//! response says leadership moved. Records are decoded without copying: keys and values are slices
+//! of the response frame ([`crate::wire::records`]), read_committed, with aborted transactions and
+//! control markers left out.
+//!
 //! Before each fetch the task reserves `max.partition.fetch.bytes` from the budget and, once the
-//! response is in, gives back what the batch did not use. The batch's bytes stay reserved until its
-//! records are finished (each record holds its share), so the bytes buffered across the consumer
-//! never exceed the budget: when it is exhausted every fetcher waits (backpressure).
+//! response is in, gives back what the response did not use. Because records share their response's
+//! frame, the frame's bytes stay reserved until the last record from it is finished (the records
+//! share one permit): the bytes buffered across the consumer never exceed the budget, and when it
+//! is exhausted every fetcher waits (backpressure).
 //!
 //! The task finds its starting offset itself (the group's committed offset, else `auto.offset.reset`)
 //! so that the engine loop never waits on the network.
@@ -12,18 +19,28 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kafka_protocol::ResponseError;
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use kafkit_resilience::BackoffPolicy;
-use rskafka::client::Client;
-use rskafka::client::error::{Error as ClientError, ProtocolError};
-use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
-use rskafka::record::RecordAndOffset;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::OffsetReset;
 use crate::group::{GroupMember, TopicPartition};
+use crate::wire::records::{AbortedTransaction, FetchedRecord, decode_records};
+use crate::wire::{Connection, WireError};
 use crate::{Error, Result};
+
+/// `isolation_level` read_committed: records of open transactions are not returned, aborted ones
+/// are listed so they can be left out.
+const READ_COMMITTED: i8 = 1;
+/// ListOffsets timestamps meaning "the log end" and "the log start".
+const LATEST: i64 = -1;
+const EARLIEST: i64 = -2;
 
 /// Fetch settings, named after the Java consumer's.
 #[derive(Debug, Clone)]
@@ -45,9 +62,10 @@ pub(crate) enum FetchEvent {
     Records {
         slot: usize,
         epoch: u64,
-        records: Vec<RecordAndOffset>,
+        records: Vec<FetchedRecord>,
         high_watermark: i64,
-        budget: OwnedSemaphorePermit,
+        /// The response's share of the buffer budget, held by its records until the last is finished.
+        budget: Arc<OwnedSemaphorePermit>,
     },
     /// The position a fetcher starts from (committed or reset), sent before its first records.
     Started {
@@ -91,7 +109,6 @@ impl Drop for FetchTask {
 }
 
 pub(crate) struct FetchContext {
-    pub(crate) client: Arc<Client>,
     pub(crate) group: Arc<GroupMember>,
     pub(crate) settings: FetchSettings,
     pub(crate) budget: Arc<Semaphore>,
@@ -114,31 +131,13 @@ impl FetchTask {
 async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epoch: u64) {
     let settings = &ctx.settings;
     let mut backoff = settings.backoff.start();
-    let client = loop {
-        match ctx
-            .client
-            .partition_client(tp.topic.clone(), tp.partition, UnknownTopicHandling::Retry)
-            .await
-        {
-            Ok(c) => break c,
-            Err(e) => {
-                report_failure(
-                    &ctx,
-                    slot,
-                    epoch,
-                    format!("connecting to the leader of {tp}: {e}"),
-                )
-                .await;
-                backoff.wait().await;
-            }
-        }
-    };
-    backoff.reset();
+    let mut leader = Leader::new(&ctx.group, &tp, settings.request_timeout);
 
     let (mut offset, from_commit, metadata) = loop {
-        match start_offset(&ctx, &client, &tp).await {
+        match start_offset(&ctx, &mut leader, &tp).await {
             Ok(start) => break start,
             Err(e) if e.is_retriable() => {
+                leader.forget();
                 report_failure(
                     &ctx,
                     slot,
@@ -154,6 +153,7 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
             }
         }
     };
+    backoff.reset();
     info!(partition = %tp, offset, "fetching");
     if ctx
         .out
@@ -171,7 +171,6 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
     }
 
     let max_bytes = settings.max_partition_bytes;
-    let max_wait_ms = settings.max_wait.as_millis().min(i32::MAX as u128) as i32;
     loop {
         // Reserve before fetching: the backpressure point. While waiting, keep the partition's end
         // offset fresh (once a second), so lag is reported truly while the consumer is held back.
@@ -185,7 +184,7 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
             tokio::select! {
                 r = &mut reserve => break r,
                 _ = refresh.tick() => {
-                    if let Ok(Ok(high_watermark)) = tokio::time::timeout(settings.request_timeout, client.get_offset(OffsetAt::Latest)).await
+                    if let Ok(high_watermark) = leader.list_offset(LATEST).await
                         && ctx.out.send(FetchEvent::EndOffset { slot, epoch, high_watermark }).await.is_err()
                     {
                         return;
@@ -196,44 +195,39 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
         let Ok(mut budget) = reserved else {
             return;
         };
-        let fetch = client.fetch_records(offset, 1..max_bytes as i32, max_wait_ms);
-        let result =
-            tokio::time::timeout(settings.max_wait + settings.request_timeout, fetch).await;
-        match result {
-            Ok(Ok((records, high_watermark))) => {
+        match leader.fetch(offset, max_bytes, settings.max_wait).await {
+            Ok(fetched) => {
                 backoff.reset();
-                let used: usize = records
-                    .iter()
-                    .map(|r| r.record.approximate_size() + 64)
-                    .sum();
-                let keep = used.clamp(1, max_bytes);
+                // The records keep the whole response frame alive: that is what stays reserved.
+                let keep = fetched.frame_bytes.clamp(1, max_bytes);
                 if keep < max_bytes {
-                    // Hand back what the batch did not use.
                     drop(budget.split(max_bytes - keep));
                 }
-                if let Some(last) = records.last() {
-                    offset = last.offset + 1;
+                if let Some(next) = fetched.next_offset {
+                    offset = offset.max(next);
                 }
                 let event = FetchEvent::Records {
                     slot,
                     epoch,
-                    records,
-                    high_watermark,
-                    budget,
+                    records: fetched.records,
+                    high_watermark: fetched.high_watermark,
+                    budget: Arc::new(budget),
                 };
                 if ctx.out.send(event).await.is_err() {
                     return;
                 }
             }
-            Ok(Err(ClientError::ServerError {
-                protocol_error: ProtocolError::OffsetOutOfRange,
-                ..
-            })) => {
+            Err(FetchFailure::OutOfRange) => {
                 drop(budget);
-                match reset_offset(&client, settings.reset, &tp).await {
+                match reset_offset(&mut leader, settings.reset, &tp).await {
                     Ok(to) => {
                         warn!(partition = %tp, from = offset, to, policy = ?settings.reset, "offset out of range; reset");
                         offset = to;
+                    }
+                    Err(e) if e.is_retriable() => {
+                        leader.forget();
+                        report_failure(&ctx, slot, epoch, format!("resetting {tp}: {e}")).await;
+                        backoff.wait().await;
                     }
                     Err(error) => {
                         let _ = ctx.out.send(FetchEvent::Fatal { slot, epoch, error }).await;
@@ -241,20 +235,12 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
                     }
                 }
             }
-            Ok(Err(e)) => {
+            Err(FetchFailure::Failed(e)) => {
                 drop(budget);
+                // Whatever failed (a broken connection, a moved leader, a timeout), the next attempt
+                // looks the leader up afresh.
+                leader.forget();
                 report_failure(&ctx, slot, epoch, format!("fetching {tp} at {offset}: {e}")).await;
-                backoff.wait().await;
-            }
-            Err(_) => {
-                drop(budget);
-                report_failure(
-                    &ctx,
-                    slot,
-                    epoch,
-                    format!("fetching {tp} at {offset}: no response in time"),
-                )
-                .await;
                 backoff.wait().await;
             }
         }
@@ -273,14 +259,14 @@ async fn report_failure(ctx: &FetchContext, slot: usize, epoch: u64, error: Stri
 /// and whether it was committed.
 async fn start_offset(
     ctx: &FetchContext,
-    client: &PartitionClient,
+    leader: &mut Leader<'_>,
     tp: &TopicPartition,
 ) -> Result<(i64, bool, Option<String>)> {
     let committed = ctx.group.committed(std::slice::from_ref(tp)).await?;
     match committed.get(tp).cloned().flatten() {
         Some(c) => Ok((c.offset, true, c.metadata)),
         None => Ok((
-            reset_offset(client, ctx.settings.reset, tp).await?,
+            reset_offset(leader, ctx.settings.reset, tp).await?,
             false,
             None,
         )),
@@ -288,21 +274,226 @@ async fn start_offset(
 }
 
 async fn reset_offset(
-    client: &PartitionClient,
+    leader: &mut Leader<'_>,
     reset: OffsetReset,
     tp: &TopicPartition,
 ) -> Result<i64> {
     let at = match reset {
-        OffsetReset::Earliest => OffsetAt::Earliest,
-        OffsetReset::Latest => OffsetAt::Latest,
+        OffsetReset::Earliest => EARLIEST,
+        OffsetReset::Latest => LATEST,
         OffsetReset::None => {
             return Err(Error::NoOffset {
                 partition: tp.to_string(),
             });
         }
     };
-    client.get_offset(at).await.map_err(|source| Error::Kafka {
-        context: format!("looking up the {reset:?} offset of {tp}"),
-        source: Arc::new(source),
-    })
+    leader.list_offset(at).await
+}
+
+/// What one fetch brought.
+struct Fetched {
+    records: Vec<FetchedRecord>,
+    high_watermark: i64,
+    /// Where the next fetch starts from, when the response held a complete batch.
+    next_offset: Option<i64>,
+    /// The size of the response's record data, which the records keep alive.
+    frame_bytes: usize,
+}
+
+enum FetchFailure {
+    /// The offset is outside the log: apply `auto.offset.reset`.
+    OutOfRange,
+    /// Anything else; the fetch is tried again after a backoff, with the leader looked up again.
+    Failed(Error),
+}
+
+/// A fetch task's connection to its partition's leader, opened on first use and forgotten when a
+/// request on it fails, so that the next use looks the leader up again (leadership may have moved).
+struct Leader<'a> {
+    group: &'a GroupMember,
+    tp: &'a TopicPartition,
+    request_timeout: Duration,
+    conn: Option<Connection>,
+}
+
+impl<'a> Leader<'a> {
+    fn new(group: &'a GroupMember, tp: &'a TopicPartition, request_timeout: Duration) -> Self {
+        Self {
+            group,
+            tp,
+            request_timeout,
+            conn: None,
+        }
+    }
+
+    fn forget(&mut self) {
+        self.conn = None;
+    }
+
+    async fn connection(&mut self) -> Result<&Connection> {
+        if self.conn.as_ref().is_some_and(Connection::is_dead) {
+            self.conn = None;
+        }
+        if self.conn.is_none() {
+            let address = self.group.partition_leader(self.tp).await?;
+            let conn = Connection::connect(&address, self.group.client(), self.request_timeout)
+                .await
+                .map_err(|source| self.connection_error("connecting to", &address, source))?;
+            debug!(partition = %self.tp, leader = %address, "connected to the partition leader");
+            self.conn = Some(conn);
+        }
+        Ok(self.conn.as_ref().expect("connected above"))
+    }
+
+    fn connection_error(&self, doing: &str, address: &str, source: WireError) -> Error {
+        let context = format!("{doing} {address}, the leader of {}", self.tp);
+        if source.is_security() {
+            Error::Security { context, source }
+        } else {
+            Error::Connection { context, source }
+        }
+    }
+
+    /// The offset ListOffsets gives for `timestamp` ([`LATEST`] or [`EARLIEST`]); read_committed,
+    /// so "latest" is the last stable offset.
+    async fn list_offset(&mut self, timestamp: i64) -> Result<i64> {
+        let (topic, partition) = (self.tp.topic.clone(), self.tp.partition);
+        let request = ListOffsetsRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_isolation_level(READ_COMMITTED)
+            .with_topics(vec![
+                ListOffsetsTopic::default()
+                    .with_name(TopicName(StrBytes::from_string(topic)))
+                    .with_partitions(vec![
+                        ListOffsetsPartition::default()
+                            .with_partition_index(partition)
+                            .with_current_leader_epoch(-1)
+                            .with_timestamp(timestamp),
+                    ]),
+            ]);
+        let timeout = self.request_timeout;
+        let conn = self.connection().await?;
+        let address = conn.broker().to_owned();
+        let response = match conn.send(&request, timeout).await {
+            Ok(r) => r,
+            Err(source) => {
+                self.forget();
+                return Err(self.connection_error("ListOffsets on", &address, source));
+            }
+        };
+        let answer = response
+            .topics
+            .iter()
+            .flat_map(|t| &t.partitions)
+            .find(|p| p.partition_index == partition);
+        let Some(answer) = answer else {
+            return Err(self.broker_error("ListOffsets", ResponseError::UnknownTopicOrPartition));
+        };
+        match ResponseError::try_from_code(answer.error_code) {
+            None => Ok(answer.offset),
+            Some(error) => {
+                self.forget();
+                Err(self.broker_error("ListOffsets", error))
+            }
+        }
+    }
+
+    fn broker_error(&self, operation: &'static str, error: ResponseError) -> Error {
+        Error::Admin {
+            operation,
+            target: self.tp.to_string(),
+            code: error.code(),
+            error: format!("{error:?}"),
+        }
+    }
+
+    /// One Fetch of the partition from `offset`, up to `max_bytes`, waiting up to `max_wait` for data.
+    async fn fetch(
+        &mut self,
+        offset: i64,
+        max_bytes: usize,
+        max_wait: Duration,
+    ) -> std::result::Result<Fetched, FetchFailure> {
+        let (topic, partition) = (self.tp.topic.clone(), self.tp.partition);
+        let max_bytes = i32::try_from(max_bytes).unwrap_or(i32::MAX);
+        let request = FetchRequest::default()
+            .with_replica_id(BrokerId(-1))
+            .with_max_wait_ms(i32::try_from(max_wait.as_millis()).unwrap_or(i32::MAX))
+            .with_min_bytes(1)
+            .with_max_bytes(max_bytes)
+            .with_isolation_level(READ_COMMITTED)
+            // No fetch session: every request names its partition in full.
+            .with_session_id(0)
+            .with_session_epoch(-1)
+            .with_topics(vec![
+                FetchTopic::default()
+                    .with_topic(TopicName(StrBytes::from_string(topic)))
+                    .with_partitions(vec![
+                        FetchPartition::default()
+                            .with_partition(partition)
+                            .with_current_leader_epoch(-1)
+                            .with_fetch_offset(offset)
+                            .with_last_fetched_epoch(-1)
+                            .with_log_start_offset(-1)
+                            .with_partition_max_bytes(max_bytes),
+                    ]),
+            ]);
+        let timeout = max_wait + self.request_timeout;
+        let conn = self.connection().await.map_err(FetchFailure::Failed)?;
+        let address = conn.broker().to_owned();
+        let response = match conn.send(&request, timeout).await {
+            Ok(r) => r,
+            Err(source) => {
+                self.forget();
+                return Err(FetchFailure::Failed(self.connection_error(
+                    "fetching from",
+                    &address,
+                    source,
+                )));
+            }
+        };
+        if let Some(error) = ResponseError::try_from_code(response.error_code) {
+            return Err(FetchFailure::Failed(self.broker_error("Fetch", error)));
+        }
+        let Some(data) = response
+            .responses
+            .into_iter()
+            .flat_map(|t| t.partitions)
+            .find(|p| p.partition_index == partition)
+        else {
+            return Err(FetchFailure::Failed(
+                self.broker_error("Fetch", ResponseError::UnknownTopicOrPartition),
+            ));
+        };
+        match ResponseError::try_from_code(data.error_code) {
+            None => {}
+            Some(ResponseError::OffsetOutOfRange) => return Err(FetchFailure::OutOfRange),
+            Some(error) => return Err(FetchFailure::Failed(self.broker_error("Fetch", error))),
+        }
+        let aborted: Vec<AbortedTransaction> = data
+            .aborted_transactions
+            .unwrap_or_default()
+            .iter()
+            .map(|a| AbortedTransaction {
+                producer_id: a.producer_id.0,
+                first_offset: a.first_offset,
+            })
+            .collect();
+        let records = data.records.unwrap_or_default();
+        let frame_bytes = records.len();
+        let decoded = decode_records(records, offset, &aborted).map_err(|e| {
+            FetchFailure::Failed(Error::Admin {
+                operation: "Fetch",
+                target: self.tp.to_string(),
+                code: ResponseError::CorruptMessage.code(),
+                error: e.to_string(),
+            })
+        })?;
+        Ok(Fetched {
+            records: decoded.records,
+            high_watermark: data.high_watermark,
+            next_offset: decoded.next_offset,
+            frame_bytes,
+        })
+    }
 }

@@ -334,12 +334,10 @@ impl ConsumerBuilder {
     /// Validates every setting and connects. The consumer joins its group when it starts running.
     pub async fn build(self) -> Result<Consumer> {
         self.validate()?;
-        let backoff = crate::config::rskafka_backoff(&self.settings.fetch.backoff, None);
-        let client = Arc::new(self.client.connect_with(backoff).await?);
+        self.client.reach().await?;
         let breaker = self.breaker.map(CircuitBreaker::new);
         let board = Arc::new(StatusBoard::default());
         Ok(Consumer {
-            client,
             shutdown: watch::channel(false).0,
             health: HealthHandle {
                 board,
@@ -356,7 +354,6 @@ impl ConsumerBuilder {
 /// ([`stream`](Self::stream)).
 #[derive(Debug)]
 pub struct Consumer {
-    client: Arc<rskafka::client::Client>,
     builder: ConsumerBuilder,
     shutdown: watch::Sender<bool>,
     health: HealthHandle,
@@ -531,7 +528,6 @@ impl Consumer {
             Arc::new(self.builder.settings.clone()),
             Arc::clone(&member),
             events,
-            self.client,
             sink,
             self.health.breaker.as_ref().map(CircuitBreaker::subscribe),
             Arc::clone(&self.health.board),

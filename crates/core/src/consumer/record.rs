@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
@@ -19,12 +20,14 @@ pub(crate) struct RecordData {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
     pub(crate) offset: i64,
-    pub(crate) key: Option<Vec<u8>>,
-    pub(crate) value: Option<Vec<u8>>,
+    /// Key and value are slices of the fetch response they came in (no copy).
+    pub(crate) key: Option<Bytes>,
+    pub(crate) value: Option<Bytes>,
     pub(crate) headers: BTreeMap<String, Vec<u8>>,
     pub(crate) timestamp: DateTime<Utc>,
-    /// Buffer bytes this record holds until it is finished (the fetcher's memory bound).
-    pub(crate) _budget: Option<OwnedSemaphorePermit>,
+    /// The buffer budget of the fetch response this record shares with the others from it; the
+    /// last of them to finish gives it back (the fetcher's memory bound).
+    pub(crate) _budget: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 impl fmt::Debug for ConsumedRecord {
@@ -37,7 +40,7 @@ impl fmt::Debug for ConsumedRecord {
                 "key",
                 &self.inner.key.as_deref().map(String::from_utf8_lossy),
             )
-            .field("value_len", &self.inner.value.as_ref().map(Vec::len))
+            .field("value_len", &self.inner.value.as_ref().map(Bytes::len))
             .finish_non_exhaustive()
     }
 }

@@ -15,6 +15,7 @@ use kafkit_resilience::BackoffPolicy;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
+use crate::group::TopicPartition;
 use crate::wire::{ApiRequest, Connection, WireError};
 use crate::{Error, Result};
 
@@ -190,6 +191,59 @@ impl Coordinator {
             }
             None => None,
         }
+    }
+
+    /// The `host:port` of `tp`'s leader, from a Metadata request on the any-broker connection.
+    /// A partition without a leader right now (`-1`, an election under way) or a topic the broker
+    /// does not know yet is [`Error::Admin`] with Kafka's (retriable) error code.
+    pub(crate) async fn partition_leader(&self, tp: &TopicPartition) -> Result<String> {
+        let any = self.any_broker().await?;
+        let request = MetadataRequest::default()
+            .with_allow_auto_topic_creation(false)
+            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
+                TopicName(StrBytes::from_string(tp.topic.clone())),
+            ))]));
+        let response = any
+            .send(&request, self.request_timeout)
+            .await
+            .map_err(|source| {
+                self.forget_any(&any);
+                Error::Connection {
+                    context: format!("looking up the leader of {tp}"),
+                    source,
+                }
+            })?;
+        let no_leader = |error: ResponseError| Error::Admin {
+            operation: "Metadata",
+            target: tp.to_string(),
+            code: error.code(),
+            error: format!("{error:?}"),
+        };
+        let topic = response
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == tp.topic))
+            .ok_or_else(|| no_leader(ResponseError::UnknownTopicOrPartition))?;
+        if let Some(error) = ResponseError::try_from_code(topic.error_code) {
+            return Err(no_leader(error));
+        }
+        let partition = topic
+            .partitions
+            .iter()
+            .find(|p| p.partition_index == tp.partition)
+            .ok_or_else(|| no_leader(ResponseError::UnknownTopicOrPartition))?;
+        let leader = partition.leader_id;
+        response
+            .brokers
+            .iter()
+            .find(|b| b.node_id == leader)
+            .map(|b| format!("{}:{}", b.host.as_str(), b.port))
+            .ok_or_else(|| no_leader(ResponseError::LeaderNotAvailable))
+    }
+
+    /// How to connect to brokers: client id and security.
+    pub(crate) fn client(&self) -> &ClientConfig {
+        &self.client
     }
 
     /// Partition counts of `topics` from a Metadata request; topics that do not exist are absent.

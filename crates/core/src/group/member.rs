@@ -386,6 +386,16 @@ impl GroupMember {
         Ok(report)
     }
 
+    /// The `host:port` of `tp`'s leader (Metadata through the group's any-broker connection).
+    pub(crate) async fn partition_leader(&self, tp: &TopicPartition) -> Result<String> {
+        self.shared.coordinator.partition_leader(tp).await
+    }
+
+    /// How this member connects to brokers: client id and security.
+    pub(crate) fn client(&self) -> &ClientConfig {
+        self.shared.coordinator.client()
+    }
+
     /// The committed offsets of `partitions` for this group (`None`: nothing committed). Uses
     /// `require_stable`, so offsets of pending transactions are waited for. Also records them as this
     /// member's commit floor for partitions it owns, so its commits never go below them.
