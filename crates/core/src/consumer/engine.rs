@@ -35,7 +35,7 @@ use kafkit_metrics::Metrics;
 use kafkit_resilience::{CircuitBreaker, CircuitState};
 
 use super::dispatcher::{Completion, DRAIN_MAX, DispatchEvent, Dispatcher, Sink};
-use super::fetcher::{FetchContext, FetchEvent, FetchTask};
+use super::fetcher::{FetchContext, FetchEvent, FetchTask, reservation};
 use super::offset_map;
 use super::record::{ConsumedRecord, RecordData};
 use super::status::StatusBoard;
@@ -117,6 +117,7 @@ impl Engine {
             group: Arc::clone(&group),
             settings: settings.fetch.clone(),
             budget: Arc::new(Semaphore::new(settings.buffer_bytes)),
+            reservation: reservation(settings.fetch.max_partition_bytes, settings.buffer_bytes),
             out: fetched_tx,
         });
         Self {

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::OffsetReset;
+use super::record::RecordData;
 use crate::group::{GroupMember, TopicPartition};
 use crate::wire::records::{AbortedTransaction, FetchedRecord, decode_records};
 use crate::wire::{Connection, WireError};
@@ -112,6 +113,9 @@ pub(crate) struct FetchContext {
     pub(crate) group: Arc<GroupMember>,
     pub(crate) settings: FetchSettings,
     pub(crate) budget: Arc<Semaphore>,
+    /// What a fetch reserves from `budget` before it is sent: room for a full response and the
+    /// records built from it (see [`reservation`]).
+    pub(crate) reservation: usize,
     pub(crate) out: mpsc::Sender<FetchEvent>,
 }
 
@@ -171,10 +175,11 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
     }
 
     let max_bytes = settings.max_partition_bytes;
+    let reservation = ctx.reservation;
     loop {
         // Reserve before fetching: the backpressure point. While waiting, keep the partition's end
         // offset fresh (once a second), so lag is reported truly while the consumer is held back.
-        let reserve = Arc::clone(&ctx.budget).acquire_many_owned(max_bytes as u32);
+        let reserve = Arc::clone(&ctx.budget).acquire_many_owned(reservation as u32);
         tokio::pin!(reserve);
         let mut refresh = tokio::time::interval_at(
             tokio::time::Instant::now() + Duration::from_secs(1),
@@ -198,10 +203,12 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
         match leader.fetch(offset, max_bytes, settings.max_wait).await {
             Ok(fetched) => {
                 backoff.reset();
-                // The records keep the whole response frame alive: that is what stays reserved.
-                let keep = fetched.frame_bytes.clamp(1, max_bytes);
-                if keep < max_bytes {
-                    drop(budget.split(max_bytes - keep));
+                // The records keep the whole response frame alive, and each its own small header:
+                // that is what stays reserved.
+                let held = fetched.frame_bytes + fetched.records.len() * RECORD_MEMORY;
+                let keep = held.clamp(1, reservation);
+                if keep < reservation {
+                    drop(budget.split(reservation - keep));
                 }
                 if let Some(next) = fetched.next_offset {
                     offset = offset.max(next);
@@ -288,6 +295,17 @@ async fn reset_offset(
         }
     };
     leader.list_offset(at).await
+}
+
+/// Memory a fetched record takes besides its bytes in the response: the shared record the engine
+/// builds (behind an `Arc`) and its slot in a queue.
+const RECORD_MEMORY: usize = std::mem::size_of::<RecordData>() + 16 + 8;
+
+/// How much a fetch reserves before it is sent: a full response (`max_partition_bytes`) and as much
+/// again for the records built from it (a response of 100-byte records takes about as much memory
+/// again in record headers), but never more than the whole budget, so one fetch can always start.
+pub(crate) fn reservation(max_partition_bytes: usize, budget: usize) -> usize {
+    max_partition_bytes.saturating_mul(2).min(budget)
 }
 
 /// What one fetch brought.

@@ -192,8 +192,10 @@ impl ConsumerBuilder {
         self
     }
 
-    /// The most bytes of fetched records held in memory across all partitions; fetching pauses when it
-    /// is reached. Default 64 MiB.
+    /// The most bytes of fetched records held in memory across all partitions (their responses plus
+    /// about 160 bytes per record for its in-memory form); fetching pauses when it is reached. Each
+    /// fetch reserves twice `max.partition.fetch.bytes` (at most this) before it is sent and gives
+    /// back what its response does not need. Default 64 MiB.
     pub fn buffer_bytes(mut self, bytes: usize) -> Self {
         self.settings.buffer_bytes = bytes;
         self
