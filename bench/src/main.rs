@@ -49,7 +49,7 @@ struct Cli {
     #[arg(long)]
     only: Option<String>,
     /// Where to write the markdown report.
-    #[arg(long, default_value = "results/latest.md")]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest.md"))]
     out: String,
 }
 
