@@ -114,20 +114,14 @@ impl Coordinator {
         if let Some(conn) = self.live(&self.current) {
             return Ok(conn);
         }
-        let any = self.any_broker().await?;
         let request = FindCoordinatorRequest::default()
             .with_key(StrBytes::from_string(self.group.clone()))
             .with_key_type(0);
-        let response = any
-            .send(&request, self.request_timeout)
-            .await
-            .map_err(|source| {
-                self.forget_any(&any);
-                Error::Connection {
-                    context: format!("group `{}`: FindCoordinator", self.group),
-                    source,
-                }
-            })?;
+        let response = self
+            .send_any(&request, || {
+                format!("group `{}`: FindCoordinator", self.group)
+            })
+            .await?;
         if let Some(err) = ResponseError::try_from_code(response.error_code) {
             return Err(Error::Group {
                 group: self.group.clone(),
@@ -193,26 +187,37 @@ impl Coordinator {
         }
     }
 
+    /// Sends `request` on the any-broker connection; a connection failure forgets that connection
+    /// (the next call connects afresh) and is reported with `context`.
+    async fn send_any<R: ApiRequest>(
+        &self,
+        request: &R,
+        context: impl FnOnce() -> String,
+    ) -> Result<R::Response> {
+        let any = self.any_broker().await?;
+        any.send(request, self.request_timeout)
+            .await
+            .map_err(|source| {
+                self.forget_any(&any);
+                Error::Connection {
+                    context: context(),
+                    source,
+                }
+            })
+    }
+
     /// The `host:port` of `tp`'s leader, from a Metadata request on the any-broker connection.
     /// A partition without a leader right now (`-1`, an election under way) or a topic the broker
     /// does not know yet is [`Error::Admin`] with Kafka's (retriable) error code.
     pub(crate) async fn partition_leader(&self, tp: &TopicPartition) -> Result<String> {
-        let any = self.any_broker().await?;
         let request = MetadataRequest::default()
             .with_allow_auto_topic_creation(false)
             .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
                 TopicName(StrBytes::from_string(tp.topic.clone())),
             ))]));
-        let response = any
-            .send(&request, self.request_timeout)
-            .await
-            .map_err(|source| {
-                self.forget_any(&any);
-                Error::Connection {
-                    context: format!("looking up the leader of {tp}"),
-                    source,
-                }
-            })?;
+        let response = self
+            .send_any(&request, || format!("looking up the leader of {tp}"))
+            .await?;
         let no_leader = |error: ResponseError| Error::Admin {
             operation: "Metadata",
             target: tp.to_string(),
@@ -251,7 +256,6 @@ impl Coordinator {
         &self,
         topics: &[String],
     ) -> Result<BTreeMap<String, i32>> {
-        let any = self.any_broker().await?;
         let request = MetadataRequest::default().with_topics(Some(
             topics
                 .iter()
@@ -261,16 +265,11 @@ impl Coordinator {
                 })
                 .collect(),
         ));
-        let response = any
-            .send(&request, self.request_timeout)
-            .await
-            .map_err(|source| {
-                self.forget_any(&any);
-                Error::Connection {
-                    context: format!("group `{}`: Metadata for {topics:?}", self.group),
-                    source,
-                }
-            })?;
+        let response = self
+            .send_any(&request, || {
+                format!("group `{}`: Metadata for {topics:?}", self.group)
+            })
+            .await?;
         Ok(response
             .topics
             .into_iter()
