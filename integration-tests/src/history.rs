@@ -160,18 +160,7 @@ impl History {
     /// acknowledgements, is what "everything was processed" means: a send retried after a broker
     /// failure can be written twice, and the copy nobody was told about is processed too.
     pub fn acked_unprocessed(&self) -> usize {
-        let events = self.events.lock();
-        let processed: BTreeSet<(&TopicPartition, i64)> = events
-            .iter()
-            .filter_map(|e| match e {
-                Event::Processed { tp, offset, .. } => Some((tp, *offset)),
-                _ => None,
-            })
-            .collect();
-        events
-            .iter()
-            .filter(|e| matches!(e, Event::Produced { tp, offset, .. } if !processed.contains(&(tp, *offset))))
-            .count()
+        self.check(false).lost.len()
     }
 
     /// Checks the history; `ordered` says whether per-key order must hold (ordered dispatch modes).

@@ -33,7 +33,7 @@ use super::OffsetReset;
 use super::record::RecordData;
 use crate::group::{GroupMember, TopicPartition};
 use crate::wire::records::{AbortedTransaction, FetchedRecord, decode_records};
-use crate::wire::{Connection, WireError};
+use crate::wire::{ApiRequest, Connection, WireError};
 use crate::{Error, Result};
 
 /// `isolation_level` read_committed: records of open transactions are not returned, aborted ones
@@ -363,6 +363,25 @@ impl<'a> Leader<'a> {
         Ok(self.conn.as_ref().expect("connected above"))
     }
 
+    /// Sends `request` to the leader (connecting first if needed); a failed exchange forgets the
+    /// connection, so the next request looks the leader up again.
+    async fn send<R: ApiRequest>(
+        &mut self,
+        request: &R,
+        timeout: Duration,
+        doing: &str,
+    ) -> Result<R::Response> {
+        let conn = self.connection().await?;
+        match conn.send(request, timeout).await {
+            Ok(response) => Ok(response),
+            Err(source) => {
+                let address = conn.broker().to_owned();
+                self.forget();
+                Err(self.connection_error(doing, &address, source))
+            }
+        }
+    }
+
     fn connection_error(&self, doing: &str, address: &str, source: WireError) -> Error {
         let context = format!("{doing} {address}, the leader of {}", self.tp);
         if source.is_security() {
@@ -389,16 +408,9 @@ impl<'a> Leader<'a> {
                             .with_timestamp(timestamp),
                     ]),
             ]);
-        let timeout = self.request_timeout;
-        let conn = self.connection().await?;
-        let address = conn.broker().to_owned();
-        let response = match conn.send(&request, timeout).await {
-            Ok(r) => r,
-            Err(source) => {
-                self.forget();
-                return Err(self.connection_error("ListOffsets on", &address, source));
-            }
-        };
+        let response = self
+            .send(&request, self.request_timeout, "ListOffsets on")
+            .await?;
         let answer = response
             .topics
             .iter()
@@ -456,20 +468,10 @@ impl<'a> Leader<'a> {
                             .with_partition_max_bytes(max_bytes),
                     ]),
             ]);
-        let timeout = max_wait + self.request_timeout;
-        let conn = self.connection().await.map_err(FetchFailure::Failed)?;
-        let address = conn.broker().to_owned();
-        let response = match conn.send(&request, timeout).await {
-            Ok(r) => r,
-            Err(source) => {
-                self.forget();
-                return Err(FetchFailure::Failed(self.connection_error(
-                    "fetching from",
-                    &address,
-                    source,
-                )));
-            }
-        };
+        let response = self
+            .send(&request, max_wait + self.request_timeout, "fetching from")
+            .await
+            .map_err(FetchFailure::Failed)?;
         if let Some(error) = ResponseError::try_from_code(response.error_code) {
             return Err(FetchFailure::Failed(self.broker_error("Fetch", error)));
         }
