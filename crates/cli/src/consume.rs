@@ -139,7 +139,13 @@ fn format_record(args: &ConsumeArgs, r: &ConsumedRecord) -> String {
         let headers: Vec<String> = r
             .headers()
             .iter()
-            .map(|(k, v)| format!("{k}:{}", String::from_utf8_lossy(v)))
+            .map(|h| {
+                format!(
+                    "{}:{}",
+                    h.name(),
+                    String::from_utf8_lossy(h.value().unwrap_or_default())
+                )
+            })
             .collect();
         fields.push(headers.join(","));
     }

@@ -64,6 +64,13 @@ pub enum Error {
         capacity: usize,
     },
 
+    /// A record the producer cannot send as it is (the reason names the part).
+    #[error("invalid record: {reason}")]
+    InvalidRecord {
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The delivery timeout passed before the broker acknowledged the record. The outcome is unknown:
     /// the record may have been written. At-least-once callers send it again.
     #[error(
@@ -190,6 +197,7 @@ impl Error {
             | Error::UnknownTopic { .. }
             | Error::UnknownPartition { .. }
             | Error::RecordTooLarge { .. }
+            | Error::InvalidRecord { .. }
             | Error::Protocol(_)
             | Error::NoOffset { .. }
             | Error::Closed { .. } => false,

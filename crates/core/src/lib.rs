@@ -15,6 +15,7 @@
 //!   Java-compatible `range`, `roundrobin` and `cooperative-sticky` assignors.
 //! - `consumer`: [`consumer::Consumer`]: prefetching fetchers, the dispatcher, watermark commits,
 //!   graceful shutdown.
+//! - `headers`: [`Headers`], a record's ordered (name, optional value) list, duplicates kept.
 //! - `error`: the crate's [`Error`] and [`Result`].
 
 pub mod admin;
@@ -22,6 +23,7 @@ mod config;
 pub mod consumer;
 mod error;
 pub mod group;
+mod headers;
 pub mod partitioner;
 mod producer;
 pub mod security;
@@ -29,6 +31,7 @@ mod wire;
 
 pub use config::ClientConfig;
 pub use error::{Error, Result};
+pub use headers::{Header, Headers};
 pub use kafkit_resilience::{BackoffPolicy, ConfigError};
 pub use producer::{Compression, Delivery, Producer, ProducerBuilder, ProducerRecord};
 pub use security::{

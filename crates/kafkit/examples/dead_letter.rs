@@ -99,7 +99,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let mut records = reader.stream()?;
     if let Some(record) = tokio::time::timeout(Duration::from_secs(30), records.next()).await? {
-        let why = DeadLetterHeaders::decode(record.headers())?;
+        let why = DeadLetterHeaders::decode(record.headers().pairs())?;
         println!(
             "dead-lettered {:?}: from {}-{} offset {}, {} after {} attempt(s): {}",
             String::from_utf8_lossy(record.value().unwrap_or_default()),

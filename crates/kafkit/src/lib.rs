@@ -16,9 +16,9 @@
 //! without a C compiler. `lz4`, `zstd` and `tls` are opt-in.
 
 pub use kafkit_core::{
-    ClientConfig, Compression, ConfigError, Delivery, Error, Pem, Producer, ProducerBuilder,
-    ProducerRecord, Result, SaslCredentials, SaslMechanism, Secret, Security, SecurityProtocol,
-    TlsSettings, WireError, partitioner,
+    ClientConfig, Compression, ConfigError, Delivery, Error, Header, Headers, Pem, Producer,
+    ProducerBuilder, ProducerRecord, Result, SaslCredentials, SaslMechanism, Secret, Security,
+    SecurityProtocol, TlsSettings, WireError, partitioner,
 };
 
 pub use kafkit_core::{admin, consumer, group, security};

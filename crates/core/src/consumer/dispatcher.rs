@@ -785,7 +785,6 @@ async fn run_each_lane(
 /// Not a stable API.
 #[doc(hidden)]
 pub mod bench {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
@@ -841,7 +840,7 @@ pub mod bench {
                     offset,
                     key: Some(frame.slice(key_at..key_at + key.len())),
                     value: Some(frame.slice(key_at + key.len()..at)),
-                    headers: BTreeMap::new(),
+                    headers: crate::Headers::new(),
                     timestamp: chrono::DateTime::UNIX_EPOCH,
                     _budget: None,
                 });
@@ -886,7 +885,6 @@ pub mod bench {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::sync::Mutex;
     use std::time::Duration;
 
@@ -903,7 +901,7 @@ mod tests {
             offset,
             key: Some(bytes::Bytes::copy_from_slice(key.as_bytes())),
             value: None,
-            headers: BTreeMap::new(),
+            headers: crate::Headers::new(),
             timestamp: chrono::DateTime::UNIX_EPOCH,
             _budget: None,
         })

@@ -448,11 +448,7 @@ impl Engine {
                         offset: r.offset,
                         key: r.key,
                         value: r.value,
-                        headers: r
-                            .headers
-                            .into_iter()
-                            .map(|(k, v)| (k, v.map_or_else(Vec::new, |v| v.to_vec())))
-                            .collect(),
+                        headers: r.headers,
                         timestamp: chrono::DateTime::from_timestamp_millis(r.timestamp_ms)
                             .unwrap_or(chrono::DateTime::UNIX_EPOCH),
                         _budget: Some(Arc::clone(&budget)),

@@ -30,7 +30,8 @@ use tracing::{debug, error, info, warn};
 
 use super::dispatcher::{BoxError, HandlerFn};
 use super::record::ConsumedRecord;
-use crate::{Producer, ProducerRecord};
+use crate::producer::carriable_headers;
+use crate::{Headers, Producer, ProducerRecord};
 
 /// A handler's error with the name of its type, for the dead-letter headers.
 #[derive(Debug)]
@@ -203,7 +204,7 @@ impl FailurePath {
             error!(topic = record.topic(), partition = record.partition(), offset = record.offset(), %reason, error = %error, "record failed and no dead-letter topic is configured; keeping it unacked");
             return false;
         };
-        match dlt.policy.route(record.topic(), record.headers().iter()) {
+        match dlt.policy.route(record.topic(), record.headers().pairs()) {
             DeadLetterRoute::Produce { topic } => {
                 self.produce_dead_letter(dlt, &topic, record, error, attempts)
                     .await;
@@ -254,14 +255,25 @@ impl FailurePath {
         } else if let Some(key) = record.key() {
             out = out.key(key.to_vec());
         }
-        for (name, value) in record.headers() {
-            if !DeadLetterHeaders::is_dead_letter_header(name) {
-                out = out.header(name.clone(), value.clone());
+        let mut carried = Headers::with_capacity(record.headers().len() + headers.len());
+        for header in record.headers() {
+            if !DeadLetterHeaders::is_dead_letter_header(&header.name()) {
+                carried.push(header.clone());
             }
         }
         for (name, value) in headers {
-            out = out.header(name, value);
+            carried.add(name, value);
         }
+        let (carried, reduced) = carriable_headers(carried);
+        if reduced {
+            warn!(
+                topic = record.topic(),
+                partition = record.partition(),
+                offset = record.offset(),
+                "the record's headers repeat a name, hold a null value or a name that is not UTF-8: the dead-letter record keeps the last value of each name, nulls as empty values"
+            );
+        }
+        out = out.with_headers(carried);
         out = out.timestamp(record.timestamp());
         let mut delays = self.retry.backoff().start();
         loop {
@@ -294,7 +306,6 @@ impl FailurePath {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -310,7 +321,7 @@ mod tests {
             offset: 7,
             key: None,
             value: Some(bytes::Bytes::from_static(b"v")),
-            headers: BTreeMap::new(),
+            headers: Headers::new(),
             timestamp: chrono::Utc::now(),
             _budget: None,
         })

@@ -1,6 +1,5 @@
 //! The records handed to handlers and streams.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -9,6 +8,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::dispatcher::Completion;
+use crate::headers::Headers;
 
 /// A consumed record. Cheap to clone (the data is shared); immutable.
 #[derive(Clone)]
@@ -23,7 +23,8 @@ pub(crate) struct RecordData {
     /// Key and value are slices of the fetch response they came in (no copy).
     pub(crate) key: Option<Bytes>,
     pub(crate) value: Option<Bytes>,
-    pub(crate) headers: BTreeMap<String, Vec<u8>>,
+    /// Names and values are slices of the fetch response too.
+    pub(crate) headers: Headers,
     pub(crate) timestamp: DateTime<Utc>,
     /// The buffer budget of the fetch response this record shares with the others from it; the
     /// last of them to finish gives it back (the fetcher's memory bound).
@@ -77,8 +78,8 @@ impl ConsumedRecord {
         self.inner.value.as_deref()
     }
 
-    /// The headers.
-    pub fn headers(&self) -> &BTreeMap<String, Vec<u8>> {
+    /// The headers, in the order written, with duplicates and null values.
+    pub fn headers(&self) -> &Headers {
         &self.inner.headers
     }
 

@@ -10,6 +10,8 @@
 mod batch;
 
 use std::collections::{BTreeMap, HashMap};
+
+use bytes::Bytes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -29,6 +31,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::config::{ClientConfig, rskafka_backoff};
+use crate::headers::Headers;
 use crate::partitioner::partition_for_key;
 use crate::{Error, Result};
 
@@ -50,7 +53,7 @@ pub struct ProducerRecord {
     partition: Option<i32>,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
-    headers: BTreeMap<String, Vec<u8>>,
+    headers: Headers,
     timestamp: Option<DateTime<Utc>>,
 }
 
@@ -62,7 +65,7 @@ impl ProducerRecord {
             partition: None,
             key: None,
             value: Some(value.into()),
-            headers: BTreeMap::new(),
+            headers: Headers::new(),
             timestamp: None,
         }
     }
@@ -87,9 +90,16 @@ impl ProducerRecord {
         self
     }
 
-    /// Adds a header (one value per name).
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
-        self.headers.insert(name.into(), value.into());
+    /// Appends a header. Kafka allows several headers of one name; see [`send`](Producer::send)
+    /// for what the current data plane carries.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.add(name, value);
+        self
+    }
+
+    /// Replaces the headers.
+    pub fn with_headers(mut self, headers: Headers) -> Self {
+        self.headers = headers;
         self
     }
 
@@ -115,7 +125,7 @@ impl ProducerRecord {
     }
 
     /// The headers.
-    pub fn headers(&self) -> &BTreeMap<String, Vec<u8>> {
+    pub fn headers(&self) -> &Headers {
         &self.headers
     }
 
@@ -123,11 +133,7 @@ impl ProducerRecord {
         RECORD_OVERHEAD
             + self.key.as_ref().map_or(0, Vec::len)
             + self.value.as_ref().map_or(0, Vec::len)
-            + self
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>()
+            + self.headers.byte_len()
     }
 }
 
@@ -409,9 +415,9 @@ impl Producer {
         let producer = Arc::clone(&topic.partitions[partition as usize]);
         let timestamp = record.timestamp.unwrap_or_else(Utc::now);
         let rs_record = Record {
+            headers: rskafka_headers(&record.headers)?,
             key: record.key,
             value: record.value,
-            headers: record.headers,
             timestamp,
         };
 
@@ -641,4 +647,54 @@ impl Producer {
 fn rand_start() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::process::id()) % (1 << 40)
+}
+
+/// The headers as rskafka's record carries them: a map of UTF-8 names to non-null values. Headers it
+/// cannot carry (a repeated name, a null value, a name that is not UTF-8) are refused, naming the
+/// header, rather than changed in silence.
+fn rskafka_headers(headers: &Headers) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut map = BTreeMap::new();
+    for header in headers {
+        let refuse = |why: &str| Error::InvalidRecord {
+            reason: format!(
+                "header {:?}: {why}; the producer's data plane (rskafka) carries one non-null value per UTF-8 name",
+                header.name()
+            ),
+        };
+        let name = std::str::from_utf8(header.name_bytes())
+            .map_err(|_| refuse("its name is not UTF-8"))?;
+        let value = header.value().ok_or_else(|| refuse("its value is null"))?;
+        if map.insert(name.to_owned(), value.to_vec()).is_some() {
+            return Err(refuse("the name is repeated"));
+        }
+    }
+    Ok(map)
+}
+
+/// `headers` reduced to what [`rskafka_headers`] accepts: the last value of each name (at the place
+/// of the first), null values as empty ones, names decoded lossily; and whether anything changed.
+/// For the dead-letter path, which must not fail on what the original record carried.
+pub(crate) fn carriable_headers(headers: Headers) -> (Headers, bool) {
+    let mut order: Vec<String> = Vec::with_capacity(headers.len());
+    let mut last: HashMap<String, Bytes> = HashMap::with_capacity(headers.len());
+    let mut changed = false;
+    for header in &headers {
+        let name = header.name().into_owned();
+        changed |= header.value().is_none() || name.as_bytes() != header.name_bytes();
+        let value = header.value_bytes().cloned().unwrap_or_default();
+        if last.insert(name.clone(), value).is_some() {
+            changed = true;
+        } else {
+            order.push(name);
+        }
+    }
+    if !changed {
+        return (headers, false);
+    }
+    let mut reduced = Headers::with_capacity(order.len());
+    for name in order {
+        let value = last.remove(&name).unwrap_or_default();
+        reduced.add(name, value);
+    }
+    (reduced, true)
 }

@@ -34,6 +34,8 @@ use std::fmt::Display;
 use bytes::Bytes;
 use kafka_protocol::records::{Record, RecordBatchDecoder};
 
+use crate::headers::{Header, Headers};
+
 /// Bytes before the batch length field is counted: base offset (i64) and batch length (i32).
 const LOG_OVERHEAD: usize = 12;
 /// Where the batch length (i32, the bytes after this field) sits in a batch.
@@ -81,13 +83,8 @@ pub(crate) struct FetchedRecord {
     pub(crate) key: Option<Bytes>,
     /// The value; `None` for a null value (a tombstone).
     pub(crate) value: Option<Bytes>,
-    /// In the order they were written. Header keys are UTF-8 in Kafka; decode lossily.
-    ///
-    /// Two limits come from `kafka-protocol`, which collects a record's headers into a map: when a
-    /// record repeats a header key, only one entry survives (at the position of the first, with the
-    /// value of the last), and a header key that is not valid UTF-8 makes the whole batch an error
-    /// (so the lossy decoding never has anything to replace).
-    pub(crate) headers: Vec<(String, Option<Bytes>)>,
+    /// In the order they were written.
+    pub(crate) headers: Headers,
 }
 
 /// A transaction the broker reports as aborted in a read_committed fetch (FetchResponse's
@@ -408,7 +405,7 @@ fn fetched_record(record: Record, log_append_time: Option<i64>) -> FetchedRecord
         headers: record
             .headers
             .into_iter()
-            .map(|(key, value)| (String::from_utf8_lossy(key.as_bytes()).into_owned(), value))
+            .map(|(key, value)| Header::from_raw(Bytes::from(key), value))
             .collect(),
     }
 }
@@ -524,7 +521,7 @@ mod tests {
                 headers: self
                     .headers
                     .iter()
-                    .map(|(key, value)| (key.clone(), value.clone().map(Bytes::from)))
+                    .map(|(key, value)| Header::new(key.clone(), value.clone()))
                     .collect(),
             }
         }
@@ -709,10 +706,7 @@ mod tests {
         assert_eq!(decoded.next_offset, Some(15));
         for record in &decoded.records {
             let slices = record.key.iter().chain(&record.value);
-            let header_values = record
-                .headers
-                .iter()
-                .filter_map(|(_, value)| value.as_ref());
+            let header_values = record.headers.iter().filter_map(Header::value_bytes);
             for slice in slices
                 .chain(header_values)
                 .filter(|slice| !slice.is_empty())
