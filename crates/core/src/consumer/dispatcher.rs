@@ -842,6 +842,7 @@ pub mod bench {
                     value: Some(frame.slice(key_at + key.len()..at)),
                     headers: crate::Headers::new(),
                     timestamp: chrono::DateTime::UNIX_EPOCH,
+                    timestamp_type: kafkit_resilience::TimestampType::CreateTime,
                     _budget: None,
                 });
                 (*p, record)
@@ -903,6 +904,7 @@ mod tests {
             value: None,
             headers: crate::Headers::new(),
             timestamp: chrono::DateTime::UNIX_EPOCH,
+            timestamp_type: kafkit_resilience::TimestampType::CreateTime,
             _budget: None,
         })
     }

@@ -451,6 +451,7 @@ impl Engine {
                         headers: r.headers,
                         timestamp: chrono::DateTime::from_timestamp_millis(r.timestamp_ms)
                             .unwrap_or(chrono::DateTime::UNIX_EPOCH),
+                        timestamp_type: r.timestamp_type,
                         _budget: Some(Arc::clone(&budget)),
                     });
                     self.dispatcher.push(slot, record);

@@ -23,7 +23,7 @@ use kafkit_metrics::Metrics;
 use kafkit_resilience::{
     BreakerRejected, CircuitBreaker, CircuitState, DeadLetterHeaders, DeadLetterPolicy,
     DeadLetterRoute, DltFailureAction, ErrorDescription, GiveUpReason, OriginalRecord,
-    RetryDecision, RetryPolicy, TimestampType,
+    RetryDecision, RetryPolicy,
 };
 use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
@@ -241,7 +241,7 @@ impl FailurePath {
             partition: record.partition(),
             offset: record.offset(),
             timestamp: record.timestamp().timestamp_millis(),
-            timestamp_type: TimestampType::CreateTime,
+            timestamp_type: record.timestamp_type(),
             consumer_group: Some(self.group_id.clone()),
         };
         let description = ErrorDescription::of_dyn(error.type_name, error);
@@ -323,6 +323,7 @@ mod tests {
             value: Some(bytes::Bytes::from_static(b"v")),
             headers: Headers::new(),
             timestamp: chrono::Utc::now(),
+            timestamp_type: kafkit_resilience::TimestampType::CreateTime,
             _budget: None,
         })
     }

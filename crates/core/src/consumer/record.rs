@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::dispatcher::Completion;
+use kafkit_resilience::TimestampType;
+
 use crate::headers::Headers;
 
 /// A consumed record. Cheap to clone (the data is shared); immutable.
@@ -26,6 +28,7 @@ pub(crate) struct RecordData {
     /// Names and values are slices of the fetch response too.
     pub(crate) headers: Headers,
     pub(crate) timestamp: DateTime<Utc>,
+    pub(crate) timestamp_type: TimestampType,
     /// The buffer budget of the fetch response this record shares with the others from it; the
     /// last of them to finish gives it back (the fetcher's memory bound).
     pub(crate) _budget: Option<Arc<OwnedSemaphorePermit>>,
@@ -86,6 +89,12 @@ impl ConsumedRecord {
     /// The record's timestamp.
     pub fn timestamp(&self) -> DateTime<Utc> {
         self.inner.timestamp
+    }
+
+    /// Whose time [`timestamp`](Self::timestamp) is: the producer's (`CreateTime`) or the
+    /// broker's (`LogAppendTime`, set by the topic's `message.timestamp.type`).
+    pub fn timestamp_type(&self) -> TimestampType {
+        self.inner.timestamp_type
     }
 }
 

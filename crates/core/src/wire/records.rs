@@ -34,6 +34,8 @@ use std::fmt::Display;
 use bytes::Bytes;
 use kafka_protocol::records::{Record, RecordBatchDecoder};
 
+use kafkit_resilience::TimestampType;
+
 use crate::headers::{Header, Headers};
 
 /// Bytes before the batch length field is counted: base offset (i64) and batch length (i32).
@@ -79,6 +81,9 @@ pub(crate) struct FetchedRecord {
     pub(crate) offset: i64,
     /// Milliseconds since the epoch (CreateTime or LogAppendTime as the batch says).
     pub(crate) timestamp_ms: i64,
+    /// Whose time `timestamp_ms` is: the producer's (CreateTime) or the broker's (LogAppendTime),
+    /// as the batch attributes say.
+    pub(crate) timestamp_type: TimestampType,
     /// The key; `None` for a null key.
     pub(crate) key: Option<Bytes>,
     /// The value; `None` for a null value (a tombstone).
@@ -400,6 +405,11 @@ fn fetched_record(record: Record, log_append_time: Option<i64>) -> FetchedRecord
         // producer's CreateTime still in the record, where Kafka (and the Java consumer) give every
         // record the batch's max timestamp, the time the broker appended it.
         timestamp_ms: log_append_time.unwrap_or(record.timestamp),
+        timestamp_type: if log_append_time.is_some() {
+            TimestampType::LogAppendTime
+        } else {
+            TimestampType::CreateTime
+        },
         key: record.key,
         value: record.value,
         headers: record
@@ -516,6 +526,7 @@ mod tests {
             FetchedRecord {
                 offset: self.offset,
                 timestamp_ms: self.timestamp,
+                timestamp_type: kafkit_resilience::TimestampType::CreateTime,
                 key: self.key.clone().map(Bytes::from),
                 value: self.value.clone().map(Bytes::from),
                 headers: self
@@ -939,6 +950,7 @@ mod tests {
         let mut want = expected(&written);
         for record in &mut want {
             record.timestamp_ms = append_time;
+            record.timestamp_type = kafkit_resilience::TimestampType::LogAppendTime;
         }
         assert_eq!(decoded.records, want);
     }
