@@ -27,6 +27,7 @@ mod headers;
 pub mod partitioner;
 mod producer;
 pub mod security;
+mod task;
 mod wire;
 
 pub use config::ClientConfig;

@@ -44,6 +44,7 @@ use super::{ConsumerListener, ConsumerSettings, ShutdownReport};
 use crate::group::{
     CommitReport, GroupEvent, GroupMember, OffsetToCommit, RevokeDone, TopicPartition,
 };
+use crate::task::OwnedTask;
 use crate::{Error, Result};
 
 /// One owned partition.
@@ -82,7 +83,9 @@ pub(crate) struct Engine {
     dispatcher: Dispatcher,
     fetched_rx: mpsc::Receiver<FetchEvent>,
     events: mpsc::UnboundedReceiver<GroupEvent>,
-    commit: Option<tokio::task::JoinHandle<Result<CommitReport>>>,
+    /// Owned: dropping the engine (a dropped consumer) aborts a commit in flight, so nothing keeps
+    /// the group member alive behind the consumer's back.
+    commit: Option<OwnedTask<Result<CommitReport>>>,
     /// The metadata sent with the commit in flight, per partition.
     commit_metadata: HashMap<TopicPartition, Option<String>>,
     revocations: Vec<Revocation>,
@@ -405,6 +408,7 @@ impl Engine {
                 slot,
                 epoch,
                 records,
+                position,
                 high_watermark,
                 budget,
             } => {
@@ -423,10 +427,6 @@ impl Engine {
                     return;
                 }
                 s.high_watermark = high_watermark;
-                let position = records.last().map_or_else(
-                    || s.tracker.as_ref().map_or(-1, WatermarkTracker::position),
-                    |r| r.offset + 1,
-                );
                 board.fetched(&s.tp, high_watermark, position);
                 if let Some(m) = &metrics
                     && !records.is_empty()
@@ -456,6 +456,7 @@ impl Engine {
                     });
                     self.dispatcher.push(slot, record);
                 }
+                tracker.advance_to(position);
             }
             FetchEvent::EndOffset {
                 slot,
@@ -692,7 +693,7 @@ impl Engine {
             l.committing(&offsets);
         }
         let group = Arc::clone(&self.group);
-        self.commit = Some(tokio::spawn(async move { group.commit(&offsets).await }));
+        self.commit = Some(OwnedTask::spawn(async move { group.commit(&offsets).await }));
     }
 
     fn on_commit_result(&mut self, result: Result<CommitReport>) {

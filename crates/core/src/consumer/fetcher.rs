@@ -26,12 +26,12 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest, Topic
 use kafka_protocol::protocol::StrBytes;
 use kafkit_resilience::BackoffPolicy;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::OffsetReset;
 use super::record::RecordData;
 use crate::group::{GroupMember, TopicPartition};
+use crate::task::OwnedTask;
 use crate::wire::records::{AbortedTransaction, FetchedRecord, decode_records};
 use crate::wire::{ApiRequest, Connection, WireError};
 use crate::{Error, Result};
@@ -59,11 +59,16 @@ pub(crate) struct FetchSettings {
 /// What a fetch task reports to the engine.
 #[derive(Debug)]
 pub(crate) enum FetchEvent {
-    /// Records fetched from `offset` on.
+    /// Records fetched, and how far the fetch read.
     Records {
         slot: usize,
         epoch: u64,
         records: Vec<FetchedRecord>,
+        /// The fetch position after this response: past its records and past every offset it
+        /// stepped over that holds no record for the handler (control markers, aborted
+        /// transactions, compaction gaps). The engine's watermark reaches it once the records are
+        /// done, so a fully consumed partition commits its log end.
+        position: i64,
         high_watermark: i64,
         /// The response's share of the buffer budget, held by its records until the last is finished.
         budget: Arc<OwnedSemaphorePermit>,
@@ -100,13 +105,7 @@ pub(crate) enum FetchEvent {
 /// A running fetch task; dropping it stops fetching at once.
 #[derive(Debug)]
 pub(crate) struct FetchTask {
-    handle: JoinHandle<()>,
-}
-
-impl Drop for FetchTask {
-    fn drop(&mut self) {
-        self.handle.abort();
-    }
+    _task: OwnedTask<()>,
 }
 
 pub(crate) struct FetchContext {
@@ -127,7 +126,7 @@ impl FetchTask {
         epoch: u64,
     ) -> Self {
         Self {
-            handle: tokio::spawn(fetch_loop(ctx, tp, slot, epoch)),
+            _task: OwnedTask::spawn(fetch_loop(ctx, tp, slot, epoch)),
         }
     }
 }
@@ -217,6 +216,7 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
                     slot,
                     epoch,
                     records: fetched.records,
+                    position: offset,
                     high_watermark: fetched.high_watermark,
                     budget: Arc::new(budget),
                 };

@@ -36,7 +36,6 @@ use kafkit_resilience::{
     HealthPolicy, ResilienceConfig, RetryPolicy,
 };
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 
 pub use dispatcher::BoxError;
 #[doc(hidden)]
@@ -46,6 +45,7 @@ pub use scheduler::DispatchMode;
 pub use status::HealthHandle;
 
 use crate::group::{CommitReport, GroupConfig, GroupMember, OffsetToCommit, TopicPartition};
+use crate::task::OwnedTask;
 use crate::{ClientConfig, Error, Result};
 use dispatcher::{BatchFn, HandlerFn, Sink};
 use engine::Engine;
@@ -511,7 +511,7 @@ impl Consumer {
             .clamp(1, 1024);
         let (tx, rx) = mpsc::channel(capacity);
         let shutdown = self.shutdown_handle();
-        let task = tokio::spawn(self.start(Sink::Stream(tx))?);
+        let task = OwnedTask::spawn(self.start(Sink::Stream(tx))?);
         Ok(RecordStream {
             rx,
             task: Some(task),
@@ -552,7 +552,8 @@ impl Consumer {
 #[derive(Debug)]
 pub struct RecordStream {
     rx: mpsc::Receiver<StreamRecord>,
-    task: Option<JoinHandle<Result<ShutdownReport>>>,
+    /// Dropping the stream drops (aborts) the engine.
+    task: Option<OwnedTask<Result<ShutdownReport>>>,
     shutdown: ShutdownHandle,
 }
 
@@ -583,14 +584,6 @@ impl RecordStream {
                     None => open = false,
                 },
             }
-        }
-    }
-}
-
-impl Drop for RecordStream {
-    fn drop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
         }
     }
 }

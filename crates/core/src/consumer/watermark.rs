@@ -1,26 +1,31 @@
 //! The contiguous completed watermark of one partition: the offset a commit may name.
 //!
-//! The fetcher hands records over in offset order (with gaps: compaction and transaction markers
-//! leave offsets that carry no record). Records complete in any order. The watermark is the lowest
-//! offset handed over and not yet completed, or, when everything is complete, the offset after the
-//! last one handed over. Committing it says "everything below is processed", which is exactly true:
-//! **no committed offset ever skips an unprocessed record.**
+//! The fetcher hands records over in offset order, with gaps: compaction, transaction markers and
+//! aborted transactions leave offsets that carry no record, and the fetcher reports how far it has
+//! read ([`WatermarkTracker::advance_to`]) even when the last offsets it stepped over hold nothing
+//! for the handler. Records complete in any order. The watermark is the lowest offset handed over
+//! and not yet completed, or, when everything is complete, the fetch position: the offset after the
+//! last one the fetcher stepped over. Committing it says "everything below is processed or holds no
+//! record", which is exactly true: **no committed offset ever skips an unprocessed record**, and a
+//! fully consumed partition commits its log end, control markers and compaction gaps included (as
+//! the Java consumer commits its position), so it shows no false lag.
 //!
-//! Kept as a window of bits from the watermark up to the position: O(1) to track and complete a
-//! record, amortised O(1) to advance, memory proportional to the spread of unfinished offsets.
+//! Kept as a queue of the records handed over and not yet passed by the watermark: O(1) to track,
+//! O(log n) to complete, amortised O(1) to advance, memory proportional to the records between the
+//! watermark and the position, whatever the size of the gaps between them.
 
 use std::collections::VecDeque;
 
 /// Tracks which offsets of one partition are done.
 #[derive(Debug, Clone)]
 pub(crate) struct WatermarkTracker {
-    /// The lowest offset not known to be done; bit 0 of `window` is this offset.
-    watermark: i64,
-    /// The offset after the last one tracked (the fetch position as far as the tracker knows).
+    /// The offset after the last one handed over or stepped over (the fetch position as far as the
+    /// tracker knows).
     position: i64,
-    /// One flag per offset in `watermark..position`: true when done (gaps are done).
-    window: VecDeque<bool>,
-    /// How many offsets in the window are tracked records not yet done.
+    /// The records handed over that the watermark has not passed, in offset order, each with
+    /// whether it is done. The front is never done (advancing pops done records).
+    records: VecDeque<(i64, bool)>,
+    /// How many of `records` are not done.
     pending: usize,
 }
 
@@ -28,9 +33,8 @@ impl WatermarkTracker {
     /// Nothing tracked yet; the next record handed over is at or after `start`.
     pub(crate) fn new(start: i64) -> Self {
         Self {
-            watermark: start,
             position: start,
-            window: VecDeque::new(),
+            records: VecDeque::new(),
             pending: 0,
         }
     }
@@ -43,44 +47,42 @@ impl WatermarkTracker {
         if offset < self.position {
             return false;
         }
-        for _ in self.position..offset {
-            self.window.push_back(true);
-        }
-        self.window.push_back(false);
+        self.records.push_back((offset, false));
         self.pending += 1;
         self.position = offset + 1;
-        self.advance();
         true
+    }
+
+    /// The fetcher has read up to `position` (exclusive): offsets from the last record tracked up
+    /// to there carry no record (a control marker, an aborted transaction, a compaction gap) and
+    /// count as done. A position at or below the current one changes nothing.
+    pub(crate) fn advance_to(&mut self, position: i64) {
+        self.position = self.position.max(position);
     }
 
     /// The record at `offset` is done. Returns false if it was not tracked or already done.
     pub(crate) fn complete(&mut self, offset: i64) -> bool {
-        if offset < self.watermark || offset >= self.position {
+        let Ok(i) = self.records.binary_search_by_key(&offset, |&(o, _)| o) else {
+            return false;
+        };
+        let done = &mut self.records[i].1;
+        if *done {
             return false;
         }
-        let slot = &mut self.window[(offset - self.watermark) as usize];
-        if *slot {
-            return false;
-        }
-        *slot = true;
+        *done = true;
         self.pending -= 1;
-        self.advance();
+        while self.records.front().is_some_and(|&(_, done)| done) {
+            self.records.pop_front();
+        }
         true
     }
 
-    fn advance(&mut self) {
-        while self.window.front() == Some(&true) {
-            self.window.pop_front();
-            self.watermark += 1;
-        }
-    }
-
-    /// The offset to commit: every offset below it is done.
+    /// The offset to commit: every offset below it is done or holds no record.
     pub(crate) fn watermark(&self) -> i64 {
-        self.watermark
+        self.records.front().map_or(self.position, |&(o, _)| o)
     }
 
-    /// The offset after the last one tracked.
+    /// The offset after the last one tracked or stepped over.
     pub(crate) fn position(&self) -> i64 {
         self.position
     }
@@ -90,14 +92,13 @@ impl WatermarkTracker {
         self.pending
     }
 
-    /// Offsets above the watermark that are done records (not gaps are distinguishable here, so gaps
-    /// above the watermark are included: skipping an offset with no record is harmless).
+    /// The done records above the watermark, ascending (offsets that hold no record are left out:
+    /// there is nothing there to skip).
     pub(crate) fn done_above(&self) -> Vec<i64> {
-        self.window
+        self.records
             .iter()
-            .enumerate()
-            .filter(|(_, done)| **done)
-            .map(|(i, _)| self.watermark + i as i64)
+            .filter(|&&(_, done)| done)
+            .map(|&(o, _)| o)
             .collect()
     }
 }
@@ -134,6 +135,33 @@ mod tests {
     }
 
     #[test]
+    fn stepped_over_offsets_move_the_watermark_once_records_are_done() {
+        // Records 10 and 11, then a control marker at 12: the fetcher's position is 13.
+        let mut t = WatermarkTracker::new(10);
+        t.track(10);
+        t.track(11);
+        t.advance_to(13);
+        assert_eq!(t.watermark(), 10);
+        t.complete(11);
+        assert_eq!(t.watermark(), 10, "never past the unfinished record 10");
+        t.complete(10);
+        assert_eq!(t.watermark(), 13, "past the marker once every record is done");
+        // A fetch that held only markers or aborted records moves it on by itself.
+        t.advance_to(20);
+        assert_eq!(t.watermark(), 20);
+        // A stale position never moves it back; a record fetched again is not tracked.
+        t.advance_to(15);
+        assert_eq!(t.watermark(), 20);
+        assert!(!t.track(19));
+        // Compaction gaps of any size cost nothing.
+        assert!(t.track(5_000_000_000));
+        assert_eq!(t.watermark(), 5_000_000_000);
+        assert!(t.complete(5_000_000_000));
+        assert_eq!(t.watermark(), 5_000_000_001);
+        assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
     fn refetched_offsets_are_not_tracked_twice() {
         let mut t = WatermarkTracker::new(0);
         assert!(t.track(0));
@@ -158,10 +186,12 @@ mod tests {
 
     proptest! {
         /// Random gaps and random completion orders: the watermark never passes an offset that is
-        /// tracked and not complete, and reaches the position once all are complete.
+        /// tracked and not complete, and reaches the position (past offsets stepped over) once all are
+        /// complete.
         #[test]
         fn never_passes_an_incomplete_offset(
             gaps in proptest::collection::vec(0i64..4, 1..200),
+            tail in 0i64..4,
             seed in any::<u64>(),
         ) {
             let mut t = WatermarkTracker::new(100);
@@ -173,6 +203,9 @@ mod tests {
                 t.track(next);
                 next += 1;
             }
+            // The fetcher stepped over `tail` offsets with no record after the last one.
+            next += tail;
+            t.advance_to(next);
             // A deterministic shuffle from the seed.
             let mut shuffled = offsets.clone();
             let mut s = seed | 1;
