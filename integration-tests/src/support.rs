@@ -1,9 +1,11 @@
 //! Small helpers every broker-backed test file uses.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kafkit::ClientConfig;
 use kafkit::group::GroupConfig;
+use kafkit_testkit::java_tool;
 use tokio::time::Instant;
 
 /// Client settings for `bootstrap`.
@@ -30,4 +32,67 @@ pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// One partition as `kafka-consumer-groups --describe` shows it: (committed offset, log end offset,
+/// lag).
+pub type LagRow = (i64, i64, i64);
+
+/// What `kafka-consumer-groups --describe --group <group>` reports for `topic`, per partition, and
+/// the raw output for failure messages. Columns are found by their header, so extra or reordered
+/// columns in another Kafka version do not shift the numbers; a `-` (nothing committed) leaves the
+/// partition out.
+pub async fn kafka_lag(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+) -> (BTreeMap<i32, LagRow>, String) {
+    let out = java_tool(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--group",
+            group,
+        ],
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("ConsumerGroupCommand runs");
+    let raw = format!("stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    assert!(out.success, "ConsumerGroupCommand failed: {raw}");
+    let mut rows = BTreeMap::new();
+    let mut columns: Option<[usize; 4]> = None;
+    for line in out.stdout.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.first() == Some(&"GROUP") {
+            let at = |name: &str| {
+                fields
+                    .iter()
+                    .position(|f| *f == name)
+                    .unwrap_or_else(|| panic!("no {name} column: {raw}"))
+            };
+            columns = Some([
+                at("PARTITION"),
+                at("CURRENT-OFFSET"),
+                at("LOG-END-OFFSET"),
+                at("LAG"),
+            ]);
+            continue;
+        }
+        let Some([partition, current, end, lag]) = columns else {
+            continue;
+        };
+        if fields.len() <= lag || fields[0] != group || fields[1] != topic {
+            continue;
+        }
+        let number = |i: usize| fields[i].parse::<i64>().ok();
+        if let (Some(p), Some(c), Some(e), Some(l)) =
+            (number(partition), number(current), number(end), number(lag))
+        {
+            rows.insert(p as i32, (c, e, l));
+        }
+    }
+    (rows, raw)
 }

@@ -11,7 +11,8 @@ use kafkit::consumer::{ConsumerBuilder, DispatchMode, OffsetReset};
 use kafkit::group::GroupConfig;
 use kafkit::metrics::{Metrics, MetricsConfig};
 use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
-use kafkit_testkit::{TestKafka, create_topic, java_tool, random_name, shared};
+use kafkit_integration_tests::support::{LagRow as Row, kafka_lag};
+use kafkit_testkit::{TestKafka, create_topic, random_name, shared};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -25,9 +26,6 @@ const PER_PARTITION: i64 = 250;
 fn threshold(partition: i32) -> i64 {
     20 + 15 * i64::from(partition)
 }
-
-/// One partition as a group sees it: (committed offset, log end offset, lag).
-type Row = (i64, i64, i64);
 
 /// Awaits `fut` for at most `limit`, panicking with `what` (and the broker's last log lines) past it.
 async fn within<T>(
@@ -61,61 +59,6 @@ fn kafkit_lag(metrics: &Metrics, group: &str, topic: &str) -> BTreeMap<i32, Row>
         .filter(|p| &*p.group == group && &*p.topic == topic)
         .map(|p| (p.partition, (p.committed_offset, p.high_watermark, p.lag)))
         .collect()
-}
-
-/// What `kafka-consumer-groups --describe --group <group>` reports for `topic`, per partition, and
-/// the raw output for failure messages. Columns are found by their header, so extra or reordered
-/// columns in another Kafka version do not shift the numbers; a `-` (nothing committed) leaves the
-/// partition out.
-async fn kafka_lag(bootstrap: &str, group: &str, topic: &str) -> (BTreeMap<i32, Row>, String) {
-    let out = java_tool(
-        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-        &[
-            "--bootstrap-server",
-            bootstrap,
-            "--describe",
-            "--group",
-            group,
-        ],
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("ConsumerGroupCommand runs");
-    let raw = format!("stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
-    assert!(out.success, "ConsumerGroupCommand failed: {raw}");
-    let mut rows = BTreeMap::new();
-    let mut columns: Option<[usize; 4]> = None;
-    for line in out.stdout.lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.first() == Some(&"GROUP") {
-            let at = |name: &str| {
-                fields
-                    .iter()
-                    .position(|f| *f == name)
-                    .unwrap_or_else(|| panic!("no {name} column: {raw}"))
-            };
-            columns = Some([
-                at("PARTITION"),
-                at("CURRENT-OFFSET"),
-                at("LOG-END-OFFSET"),
-                at("LAG"),
-            ]);
-            continue;
-        }
-        let Some([partition, current, end, lag]) = columns else {
-            continue;
-        };
-        if fields.len() <= lag || fields[0] != group || fields[1] != topic {
-            continue;
-        }
-        let number = |i: usize| fields[i].parse::<i64>().ok();
-        if let (Some(p), Some(c), Some(e), Some(l)) =
-            (number(partition), number(current), number(end), number(lag))
-        {
-            rows.insert(p as i32, (c, e, l));
-        }
-    }
-    (rows, raw)
 }
 
 /// Polls kafkit's metrics and Kafka's describe output until both equal `expected` or `limit` passes,

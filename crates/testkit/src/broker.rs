@@ -752,6 +752,8 @@ fn server_properties(
         ("num.partitions", "1".into()),
         ("num.network.threads", "2".into()),
         ("num.io.threads", "4".into()),
+        // Compaction tests see the cleaner run within a second, not the default 15 s.
+        ("log.cleaner.backoff.ms", "500".into()),
         (
             "log.cleaner.dedupe.buffer.size",
             (8 * 1024 * 1024).to_string(),

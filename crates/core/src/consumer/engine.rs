@@ -693,7 +693,9 @@ impl Engine {
             l.committing(&offsets);
         }
         let group = Arc::clone(&self.group);
-        self.commit = Some(OwnedTask::spawn(async move { group.commit(&offsets).await }));
+        self.commit = Some(OwnedTask::spawn(
+            async move { group.commit(&offsets).await },
+        ));
     }
 
     fn on_commit_result(&mut self, result: Result<CommitReport>) {

@@ -145,7 +145,11 @@ mod tests {
         t.complete(11);
         assert_eq!(t.watermark(), 10, "never past the unfinished record 10");
         t.complete(10);
-        assert_eq!(t.watermark(), 13, "past the marker once every record is done");
+        assert_eq!(
+            t.watermark(),
+            13,
+            "past the marker once every record is done"
+        );
         // A fetch that held only markers or aborted records moves it on by itself.
         t.advance_to(20);
         assert_eq!(t.watermark(), 20);
