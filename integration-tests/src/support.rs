@@ -96,3 +96,30 @@ pub async fn kafka_lag(
     }
     (rows, raw)
 }
+
+/// TCP connections this process holds open to `port` on loopback (Linux `/proc`): sockets among
+/// our file descriptors whose remote end is `port`, in state ESTABLISHED.
+pub fn connections_to(port: u16) -> usize {
+    let ours: std::collections::HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let wanted = format!(":{port:04X}");
+    ["/proc/self/net/tcp", "/proc/self/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // cols: sl, local, remote, state (01 = ESTABLISHED), ..., inode at 9.
+            cols.len() > 9
+                && cols[2].ends_with(&wanted)
+                && cols[3] == "01"
+                && ours.contains(cols[9])
+        })
+        .count()
+}

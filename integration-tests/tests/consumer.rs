@@ -9,7 +9,7 @@ use std::time::Duration;
 use kafkit::consumer::{ConsumedRecord, Consumer, ConsumerBuilder, DispatchMode, OffsetReset};
 use kafkit::group::TopicPartition;
 use kafkit::{ProducerBuilder, ProducerRecord};
-use kafkit_integration_tests::support::{client, test_group};
+use kafkit_integration_tests::support::{client, connections_to, eventually, test_group};
 use kafkit_testkit::{create_topic, random_name, shared};
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -822,5 +822,63 @@ async fn a_stuck_record_holds_its_partition_within_the_offset_map_span() {
     assert_eq!(
         committed(&bootstrap, &group_id, &topic, 1).await,
         BTreeMap::from([(0, 40_000)])
+    );
+}
+
+/// A consumer dropped while a commit is in flight (its broker frozen, so the commit hangs) leaves
+/// nothing running behind it: no task keeps the group member, its connections or its fetchers
+/// alive. Before commit tasks were owned, the hung commit kept the member, and its connection to
+/// the broker, open until the request timed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_consumer_leaves_no_task_or_connection_behind() {
+    let kafka = kafkit_testkit::LocalKafka::start().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let port: u16 = bootstrap.rsplit(':').next().unwrap().parse().unwrap();
+    let topic = random_name("drop");
+    let group = random_name("drop-g");
+    create_topic(&bootstrap, &topic, 2, 1).await.unwrap();
+    produce_keyed(&bootstrap, &topic, 200, 10).await;
+
+    let consumer = consumer(&bootstrap, &group, &topic, DispatchMode::PartitionOrdered).await;
+    // The 100th record waits for the gate: it finishes only once the broker is frozen, so the
+    // commit that follows it is in flight, hanging, when the consumer is dropped.
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let handled = Arc::new(AtomicUsize::new(0));
+    let (counter, held) = (Arc::clone(&handled), Arc::clone(&gate));
+    let run = tokio::spawn(consumer.run(move |_| {
+        let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+        let held = Arc::clone(&held);
+        async move {
+            if n == 100 {
+                let _ = held.acquire().await;
+            }
+            Ok::<_, std::io::Error>(())
+        }
+    }));
+    eventually(Duration::from_secs(60), "100 records handed out", || {
+        handled.load(Ordering::Relaxed) >= 100
+    })
+    .await;
+    assert!(
+        connections_to(port) > 0,
+        "the running consumer is connected"
+    );
+
+    // Freeze the broker, then let the held record finish: the next commit interval sends a commit
+    // that hangs.
+    kafka.pause();
+    gate.add_permits(1);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    run.abort();
+    let _ = run.await;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while connections_to(port) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = connections_to(port);
+    kafka.resume();
+    assert_eq!(
+        left, 0,
+        "connections still open 3 s after the consumer was dropped"
     );
 }
