@@ -64,6 +64,18 @@ pub enum Error {
         capacity: usize,
     },
 
+    /// A fetched record batch could not be decoded and the consumer's
+    /// [`CorruptBatchPolicy`](crate::consumer::CorruptBatchPolicy) is `Stop`.
+    #[error("undecodable record batch in {partition} at offset {offset}: {reason}")]
+    CorruptBatch {
+        /// `topic-partition`.
+        partition: String,
+        /// The offset the batch starts at.
+        offset: i64,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A record the producer cannot send as it is (the reason names the part).
     #[error("invalid record: {reason}")]
     InvalidRecord {
@@ -198,6 +210,7 @@ impl Error {
             | Error::UnknownPartition { .. }
             | Error::RecordTooLarge { .. }
             | Error::InvalidRecord { .. }
+            | Error::CorruptBatch { .. }
             | Error::Protocol(_)
             | Error::NoOffset { .. }
             | Error::Closed { .. } => false,

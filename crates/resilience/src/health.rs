@@ -190,6 +190,28 @@ pub struct PartitionProgress {
     pub paused: bool,
 }
 
+/// A fetched batch that could not be decoded and was skipped (the consumer's `Skip` policy for
+/// corrupt batches): the partition moved on past it, and it is reported here so it never passes
+/// in silence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedBatch {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The offset the undecodable batch starts at.
+    pub offset: i64,
+    /// Where the partition's position moved to.
+    pub skipped_to: i64,
+    /// What was wrong with it.
+    pub reason: String,
+    /// Time since it was skipped.
+    pub since: Duration,
+}
+
+/// How long a skipped batch keeps the `records` check degraded.
+pub const SKIPPED_BATCH_WINDOW: Duration = Duration::from_secs(15 * 60);
+
 /// What the consumer observed, gathered at one instant. Durations are "time since", so the
 /// evaluation needs no clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +228,8 @@ pub struct HealthInputs {
     pub breaker: Option<CircuitState>,
     /// Total lag over the assigned partitions, oldest sample first, one per health-check interval.
     pub lag_samples: Vec<u64>,
+    /// The most recent batches skipped because they could not be decoded, oldest first.
+    pub skipped_batches: Vec<SkippedBatch>,
 }
 
 /// Which way lag is heading over the recent samples.
@@ -308,6 +332,7 @@ impl HealthPolicy {
             self.fetch_check(&inputs.partitions),
             breaker_check(inputs.breaker),
             lag_check(&inputs.lag_samples),
+            records_check(&inputs.skipped_batches),
         ];
         HealthReport::from_checks(checks, checked_at)
     }
@@ -501,6 +526,34 @@ fn lag_check(samples: &[u64]) -> Check {
     }
 }
 
+/// Degraded while a batch skipped as undecodable is recent: data was passed over, and someone
+/// should look at the logged offset.
+fn records_check(skipped: &[SkippedBatch]) -> Check {
+    let name = "records";
+    let recent: Vec<&SkippedBatch> = skipped
+        .iter()
+        .filter(|s| s.since < SKIPPED_BATCH_WINDOW)
+        .collect();
+    let Some(latest) = recent.iter().min_by_key(|s| s.since) else {
+        return Check::new(name, HealthStatus::Healthy, "every fetched batch decoded");
+    };
+    Check::new(
+        name,
+        HealthStatus::Degraded,
+        format!(
+            "{} undecodable batch(es) skipped in the last {}; latest: {}-{} offsets {}..{} {} ago: {}",
+            recent.len(),
+            human(SKIPPED_BATCH_WINDOW),
+            latest.topic,
+            latest.partition,
+            latest.offset,
+            latest.skipped_to,
+            human(latest.since),
+            latest.reason
+        ),
+    )
+}
+
 /// `850 ms`, `45 s`, `1.5 s`, `2 min 5 s`.
 fn human(d: Duration) -> String {
     let ms = d.as_millis();
@@ -552,7 +605,35 @@ mod tests {
             partitions: vec![part(0, 1, false), part(1, 2, false)],
             breaker: Some(CircuitState::Closed),
             lag_samples: vec![100, 90, 110, 100],
+            skipped_batches: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_recently_skipped_batch_degrades_the_records_check_until_it_ages_out() {
+        let policy = HealthPolicy::default();
+        assert_eq!(
+            check(&policy.evaluate(&healthy_inputs(), at()), "records").status,
+            Healthy
+        );
+        let skipped = |since| SkippedBatch {
+            topic: "orders".into(),
+            partition: 3,
+            offset: 120,
+            skipped_to: 130,
+            reason: "CRC mismatch in the batch at offset 120".into(),
+            since,
+        };
+        let mut inputs = healthy_inputs();
+        inputs.skipped_batches = vec![skipped(secs(600)), skipped(secs(5))];
+        let report = policy.evaluate(&inputs, at());
+        let records = check(&report, "records");
+        assert_eq!(records.status, Degraded);
+        assert_eq!(report.status, Degraded);
+        assert!(records.detail.starts_with("2 undecodable"), "{}", records.detail);
+        assert!(records.detail.contains("orders-3 offsets 120..130 5 s ago: CRC mismatch"), "{}", records.detail);
+        inputs.skipped_batches = vec![skipped(SKIPPED_BATCH_WINDOW)];
+        assert_eq!(check(&policy.evaluate(&inputs, at()), "records").status, Healthy);
     }
 
     fn check<'a>(report: &'a HealthReport, name: &str) -> &'a Check {

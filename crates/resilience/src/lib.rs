@@ -37,5 +37,6 @@ pub use env::ResilienceConfig;
 pub use error::ConfigError;
 pub use health::{
     Check, HealthInputs, HealthPolicy, HealthReport, HealthStatus, LagTrend, PartitionProgress,
+    SKIPPED_BATCH_WINDOW, SkippedBatch,
 };
 pub use retry::{GiveUpReason, RetryDecision, RetryPolicy};

@@ -28,7 +28,7 @@ use kafkit_resilience::BackoffPolicy;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
-use super::OffsetReset;
+use super::{CorruptBatchPolicy, OffsetReset};
 use super::record::RecordData;
 use crate::group::{GroupMember, TopicPartition};
 use crate::task::OwnedTask;
@@ -54,6 +54,7 @@ pub(crate) struct FetchSettings {
     pub(crate) request_timeout: Duration,
     pub(crate) backoff: BackoffPolicy,
     pub(crate) reset: OffsetReset,
+    pub(crate) corrupt: CorruptBatchPolicy,
 }
 
 /// What a fetch task reports to the engine.

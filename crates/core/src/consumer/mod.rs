@@ -64,6 +64,22 @@ pub enum OffsetReset {
     None,
 }
 
+/// What the consumer does with a fetched record batch it cannot decode (a CRC mismatch, an unknown
+/// message format or codec, malformed records): input no retry can fix, which must neither stall
+/// its partition nor pass in silence.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CorruptBatchPolicy {
+    /// Log it at error level with topic, partition and offsets, count it in metrics, report it in
+    /// health (the `records` check), and move the partition's position past the batch, so the
+    /// partition keeps moving. The records before it in the same response are processed as usual.
+    #[default]
+    Skip,
+    /// Stop the consumer with [`Error::CorruptBatch`](crate::Error::CorruptBatch) once the records
+    /// before it are processed; nothing past it is committed. An operator then decides (e.g. moves
+    /// the group's offset past it with `kafka-consumer-groups --reset-offsets`).
+    Stop,
+}
+
 /// Settings of a [`Consumer`]; each setter names the Java setting it mirrors where there is one.
 #[derive(Debug, Clone)]
 pub struct ConsumerBuilder {
@@ -158,10 +174,17 @@ impl ConsumerBuilder {
                     )
                     .expect("valid default backoff"),
                     reset: OffsetReset::Latest,
+                    corrupt: CorruptBatchPolicy::Skip,
                 },
                 listener: None,
             },
         }
+    }
+
+    /// What to do with a fetched batch that cannot be decoded. Default [`CorruptBatchPolicy::Skip`].
+    pub fn on_corrupt_batch(mut self, policy: CorruptBatchPolicy) -> Self {
+        self.settings.fetch.corrupt = policy;
+        self
     }
 
     /// How records of a partition may run concurrently. Default `PartitionOrdered`.

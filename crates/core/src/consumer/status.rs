@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use kafkit_resilience::{
-    CircuitBreaker, HealthInputs, HealthPolicy, HealthReport, PartitionProgress,
+    CircuitBreaker, HealthInputs, HealthPolicy, HealthReport, PartitionProgress, SkippedBatch,
 };
 use tokio::time::Instant;
 
@@ -15,6 +15,8 @@ use crate::group::{GroupMember, TopicPartition};
 
 /// How many lag samples (one per commit interval) the lag trend looks at.
 const LAG_SAMPLES: usize = 12;
+/// How many skipped undecodable batches the board remembers (the most recent).
+const SKIPPED_KEPT: usize = 16;
 
 #[derive(Debug)]
 struct PartitionStatus {
@@ -28,6 +30,17 @@ struct Board {
     partitions: BTreeMap<TopicPartition, PartitionStatus>,
     lag_samples: VecDeque<u64>,
     paused: bool,
+    /// Undecodable batches skipped, oldest first, with when.
+    skipped: VecDeque<(Instant, Skipped)>,
+}
+
+/// An undecodable batch the fetcher moved past.
+#[derive(Debug, Clone)]
+pub(crate) struct Skipped {
+    pub(crate) tp: TopicPartition,
+    pub(crate) offset: i64,
+    pub(crate) skipped_to: i64,
+    pub(crate) reason: String,
 }
 
 /// Shared between the engine and health handles. parking_lot Mutex: the engine takes it once per
@@ -78,6 +91,15 @@ impl StatusBoard {
         self.board.lock().paused = paused;
     }
 
+    /// The fetcher skipped a batch it could not decode.
+    pub(crate) fn skipped(&self, skipped: Skipped) {
+        let mut b = self.board.lock();
+        if b.skipped.len() == SKIPPED_KEPT {
+            b.skipped.pop_front();
+        }
+        b.skipped.push_back((Instant::now(), skipped));
+    }
+
     /// Records the total lag now (high watermark minus committed watermark, summed).
     pub(crate) fn sample_lag(&self, total: u64) {
         let mut b = self.board.lock();
@@ -106,6 +128,18 @@ impl StatusBoard {
                 .collect(),
             breaker: breaker.map(CircuitBreaker::state),
             lag_samples: b.lag_samples.iter().copied().collect(),
+            skipped_batches: b
+                .skipped
+                .iter()
+                .map(|(at, s)| SkippedBatch {
+                    topic: s.tp.topic.clone(),
+                    partition: s.tp.partition,
+                    offset: s.offset,
+                    skipped_to: s.skipped_to,
+                    reason: s.reason.clone(),
+                    since: at.elapsed(),
+                })
+                .collect(),
         }
     }
 }
