@@ -502,14 +502,17 @@ impl<'a> Leader<'a> {
             .collect();
         let records = data.records.unwrap_or_default();
         let frame_bytes = records.len();
-        let decoded = decode_records(records, offset, &aborted).map_err(|e| {
-            FetchFailure::Failed(Error::Admin {
+        let decoded = decode_records(records, offset, &aborted);
+        // Until the fetcher takes the records before a corrupt batch and moves past it, a corrupt
+        // batch fails the fetch as before.
+        if let Some(corrupt) = decoded.corrupt {
+            return Err(FetchFailure::Failed(Error::Admin {
                 operation: "Fetch",
                 target: self.tp.to_string(),
                 code: ResponseError::CorruptMessage.code(),
-                error: e.to_string(),
-            })
-        })?;
+                error: corrupt.reason,
+            }));
+        }
         Ok(Fetched {
             records: decoded.records,
             high_watermark: data.high_watermark,

@@ -1,0 +1,202 @@
+//! kafkit's own record decoder against what real producers write: the Java producer with every
+//! codec (none, gzip, snappy, lz4, zstd), and a header name that is not UTF-8, which only a batch
+//! written byte by byte carries. kafkit is built here with its default features, so every codec
+//! is decoded by the pure-Rust decoders (the `lz4` and `zstd` features only add the producer's
+//! C-backed compression).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafkit::consumer::{ConsumedRecord, ConsumerBuilder, DispatchMode, OffsetReset};
+use kafkit::{ProducerBuilder, ProducerRecord};
+use kafkit_integration_tests::raw_produce::{RawRecord, produce_batch, v2_batch};
+use kafkit_integration_tests::support::{client, test_group};
+use kafkit_testkit::{create_topic, java_source, random_name, shared};
+use parking_lot::Mutex;
+
+/// A consumed record as plain data: offset, key, value, headers (raw name, value) in order.
+type Got = (
+    i64,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(Vec<u8>, Option<Vec<u8>>)>,
+);
+
+fn got(record: &ConsumedRecord) -> Got {
+    (
+        record.offset(),
+        record.key().map(<[u8]>::to_vec),
+        record.value().map(<[u8]>::to_vec),
+        record
+            .headers()
+            .iter()
+            .map(|h| (h.name_bytes().to_vec(), h.value().map(<[u8]>::to_vec)))
+            .collect(),
+    )
+}
+
+/// Consumes `topic` (one partition) from the start with a new group until `count` records came,
+/// and returns them in offset order.
+async fn consume(bootstrap: &str, topic: &str, count: usize) -> Vec<Got> {
+    let consumer = ConsumerBuilder::new(client(bootstrap), test_group(&random_name("g"), topic))
+        .dispatch(DispatchMode::PartitionOrdered)
+        .auto_offset_reset(OffsetReset::Earliest)
+        // Below the test group's max.poll.interval.ms.
+        .revoke_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let seen: Arc<Mutex<Vec<Got>>> = Arc::default();
+    let run = consumer.run({
+        let seen = Arc::clone(&seen);
+        move |record| {
+            let seen = Arc::clone(&seen);
+            let stop = stop.clone();
+            async move {
+                let mut seen = seen.lock();
+                seen.push(got(&record));
+                if seen.len() >= count {
+                    stop.shutdown();
+                }
+                Ok::<_, std::io::Error>(())
+            }
+        }
+    });
+    let outcome = tokio::time::timeout(Duration::from_secs(120), run).await;
+    let mut seen = std::mem::take(&mut *seen.lock());
+    let got = seen.len();
+    outcome
+        .unwrap_or_else(|_| panic!("{topic}: {got} of {count} records within 120 s"))
+        .unwrap();
+    seen.sort_by_key(|record| record.0);
+    seen
+}
+
+/// What `CodecProduce.java` writes as record `i` (at offset `i`).
+fn java_record(i: i64) -> Got {
+    let utf8 = |s: String| Some(s.into_bytes());
+    (
+        i,
+        if i % 100 == 7 {
+            None
+        } else {
+            utf8(format!("key-{i}"))
+        },
+        if i % 250 == 11 {
+            None
+        } else {
+            utf8(format!("value-{i}-{}", "abc".repeat(40)))
+        },
+        vec![
+            (b"trace".to_vec(), utf8(format!("t1-{i}"))),
+            (b"n".to_vec(), None),
+            (b"trace".to_vec(), utf8(format!("t2-{i}"))),
+            (b"empty".to_vec(), Some(Vec::new())),
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_codec_of_the_java_producer_decodes_with_duplicate_and_null_headers() {
+    const COUNT: i64 = 2_000;
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let codecs = ["none", "gzip", "snappy", "lz4", "zstd"];
+    let mut topics = Vec::new();
+    for codec in codecs {
+        let topic = random_name(&format!("codec-{codec}"));
+        create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
+        topics.push(topic);
+    }
+
+    let java = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("java/CodecProduce.java");
+    let pairs: Vec<String> = codecs
+        .iter()
+        .zip(&topics)
+        .map(|(codec, topic)| format!("{codec}={topic}"))
+        .collect();
+    let count = COUNT.to_string();
+    let mut args = vec![bootstrap.as_str(), count.as_str()];
+    args.extend(pairs.iter().map(String::as_str));
+    let out = java_source(&java, &args, Duration::from_secs(180))
+        .await
+        .expect("java runs");
+    assert!(out.success, "CodecProduce failed:\n{}", out.stderr);
+
+    let want: Vec<Got> = (0..COUNT).map(java_record).collect();
+    for (codec, topic) in codecs.iter().zip(&topics) {
+        let seen = consume(&bootstrap, topic, COUNT as usize).await;
+        assert_eq!(seen.len(), want.len(), "{codec}: record count");
+        for (seen, want) in seen.iter().zip(&want) {
+            assert_eq!(seen, want, "{codec}: record at offset {}", want.0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_header_name_that_is_not_utf8_is_consumed_between_good_records() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("odd-header");
+    create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let send_good = |i: i32| {
+        let producer = producer.clone();
+        let topic = topic.clone();
+        async move {
+            producer
+                .send(
+                    ProducerRecord::new(&topic, format!("good-{i}"))
+                        .key(format!("k-{i}"))
+                        .header("h", format!("hv-{i}"))
+                        .partition(0),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    for i in 0..3 {
+        send_good(i).await;
+    }
+    let odd = RawRecord {
+        key: Some(b"odd".to_vec()),
+        value: Some(b"odd value".to_vec()),
+        headers: vec![
+            (b"\xff\xfekey".to_vec(), Some(b"v1".to_vec())),
+            (b"ok".to_vec(), None),
+            (b"\xff\xfekey".to_vec(), Some(b"v2".to_vec())),
+        ],
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let odd_offset = produce_batch(&bootstrap, &topic, 0, v2_batch(&[odd.clone()], now))
+        .await
+        .expect("the raw batch is accepted");
+    assert_eq!(odd_offset, 3);
+    for i in 3..6 {
+        send_good(i).await;
+    }
+
+    let seen = consume(&bootstrap, &topic, 7).await;
+    let offsets: Vec<i64> = seen.iter().map(|r| r.0).collect();
+    assert_eq!(offsets, [0, 1, 2, 3, 4, 5, 6]);
+    assert_eq!(seen[3], (3, odd.key, odd.value, odd.headers));
+    for (record, i) in seen.iter().filter(|r| r.0 != 3).zip(0..) {
+        let want_headers = vec![(b"h".to_vec(), Some(format!("hv-{i}").into_bytes()))];
+        assert_eq!(
+            (&record.1, &record.2, &record.3),
+            (
+                &Some(format!("k-{i}").into_bytes()),
+                &Some(format!("good-{i}").into_bytes()),
+                &want_headers
+            ),
+            "good record {i} at offset {}",
+            record.0
+        );
+    }
+}
