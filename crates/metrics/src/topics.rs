@@ -49,6 +49,7 @@ pub(crate) struct TopicStats {
     pub(crate) processed: AtomicU64,
     pub(crate) acked: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) commits: AtomicU64,
@@ -70,6 +71,7 @@ impl TopicStats {
             processed: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             commits: AtomicU64::new(0),
@@ -103,6 +105,7 @@ impl TopicStats {
     pub(crate) fn counters(&self) -> Counters {
         let dead_lettered = self.dead_lettered.load(Ordering::Acquire);
         let retried = self.retried.load(Ordering::Acquire);
+        let panicked = self.panicked.load(Ordering::Acquire);
         let failed = self.failed.load(Ordering::Acquire);
         let acked = self.acked.load(Ordering::Acquire);
         let processed = self.processed.load(Ordering::Acquire);
@@ -116,6 +119,7 @@ impl TopicStats {
             processed,
             acked,
             failed,
+            panicked,
             retried,
             dead_lettered,
             commits,

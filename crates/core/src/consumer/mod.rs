@@ -41,6 +41,7 @@ use tokio::task::JoinHandle;
 pub use dispatcher::BoxError;
 #[doc(hidden)]
 pub use dispatcher::bench;
+pub use failure::HandlerPanic;
 pub use record::{ConsumedRecord, StreamRecord};
 pub use scheduler::DispatchMode;
 pub use status::HealthHandle;
