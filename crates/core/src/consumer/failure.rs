@@ -81,12 +81,16 @@ impl From<HandlerPanic> for HandlerError {
 /// [`TYPE_NAME`](Self::TYPE_NAME) and carry the panic's message.
 ///
 /// ```
-/// use kafkit_core::consumer::HandlerPanic;
+/// use kafkit_core::consumer::{BoxError, HandlerPanic};
 /// use kafkit_resilience::RetryPolicy;
 ///
 /// // Panics are bugs, not outages: give up on them at once (to the dead-letter topic, if any).
-/// let policy: RetryPolicy = RetryPolicy::default().retriable_if(|e| !e.is::<HandlerPanic>());
-/// # let _ = policy;
+/// fn not_a_panic(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+///     !e.is::<HandlerPanic>()
+/// }
+/// let policy: RetryPolicy = RetryPolicy::default().retriable_if(not_a_panic);
+/// let returned: BoxError = "a returned error".into();
+/// assert!(policy.is_retriable(&*returned));
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandlerPanic {
