@@ -1,9 +1,10 @@
 //! Small helpers every broker-backed test file uses.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kafkit::ClientConfig;
-use kafkit::group::GroupConfig;
+use kafkit::group::{GroupConfig, TopicPartition};
 use tokio::time::Instant;
 
 /// Client settings for `bootstrap`.
@@ -30,4 +31,23 @@ pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The committed offsets of `group_id` on partitions `0..partitions` of `topic` (partitions without a
+/// commit left out), read without joining the group.
+pub async fn committed(
+    bootstrap: &str,
+    group_id: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, i64> {
+    let tps: Vec<_> = (0..partitions)
+        .map(|p| TopicPartition::new(topic, p))
+        .collect();
+    kafkit::group::committed_offsets(&client(bootstrap), group_id, &tps)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|(tp, c)| c.map(|c| (tp.partition, c.offset)))
+        .collect()
 }
