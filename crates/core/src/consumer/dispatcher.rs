@@ -171,7 +171,8 @@ pub(crate) enum DispatchEvent {
     Completion(Completion),
     /// The full stream has room again (`true`), or was dropped (`false`).
     StreamReady(bool),
-    /// Handler tasks ended (their panics, if any, are logged).
+    /// Handler tasks ended. A handler's panic is caught around its attempt and never ends one (see
+    /// `failure::catching`); a task that panics anyway (outside the handler) is logged.
     Joined,
 }
 
@@ -424,7 +425,7 @@ impl Dispatcher {
                 for _ in 0..DRAIN_MAX {
                     let Some(j) = joined.take().or_else(|| self.handlers.try_join_next()) else { break };
                     if let Err(e) = j && e.is_panic() {
-                        warn!(error = %e, "a record handler panicked; its records will not be committed");
+                        warn!(error = %e, "a handler task panicked outside the handler; its records will not be committed");
                     }
                 }
                 DispatchEvent::Joined
