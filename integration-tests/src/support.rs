@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kafkit::ClientConfig;
-use kafkit::group::GroupConfig;
+use kafkit::group::{GroupConfig, TopicPartition};
 use kafkit_testkit::java_tool;
 use tokio::time::Instant;
 
@@ -122,4 +122,23 @@ pub fn connections_to(port: u16) -> usize {
                 && ours.contains(cols[9])
         })
         .count()
+}
+
+/// The committed offsets of `group_id` on partitions `0..partitions` of `topic` (partitions without a
+/// commit left out), read without joining the group.
+pub async fn committed(
+    bootstrap: &str,
+    group_id: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, i64> {
+    let tps: Vec<_> = (0..partitions)
+        .map(|p| TopicPartition::new(topic, p))
+        .collect();
+    kafkit::group::committed_offsets(&client(bootstrap), group_id, &tps)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|(tp, c)| c.map(|c| (tp.partition, c.offset)))
+        .collect()
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 use kafkit::consumer::{ConsumedRecord, Consumer, ConsumerBuilder, DispatchMode, OffsetReset};
 use kafkit::group::TopicPartition;
 use kafkit::{ProducerBuilder, ProducerRecord};
-use kafkit_integration_tests::support::{client, connections_to, eventually, test_group};
+use kafkit_integration_tests::support::{
+    client, committed, connections_to, eventually, test_group,
+};
 use kafkit_testkit::{create_topic, random_name, shared};
 use parking_lot::Mutex;
 use tokio::time::Instant;
@@ -44,24 +46,6 @@ async fn produce_keyed(bootstrap: &str, topic: &str, n: usize, keys: usize) -> B
         }
     }
     ends
-}
-
-/// The group's committed offsets, read without joining the group.
-async fn committed(
-    bootstrap: &str,
-    group_id: &str,
-    topic: &str,
-    partitions: i32,
-) -> BTreeMap<i32, i64> {
-    let tps: Vec<_> = (0..partitions)
-        .map(|p| TopicPartition::new(topic, p))
-        .collect();
-    kafkit::group::committed_offsets(&client(bootstrap), group_id, &tps)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|(tp, c)| c.map(|c| (tp.partition, c.offset)))
-        .collect()
 }
 
 /// Per key, `(offset, value)` in processing order. A key lives on one partition, so its offsets must

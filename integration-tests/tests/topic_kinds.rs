@@ -134,8 +134,7 @@ async fn consume_to_the_end(
         .expect("shutdown in time")
         .unwrap()
         .unwrap();
-    let seen = seen.lock().clone();
-    seen
+    seen.lock().clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

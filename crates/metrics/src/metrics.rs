@@ -21,7 +21,8 @@ use crate::{CircuitState, Gauge, MetricsConfig, MetricsSnapshot};
 /// # Recording
 /// For one record the consumer calls, in this order, [`record_consumed`](Self::record_consumed),
 /// [`record_processed`](Self::record_processed), then [`record_acked`](Self::record_acked) or
-/// [`record_failed`](Self::record_failed), then, for a failure, [`record_retried`](Self::record_retried) or
+/// [`record_failed`](Self::record_failed), then, for a failure, [`record_panicked`](Self::record_panicked) if
+/// the handler panicked, then [`record_retried`](Self::record_retried) or
 /// [`record_dead_lettered`](Self::record_dead_lettered). A counter-only call costs one hash lookup in a
 /// wait-free index and one atomic add; a timing call adds one uncontended per-topic mutex.
 ///
@@ -156,6 +157,21 @@ impl Metrics {
         self.shared
             .topics
             .with(topic, |s| TopicStats::bump(&s.failed, 1));
+    }
+
+    /// The handler panicked on one record of `topic`; that attempt is also counted as failed
+    /// ([`record_failed`](Self::record_failed), called first).
+    pub fn record_panicked(&self, topic: &str) {
+        self.shared
+            .topics
+            .with(topic, |s| TopicStats::bump(&s.panicked, 1));
+    }
+
+    /// A fetched batch of `topic` could not be decoded and was skipped.
+    pub fn record_corrupt_batch(&self, topic: &str) {
+        self.shared
+            .topics
+            .with(topic, |s| TopicStats::bump(&s.corrupt_batches, 1));
     }
 
     /// One failed record of `topic` was scheduled for another attempt.
@@ -382,7 +398,7 @@ mod tests {
     #[test]
     fn every_call_lands_in_its_counter() {
         let m = Metrics::default();
-        let calls: [(&str, Call, Read); 9] = [
+        let calls: [(&str, Call, Read); 11] = [
             (
                 "produced",
                 |m| m.record_produced("t", us(5)),
@@ -396,6 +412,7 @@ mod tests {
             ),
             ("acked", |m| m.record_acked("t"), |c| c.acked),
             ("failed", |m| m.record_failed("t"), |c| c.failed),
+            ("panicked", |m| m.record_panicked("t"), |c| c.panicked),
             ("retried", |m| m.record_retried("t"), |c| c.retried),
             (
                 "dead_lettered",
@@ -407,6 +424,11 @@ mod tests {
                 "commit_failures",
                 |m| m.record_commit_failed("t"),
                 |c| c.commit_failures,
+            ),
+            (
+                "corrupt_batches",
+                |m| m.record_corrupt_batch("t"),
+                |c| c.corrupt_batches,
             ),
         ];
         for (name, call, read) in calls {
@@ -420,6 +442,26 @@ mod tests {
             );
             assert_eq!(read(&after.totals), before + 1, "{name} total");
         }
+    }
+
+    #[test]
+    fn a_panic_counts_as_a_failure_and_as_a_panic_of_its_topic() {
+        let m = Metrics::default();
+        // The consumer's order for an attempt that panicked, then one that returned an error.
+        for panicked in [true, false] {
+            m.record_processed("orders", us(5));
+            m.record_failed("orders");
+            if panicked {
+                m.record_panicked("orders");
+            }
+            m.record_retried("orders");
+        }
+        m.record_failed("audit");
+        let s = m.publish();
+        let orders = s.topic("orders").unwrap().counters;
+        assert_eq!((orders.failed, orders.panicked), (2, 1));
+        assert_eq!(s.topic("audit").unwrap().counters.panicked, 0);
+        assert_eq!((s.totals.failed, s.totals.panicked), (3, 1));
     }
 
     #[test]

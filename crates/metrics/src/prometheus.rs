@@ -22,7 +22,7 @@ type TimingSeries = fn(&TopicSnapshot) -> &TimingSnapshot;
 type PartitionField = fn(&PartitionLag) -> i64;
 
 /// Per-topic counter families.
-const TOPIC_COUNTERS: [Family<CounterField>; 9] = [
+const TOPIC_COUNTERS: [Family<CounterField>; 11] = [
     (
         "kafkit_records_produced_total",
         "Records the broker acknowledged to the producer.",
@@ -47,6 +47,16 @@ const TOPIC_COUNTERS: [Family<CounterField>; 9] = [
         "kafkit_records_failed_total",
         "Records whose processing failed.",
         |c| c.failed,
+    ),
+    (
+        "kafkit_handler_panics_total",
+        "Failed attempts in which the handler panicked.",
+        |c| c.panicked,
+    ),
+    (
+        "kafkit_corrupt_batches_total",
+        "Fetched record batches that could not be decoded and were skipped.",
+        |c| c.corrupt_batches,
     ),
     (
         "kafkit_records_retried_total",
@@ -447,6 +457,9 @@ mod tests {
             m.record_processed(evil, Duration::from_micros(v));
             m.record_acked(evil);
         }
+        m.record_failed("plain");
+        m.record_panicked("plain");
+        m.record_corrupt_batch("plain");
         m.record_produced("plain", Duration::from_millis(2));
         m.record_partition_lag("billing", evil, 3, 120, 100);
         m.record_rebalance("billing");
@@ -455,8 +468,11 @@ mod tests {
         let text = m.publish().to_prometheus();
         let (types, samples) = parse(&text);
 
-        let cases: [(&str, Labels<'_>, f64); 14] = [
+        let cases: [(&str, Labels<'_>, f64); 17] = [
+            ("kafkit_corrupt_batches_total", &[("topic", "plain")], 1.0),
             ("kafkit_records_consumed_total", &[("topic", evil)], 3.0),
+            ("kafkit_handler_panics_total", &[("topic", "plain")], 1.0),
+            ("kafkit_handler_panics_total", &[("topic", evil)], 0.0),
             ("kafkit_records_acked_total", &[("topic", evil)], 3.0),
             ("kafkit_records_produced_total", &[("topic", "plain")], 1.0),
             (
@@ -514,6 +530,7 @@ mod tests {
         }
         let kinds = [
             ("kafkit_records_consumed_total", "counter"),
+            ("kafkit_handler_panics_total", "counter"),
             ("kafkit_process_duration_seconds", "summary"),
             ("kafkit_process_duration_average_seconds", "gauge"),
             ("kafkit_consumer_lag", "gauge"),

@@ -8,8 +8,9 @@ use crate::CircuitState;
 /// Record and commit counts, per topic or summed over all topics.
 ///
 /// For records that go through the stages in the documented order (consumed, processed, then acked or
-/// failed, then retried or dead-lettered) a snapshot never shows a later stage ahead of an earlier one:
-/// `acked + failed <= processed <= consumed` and `retried + dead_lettered <= failed` hold per topic and in
+/// failed, then panicked if the handler panicked, then retried or dead-lettered) a snapshot never shows a
+/// later stage ahead of an earlier one: `acked + failed <= processed <= consumed`, `panicked <= failed`
+/// and `retried + dead_lettered <= failed` hold per topic and in
 /// the totals, as long as the topic stays tracked (see [`Metrics`](crate::Metrics) for what eviction does).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -24,6 +25,8 @@ pub struct Counters {
     pub acked: u64,
     /// Records whose processing failed.
     pub failed: u64,
+    /// Failed attempts in which the handler panicked (each also counted in `failed`).
+    pub panicked: u64,
     /// Failed records scheduled for another attempt.
     pub retried: u64,
     /// Failed records sent to the dead-letter topic.
@@ -32,6 +35,9 @@ pub struct Counters {
     pub commits: u64,
     /// Failed offset commits.
     pub commit_failures: u64,
+    /// Fetched record batches that could not be decoded and were skipped (their records never
+    /// reached `consumed`).
+    pub corrupt_batches: u64,
 }
 
 impl Counters {
@@ -42,10 +48,12 @@ impl Counters {
         self.processed = self.processed.saturating_add(other.processed);
         self.acked = self.acked.saturating_add(other.acked);
         self.failed = self.failed.saturating_add(other.failed);
+        self.panicked = self.panicked.saturating_add(other.panicked);
         self.retried = self.retried.saturating_add(other.retried);
         self.dead_lettered = self.dead_lettered.saturating_add(other.dead_lettered);
         self.commits = self.commits.saturating_add(other.commits);
         self.commit_failures = self.commit_failures.saturating_add(other.commit_failures);
+        self.corrupt_batches = self.corrupt_batches.saturating_add(other.corrupt_batches);
     }
 }
 

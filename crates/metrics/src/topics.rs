@@ -49,10 +49,12 @@ pub(crate) struct TopicStats {
     pub(crate) processed: AtomicU64,
     pub(crate) acked: AtomicU64,
     pub(crate) failed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
     pub(crate) retried: AtomicU64,
     pub(crate) dead_lettered: AtomicU64,
     pub(crate) commits: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
+    pub(crate) corrupt_batches: AtomicU64,
     // parking_lot, not std: no poisoning to handle on the hot path, and an uncontended lock is one CAS.
     // A mutex, not atomics: the ring buffer slot and the running sum must change together. Taken by the
     // recording thread for a few ns per sample and by the publisher once per publish.
@@ -70,10 +72,12 @@ impl TopicStats {
             processed: AtomicU64::new(0),
             acked: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
+            corrupt_batches: AtomicU64::new(0),
             produce_time: Mutex::new(Timing::new(timing)),
             process_time: Mutex::new(Timing::new(timing)),
         }
@@ -103,10 +107,12 @@ impl TopicStats {
     pub(crate) fn counters(&self) -> Counters {
         let dead_lettered = self.dead_lettered.load(Ordering::Acquire);
         let retried = self.retried.load(Ordering::Acquire);
+        let panicked = self.panicked.load(Ordering::Acquire);
         let failed = self.failed.load(Ordering::Acquire);
         let acked = self.acked.load(Ordering::Acquire);
         let processed = self.processed.load(Ordering::Acquire);
         let consumed = self.consumed.load(Ordering::Acquire);
+        let corrupt_batches = self.corrupt_batches.load(Ordering::Acquire);
         let commit_failures = self.commit_failures.load(Ordering::Acquire);
         let commits = self.commits.load(Ordering::Acquire);
         let produced = self.produced.load(Ordering::Acquire);
@@ -116,10 +122,12 @@ impl TopicStats {
             processed,
             acked,
             failed,
+            panicked,
             retried,
             dead_lettered,
             commits,
             commit_failures,
+            corrupt_batches,
         }
     }
 

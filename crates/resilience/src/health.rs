@@ -630,10 +630,23 @@ mod tests {
         let records = check(&report, "records");
         assert_eq!(records.status, Degraded);
         assert_eq!(report.status, Degraded);
-        assert!(records.detail.starts_with("2 undecodable"), "{}", records.detail);
-        assert!(records.detail.contains("orders-3 offsets 120..130 5 s ago: CRC mismatch"), "{}", records.detail);
+        assert!(
+            records.detail.starts_with("2 undecodable"),
+            "{}",
+            records.detail
+        );
+        assert!(
+            records
+                .detail
+                .contains("orders-3 offsets 120..130 5 s ago: CRC mismatch"),
+            "{}",
+            records.detail
+        );
         inputs.skipped_batches = vec![skipped(SKIPPED_BATCH_WINDOW)];
-        assert_eq!(check(&policy.evaluate(&inputs, at()), "records").status, Healthy);
+        assert_eq!(
+            check(&policy.evaluate(&inputs, at()), "records").status,
+            Healthy
+        );
     }
 
     fn check<'a>(report: &'a HealthReport, name: &str) -> &'a Check {

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::warn;
 
-use super::failure::{FailurePath, HandlerError};
+use super::failure::{FailurePath, HandlerError, catching};
 use super::record::{AckHandle, ConsumedRecord, StreamRecord};
 use super::scheduler::{DispatchMode, PartitionSchedule, key_hash};
 use crate::Result;
@@ -171,7 +171,8 @@ pub(crate) enum DispatchEvent {
     Completion(Completion),
     /// The full stream has room again (`true`), or was dropped (`false`).
     StreamReady(bool),
-    /// Handler tasks ended (their panics, if any, are logged).
+    /// Handler tasks ended. A handler's panic is caught around its attempt and never ends one (see
+    /// `failure::catching`); a task that panics anyway (outside the handler) is logged.
     Joined,
 }
 
@@ -424,7 +425,7 @@ impl Dispatcher {
                 for _ in 0..DRAIN_MAX {
                     let Some(j) = joined.take().or_else(|| self.handlers.try_join_next()) else { break };
                     if let Err(e) = j && e.is_panic() {
-                        warn!(error = %e, "a record handler panicked; its records will not be committed");
+                        warn!(error = %e, "a handler task panicked outside the handler; its records will not be committed");
                     }
                 }
                 DispatchEvent::Joined
@@ -498,7 +499,11 @@ impl Dispatcher {
             let permit = failure.admit().await;
             let records: Vec<ConsumedRecord> = items.iter().map(|i| i.record.clone()).collect();
             let count = records.len();
-            let mut results = handler(records).await;
+            // A batch handler that panics failed every record of the batch, as if it had returned
+            // the panic as each one's error.
+            let mut results = catching(|| handler(records)).await.unwrap_or_else(|panic| {
+                (0..count).map(|_| Err(panic.clone().into())).collect()
+            });
             // A handler that returns the wrong number of results fails the records it left out.
             results.resize_with(count, || {
                 Err(HandlerError {
@@ -1015,5 +1020,271 @@ mod tests {
         assert_eq!(started, vec![0, 1]);
         d.dispatch(|_| i64::MAX);
         assert_eq!(d.in_flight(), 0, "a stopped queue hands nothing out");
+    }
+
+    /// Three attempts 10 ms apart.
+    fn fast_retries() -> RetryPolicy {
+        let backoff = kafkit_resilience::BackoffPolicy::new(
+            Duration::from_millis(10),
+            Duration::from_millis(50),
+            2.0,
+            0.0,
+        )
+        .unwrap();
+        RetryPolicy::new(3, backoff).unwrap()
+    }
+
+    fn failure_path(metrics: &kafkit_metrics::Metrics) -> Arc<FailurePath> {
+        Arc::new(FailurePath {
+            retry: fast_retries(),
+            breaker: None,
+            dead_letter: None,
+            group_id: "g".into(),
+            metrics: Some(metrics.clone()),
+        })
+    }
+
+    fn record_of(partition: i32, offset: i64, key: &str) -> ConsumedRecord {
+        ConsumedRecord::new(RecordData {
+            topic: Arc::from("t"),
+            partition,
+            offset,
+            key: Some(bytes::Bytes::copy_from_slice(key.as_bytes())),
+            value: None,
+            headers: crate::Headers::new(),
+            timestamp: chrono::DateTime::UNIX_EPOCH,
+            timestamp_type: kafkit_resilience::TimestampType::CreateTime,
+            _budget: None,
+        })
+    }
+
+    /// Two partitions (slots 0 and 1) of 12 records each, keys `k0`..`k2` by offset.
+    fn push_two_partitions(d: &mut Dispatcher) {
+        for slot in 0..2 {
+            d.open(slot, 1);
+            for o in 0..12 {
+                d.push(slot, record_of(slot as i32, o, &format!("k{}", o % 3)));
+            }
+        }
+    }
+
+    /// Dispatches and applies completions until every record of [`push_two_partitions`] is
+    /// processed; returns (slot, offset) in the order they were reported. Fails instead of hanging
+    /// when a record never completes.
+    async fn drive_all(d: &mut Dispatcher) -> Vec<(usize, i64)> {
+        let mut processed = Vec::new();
+        let drive = async {
+            while processed.len() < 24 {
+                d.dispatch(|_| i64::MAX);
+                if let DispatchEvent::Completion(c) = d.next().await {
+                    d.apply(c, |slot, offset| processed.push((slot, offset)));
+                }
+            }
+        };
+        let finished = tokio::time::timeout(Duration::from_secs(60), drive).await;
+        assert!(finished.is_ok(), "processed only {processed:?}");
+        processed
+    }
+
+    /// Attempts per (partition, offset).
+    type Attempts = Arc<Mutex<std::collections::HashMap<(i32, i64), u32>>>;
+
+    /// A handler that takes 5 ms a record (so others are in flight) and panics on the first attempt
+    /// of offset 3 of partition 0 while calling it (before it returns a future) and of offset 5 of
+    /// partition 1 while its future runs.
+    fn panicking_handler(attempts: &Attempts) -> HandlerFn {
+        let attempts = Arc::clone(attempts);
+        Arc::new(move |r: ConsumedRecord| {
+            let n = {
+                let mut attempts = attempts.lock().unwrap();
+                let n = attempts.entry((r.partition(), r.offset())).or_insert(0);
+                *n += 1;
+                *n
+            };
+            if (r.partition(), r.offset(), n) == (0, 3, 1) {
+                panic!("sync boom at {}", r.offset());
+            }
+            Box::pin(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if (r.partition(), r.offset(), n) == (1, 5, 1) {
+                    std::panic::panic_any("async boom");
+                }
+                Ok(())
+            })
+        })
+    }
+
+    /// The two panicking records were retried once, everything else ran once, and the metrics
+    /// count both panics as failures and retries.
+    fn assert_two_panics_retried(attempts: &Attempts, metrics: &kafkit_metrics::Metrics) {
+        let attempts = attempts.lock().unwrap();
+        for ((p, o), n) in attempts.iter() {
+            let expected = if matches!((p, o), (0, 3) | (1, 5)) {
+                2
+            } else {
+                1
+            };
+            assert_eq!(*n, expected, "partition {p} offset {o}: {n} attempts");
+        }
+        assert_eq!(attempts.len(), 24);
+        let c = metrics.publish().totals;
+        assert_eq!((c.panicked, c.failed, c.retried), (2, 2, 2), "{c:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_handler_fails_its_record_which_is_retried_and_releases_its_hand_out() {
+        let modes = [
+            DispatchMode::PartitionOrdered,
+            DispatchMode::KeyOrdered { max_in_flight: 8 },
+            DispatchMode::Unordered { max_in_flight: 8 },
+        ];
+        for mode in modes {
+            let metrics = kafkit_metrics::Metrics::default();
+            let attempts = Attempts::default();
+            let mut d = Dispatcher::new(
+                mode,
+                Sink::Handler(panicking_handler(&attempts), failure_path(&metrics)),
+            );
+            push_two_partitions(&mut d);
+            let processed = drive_all(&mut d).await;
+            let mut sorted = processed.clone();
+            sorted.sort_unstable();
+            let all: Vec<(usize, i64)> =
+                (0..2).flat_map(|s| (0..12).map(move |o| (s, o))).collect();
+            assert_eq!(sorted, all, "{mode:?}: every record, once");
+            assert_two_panics_retried(&attempts, &metrics);
+            assert_eq!(d.in_flight(), 0, "{mode:?}");
+            assert_eq!((d.in_flight_of(0), d.in_flight_of(1)), (0, 0), "{mode:?}");
+            // The ordered modes still keep their order around the retried record.
+            let order_of = |slot: usize, key: Option<i64>| -> Vec<i64> {
+                processed
+                    .iter()
+                    .filter(|(s, o)| *s == slot && key.is_none_or(|k| o % 3 == k))
+                    .map(|(_, o)| *o)
+                    .collect()
+            };
+            let keep_order: &[Option<i64>] = match mode {
+                DispatchMode::PartitionOrdered => &[None],
+                DispatchMode::KeyOrdered { .. } => &[Some(0), Some(1), Some(2)],
+                DispatchMode::Unordered { .. } => &[],
+            };
+            for slot in 0..2 {
+                for key in keep_order {
+                    let order = order_of(slot, *key);
+                    assert!(
+                        order.is_sorted(),
+                        "{mode:?} slot {slot} key {key:?}: {order:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_batch_handler_fails_the_whole_batch_and_each_record_is_retried() {
+        let metrics = kafkit_metrics::Metrics::default();
+        let calls: Attempts = Attempts::default();
+        let sizes: Arc<Mutex<Vec<usize>>> = Arc::default();
+        let handler: BatchFn = {
+            let (calls, sizes) = (Arc::clone(&calls), Arc::clone(&sizes));
+            Arc::new(move |records: Vec<ConsumedRecord>| {
+                sizes.lock().unwrap().push(records.len());
+                let mut first_of_3 = false;
+                for r in &records {
+                    let mut calls = calls.lock().unwrap();
+                    let n = calls.entry((r.partition(), r.offset())).or_insert(0);
+                    *n += 1;
+                    first_of_3 |= (r.partition(), r.offset(), *n) == (0, 3, 1);
+                }
+                if first_of_3 {
+                    panic!("batch boom");
+                }
+                let n = records.len();
+                Box::pin(async move { (0..n).map(|_| Ok(())).collect() })
+            })
+        };
+        let mut d = Dispatcher::new(
+            DispatchMode::Unordered { max_in_flight: 8 },
+            Sink::Batch {
+                handler,
+                failure: failure_path(&metrics),
+                max: 4,
+            },
+        );
+        push_two_partitions(&mut d);
+        let mut processed = drive_all(&mut d).await;
+        processed.sort_unstable();
+        assert_eq!(processed.len(), 24);
+        processed.dedup();
+        assert_eq!(processed.len(), 24, "every record, once");
+        assert_eq!(d.in_flight(), 0);
+        // The batch that held offset 3 failed as a whole: each of its records was retried alone.
+        let calls = calls.lock().unwrap();
+        let retried: Vec<(i32, i64)> = calls
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(k, _)| *k)
+            .collect();
+        assert!(retried.contains(&(0, 3)), "{retried:?}");
+        assert!(calls.values().all(|n| *n <= 2), "{calls:?}");
+        let c = metrics.publish().totals;
+        assert_eq!(c.panicked as usize, retried.len(), "{c:?}");
+        assert_eq!((c.failed, c.retried), (c.panicked, c.panicked), "{c:?}");
+        assert!(
+            sizes.lock().unwrap().iter().any(|n| *n > 1),
+            "records were batched"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_record_dropped_by_a_panicking_task_is_delivered_again() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut d = Dispatcher::new(DispatchMode::PartitionOrdered, Sink::Stream(tx));
+        push_two_partitions(&mut d);
+        let seen: Attempts = Attempts::default();
+        // The user's side: a task per record that acks it, except that the first delivery of
+        // offset 3 of partition 0 panics while the task holds the record.
+        let user = tokio::spawn({
+            let seen = Arc::clone(&seen);
+            async move {
+                let mut tasks = JoinSet::new();
+                while let Some(r) = rx.recv().await {
+                    let seen = Arc::clone(&seen);
+                    tasks.spawn(async move {
+                        let n = {
+                            let mut seen = seen.lock().unwrap();
+                            let n = seen.entry((r.partition(), r.offset())).or_insert(0);
+                            *n += 1;
+                            *n
+                        };
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        if (r.partition(), r.offset(), n) == (0, 3, 1) {
+                            panic!("user boom");
+                        }
+                        r.ack();
+                    });
+                }
+                let mut panics = 0;
+                while let Some(joined) = tasks.join_next().await {
+                    panics += usize::from(joined.is_err_and(|e| e.is_panic()));
+                }
+                panics
+            }
+        });
+        let processed = drive_all(&mut d).await;
+        assert_eq!(d.in_flight(), 0);
+        drop(d);
+        assert_eq!(user.await.unwrap(), 1, "the user's task panicked once");
+        let order: Vec<i64> = processed
+            .iter()
+            .filter(|(s, _)| *s == 0)
+            .map(|(_, o)| *o)
+            .collect();
+        assert_eq!(
+            order,
+            (0..12).collect::<Vec<_>>(),
+            "in order, offset 3 acked once"
+        );
+        assert_eq!(seen.lock().unwrap()[&(0, 3)], 2, "offset 3 delivered again");
     }
 }

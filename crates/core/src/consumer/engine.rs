@@ -38,7 +38,7 @@ use super::dispatcher::{Completion, DRAIN_MAX, DispatchEvent, Dispatcher, Sink};
 use super::fetcher::{FetchContext, FetchEvent, FetchTask, reservation};
 use super::offset_map;
 use super::record::{ConsumedRecord, RecordData};
-use super::status::StatusBoard;
+use super::status::{Skipped, StatusBoard};
 use super::watermark::WatermarkTracker;
 use super::{ConsumerListener, ConsumerSettings, ShutdownReport};
 use crate::group::{
@@ -411,6 +411,7 @@ impl Engine {
                 position,
                 high_watermark,
                 budget,
+                skipped,
             } => {
                 let stopping = self.shutdown_deadline.is_some();
                 let board = Arc::clone(&self.board);
@@ -457,6 +458,17 @@ impl Engine {
                     self.dispatcher.push(slot, record);
                 }
                 tracker.advance_to(position);
+                if let Some(corrupt) = skipped {
+                    if let Some(m) = &metrics {
+                        m.record_corrupt_batch(&s.topic);
+                    }
+                    board.skipped(Skipped {
+                        tp: s.tp.clone(),
+                        offset: corrupt.offset,
+                        skipped_to: corrupt.skip_to,
+                        reason: corrupt.reason,
+                    });
+                }
             }
             FetchEvent::EndOffset {
                 slot,

@@ -13,11 +13,18 @@
 //! - only retriable errors count against the breaker: a poison record says nothing about the downstream;
 //! - a dead-letter produce that fails is retried with backoff; the original stays unacked meanwhile;
 //! - a record that fails again in a dead-letter topic is not dead-lettered again (no loops): with the
-//!   default `Halt` it is kept and retried at the longest backoff, with `Skip` it is acked and logged.
+//!   default `Halt` it is kept and retried at the longest backoff, with `Skip` it is acked and logged;
+//! - a handler that panics (in its call or while its future runs) failed: the panic is caught around
+//!   the attempt ([`catching`]) and becomes a [`HandlerPanic`] error that takes the same path.
 
+use std::any::Any;
 use std::error::Error as StdError;
 use std::fmt;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use kafkit_metrics::Metrics;
 use kafkit_resilience::{
@@ -50,6 +57,92 @@ impl StdError for HandlerError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         self.source.source()
     }
+}
+
+impl HandlerError {
+    /// Whether the handler panicked (rather than returned an error).
+    pub(crate) fn is_panic(&self) -> bool {
+        self.source.is::<HandlerPanic>()
+    }
+}
+
+impl From<HandlerPanic> for HandlerError {
+    fn from(panic: HandlerPanic) -> Self {
+        Self {
+            type_name: HandlerPanic::TYPE_NAME,
+            source: Box::new(panic),
+        }
+    }
+}
+
+/// A handler that panicked, as its record's failure path sees it: a handler error like any other
+/// (retried, counted by the circuit breaker, dead-lettered), which the retry policy's predicate can
+/// tell apart with `error.downcast_ref::<HandlerPanic>()`. Its dead-letter headers name the type
+/// [`TYPE_NAME`](Self::TYPE_NAME) and carry the panic's message.
+///
+/// ```
+/// use kafkit_core::consumer::{BoxError, HandlerPanic};
+/// use kafkit_resilience::RetryPolicy;
+///
+/// // Panics are bugs, not outages: give up on them at once (to the dead-letter topic, if any).
+/// fn not_a_panic(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+///     !e.is::<HandlerPanic>()
+/// }
+/// let policy: RetryPolicy = RetryPolicy::default().retriable_if(not_a_panic);
+/// let returned: BoxError = "a returned error".into();
+/// assert!(policy.is_retriable(&*returned));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerPanic {
+    message: String,
+}
+
+impl HandlerPanic {
+    /// The type name the dead-letter headers give a panic (`kafka_dlt-exception-fqcn`).
+    pub const TYPE_NAME: &'static str = "panic";
+
+    /// The panic's message: its payload when that is a string (as `panic!` with a message makes
+    /// it), else `Box<dyn Any>`, as the standard library's panic hook says.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    fn from_payload(payload: Box<dyn Any + Send>) -> Self {
+        let message = match payload.downcast::<String>() {
+            Ok(message) => *message,
+            Err(payload) => match payload.downcast_ref::<&'static str>() {
+                Some(message) => (*message).to_owned(),
+                None => "Box<dyn Any>".to_owned(),
+            },
+        };
+        Self { message }
+    }
+}
+
+impl fmt::Display for HandlerPanic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl StdError for HandlerPanic {}
+
+/// Calls a handler (`call`) and awaits what it returns, catching a panic in either: the call's
+/// synchronous part can panic before there is a future. The one place handler panics are caught,
+/// for record and batch handlers alike.
+///
+/// No allocation and no cost unless it panics: `catch_unwind` wraps each poll in a landing pad.
+/// `AssertUnwindSafe`: what the call borrows (the handler, the record) is not left half-changed by
+/// it, and state the handler keeps itself is the handler's to guard, as with any task that panics.
+pub(crate) async fn catching<F, Fut>(call: F) -> Result<Fut::Output, HandlerPanic>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future,
+{
+    AssertUnwindSafe(async move { call().await })
+        .catch_unwind()
+        .await
+        .map_err(HandlerPanic::from_payload)
 }
 
 /// Dead-lettering: where to, and the producer that writes there.
@@ -101,7 +194,9 @@ impl FailurePath {
                     let permit = self.admit().await;
                     // The clock is read only when someone keeps the timings.
                     let started = self.metrics.as_ref().map(|_| Instant::now());
-                    let result = handler(record.clone()).await;
+                    let result = catching(|| handler(record.clone()))
+                        .await
+                        .unwrap_or_else(|panic| Err(panic.into()));
                     if let (Some(m), Some(started)) = (&self.metrics, started) {
                         m.record_processed(record.topic(), started.elapsed());
                     }
@@ -127,6 +222,12 @@ impl FailurePath {
             }
             if let Some(m) = &self.metrics {
                 m.record_failed(record.topic());
+            }
+            if error.is_panic() {
+                warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), attempt, panic = %error, "handler panicked; it goes through the failure path as a handler error");
+                if let Some(m) = &self.metrics {
+                    m.record_panicked(record.topic());
+                }
             }
             if retriable && self.downstream_down() {
                 // The breaker is open (this failure may have opened it) or probing: the downstream is
@@ -391,6 +492,34 @@ mod tests {
         // Three attempts, given up, kept; tried again a minute later, when the outage is over.
         assert_eq!(calls.load(Ordering::Relaxed), 4);
         assert!(started.elapsed() >= Duration::from_secs(60));
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_the_call_or_in_its_future_is_caught_as_a_handler_error() {
+        let sync = catching(|| -> std::future::Ready<()> { panic!("in the call") }).await;
+        let owned =
+            catching(|| async { std::panic::panic_any(format!("in the future {}", 7)) }).await;
+        let other = catching(|| async { std::panic::panic_any(42_u8) }).await;
+        let fine = catching(|| async { 5 }).await;
+        let messages: Vec<_> = [sync, owned, other]
+            .into_iter()
+            .map(|r| r.unwrap_err().message().to_owned())
+            .collect();
+        assert_eq!(messages, ["in the call", "in the future 7", "Box<dyn Any>"]);
+        assert_eq!(fine, Ok(5));
+
+        // The dead-letter headers name it a panic, with its message.
+        let error = HandlerError::from(catching(|| async { panic!("boom") }).await.unwrap_err());
+        assert!(error.is_panic());
+        let description = ErrorDescription::of_dyn(error.type_name, &error);
+        assert_eq!(description.type_name, "panic");
+        assert_eq!(description.message.as_deref(), Some("boom"));
+        assert_eq!(description.stacktrace, "panic: boom");
+        let returned = HandlerError {
+            type_name: "io::Error",
+            source: "boom".into(),
+        };
+        assert!(!returned.is_panic());
     }
 
     /// Every record's processing future is moved into its lane: the rare paths (dead-lettering)

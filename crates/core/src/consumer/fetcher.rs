@@ -26,13 +26,13 @@ use kafka_protocol::messages::{BrokerId, FetchRequest, ListOffsetsRequest, Topic
 use kafka_protocol::protocol::StrBytes;
 use kafkit_resilience::BackoffPolicy;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
-use super::{CorruptBatchPolicy, OffsetReset};
 use super::record::RecordData;
+use super::{CorruptBatchPolicy, OffsetReset};
 use crate::group::{GroupMember, TopicPartition};
 use crate::task::OwnedTask;
-use crate::wire::records::{AbortedTransaction, FetchedRecord, decode_records};
+use crate::wire::records::{AbortedTransaction, CorruptBatch, FetchedRecord, decode_records};
 use crate::wire::{ApiRequest, Connection, WireError};
 use crate::{Error, Result};
 
@@ -73,6 +73,9 @@ pub(crate) enum FetchEvent {
         high_watermark: i64,
         /// The response's share of the buffer budget, held by its records until the last is finished.
         budget: Arc<OwnedSemaphorePermit>,
+        /// A batch after `records` that could not be decoded and that `position` moved past
+        /// ([`CorruptBatchPolicy::Skip`]).
+        skipped: Option<CorruptBatch>,
     },
     /// The position a fetcher starts from (committed or reset), sent before its first records.
     Started {
@@ -213,6 +216,27 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
                 if let Some(next) = fetched.next_offset {
                     offset = offset.max(next);
                 }
+                // A batch that cannot be decoded: the records before it go on as usual; then the
+                // policy either moves the position past it or stops the consumer.
+                let (skipped, stop) = match fetched.corrupt {
+                    None => (None, None),
+                    Some(corrupt) => match settings.corrupt {
+                        CorruptBatchPolicy::Skip => {
+                            error!(partition = %tp, offset = corrupt.offset, skip_to = corrupt.skip_to, reason = %corrupt.reason, "skipping a record batch that cannot be decoded");
+                            offset = offset.max(corrupt.skip_to);
+                            (Some(corrupt), None)
+                        }
+                        CorruptBatchPolicy::Stop => {
+                            error!(partition = %tp, offset = corrupt.offset, reason = %corrupt.reason, "a record batch cannot be decoded; stopping (policy Stop)");
+                            let error = Error::CorruptBatch {
+                                partition: tp.to_string(),
+                                offset: corrupt.offset,
+                                reason: corrupt.reason,
+                            };
+                            (None, Some(error))
+                        }
+                    },
+                };
                 let event = FetchEvent::Records {
                     slot,
                     epoch,
@@ -220,8 +244,13 @@ async fn fetch_loop(ctx: Arc<FetchContext>, tp: TopicPartition, slot: usize, epo
                     position: offset,
                     high_watermark: fetched.high_watermark,
                     budget: Arc::new(budget),
+                    skipped,
                 };
                 if ctx.out.send(event).await.is_err() {
+                    return;
+                }
+                if let Some(error) = stop {
+                    let _ = ctx.out.send(FetchEvent::Fatal { slot, epoch, error }).await;
                     return;
                 }
             }
@@ -315,6 +344,8 @@ struct Fetched {
     high_watermark: i64,
     /// Where the next fetch starts from, when the response held a complete batch.
     next_offset: Option<i64>,
+    /// A batch that cannot be decoded, after `records` (see [`CorruptBatchPolicy`]).
+    corrupt: Option<CorruptBatch>,
     /// The size of the response's record data, which the records keep alive.
     frame_bytes: usize,
 }
@@ -503,20 +534,11 @@ impl<'a> Leader<'a> {
         let records = data.records.unwrap_or_default();
         let frame_bytes = records.len();
         let decoded = decode_records(records, offset, &aborted);
-        // Until the fetcher takes the records before a corrupt batch and moves past it, a corrupt
-        // batch fails the fetch as before.
-        if let Some(corrupt) = decoded.corrupt {
-            return Err(FetchFailure::Failed(Error::Admin {
-                operation: "Fetch",
-                target: self.tp.to_string(),
-                code: ResponseError::CorruptMessage.code(),
-                error: corrupt.reason,
-            }));
-        }
         Ok(Fetched {
             records: decoded.records,
             high_watermark: data.high_watermark,
             next_offset: decoded.next_offset,
+            corrupt: decoded.corrupt,
             frame_bytes,
         })
     }

@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, watch};
 pub use dispatcher::BoxError;
 #[doc(hidden)]
 pub use dispatcher::bench;
+pub use failure::HandlerPanic;
 pub use record::{ConsumedRecord, StreamRecord};
 pub use scheduler::DispatchMode;
 pub use status::HealthHandle;
@@ -430,8 +431,9 @@ impl Consumer {
 
     /// Joins the group and runs `handler` for every record until shut down. A handler error goes
     /// through the retry policy, the circuit breaker and the dead-letter topic (see the builder); the
-    /// record is committed only once it succeeded or was dead-lettered. Returns what was left
-    /// uncommitted.
+    /// record is committed only once it succeeded or was dead-lettered. A handler that panics (when
+    /// called or while its future runs) returned a [`HandlerPanic`] error, which goes the same way.
+    /// Returns what was left uncommitted.
     ///
     /// ```no_run
     /// # async fn demo(consumer: kafkit_core::consumer::Consumer) -> kafkit_core::Result<()> {
@@ -467,7 +469,8 @@ impl Consumer {
     /// dispatch mode lets start at once: in `PartitionOrdered` mode at most one per partition, in
     /// `KeyOrdered` one per key). The handler returns one result per record, in order. Failures are
     /// isolated: the records that succeeded are acked, each failed one goes through the retry policy,
-    /// circuit breaker and dead-letter topic alone (retried as a batch of one).
+    /// circuit breaker and dead-letter topic alone (retried as a batch of one). A handler that panics
+    /// failed every record of its batch, each with a [`HandlerPanic`] error.
     ///
     /// ```no_run
     /// # async fn demo(consumer: kafkit_core::consumer::Consumer) -> kafkit_core::Result<()> {
@@ -522,7 +525,8 @@ impl Consumer {
     }
 
     /// Joins the group and yields its records as a stream; each must be acked
-    /// ([`StreamRecord::ack`]) before its offset can be committed. Shut down with
+    /// ([`StreamRecord::ack`]) before its offset can be committed. A record dropped unacked, say by
+    /// a task that panics while holding it, is delivered again. Shut down with
     /// [`RecordStream::shutdown`]; dropping the stream stops the consumer without committing.
     pub fn stream(self) -> Result<RecordStream> {
         let capacity = self
