@@ -170,8 +170,9 @@ pub(crate) struct CorruptBatch {
     /// The base offset of the batch that cannot be decoded.
     pub(crate) offset: i64,
     /// Where the fetch position moves to skip it: the offset after the batch when its header can
-    /// be read, else one past the offset the bad bytes start at. Always > the fetch's from_offset
-    /// and > any next_offset of good batches before it (the position must always move forward).
+    /// be read (but not past the base offset of a good batch right after it), else one past the
+    /// offset the bad bytes start at. Always > the fetch's from_offset and > any next_offset of
+    /// good batches before it (the position must always move forward).
     pub(crate) skip_to: i64,
     /// What is wrong, naming the offset.
     pub(crate) reason: String,
@@ -227,7 +228,12 @@ pub(crate) fn decode_records(
             Err(error) => {
                 // None of the bad batch's records are handed out.
                 decoded.records.truncate(kept);
-                let after = header.next_offset().ok();
+                // The header says where the batch ends, but a CRC mismatch puts it in doubt: a
+                // good batch right after it in the response bounds the skip, so no record that
+                // was fetched intact is skipped.
+                let after = header.next_offset().ok().map(|after| {
+                    next_good_base_offset(&records).map_or(after, |next| after.min(next))
+                });
                 let bad = corrupt(base_offset, after, error, from_offset, &decoded);
                 decoded.corrupt = Some(bad);
                 break;
@@ -263,6 +269,15 @@ fn corrupt(
         skip_to,
         reason: error.0,
     }
+}
+
+/// The base offset of the batch at the front of `records` if it is complete and its CRC checks
+/// out (so its offsets can be trusted).
+fn next_good_base_offset(records: &Bytes) -> Option<i64> {
+    let batch = split_complete_batch(&mut records.clone()).ok()??;
+    let header = BatchHeader::parse(&batch).ok()?;
+    check_crc(&header, &batch).ok()?;
+    Some(header.base_offset)
 }
 
 /// Checks one complete batch and hands out its records at or after `from_offset` into `out`
@@ -1797,6 +1812,20 @@ mod tests {
                 assert!(corrupt.reason.contains("offset 3"), "{corrupt:?}");
             }
         }
+        // A CRC mismatch in the last offset delta: the batch claims to end far later, but the
+        // good batch after it bounds the skip.
+        let mut claims_more = write_batch(Codec::None, &bad).to_vec();
+        claims_more[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
+            .copy_from_slice(&1_000i32.to_be_bytes());
+        let good_after = write_batch(Codec::None, &good_2);
+        let input = concat(&[&Bytes::from(claims_more.clone()), &good_after]);
+        let (_, corrupt) = decode_corrupt(input, 3);
+        assert!(corrupt.reason.contains("CRC mismatch"), "{corrupt:?}");
+        assert_eq!(corrupt.skip_to, 8);
+        // Alone in the response, the header is all there is.
+        let (_, corrupt) = decode_corrupt(Bytes::from(claims_more), 3);
+        assert_eq!(corrupt.skip_to, 1_004);
+
         // And a corrupt batch first: nothing, and the position moves past it.
         let mut broken = write_batch(Codec::None, &bad).to_vec();
         broken[BATCH_HEADER_LEN] ^= 0x80;
