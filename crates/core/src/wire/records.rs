@@ -542,7 +542,11 @@ fn read_records(header: &BatchHeader, batch: Bytes) -> Result<Vec<FetchedRecord>
 /// bytes; the error says what failed.
 fn decompress(codec: i16, compressed: &[u8]) -> Result<Vec<u8>, String> {
     match codec {
-        GZIP => read_bounded("gzip", flate2::read::MultiGzDecoder::new(compressed)),
+        GZIP => read_bounded(
+            "gzip",
+            flate2::read::MultiGzDecoder::new(compressed),
+            first_guess(compressed),
+        ),
         SNAPPY => unsnappy(compressed),
         LZ4 => unlz4(compressed),
         ZSTD => unzstd(compressed),
@@ -558,9 +562,20 @@ fn too_large(codec: &str) -> String {
     )
 }
 
-/// Reads all of a decompressing reader, to at most [`MAX_DECOMPRESSED_BATCH`] bytes.
-fn read_bounded(codec: &str, reader: impl Read) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
+/// Room for the decompressed bytes to start with: a few times the compressed size (records
+/// compress a few times), so a typical batch is read without growing the buffer, while a small
+/// hostile batch reserves little.
+fn first_guess(compressed: &[u8]) -> usize {
+    compressed
+        .len()
+        .saturating_mul(4)
+        .min(MAX_DECOMPRESSED_BATCH)
+}
+
+/// Reads all of a decompressing reader, to at most [`MAX_DECOMPRESSED_BATCH`] bytes, into a buffer
+/// of `capacity` to start with.
+fn read_bounded(codec: &str, reader: impl Read, capacity: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(capacity);
     // One byte past the limit tells "at the limit" from "beyond it".
     let limit = MAX_DECOMPRESSED_BATCH as u64 + 1;
     reader
@@ -575,7 +590,7 @@ fn read_bounded(codec: &str, reader: impl Read) -> Result<Vec<u8>, String> {
 
 /// Decompresses lz4: one or more LZ4 frames (Kafka's v2 batches use the standard frame format).
 fn unlz4(mut compressed: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(first_guess(compressed));
     // `lz4_flex` reads one frame and then reports the end; each pass reads the next.
     while !compressed.is_empty() {
         let room = MAX_DECOMPRESSED_BATCH - out.len();
@@ -658,7 +673,7 @@ fn unzstd(mut compressed: &[u8]) -> Result<Vec<u8>, String> {
 
     let mut decoder = FrameDecoder::new();
     decoder.set_max_window_size(MAX_ZSTD_WINDOW);
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(first_guess(compressed));
     while !compressed.is_empty() {
         match decoder.reset(&mut compressed) {
             Ok(()) => {}
