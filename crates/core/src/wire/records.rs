@@ -216,7 +216,6 @@ pub(crate) fn decode_records(
                 break;
             }
         };
-        let kept = decoded.records.len();
         match decode_batch(
             &header,
             batch,
@@ -226,8 +225,6 @@ pub(crate) fn decode_records(
         ) {
             Ok(next_offset) => decoded.next_offset = Some(next_offset),
             Err(error) => {
-                // None of the bad batch's records are handed out.
-                decoded.records.truncate(kept);
                 // The header says where the batch ends, but a CRC mismatch puts it in doubt: a
                 // good batch right after it in the response bounds the skip, so no record that
                 // was fetched intact is skipped.
@@ -280,9 +277,8 @@ fn next_good_base_offset(records: &Bytes) -> Option<i64> {
     Some(header.base_offset)
 }
 
-/// Checks one complete batch and hands out its records at or after `from_offset` into `out`
-/// (pushing onto it; on an error some may have been pushed, and the caller drops them). Returns
-/// the offset after the batch.
+/// Checks one complete batch and hands out its records at or after `from_offset` into `out`, all
+/// or none: they are pushed only once the whole batch decoded. Returns the offset after the batch.
 fn decode_batch(
     header: &BatchHeader,
     batch: Bytes,
