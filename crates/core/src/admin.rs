@@ -26,7 +26,7 @@ use crate::group::{Assignment, CONSUMER_PROTOCOL_TYPE, TopicPartition};
 use crate::wire::{ApiRequest, Connection, WireError};
 use crate::{ClientConfig, Error, Result};
 
-/// How long each admin request may take, and how long a TCP connect to one broker may take.
+/// How long each admin request may take (connecting is bounded by the client's connect timeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// ListOffsets timestamp meaning "the log end offset".
@@ -427,41 +427,17 @@ pub async fn delete_topics(client: &ClientConfig, topics: &[String]) -> Result<(
     Ok(())
 }
 
-/// A connection to the first bootstrap broker that answers; none answering is [`Error::Unreachable`].
+/// A connection to the first bootstrap broker that answers, within the client's connect timeout:
+/// the client's own bootstrap path, so a security mismatch is [`Error::Security`] and no broker
+/// answering is [`Error::Unreachable`], as for the producer and the consumer.
 async fn connect_bootstrap(client: &ClientConfig) -> Result<Connection> {
-    let started = tokio::time::Instant::now();
-    let mut last = None;
-    for address in client.bootstrap() {
-        match Connection::connect(address, client, REQUEST_TIMEOUT).await {
-            Ok(conn) => return Ok(conn),
-            Err(e) => {
-                tracing::debug!(broker = %address, error = %e, "bootstrap broker not reachable");
-                last = Some(e);
-            }
-        }
-    }
-    match last {
-        Some(WireError::Connect { .. }) | None => Err(Error::Unreachable {
-            bootstrap: client.bootstrap().join(","),
-            waited: started.elapsed(),
-        }),
-        Some(source) if source.is_security() => Err(Error::Security {
-            context: format!(
-                "connecting to {} with security.protocol {}",
-                client.bootstrap().join(","),
-                client.security().protocol
-            ),
-            source,
-        }),
-        Some(source) => Err(Error::Connection {
-            context: format!("connecting to {}", client.bootstrap().join(",")),
-            source,
-        }),
-    }
+    client.bootstrap_connection().await
 }
 
+/// A connection to another broker of the cluster (a controller, a coordinator, a partition
+/// leader), within the client's connect timeout.
 async fn connect(client: &ClientConfig, address: &str) -> Result<Connection> {
-    Connection::connect(address, client, REQUEST_TIMEOUT)
+    Connection::connect(address, client, client.connect_timeout_limit())
         .await
         .map_err(|source| Error::Connection {
             context: format!("connecting to broker {address}"),

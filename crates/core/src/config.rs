@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafkit_resilience::{BackoffPolicy, ConfigError};
+use kafkit_resilience::{BackoffPolicy, ConfigError, ResilienceConfig};
 use rskafka::BackoffConfig;
 use rskafka::client::{Client, ClientBuilder};
 
@@ -137,11 +137,13 @@ impl ClientConfig {
         self.reconnect_backoff
     }
 
-    /// Connects an rskafka client: fetches cluster metadata from the first bootstrap broker that answers,
-    /// retrying for up to the connect timeout; `backoff` drives the retries inside each later request.
-    /// A security misconfiguration fails at once (see [`check_security`](Self::check_security)).
+    /// Connects an rskafka client once a bootstrap broker answers a kafkit connection (see
+    /// [`bootstrap_connection`](Self::bootstrap_connection)): a security misconfiguration fails at
+    /// once, an unreachable cluster after the connect timeout, and rskafka's own bootstrap gets what
+    /// is left of it. `backoff` drives the retries inside each later request.
     pub(crate) async fn connect_with(&self, backoff: BackoffConfig) -> Result<Client> {
-        self.check_security().await?;
+        let started = tokio::time::Instant::now();
+        drop(self.bootstrap_connection().await?);
         let mut builder = ClientBuilder::new(self.bootstrap.clone())
             .client_id(Arc::clone(&self.client_id))
             .backoff_config(backoff);
@@ -152,7 +154,7 @@ impl ClientConfig {
         if let Some(tls) = &self.tls {
             builder = builder.tls_config(Arc::clone(&tls.0));
         }
-        match tokio::time::timeout(self.connect_timeout, builder.build()).await {
+        match tokio::time::timeout_at(started + self.connect_timeout, builder.build()).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(source)) => Err(Error::Kafka {
                 context: format!("connecting to {}", self.bootstrap.join(",")),
@@ -160,33 +162,52 @@ impl ClientConfig {
             }),
             Err(_) => Err(Error::Unreachable {
                 bootstrap: self.bootstrap.join(","),
-                waited: self.connect_timeout,
+                waited: started.elapsed(),
             }),
         }
+    }
+
+    /// Applies the users' environment-style connection settings: `KAFKA_RECONNECT_BACKOFF_MS` and
+    /// `KAFKA_RECONNECT_BACKOFF_MAX_MS` become the [reconnect backoff](Self::reconnect_backoff) of
+    /// every client built from this configuration (see [`ResilienceConfig::from_env`]).
+    pub fn resilience(self, config: &ResilienceConfig) -> Self {
+        self.reconnect_backoff(config.reconnect_backoff)
+    }
+
+    /// The connect timeout ([`connect_timeout`](Self::connect_timeout)).
+    pub fn connect_timeout_limit(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// `retry` (a component's own backoff between failed requests, which reconnect) bounded by the
+    /// reconnect backoff: never sooner than `reconnect.backoff.ms`, never longer than
+    /// `reconnect.backoff.max.ms` (nor than `retry`'s own max, unless the reconnect minimum is above
+    /// it). With the defaults (100 ms, 64 s) a component's backoff is unchanged.
+    pub(crate) fn reconnect_bounded(&self, retry: BackoffPolicy) -> BackoffPolicy {
+        let reconnect = self.reconnect_backoff;
+        let initial = retry.initial().max(reconnect.initial());
+        let max = retry.max().min(reconnect.max()).max(initial);
+        BackoffPolicy::new(initial, max, retry.multiplier(), retry.jitter())
+            .expect("initial <= max and the rest taken from a valid policy")
     }
 }
 
 impl ClientConfig {
-    /// Opens one kafkit connection to the bootstrap brokers (TLS, SASL, then a Metadata request) so
-    /// that wrong credentials, an untrusted certificate or a `security.protocol` that does not match
-    /// the listener fail at once with their cause. rskafka retries every connection failure until the
-    /// connect timeout, which would turn them into a late, vague "unreachable". Brokers that cannot be
-    /// reached at all are left to that retrying connect.
-    pub(crate) async fn check_security(&self) -> Result<()> {
-        self.try_bootstrap().await.map(|_| ())
-    }
-
-    /// Waits until a bootstrap broker answers over a kafkit connection (TLS, SASL, Metadata),
-    /// retrying with the reconnect backoff: [`Error::Unreachable`] once the connect timeout has
-    /// passed, [`Error::Security`] at once.
-    pub(crate) async fn reach(&self) -> Result<()> {
+    /// A kafkit connection (TCP, TLS, SASL, then a Metadata request) to the first bootstrap broker
+    /// that answers, retried with the reconnect backoff until the connect timeout, which bounds the
+    /// whole wait, every attempt included. Wrong credentials, an untrusted certificate or a
+    /// `security.protocol` that does not fit the listener fail at once as [`Error::Security`], with
+    /// their cause; no broker answering in time is [`Error::Unreachable`]. Every client and tool
+    /// starts here, so each reports these the same way.
+    pub(crate) async fn bootstrap_connection(&self) -> Result<Connection> {
         let started = tokio::time::Instant::now();
+        let deadline = started + self.connect_timeout;
         let mut backoff = self.reconnect_backoff.start();
         loop {
-            if self.try_bootstrap().await? {
-                return Ok(());
+            if let Some(conn) = self.try_bootstrap(deadline).await? {
+                return Ok(conn);
             }
-            let left = self.connect_timeout.saturating_sub(started.elapsed());
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 return Err(Error::Unreachable {
                     bootstrap: self.bootstrap.join(","),
@@ -197,17 +218,30 @@ impl ClientConfig {
         }
     }
 
-    /// One pass over the bootstrap brokers: whether one answered a Metadata request; a security
-    /// failure is an error.
-    async fn try_bootstrap(&self) -> Result<bool> {
-        let timeout = self.connect_timeout.min(Duration::from_secs(10));
+    /// Waits until a bootstrap broker answers (see [`bootstrap_connection`](Self::bootstrap_connection)).
+    pub(crate) async fn reach(&self) -> Result<()> {
+        self.bootstrap_connection().await.map(drop)
+    }
+
+    /// One pass over the bootstrap brokers, each attempt within what is left before `deadline`:
+    /// the first connection that answered a Metadata request; a security failure is an error.
+    async fn try_bootstrap(&self, deadline: tokio::time::Instant) -> Result<Option<Connection>> {
         for broker in &self.bootstrap {
-            let checked = match Connection::connect(broker, self, timeout).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let attempt = match Connection::connect(broker, self, left).await {
                 Ok(conn) => {
+                    // A SASL listener answers ApiVersions without authentication and closes the
+                    // connection at the next request: this one.
                     let request = kafka_protocol::messages::MetadataRequest::default()
                         .with_topics(Some(Vec::new()));
-                    match conn.send(&request, timeout).await {
-                        Ok(_) => return Ok(true),
+                    let left = deadline
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .max(Duration::from_millis(1));
+                    match conn.send(&request, left).await {
+                        Ok(_) => Ok(conn),
                         Err(WireError::Io { broker, .. }) => Err(WireError::Handshake {
                             broker,
                             stage: "at the first request after the handshake",
@@ -218,7 +252,8 @@ impl ClientConfig {
                 }
                 Err(e) => Err(e),
             };
-            match checked {
+            match attempt {
+                Ok(conn) => return Ok(Some(conn)),
                 Err(source) if source.is_security() => {
                     return Err(Error::Security {
                         context: format!(
@@ -229,10 +264,9 @@ impl ClientConfig {
                     });
                 }
                 Err(e) => tracing::debug!(%broker, error = %e, "bootstrap broker not reachable"),
-                Ok(()) => return Ok(true),
             }
         }
-        Ok(false)
+        Ok(None)
     }
 }
 
