@@ -285,6 +285,192 @@ pub(crate) fn rskafka_backoff(policy: &BackoffPolicy, deadline: Option<Duration>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    use kafkit_metrics::MetricsConfig;
+
+    use crate::consumer::ConsumerBuilder;
+    use crate::group::GroupConfig;
+    use crate::producer::ProducerBuilder;
+    #[cfg(feature = "tls")]
+    use crate::security::Pem;
+    use crate::security::{SaslMechanism, SecurityProtocol};
+
+    /// What the components built from one environment run with.
+    struct Effective {
+        /// (breaker, attempts per record, shutdown timeout, coordinator backoff, fetch backoff).
+        consumer: (
+            Option<kafkit_resilience::CircuitBreakerPolicy>,
+            u32,
+            Duration,
+            BackoffPolicy,
+            BackoffPolicy,
+        ),
+        producer: BackoffConfig,
+        resilience: ResilienceConfig,
+        metrics: MetricsConfig,
+        security: Security,
+    }
+
+    /// Builds every component the way an application does, from `vars` only (the same readers
+    /// as `from_env`, through their lookup seams: no process-global state, so no races).
+    fn effective(vars: &[(&str, &str)]) -> Effective {
+        let env: HashMap<&str, &str> = vars.iter().copied().collect();
+        let lookup = |name: &str| env.get(name).map(|v| v.to_string());
+        let resilience = ResilienceConfig::from_lookup(lookup).unwrap();
+        let metrics = MetricsConfig::from_lookup(lookup).unwrap();
+        let security = Security::from_lookup(lookup).unwrap();
+        let client = ClientConfig::new(["localhost:9092"])
+            .unwrap()
+            .resilience(&resilience);
+        let consumer = ConsumerBuilder::new(client.clone(), GroupConfig::new("g", ["t"]))
+            .resilience(&resilience)
+            .unwrap()
+            .effective_resilience();
+        let producer = ProducerBuilder::new(client).rskafka_backoff();
+        Effective {
+            consumer,
+            producer,
+            resilience,
+            metrics,
+            security,
+        }
+    }
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn every_documented_variable_takes_effect() {
+        type Check = fn(&Effective) -> bool;
+        // Each documented variable (README, docs/configuration.md, the env.rs table), a value other
+        // than its default, and what the component built from it then does differently.
+        let cases: &[(&str, &str, Check)] = &[
+            ("KAFKA_ENABLE_CIRCUIT_BREAKER", "false", |e| {
+                e.consumer.0.is_none()
+            }),
+            ("KAFKA_CIRCUIT_BREAKER_THRESHOLD", "3", |e| {
+                e.consumer.0.unwrap().failure_threshold() == 3
+            }),
+            ("KAFKA_CIRCUIT_BREAKER_RESET_TIMEOUT", "7000", |e| {
+                e.consumer.0.unwrap().reset_timeout() == ms(7000)
+            }),
+            ("KAFKA_RETRY_MAX_ATTEMPTS", "4", |e| e.consumer.1 == 4),
+            ("KAFKA_SHUTDOWN_TIMEOUT", "2500", |e| {
+                e.consumer.2 == ms(2500)
+            }),
+            // The least wait before any reconnect: coordinator, fetchers, the producer's client.
+            ("KAFKA_RECONNECT_BACKOFF_MS", "250", |e| {
+                e.consumer.3.initial() == ms(250)
+                    && e.consumer.4.initial() == ms(250)
+                    && e.producer.init_backoff == ms(250)
+            }),
+            // The most: below the fetchers' (10 s) and the producer's (1 s) own maxima.
+            ("KAFKA_RECONNECT_BACKOFF_MAX_MS", "700", |e| {
+                e.consumer.3.max() == ms(700)
+                    && e.consumer.4.max() == ms(700)
+                    && e.producer.max_backoff == ms(700)
+            }),
+            // Documented as read and validated only; setting them says so (a warning).
+            ("KAFKA_HEALTH_CHECK_INTERVAL", "1000", |e| {
+                e.resilience.health_check_interval == ms(1000)
+                    && e.resilience
+                        .warnings()
+                        .iter()
+                        .any(|w| w.contains("KAFKA_HEALTH_CHECK_INTERVAL"))
+            }),
+            ("KAFKA_BATCH_ERROR_ISOLATION", "false", |e| {
+                !e.resilience.batch_error_isolation
+                    && e.resilience
+                        .warnings()
+                        .iter()
+                        .any(|w| w.contains("KAFKA_BATCH_ERROR_ISOLATION"))
+            }),
+            ("KAFKA_MAX_TOPIC_STATS", "17", |e| {
+                e.metrics.max_topic_stats() == 17
+            }),
+            ("KAFKA_ENABLE_MOVING_AVERAGE", "false", |e| {
+                !e.metrics.moving_average_enabled()
+            }),
+            ("KAFKA_MOVING_AVERAGE_WINDOW", "25", |e| {
+                e.metrics.moving_average_window() == 25
+            }),
+        ];
+        let defaults = effective(&[]);
+        for (name, value, check) in cases {
+            assert!(
+                !check(&defaults),
+                "{name}: the check must fail on the defaults"
+            );
+            let e = effective(&[(name, value)]);
+            assert!(check(&e), "{name}={value} had no effect");
+        }
+
+        // Variables that only make sense together.
+        #[allow(unused_mut)]
+        let mut pairs: Vec<(&[(&str, &str)], Check)> = vec![
+            (
+                &[
+                    ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+                    ("KAFKA_SASL_MECHANISM", "PLAIN"),
+                    ("KAFKA_SASL_USERNAME", "alice"),
+                    ("KAFKA_SASL_PASSWORD", "pw"),
+                ],
+                |e| {
+                    e.security.protocol == SecurityProtocol::SaslPlaintext
+                        && e.security.sasl.as_ref().is_some_and(|s| {
+                            s.mechanism == SaslMechanism::Plain
+                                && s.username == "alice"
+                                && s.password.expose() == "pw"
+                        })
+                },
+            ),
+            // A reconnect minimum above a component's own maximum raises that maximum with it.
+            (&[("KAFKA_RECONNECT_BACKOFF_MS", "3000")], |e| {
+                e.producer.init_backoff == ms(3000)
+                    && e.producer.max_backoff == ms(3000)
+                    && e.consumer.4.max() == ms(10_000)
+            }),
+        ];
+        // TLS settings exist only in builds with the `tls` feature.
+        #[cfg(feature = "tls")]
+        pairs.push((
+                &[
+                    ("KAFKA_SECURITY_PROTOCOL", "SSL"),
+                    ("KAFKA_SSL_CA_LOCATION", "/etc/ca.pem"),
+                    ("KAFKA_SSL_CERTIFICATE_LOCATION", "/etc/client.pem"),
+                    ("KAFKA_SSL_KEY_LOCATION", "/etc/client.key"),
+                ],
+                |e| {
+                    e.security.protocol == SecurityProtocol::Ssl
+                        && matches!(&e.security.tls.ca, Some(Pem::File(p)) if p.to_str() == Some("/etc/ca.pem"))
+                        && matches!(&e.security.tls.client_cert, Some(Pem::File(p)) if p.to_str() == Some("/etc/client.pem"))
+                        && matches!(&e.security.tls.client_key, Some(Pem::File(p)) if p.to_str() == Some("/etc/client.key"))
+                },
+        ));
+        for (vars, check) in pairs.iter() {
+            assert!(
+                !check(&defaults),
+                "{vars:?}: the check must fail on the defaults"
+            );
+            assert!(check(&effective(vars)), "{vars:?} had no effect");
+        }
+    }
+
+    #[test]
+    fn the_defaults_leave_each_components_backoff_as_it_was() {
+        let e = effective(&[]);
+        assert_eq!(e.consumer.3, BackoffPolicy::default());
+        assert_eq!(
+            (e.consumer.4.initial(), e.consumer.4.max()),
+            (ms(100), ms(10_000))
+        );
+        assert_eq!(
+            (e.producer.init_backoff, e.producer.max_backoff),
+            (ms(100), ms(1000))
+        );
+    }
 
     #[test]
     fn bootstrap_accepts_lists_and_comma_separated() {

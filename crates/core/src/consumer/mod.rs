@@ -342,6 +342,28 @@ impl ConsumerBuilder {
         self.client.reconnect_bounded(self.settings.fetch.backoff)
     }
 
+    /// The resilience settings a built consumer runs with: breaker, attempts per record, shutdown
+    /// timeout, the coordinator's reconnect backoff, the fetchers' backoff. For the tests of the
+    /// settings plumbing (`config.rs`).
+    #[cfg(test)]
+    pub(crate) fn effective_resilience(
+        &self,
+    ) -> (
+        Option<CircuitBreakerPolicy>,
+        u32,
+        Duration,
+        BackoffPolicy,
+        BackoffPolicy,
+    ) {
+        (
+            self.breaker,
+            self.retry.max_attempts(),
+            self.settings.shutdown_timeout,
+            self.client.reconnect_backoff_policy(),
+            self.fetch_backoff(),
+        )
+    }
+
     /// Validates every setting and connects. The consumer joins its group when it starts running.
     pub async fn build(mut self) -> Result<Consumer> {
         self.validate()?;
