@@ -552,7 +552,7 @@ async fn the_connect_timeout_bounds_a_broker_that_accepts_but_never_answers() {
         let started = std::time::Instant::now();
         let out = kafkit(&args).await;
         let waited = started.elapsed();
-        println!(
+        eprintln!(
             "kafkit {args:?}: exit {:?} after {waited:?}",
             out.status.code()
         );
@@ -583,7 +583,7 @@ async fn consume_timeout_bounds_connecting_to_a_silent_or_stopped_broker() {
         ])
         .await;
         let waited = started.elapsed();
-        println!(
+        eprintln!(
             "consume --timeout-ms 3000 at {bootstrap}: exit {:?} after {waited:?}",
             out.status.code()
         );
@@ -648,7 +648,7 @@ async fn consume_timeout_holds_while_fetches_fail() {
         .unwrap();
     let waited = printed.elapsed();
     kafka.resume();
-    println!(
+    eprintln!(
         "consume --timeout-ms 3000 with a hung broker: {status} {waited:?} after the last record"
     );
     assert!(status.success(), "an idle stop is a normal end: {status}");

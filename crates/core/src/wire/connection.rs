@@ -136,7 +136,7 @@ pub enum WireError {
 impl WireError {
     /// Whether a new connection may succeed where this one failed. A [`Handshake`](Self::Handshake)
     /// counts as retriable (a broker shutting down closes connections too); kafkit's first connection
-    /// of a client treats it as final instead (see [`ClientConfig::check_reachable`]).
+    /// of a client treats it as final instead (`ClientConfig::bootstrap_connection`).
     pub fn is_retriable(&self) -> bool {
         matches!(
             self,
