@@ -274,15 +274,13 @@ pub async fn list_groups(client: &ClientConfig) -> Result<Vec<GroupListing>> {
 /// `group` as its coordinator describes it. A group that does not exist (no members and no committed
 /// offsets) is an [`Error::Group`] with code `GROUP_ID_NOT_FOUND` (69).
 pub async fn describe_group(client: &ClientConfig, group: &str) -> Result<GroupDescription> {
-    let coordinator = find_coordinator(client, group).await?;
-    describe_on(&coordinator, group).await
+    Ok(coordinator_description(client, group).await?.1)
 }
 
 /// Committed offset, log end offset and lag of every partition `group` has committed offsets for or
 /// has assigned to a member, sorted by topic and partition.
 pub async fn group_lag(client: &ClientConfig, group: &str) -> Result<Vec<PartitionLag>> {
-    let coordinator = find_coordinator(client, group).await?;
-    let description = describe_on(&coordinator, group).await?;
+    let (coordinator, description) = coordinator_description(client, group).await?;
     lag_on(client, &coordinator, &description).await
 }
 
@@ -292,10 +290,39 @@ pub async fn describe_group_with_lag(
     client: &ClientConfig,
     group: &str,
 ) -> Result<(GroupDescription, Vec<PartitionLag>)> {
-    let coordinator = find_coordinator(client, group).await?;
-    let description = describe_on(&coordinator, group).await?;
+    let (coordinator, description) = coordinator_description(client, group).await?;
     let lag = lag_on(client, &coordinator, &description).await?;
     Ok((description, lag))
+}
+
+/// The group's coordinator and its description of the group. A coordinator that is still loading
+/// the group's offsets partition, or no longer the coordinator (both usual right after a broker
+/// starts or a partition moves), is asked again, found anew, for up to the request timeout.
+async fn coordinator_description(
+    client: &ClientConfig,
+    group: &str,
+) -> Result<(Connection, GroupDescription)> {
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        let coordinator = find_coordinator(client, group).await?;
+        match describe_on(&coordinator, group).await {
+            Ok(description) => return Ok((coordinator, description)),
+            Err(Error::Group { code, .. })
+                if ResponseError::try_from_code(code).is_some_and(|e| {
+                    matches!(
+                        e,
+                        ResponseError::CoordinatorLoadInProgress
+                            | ResponseError::CoordinatorNotAvailable
+                            | ResponseError::NotCoordinator
+                    )
+                }) && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(group, code, "the coordinator is not ready; asking again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The cluster as the first reachable bootstrap broker describes it: brokers, controller, that
