@@ -37,6 +37,14 @@ async fn member(
     name: &str,
     latency: Latency,
 ) -> (ShutdownHandle, Run) {
+    // kafkit's warnings (or what RUST_LOG asks for) in the output of a failing scenario.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kafkit_core=warn")),
+        )
+        .with_test_writer()
+        .try_init();
     let config = GroupConfig::new(group, [topic])
         .session_timeout(Duration::from_secs(6))
         .heartbeat_interval(Duration::from_millis(500))
