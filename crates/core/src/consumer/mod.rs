@@ -165,6 +165,7 @@ impl ConsumerBuilder {
                 offset_map_max_bytes: 4096,
                 fetch: FetchSettings {
                     max_partition_bytes: 1024 * 1024,
+                    max_bytes: 50 * 1024 * 1024,
                     max_wait: Duration::from_millis(500),
                     request_timeout: Duration::from_secs(30),
                     backoff: BackoffPolicy::new(
@@ -229,6 +230,14 @@ impl ConsumerBuilder {
     /// Default 1 MiB.
     pub fn max_partition_fetch_bytes(mut self, bytes: usize) -> Self {
         self.settings.fetch.max_partition_bytes = bytes;
+        self
+    }
+
+    /// The most bytes one Fetch returns; the consumer sends one Fetch per broker, covering every
+    /// partition that broker leads for it. Corresponds to `fetch.max.bytes`. Default 50 MiB. Each
+    /// Fetch also stays within its part of [`buffer_bytes`](Self::buffer_bytes).
+    pub fn fetch_max_bytes(mut self, bytes: usize) -> Self {
+        self.settings.fetch.max_bytes = bytes;
         self
     }
 
@@ -341,6 +350,9 @@ impl ConsumerBuilder {
                 "max.partition.fetch.bytes",
                 "must be within 1 KiB..2 GiB".into(),
             );
+        }
+        if s.fetch.max_bytes < 1024 || s.fetch.max_bytes > i32::MAX as usize {
+            return err("fetch.max.bytes", "must be within 1 KiB..2 GiB".into());
         }
         if s.buffer_bytes < s.fetch.max_partition_bytes || s.buffer_bytes > u32::MAX as usize {
             return err(
