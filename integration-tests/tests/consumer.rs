@@ -866,3 +866,112 @@ async fn a_dropped_consumer_leaves_no_task_or_connection_behind() {
         "connections still open 3 s after the consumer was dropped"
     );
 }
+
+/// The consumer's connections are bounded by brokers, not partitions: on a topic of 512 partitions
+/// led by one broker it holds the bootstrap/metadata connection, the coordinator's, and one fetch
+/// connection (one Fetch per broker, in a fetch session), and still reads every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_twelve_partitions_take_a_few_connections_not_one_per_partition() {
+    const PARTITIONS: i32 = 512;
+    const PER_PARTITION: usize = 20;
+    let kafka = kafkit_testkit::LocalKafka::start().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let port: u16 = bootstrap.rsplit(':').next().unwrap().parse().unwrap();
+    let topic = random_name("wide");
+    let group = random_name("wide-g");
+    create_topic(&bootstrap, &topic, PARTITIONS, 1).await.unwrap();
+    let n = PARTITIONS as usize * PER_PARTITION;
+    {
+        let producer = ProducerBuilder::new(client(&bootstrap))
+            .build()
+            .await
+            .unwrap();
+        let sends = (0..n).map(|i| {
+            let record = ProducerRecord::new(&topic, i.to_string())
+                .partition((i % PARTITIONS as usize) as i32);
+            producer.send(record)
+        });
+        for d in futures::future::join_all(sends).await {
+            d.unwrap();
+        }
+    }
+    // The producer's connections are gone before the consumer starts.
+    eventually(Duration::from_secs(10), "producer connections closed", || {
+        connections_to(port) == 0
+    })
+    .await;
+
+    let consumer = consumer(
+        &bootstrap,
+        &group,
+        &topic,
+        DispatchMode::Unordered { max_in_flight: 64 },
+    )
+    .await;
+    let stop = consumer.shutdown_handle();
+    let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let done = Arc::clone(&done);
+        async move {
+            let mut most = 0;
+            while !done.load(Ordering::Acquire) {
+                most = most.max(connections_to(port));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        }
+    });
+    let run = tokio::spawn({
+        let seen = Arc::clone(&seen);
+        consumer.run(move |r| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let value: usize = std::str::from_utf8(r.value().unwrap())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                seen.lock().push(value);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    });
+    eventually(Duration::from_secs(120), "every record processed", || {
+        seen.lock().len() >= n
+    })
+    .await;
+    // Lag reaches 0: every partition's commit reaches its end offset.
+    let mut lagging = PARTITIONS as usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let commits = committed(&bootstrap, &group, &topic, PARTITIONS).await;
+        lagging = (0..PARTITIONS)
+            .filter(|p| commits.get(p).copied() != Some(PER_PARTITION as i64))
+            .count();
+        if lagging == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    done.store(true, Ordering::Release);
+    let most = sampler.await.unwrap();
+    stop.shutdown();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("shutdown in time")
+        .unwrap()
+        .unwrap();
+
+    eprintln!("at most {most} connections to the broker while consuming {PARTITIONS} partitions");
+    assert_eq!(lagging, 0, "partitions whose commit did not reach the log end");
+    let seen = seen.lock().clone();
+    let distinct: HashSet<usize> = seen.iter().copied().collect();
+    assert_eq!(distinct.len(), n, "every record processed");
+    assert_eq!(seen.len(), n, "no record processed twice");
+    // Bootstrap/metadata, coordinator, one fetch connection; one spare for a reconnect in progress.
+    assert!(
+        most <= 4,
+        "{most} connections to the broker while consuming {PARTITIONS} partitions"
+    );
+    assert!(most >= 2, "the sampler saw the consumer's connections: {most}");
+}

@@ -2,11 +2,12 @@
 //! others, offsets are committed only for finished work, and a rebalance or shutdown loses nothing.
 //!
 //! Three pieces with narrow hand-offs: the group member (`crate::group`) decides what this consumer
-//! owns; a fetch task per owned partition keeps the next fetch in flight; the engine dispatches
+//! owns; the fetcher keeps one fetch in flight per leader broker; the engine dispatches
 //! records per [`DispatchMode`] and commits the contiguous completed watermark of each partition.
 //!
 //! - `engine`: the actor that owns partition state, dispatches, tracks acks and commits.
-//! - `fetcher`: one prefetching fetch task per owned partition, bounded by a shared byte budget.
+//! - `fetcher`: one fetch task, connection and fetch session per leader broker, bounded by a shared
+//!   byte budget.
 //! - `scheduler`: which queued records of a partition may start, per dispatch mode.
 //! - `watermark`: the contiguous completed offset of a partition.
 //! - `offset_map`: the compact record of finished offsets above the watermark kept in commit metadata.
@@ -219,8 +220,8 @@ impl ConsumerBuilder {
 
     /// The most bytes of fetched records held in memory across all partitions (their responses plus
     /// about 160 bytes per record for its in-memory form); fetching pauses when it is reached. Each
-    /// fetch reserves twice `max.partition.fetch.bytes` (at most this) before it is sent and gives
-    /// back what its response does not need. Default 64 MiB.
+    /// Fetch (one per broker) reserves twice what it may return (at most its fair part of this)
+    /// before it is sent and gives back what its response does not need. Default 64 MiB.
     pub fn buffer_bytes(mut self, bytes: usize) -> Self {
         self.settings.buffer_bytes = bytes;
         self
