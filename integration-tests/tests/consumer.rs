@@ -940,6 +940,9 @@ async fn five_hundred_twelve_partitions_take_a_few_connections_not_one_per_parti
         seen.lock().len() >= n
     })
     .await;
+    // Sampled while consuming only: the commit checks below open connections of their own.
+    done.store(true, Ordering::Release);
+    let most = sampler.await.unwrap();
     // Lag reaches 0: every partition's commit reaches its end offset.
     let mut lagging = PARTITIONS as usize;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -953,8 +956,6 @@ async fn five_hundred_twelve_partitions_take_a_few_connections_not_one_per_parti
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    done.store(true, Ordering::Release);
-    let most = sampler.await.unwrap();
     stop.shutdown();
     tokio::time::timeout(Duration::from_secs(60), run)
         .await
