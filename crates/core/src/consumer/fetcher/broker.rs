@@ -359,9 +359,18 @@ impl BrokerTask {
         partitions: &[TopicPartition],
         timestamp: i64,
     ) -> Result<HashMap<TopicPartition, std::result::Result<i64, ResponseError>>> {
+        // Leader epochs in ListOffsets came with v4 (Kafka 2.1).
+        let epochs = self
+            .conn
+            .as_ref()
+            .and_then(|c| c.version_for::<ListOffsetsRequest>().ok())
+            .is_some_and(|v| v >= 4);
         let mut topics: BTreeMap<&str, Vec<ListOffsetsPartition>> = BTreeMap::new();
         for tp in partitions {
-            let leader_epoch = self.cursors.get(tp).map_or(-1, |c| c.leader_epoch);
+            let leader_epoch = match self.cursors.get(tp) {
+                Some(c) if epochs => c.leader_epoch,
+                _ => -1,
+            };
             topics.entry(&tp.topic).or_default().push(
                 ListOffsetsPartition::default()
                     .with_partition_index(tp.partition)
@@ -432,7 +441,30 @@ impl BrokerTask {
     ) -> Result<()> {
         let ctx = Arc::clone(&self.ctx);
         let settings = &ctx.settings;
-        let plan = self.session.plan(&wanted);
+        // Partitions dropped while the budget was awaited are left out (and forgotten).
+        let mut wanted = wanted;
+        wanted.retain(|tp, _| self.cursors.get(tp).is_some_and(|c| !c.removed()));
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let version = match self.conn.as_ref().map(Connection::version_for::<FetchRequest>) {
+            Some(Ok(v)) => v,
+            Some(Err(source)) => return Err(self.connection_error("fetching from", source)),
+            None => 0,
+        };
+        // Fetch sessions came with v7 (Kafka 1.1), leader epochs in requests with v9 (Kafka 2.1).
+        if version < 7 {
+            self.session.reset();
+        }
+        let mut plan = self.session.plan(&wanted);
+        if version < 7 {
+            plan.epoch = -1;
+        }
+        if version < 9 {
+            for (_, w) in &mut plan.send {
+                w.leader_epoch = -1;
+            }
+        }
         let max_bytes = i32::try_from((reserved / 2).max(1)).unwrap_or(i32::MAX);
         let request = fetch_request(&plan, settings.max_partition_bytes, settings.max_wait, max_bytes);
         let timeout = settings.max_wait + settings.request_timeout;
