@@ -413,11 +413,17 @@ impl BrokerTask {
         &mut self,
         wanted: &BTreeMap<TopicPartition, Wanted>,
     ) -> Option<(OwnedSemaphorePermit, usize)> {
-        let amount = reservation(
+        let wanted_bytes = reservation(
             &self.ctx.settings,
             wanted.len(),
             self.ctx.brokers.load(std::sync::atomic::Ordering::Relaxed),
             self.ctx.budget_bytes,
+        );
+        let floor = reservation(&self.ctx.settings, 1, 1, self.ctx.budget_bytes);
+        let amount = to_take(
+            wanted_bytes,
+            self.ctx.budget.available_permits(),
+            floor,
         );
         let acquire = Arc::clone(&self.ctx.budget).acquire_many_owned(amount as u32);
         tokio::pin!(acquire);
@@ -637,6 +643,14 @@ impl BrokerTask {
     }
 }
 
+/// How much of `wanted` bytes of budget a Fetch takes when `available` are free: what is free (a
+/// smaller Fetch now rather than a full one once everything drained, so one slow record never
+/// stops its broker's other partitions), but at least `floor`, one partition's full fetch, which it
+/// waits for when less is free.
+fn to_take(wanted: usize, available: usize, floor: usize) -> usize {
+    wanted.min(available).max(floor.min(wanted))
+}
+
 /// The Fetch request for `plan`: read_committed, `fetch.min.bytes` 1 as in Java.
 fn fetch_request(
     plan: &Plan,
@@ -690,4 +704,25 @@ fn fetch_request(
                 })
                 .collect(),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_take;
+
+    #[test]
+    fn a_fetch_takes_what_is_free_but_waits_for_one_partitions_fetch() {
+        // (wanted, available, floor) -> taken
+        let cases = [
+            (64, 64, 2, 64),
+            (64, 10, 2, 10),
+            (64, 1, 2, 2),
+            (64, 0, 2, 2),
+            (1, 0, 2, 1),
+            (100, 200, 2, 100),
+        ];
+        for (wanted, available, floor, taken) in cases {
+            assert_eq!(to_take(wanted, available, floor), taken, "{wanted} {available} {floor}");
+        }
+    }
 }

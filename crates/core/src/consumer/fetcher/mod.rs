@@ -24,8 +24,8 @@
 //! ([`crate::wire::records`]), read_committed, with aborted transactions and control markers left out.
 //!
 //! # The budget
-//! Before each Fetch a broker task reserves [`reservation`] bytes from the consumer-wide budget and
-//! asks for at most half of it (`max_bytes`; the other half pays for the records built from the
+//! Before each Fetch a broker task reserves [`reservation`] bytes from the consumer-wide budget (or
+//! what is free, if less, but at least one partition's full fetch) and asks for at most half of it (`max_bytes`; the other half pays for the records built from the
 //! response). Once the response is in, each partition's share (its record data plus
 //! [`RECORD_MEMORY`] per record) is split off the reservation and the rest given back. A partition's
 //! records hold an `Arc` of its share until the last of them is finished, so the bytes buffered
