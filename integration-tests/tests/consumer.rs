@@ -976,3 +976,77 @@ async fn five_hundred_twelve_partitions_take_a_few_connections_not_one_per_parti
     );
     assert!(most >= 2, "the sampler saw the consumer's connections: {most}");
 }
+
+/// One Fetch covers all of a broker's partitions, but one stuck record does not stop the others:
+/// the partition's records hold only their own share of the budget, and each Fetch takes what is
+/// free, even when a full Fetch of every partition would want the whole budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_record_does_not_stop_the_other_partitions_of_its_broker() {
+    const PARTITIONS: i32 = 40;
+    const PER_PARTITION: usize = 50;
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("stuck");
+    let group = random_name("stuck-g");
+    create_topic(&bootstrap, &topic, PARTITIONS, 1).await.unwrap();
+    let n = PARTITIONS as usize * PER_PARTITION;
+    {
+        let producer = ProducerBuilder::new(client(&bootstrap))
+            .build()
+            .await
+            .unwrap();
+        let sends = (0..n).map(|i| {
+            let record = ProducerRecord::new(&topic, i.to_string())
+                .partition((i % PARTITIONS as usize) as i32);
+            producer.send(record)
+        });
+        for d in futures::future::join_all(sends).await {
+            d.unwrap();
+        }
+    }
+    // 40 partitions x 64 KiB, twice, is more than the 4 MiB budget: a full Fetch wants all of it.
+    let consumer = ConsumerBuilder::new(client(&bootstrap), test_group(&group, &topic))
+        .dispatch(DispatchMode::Unordered { max_in_flight: 64 })
+        .auto_offset_reset(OffsetReset::Earliest)
+        .commit_interval(Duration::from_millis(200))
+        .revoke_timeout(Duration::from_secs(10))
+        .buffer_bytes(4 * 1024 * 1024)
+        .max_partition_fetch_bytes(64 * 1024)
+        .build()
+        .await
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let run = tokio::spawn({
+        let (gate, done) = (Arc::clone(&gate), Arc::clone(&done));
+        consumer.run(move |r| {
+            let (gate, done) = (Arc::clone(&gate), Arc::clone(&done));
+            async move {
+                if r.partition() == 0 && r.offset() == 0 {
+                    let _ = gate.acquire().await;
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    });
+    // Everything but partition 0's first record finishes while it is stuck.
+    eventually(
+        Duration::from_secs(60),
+        "the other records processed while one is stuck",
+        || done.load(Ordering::Relaxed) >= n - PER_PARTITION,
+    )
+    .await;
+    gate.add_permits(1);
+    eventually(Duration::from_secs(60), "every record processed", || {
+        done.load(Ordering::Relaxed) >= n
+    })
+    .await;
+    stop.shutdown();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("shutdown in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.load(Ordering::Relaxed), n);
+}
