@@ -879,7 +879,9 @@ async fn five_hundred_twelve_partitions_take_a_few_connections_not_one_per_parti
     let port: u16 = bootstrap.rsplit(':').next().unwrap().parse().unwrap();
     let topic = random_name("wide");
     let group = random_name("wide-g");
-    create_topic(&bootstrap, &topic, PARTITIONS, 1).await.unwrap();
+    create_topic(&bootstrap, &topic, PARTITIONS, 1)
+        .await
+        .unwrap();
     let n = PARTITIONS as usize * PER_PARTITION;
     {
         let producer = ProducerBuilder::new(client(&bootstrap))
@@ -896,9 +898,11 @@ async fn five_hundred_twelve_partitions_take_a_few_connections_not_one_per_parti
         }
     }
     // The producer's connections are gone before the consumer starts.
-    eventually(Duration::from_secs(10), "producer connections closed", || {
-        connections_to(port) == 0
-    })
+    eventually(
+        Duration::from_secs(10),
+        "producer connections closed",
+        || connections_to(port) == 0,
+    )
     .await;
 
     let consumer = consumer(
@@ -964,7 +968,10 @@ async fn five_hundred_twelve_partitions_take_a_few_connections_not_one_per_parti
         .unwrap();
 
     eprintln!("at most {most} connections to the broker while consuming {PARTITIONS} partitions");
-    assert_eq!(lagging, 0, "partitions whose commit did not reach the log end");
+    assert_eq!(
+        lagging, 0,
+        "partitions whose commit did not reach the log end"
+    );
     let seen = seen.lock().clone();
     let distinct: HashSet<usize> = seen.iter().copied().collect();
     assert_eq!(distinct.len(), n, "every record processed");
@@ -974,7 +981,10 @@ async fn five_hundred_twelve_partitions_take_a_few_connections_not_one_per_parti
         most <= 4,
         "{most} connections to the broker while consuming {PARTITIONS} partitions"
     );
-    assert!(most >= 2, "the sampler saw the consumer's connections: {most}");
+    assert!(
+        most >= 2,
+        "the sampler saw the consumer's connections: {most}"
+    );
 }
 
 /// One Fetch covers all of a broker's partitions, but one stuck record does not stop the others:
@@ -987,7 +997,9 @@ async fn a_stuck_record_does_not_stop_the_other_partitions_of_its_broker() {
     let bootstrap = shared().await.unwrap().bootstrap();
     let topic = random_name("stuck");
     let group = random_name("stuck-g");
-    create_topic(&bootstrap, &topic, PARTITIONS, 1).await.unwrap();
+    create_topic(&bootstrap, &topic, PARTITIONS, 1)
+        .await
+        .unwrap();
     let producer = ProducerBuilder::new(client(&bootstrap))
         .build()
         .await

@@ -400,7 +400,9 @@ async fn leadership_of_many_partitions_moving_between_brokers_loses_nothing() {
     .unwrap();
     let bootstrap = cluster.bootstrap();
     let topic = random_name("sc-leaders");
-    create_topic(&bootstrap, &topic, PARTITIONS, 3).await.unwrap();
+    create_topic(&bootstrap, &topic, PARTITIONS, 3)
+        .await
+        .unwrap();
     let history = History::new();
     let producer = ProducerBuilder::new(client(&bootstrap))
         .build()

@@ -359,8 +359,8 @@ impl Engine {
                 self.slots.len() - 1
             }
         };
-        let fetch = (self.shutdown_deadline.is_none())
-            .then(|| self.fetcher.add(tp.clone(), index, epoch));
+        let fetch =
+            (self.shutdown_deadline.is_none()).then(|| self.fetcher.add(tp.clone(), index, epoch));
         self.slots[index] = Some(Slot {
             topic: Arc::from(tp.topic.as_str()),
             tp: tp.clone(),

@@ -420,11 +420,7 @@ impl BrokerTask {
             self.ctx.budget_bytes,
         );
         let floor = reservation(&self.ctx.settings, 1, 1, self.ctx.budget_bytes);
-        let amount = to_take(
-            wanted_bytes,
-            self.ctx.budget.available_permits(),
-            floor,
-        );
+        let amount = to_take(wanted_bytes, self.ctx.budget.available_permits(), floor);
         let acquire = Arc::clone(&self.ctx.budget).acquire_many_owned(amount as u32);
         tokio::pin!(acquire);
         loop {
@@ -453,7 +449,11 @@ impl BrokerTask {
         if wanted.is_empty() {
             return Ok(());
         }
-        let version = match self.conn.as_ref().map(Connection::version_for::<FetchRequest>) {
+        let version = match self
+            .conn
+            .as_ref()
+            .map(Connection::version_for::<FetchRequest>)
+        {
             Some(Ok(v)) => v,
             Some(Err(source)) => return Err(self.connection_error("fetching from", source)),
             None => 0,
@@ -472,12 +472,20 @@ impl BrokerTask {
             }
         }
         let max_bytes = i32::try_from((reserved / 2).max(1)).unwrap_or(i32::MAX);
-        let request = fetch_request(&plan, settings.max_partition_bytes, settings.max_wait, max_bytes);
+        let request = fetch_request(
+            &plan,
+            settings.max_partition_bytes,
+            settings.max_wait,
+            max_bytes,
+        );
         let timeout = settings.max_wait + settings.request_timeout;
         let response = self.send(&request, timeout, "fetching from").await?;
         match ResponseError::try_from_code(response.error_code) {
             None => {}
-            Some(e @ (ResponseError::FetchSessionIdNotFound | ResponseError::InvalidFetchSessionEpoch)) => {
+            Some(
+                e @ (ResponseError::FetchSessionIdNotFound
+                | ResponseError::InvalidFetchSessionEpoch),
+            ) => {
                 info!(broker = %self.address, session = plan.session_id, epoch = plan.epoch, error = ?e, "fetch session lost; starting a new one");
                 self.session.reset();
                 return Ok(());
@@ -595,21 +603,27 @@ impl BrokerTask {
                 },
             };
             let removed = Arc::clone(&c.removed);
-            events.push((Arc::clone(&removed), FetchEvent::Records {
-                slot: c.slot,
-                epoch: c.epoch,
-                records: decoded.records,
-                position: c.offset,
-                high_watermark,
-                budget,
-                skipped,
-            }));
-            if let Some(error) = stop {
-                events.push((removed, FetchEvent::Fatal {
+            events.push((
+                Arc::clone(&removed),
+                FetchEvent::Records {
                     slot: c.slot,
                     epoch: c.epoch,
-                    error,
-                }));
+                    records: decoded.records,
+                    position: c.offset,
+                    high_watermark,
+                    budget,
+                    skipped,
+                },
+            ));
+            if let Some(error) = stop {
+                events.push((
+                    removed,
+                    FetchEvent::Fatal {
+                        slot: c.slot,
+                        epoch: c.epoch,
+                        error,
+                    },
+                ));
                 // Nothing past the corrupt batch is fetched.
                 self.cursors.remove(&tp);
             }
@@ -722,7 +736,11 @@ mod tests {
             (100, 200, 2, 100),
         ];
         for (wanted, available, floor, taken) in cases {
-            assert_eq!(to_take(wanted, available, floor), taken, "{wanted} {available} {floor}");
+            assert_eq!(
+                to_take(wanted, available, floor),
+                taken,
+                "{wanted} {available} {floor}"
+            );
         }
     }
 }

@@ -49,10 +49,10 @@ use tracing::{debug, info};
 
 use super::record::RecordData;
 use super::{CorruptBatchPolicy, OffsetReset};
+use crate::Error;
 use crate::group::{GroupMember, TopicPartition};
 use crate::task::OwnedTask;
 use crate::wire::records::{CorruptBatch, FetchedRecord};
-use crate::Error;
 
 /// `isolation_level` read_committed: records of open transactions are not returned, aborted ones
 /// are listed so they can be left out.
@@ -215,7 +215,11 @@ pub(crate) fn reservation(
     let per_partition = settings.max_partition_bytes.saturating_mul(2);
     let want = settings
         .max_bytes
-        .min(settings.max_partition_bytes.saturating_mul(partitions.max(1)))
+        .min(
+            settings
+                .max_partition_bytes
+                .saturating_mul(partitions.max(1)),
+        )
         .saturating_mul(2);
     let fair = (budget / brokers.max(1)).max(per_partition);
     want.min(fair).min(budget).max(1)
@@ -501,8 +505,11 @@ impl Router {
         for mut c in cursors {
             let leader = leaders.partitions.get(&c.tp).and_then(|&(node, epoch)| {
                 // Metadata older than what the partition was fetched under: ask again later.
-                (epoch >= c.leader_epoch || epoch < 0)
-                    .then_some((node, epoch, leaders.brokers.get(&node)?))
+                (epoch >= c.leader_epoch || epoch < 0).then_some((
+                    node,
+                    epoch,
+                    leaders.brokers.get(&node)?,
+                ))
             });
             let Some((node, epoch, address)) = leader else {
                 c.back_off(&self.ctx.settings.backoff);
@@ -526,7 +533,10 @@ impl Router {
 
     /// The broker task of `node` at `address`, started if there is none (or the node moved).
     fn broker(&mut self, node: i32, address: String) -> &BrokerHandle {
-        let stale = self.brokers.get(&node).is_some_and(|b| b.address != address);
+        let stale = self
+            .brokers
+            .get(&node)
+            .is_some_and(|b| b.address != address);
         if stale {
             self.brokers.remove(&node);
         }
@@ -546,7 +556,9 @@ impl Router {
                     _task: OwnedTask::spawn(task.run()),
                 },
             );
-            self.ctx.brokers.store(self.brokers.len(), Ordering::Relaxed);
+            self.ctx
+                .brokers
+                .store(self.brokers.len(), Ordering::Relaxed);
         }
         &self.brokers[&node]
     }
@@ -594,8 +606,13 @@ mod tests {
             max_bytes,
             max_wait: Duration::from_millis(500),
             request_timeout: Duration::from_secs(30),
-            backoff: BackoffPolicy::new(Duration::from_millis(1), Duration::from_millis(2), 2.0, 0.0)
-                .unwrap(),
+            backoff: BackoffPolicy::new(
+                Duration::from_millis(1),
+                Duration::from_millis(2),
+                2.0,
+                0.0,
+            )
+            .unwrap(),
             reset: OffsetReset::Earliest,
             corrupt: CorruptBatchPolicy::Skip,
         }
