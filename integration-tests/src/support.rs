@@ -38,6 +38,28 @@ pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> 
 /// lag).
 pub type LagRow = (i64, i64, i64);
 
+/// The output of Kafka's own `kafka-consumer-groups --describe --group <group> [extra...]`
+/// (ConsumerGroupCommand); panics, with its stderr, if the tool fails.
+pub async fn consumer_groups_describe(bootstrap: &str, group: &str, extra: &[&str]) -> String {
+    let mut args = vec![
+        "--bootstrap-server",
+        bootstrap,
+        "--describe",
+        "--group",
+        group,
+    ];
+    args.extend_from_slice(extra);
+    let out = java_tool(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        &args,
+        Duration::from_secs(60),
+    )
+    .await
+    .expect("ConsumerGroupCommand runs");
+    assert!(out.success, "ConsumerGroupCommand failed: {}", out.stderr);
+    out.stdout
+}
+
 /// What `kafka-consumer-groups --describe --group <group>` reports for `topic`, per partition, and
 /// the raw output for failure messages. Columns are found by their header, so extra or reordered
 /// columns in another Kafka version do not shift the numbers; a `-` (nothing committed) leaves the
@@ -47,24 +69,11 @@ pub async fn kafka_lag(
     group: &str,
     topic: &str,
 ) -> (BTreeMap<i32, LagRow>, String) {
-    let out = java_tool(
-        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-        &[
-            "--bootstrap-server",
-            bootstrap,
-            "--describe",
-            "--group",
-            group,
-        ],
-        Duration::from_secs(60),
-    )
-    .await
-    .expect("ConsumerGroupCommand runs");
-    let raw = format!("stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
-    assert!(out.success, "ConsumerGroupCommand failed: {raw}");
+    let stdout = consumer_groups_describe(bootstrap, group, &[]).await;
+    let raw = format!("stdout:\n{stdout}");
     let mut rows = BTreeMap::new();
     let mut columns: Option<[usize; 4]> = None;
-    for line in out.stdout.lines() {
+    for line in stdout.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.first() == Some(&"GROUP") {
             let at = |name: &str| {

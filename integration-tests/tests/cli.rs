@@ -9,7 +9,8 @@ use std::time::Duration;
 use kafkit::group::{GroupConfig, GroupEvent, GroupMember, OffsetToCommit, TopicPartition};
 use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::kafkit_bin;
-use kafkit_testkit::{create_topic, java_tool, random_name, shared};
+use kafkit_integration_tests::support::consumer_groups_describe;
+use kafkit_testkit::{create_topic, random_name, shared};
 use serde_json::Value;
 use tokio::time::timeout;
 
@@ -74,21 +75,8 @@ fn dash(s: &str) -> Option<String> {
 
 /// Kafka's ConsumerGroupCommand `--describe`: (topic, partition) -> row.
 async fn java_describe(bootstrap: &str, group: &str) -> BTreeMap<(String, i32), Row> {
-    let out = java_tool(
-        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-        &[
-            "--bootstrap-server",
-            bootstrap,
-            "--describe",
-            "--group",
-            group,
-        ],
-        LIMIT,
-    )
-    .await
-    .unwrap();
-    assert!(out.success, "ConsumerGroupCommand failed: {}", out.stderr);
-    out.stdout
+    consumer_groups_describe(bootstrap, group, &[])
+        .await
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();

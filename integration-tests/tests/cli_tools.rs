@@ -512,3 +512,148 @@ async fn diag_reports_under_replicated_partitions_when_a_broker_is_down() {
         text(&out.stderr)
     );
 }
+
+/// A port that accepts TCP connections and never answers: a listener whose accepted sockets are
+/// held open (until the returned guard is dropped and the test ends).
+fn silent_port() -> (String, std::thread::JoinHandle<()>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let holder = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for socket in listener.incoming() {
+            match socket {
+                Ok(socket) => held.push(socket),
+                Err(_) => break,
+            }
+        }
+    });
+    (address, holder)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_timeout_bounds_a_broker_that_accepts_but_never_answers() {
+    kafkit_bin(); // built before anything is timed
+    let (silent, _holder) = silent_port();
+    let s = silent.as_str();
+    // Every command that connects: the limit covers TCP, ApiVersions and the first request.
+    let commands: &[&[&str]] = &[
+        &["diag", "--bootstrap-server", s],
+        &["topics", "list", "--bootstrap-server", s],
+        &["group", "list", "--bootstrap-server", s],
+        &["consume", "--bootstrap-server", s, "--topic", "t"],
+        &["produce", "--bootstrap-server", s, "--topic", "t"],
+    ];
+    for args in commands {
+        let args: Vec<&str> = args
+            .iter()
+            .copied()
+            .chain(["--connect-timeout-ms", "2000"])
+            .collect();
+        let started = std::time::Instant::now();
+        let out = kafkit(&args).await;
+        let waited = started.elapsed();
+        eprintln!(
+            "kafkit {args:?}: exit {:?} after {waited:?}",
+            out.status.code()
+        );
+        assert_one_line_failure(&out, 4, &silent);
+        assert!(
+            waited < Duration::from_secs(3),
+            "kafkit {args:?} took {waited:?} with --connect-timeout-ms 2000"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_timeout_bounds_connecting_to_a_silent_or_stopped_broker() {
+    kafkit_bin();
+    let (silent, _holder) = silent_port();
+    // Port 1: nothing listens (a stopped broker); the silent port: a hung one. The default connect
+    // timeout (10 s) is longer than --timeout-ms: the shorter one is what holds.
+    for bootstrap in ["127.0.0.1:1", silent.as_str()] {
+        let started = std::time::Instant::now();
+        let out = kafkit(&[
+            "consume",
+            "--bootstrap-server",
+            bootstrap,
+            "--topic",
+            "t",
+            "--timeout-ms",
+            "3000",
+        ])
+        .await;
+        let waited = started.elapsed();
+        eprintln!(
+            "consume --timeout-ms 3000 at {bootstrap}: exit {:?} after {waited:?}",
+            out.status.code()
+        );
+        assert_one_line_failure(&out, 4, bootstrap);
+        assert!(
+            waited < Duration::from_millis(4500),
+            "consume --timeout-ms 3000 at {bootstrap} took {waited:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_timeout_holds_while_fetches_fail() {
+    use tokio::io::AsyncBufReadExt;
+    kafkit_bin();
+    let kafka = kafkit_testkit::LocalKafka::start().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("cli-timeout");
+    create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
+    let out = kafkit_with_input(
+        &[
+            "produce",
+            "--bootstrap-server",
+            &bootstrap,
+            "--topic",
+            &topic,
+        ],
+        "one\n",
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let mut child = tokio::process::Command::new(kafkit_bin())
+        .args([
+            "consume",
+            "--bootstrap-server",
+            &bootstrap,
+            "--topic",
+            &topic,
+            "--from-beginning",
+            "--timeout-ms",
+            "3000",
+        ])
+        .env_remove("KAFKA_BOOTSTRAP")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("running kafkit");
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = timeout(LIMIT, lines.next_line())
+        .await
+        .expect("the record within the limit")
+        .unwrap();
+    assert_eq!(first.as_deref(), Some("one"));
+    // The broker hangs (SIGSTOP): fetches, the last commit and leaving the group get no answer.
+    let printed = std::time::Instant::now();
+    kafka.pause();
+    let status = timeout(LIMIT, child.wait())
+        .await
+        .expect("kafkit exits")
+        .unwrap();
+    let waited = printed.elapsed();
+    kafka.resume();
+    eprintln!(
+        "consume --timeout-ms 3000 with a hung broker: {status} {waited:?} after the last record"
+    );
+    assert!(status.success(), "an idle stop is a normal end: {status}");
+    assert!(
+        waited < Duration::from_secs(4),
+        "--timeout-ms 3000 stopped {waited:?} after the last record"
+    );
+}

@@ -174,9 +174,14 @@ async fn a_header_name_that_is_not_utf8_is_consumed_between_good_records() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    let odd_offset = produce_batch(&bootstrap, &topic, 0, v2_batch(&[odd.clone()], now))
-        .await
-        .expect("the raw batch is accepted");
+    let odd_offset = produce_batch(
+        &bootstrap,
+        &topic,
+        0,
+        v2_batch(std::slice::from_ref(&odd), now),
+    )
+    .await
+    .expect("the raw batch is accepted");
     assert_eq!(odd_offset, 3);
     for i in 3..6 {
         send_good(i).await;

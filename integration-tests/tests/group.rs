@@ -12,8 +12,8 @@ use kafkit::group::{
     TopicPartition,
 };
 use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
-use kafkit_integration_tests::support::eventually;
-use kafkit_testkit::{create_topic, java_command, java_tool, random_name, shared};
+use kafkit_integration_tests::support::{consumer_groups_describe, eventually};
+use kafkit_testkit::{create_topic, java_command, random_name, shared};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::mpsc;
@@ -257,22 +257,8 @@ async fn produce(bootstrap: &str, topic: &str, partitions: i32, per_partition: i
 
 /// `kafka-consumer-groups --describe`: partition -> CURRENT-OFFSET.
 async fn describe_offsets(bootstrap: &str, group: &str) -> Vec<(i32, i64)> {
-    let out = java_tool(
-        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-        &[
-            "--bootstrap-server",
-            bootstrap,
-            "--describe",
-            "--group",
-            group,
-        ],
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    assert!(out.success, "ConsumerGroupCommand failed: {}", out.stderr);
-    let mut rows: Vec<(i32, i64)> = out
-        .stdout
+    let stdout = consumer_groups_describe(bootstrap, group, &[]).await;
+    let mut rows: Vec<(i32, i64)> = stdout
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();

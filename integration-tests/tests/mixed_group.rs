@@ -23,7 +23,8 @@ use kafkit::consumer::{
 };
 use kafkit::group::{CooperativeStickyAssignor, GroupConfig, TopicPartition};
 use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
-use kafkit_testkit::{create_topic, java_command, java_tool, random_name, shared};
+use kafkit_integration_tests::support::consumer_groups_describe;
+use kafkit_testkit::{create_topic, java_command, random_name, shared};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinHandle;
@@ -358,24 +359,8 @@ async fn describe_assignments(
     group: &str,
     topic: &str,
 ) -> (Vec<BTreeSet<i32>>, String) {
-    let out = java_tool(
-        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-        &[
-            "--bootstrap-server",
-            bootstrap,
-            "--describe",
-            "--group",
-            group,
-            "--members",
-            "--verbose",
-        ],
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    assert!(out.success, "ConsumerGroupCommand failed: {}", out.stderr);
-    let mut members: Vec<BTreeSet<i32>> = out
-        .stdout
+    let stdout = consumer_groups_describe(bootstrap, group, &["--members", "--verbose"]).await;
+    let mut members: Vec<BTreeSet<i32>> = stdout
         .lines()
         .filter(|l| l.split_whitespace().next() == Some(group))
         .map(|l| {
@@ -396,7 +381,7 @@ async fn describe_assignments(
         })
         .collect();
     members.sort();
-    (members, out.stdout)
+    (members, stdout)
 }
 
 async fn mixed_group_while_consuming(cooperative: bool) {

@@ -390,3 +390,132 @@ async fn a_broker_that_requires_client_certificates_accepts_ours_and_refuses_non
     );
     assert!(err.to_string().contains(&bootstrap), "{err}");
 }
+
+/// Runs `kafkit args...` with no security settings in its environment, and `stdin` as its input.
+fn kafkit_plain(args: &[&str], stdin: &str) -> Output {
+    let mut cmd = std::process::Command::new(kafkit_bin());
+    cmd.args(args).env_remove("KAFKA_BOOTSTRAP");
+    for var in [
+        "KAFKA_SECURITY_PROTOCOL",
+        "KAFKA_SASL_MECHANISM",
+        "KAFKA_SASL_USERNAME",
+        "KAFKA_SASL_PASSWORD",
+        "KAFKA_SSL_CA_LOCATION",
+    ] {
+        cmd.env_remove(var);
+    }
+    let mut child = cmd
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running kafkit");
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(stdin.as_bytes())
+        .expect("writing kafkit's stdin");
+    child.wait_with_output().expect("waiting for kafkit")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_reports_a_sasl_listener_without_sasl_as_exit_6_with_one_message() {
+    let kafka = kafka().await;
+    kafkit_bin(); // built before anything is timed
+    let sasl_port = kafka.sasl_plaintext_bootstrap().unwrap();
+    let b = sasl_port.as_str();
+    let topic = random_name("sasl-mismatch");
+    let group = random_name("sasl-mismatch-group");
+    let commands: &[&[&str]] = &[
+        &["produce", "--bootstrap-server", b, "--topic", &topic],
+        &["consume", "--bootstrap-server", b, "--topic", &topic],
+        &[
+            "consume",
+            "--bootstrap-server",
+            b,
+            "--topic",
+            &topic,
+            "--timeout-ms",
+            "5000",
+        ],
+        &["topics", "list", "--bootstrap-server", b],
+        &[
+            "topics",
+            "describe",
+            "--bootstrap-server",
+            b,
+            "--topic",
+            &topic,
+        ],
+        &[
+            "topics",
+            "create",
+            "--bootstrap-server",
+            b,
+            "--topic",
+            &topic,
+            "--partitions",
+            "1",
+            "--replication-factor",
+            "1",
+        ],
+        &[
+            "topics",
+            "delete",
+            "--bootstrap-server",
+            b,
+            "--topic",
+            &topic,
+        ],
+        &["group", "list", "--bootstrap-server", b],
+        &[
+            "group",
+            "describe",
+            "--bootstrap-server",
+            b,
+            "--group-id",
+            &group,
+        ],
+        &["diag", "--bootstrap-server", b],
+        &[
+            "verifiable-producer",
+            "--bootstrap-server",
+            b,
+            "--topic",
+            &topic,
+            "--max-messages",
+            "1",
+        ],
+        &[
+            "verifiable-consumer",
+            "--bootstrap-server",
+            b,
+            "--topic",
+            &topic,
+            "--group-id",
+            &group,
+        ],
+    ];
+    // What `produce` says is the message every command gives.
+    let expected = format!(
+        "kafkit: connecting to {b} with security.protocol PLAINTEXT: broker {b} closed the \
+         connection at the first request after the handshake: the listener may require SASL \
+         authentication (security.protocol SASL_PLAINTEXT or SASL_SSL)"
+    );
+    for args in commands {
+        let started = Instant::now();
+        let out = kafkit_plain(args, "a line\n");
+        let waited = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "kafkit {args:?}: {stderr}");
+        // The verifiable tools print JSON events on stdout; the error is still one line on stderr.
+        let last = stderr.lines().last().unwrap_or_default();
+        assert_eq!(last, expected, "kafkit {args:?}");
+        assert_eq!(stderr.lines().count(), 1, "kafkit {args:?}: {stderr}");
+        assert!(
+            waited < Duration::from_secs(5),
+            "kafkit {args:?} took {waited:?}: the mismatch is not retried"
+        );
+    }
+}

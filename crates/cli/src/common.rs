@@ -5,6 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
+use kafkit::resilience::ResilienceConfig;
 use kafkit::{ClientConfig, Security};
 
 use crate::Failure;
@@ -20,7 +21,8 @@ pub(crate) struct ClusterArgs {
     )]
     pub(crate) bootstrap_server: String,
 
-    /// How long to keep trying to reach the cluster before giving up, in milliseconds.
+    /// How long to keep trying to reach the cluster before giving up (exit 4), in milliseconds:
+    /// every attempt included, each from TCP to the broker's first answers (TLS, ApiVersions, SASL).
     #[arg(long, default_value_t = 10_000, value_name = "MS")]
     pub(crate) connect_timeout_ms: u64,
 
@@ -90,15 +92,30 @@ impl SecurityArgs {
 }
 
 impl ClusterArgs {
-    /// The client settings for this cluster, with the CLI's client id.
+    /// The client settings for this cluster, with the CLI's client id and the reconnect backoff
+    /// from the environment.
     pub(crate) fn client(&self) -> Result<ClientConfig, Failure> {
-        Ok(
+        with_env_reconnect_backoff(
             ClientConfig::new(self.bootstrap_server.split(',').map(str::trim))?
                 .client_id("kafkit-cli")
                 .connect_timeout(Duration::from_millis(self.connect_timeout_ms))
                 .with_security(self.security.security()?)?,
         )
     }
+}
+
+/// `client` with the reconnect backoff of `KAFKA_RECONNECT_BACKOFF_MS` /
+/// `KAFKA_RECONNECT_BACKOFF_MAX_MS` (a bad value is exit 2, naming the variable). Only these two of
+/// the `KAFKA_*` resilience variables apply to the tools; the others are not read, so a value meant
+/// for an application's consumer neither fails nor warns here.
+pub(crate) fn with_env_reconnect_backoff(client: ClientConfig) -> Result<ClientConfig, Failure> {
+    let config = ResilienceConfig::from_lookup(|name| {
+        name.starts_with("KAFKA_RECONNECT_BACKOFF")
+            .then(|| std::env::var(name).ok())
+            .flatten()
+    })
+    .map_err(kafkit::Error::from)?;
+    Ok(client.resilience(&config))
 }
 
 /// Writes `text` to stdout. A closed stdout (`| head`) is the reader's choice, not a failure.

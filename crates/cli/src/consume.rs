@@ -5,9 +5,11 @@
 use std::io::{BufWriter, Write};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use clap::Args;
 use kafkit::admin;
-use kafkit::consumer::{ConsumedRecord, ConsumerBuilder, DispatchMode, OffsetReset};
+use kafkit::consumer::{ConsumedRecord, Consumer, ConsumerBuilder, DispatchMode, OffsetReset};
 use kafkit::group::GroupConfig;
 
 use crate::common::ClusterArgs;
@@ -31,7 +33,9 @@ pub(crate) struct ConsumeArgs {
     /// Stop after this many records.
     #[arg(long)]
     max_messages: Option<u64>,
-    /// Stop when no record arrived for this many milliseconds.
+    /// Stop when no record arrived for this many milliseconds, counted from the start (connecting
+    /// included: a cluster not reached by then is exit 4) and then from each record. Stopping
+    /// (a last commit, leaving the group) takes at most half a second more.
     #[arg(long, value_name = "MS")]
     timeout_ms: Option<u64>,
     /// Print the key before the value.
@@ -57,37 +61,41 @@ pub(crate) struct ConsumeArgs {
     progress: bool,
 }
 
+/// How long stopping may take after `--timeout-ms` passed: the last commit and leaving the group.
+/// Past it the records printed but not committed are delivered again to the group's next consumer.
+const STOP_GRACE: Duration = Duration::from_millis(500);
+
 /// Runs `kafkit consume`.
 pub(crate) async fn run(args: ConsumeArgs) -> Result<(), Failure> {
-    let client = args.cluster.client()?;
-    // An unknown topic is one clear error instead of a consumer waiting for it forever.
-    admin::describe_topics(&client, &args.topic).await?;
-    let group_id = args.group.clone().unwrap_or_else(|| {
-        format!(
-            "kafkit-consume-{}-{}",
-            std::process::id(),
-            chrono::Utc::now().timestamp_millis()
-        )
-    });
-    let consumer = ConsumerBuilder::new(client, GroupConfig::new(&group_id, &args.topic))
-        .dispatch(DispatchMode::PartitionOrdered)
-        .auto_offset_reset(if args.from_beginning {
-            OffsetReset::Earliest
-        } else {
-            OffsetReset::Latest
-        })
-        .build()
-        .await?;
+    let idle = args.timeout_ms.map(Duration::from_millis);
+    let started = Instant::now();
+    let mut client = args.cluster.client()?;
+    if let Some(idle) = idle {
+        // No wait is longer than --timeout-ms, the first (connecting) included.
+        let limit = client.connect_timeout_limit().min(idle);
+        client = client.connect_timeout(limit);
+    }
+    let unreachable = |client: &kafkit::ClientConfig| kafkit::Error::Unreachable {
+        bootstrap: client.bootstrap().join(","),
+        waited: started.elapsed(),
+    };
+    let starting = start(&args, client.clone());
+    let consumer = match idle {
+        Some(idle) => tokio::time::timeout_at(started + idle, starting)
+            .await
+            .map_err(|_| unreachable(&client))??,
+        None => starting.await?,
+    };
     let mut stream = consumer.stream()?;
     let progress = Progress::start("consumed", args.progress);
     let mut out = BufWriter::new(std::io::stdout().lock());
-    let idle = args.timeout_ms.map(Duration::from_millis);
     let signal = shutdown_signal();
     tokio::pin!(signal);
+    let mut last = started;
     while args.max_messages.is_none_or(|max| progress.count() < max) {
         let next = async {
             match idle {
-                Some(limit) => tokio::time::timeout(limit, stream.next())
+                Some(limit) => tokio::time::timeout_at(last + limit, stream.next())
                     .await
                     .ok()
                     .flatten(),
@@ -99,6 +107,7 @@ pub(crate) async fn run(args: ConsumeArgs) -> Result<(), Failure> {
             _ = &mut signal => None,
         };
         let Some(record) = record else { break };
+        last = Instant::now();
         let line = format_record(&args, record.record());
         if out
             .write_all(line.as_bytes())
@@ -112,9 +121,39 @@ pub(crate) async fn run(args: ConsumeArgs) -> Result<(), Failure> {
         progress.add();
     }
     drop(out);
-    stream.shutdown().await?;
+    // The consumer's own shutdown timeout bounds this too; the outer one also covers its last steps.
+    if tokio::time::timeout(STOP_GRACE, stream.shutdown())
+        .await
+        .is_ok_and(|r| r.is_err())
+    {
+        tracing::debug!("the consumer did not stop cleanly; uncommitted records are redelivered");
+    }
     progress.finish();
     Ok(())
+}
+
+/// Checks that the topics exist (one clear error instead of a consumer waiting for them forever)
+/// and builds the consumer.
+async fn start(args: &ConsumeArgs, client: kafkit::ClientConfig) -> Result<Consumer, Failure> {
+    admin::describe_topics(&client, &args.topic).await?;
+    let group_id = args.group.clone().unwrap_or_else(|| {
+        format!(
+            "kafkit-consume-{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_millis()
+        )
+    });
+    let mut builder = ConsumerBuilder::new(client, GroupConfig::new(&group_id, &args.topic))
+        .dispatch(DispatchMode::PartitionOrdered)
+        .auto_offset_reset(if args.from_beginning {
+            OffsetReset::Earliest
+        } else {
+            OffsetReset::Latest
+        });
+    if args.timeout_ms.is_some() {
+        builder = builder.shutdown_timeout(STOP_GRACE);
+    }
+    Ok(builder.build().await?)
 }
 
 /// One output line: the selected fields, then the value, separated by `--separator`.

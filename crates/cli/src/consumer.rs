@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::task::JoinSet;
 
 use crate::events::{NoFields, emit};
-use crate::{properties, shutdown_signal};
+use crate::{Failure, properties, shutdown_signal};
 
 /// Records reported per `records_consumed` event at most; a partial batch is flushed every second.
 const FLUSH_RECORDS: u64 = 1000;
@@ -237,12 +237,13 @@ fn reset_policy(name: &str) -> Result<OffsetReset, String> {
 }
 
 /// Builds the consumer, runs it until the message limit or a signal, and prints the events.
-pub(crate) async fn run(args: ConsumerArgs) -> Result<(), String> {
+pub(crate) async fn run(args: ConsumerArgs) -> Result<(), Failure> {
     if !args.group_protocol.eq_ignore_ascii_case("classic") {
         return Err(format!(
             "--group-protocol {} is not supported: kafkit speaks only the classic consumer-group protocol (use --group-protocol classic)",
             args.group_protocol
-        ));
+        )
+        .into());
     }
     let file = file_settings(args.consumer_config.as_ref())?;
     let bootstrap = args
@@ -251,9 +252,10 @@ pub(crate) async fn run(args: ConsumerArgs) -> Result<(), String> {
         .or_else(|| args.broker_list.clone())
         .or(file.bootstrap.clone())
         .ok_or("--bootstrap-server is required")?;
-    let mut client = ClientConfig::new([bootstrap.as_str()])
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_millis(args.connect_timeout_ms));
+    let mut client = crate::common::with_env_reconnect_backoff(
+        ClientConfig::new([bootstrap.as_str()])?
+            .connect_timeout(Duration::from_millis(args.connect_timeout_ms)),
+    )?;
     if let Some(id) = &file.client_id {
         client = client.client_id(id.as_str());
     }
@@ -327,8 +329,9 @@ pub(crate) async fn run(args: ConsumerArgs) -> Result<(), String> {
     if let Some(bytes) = file.max_partition_fetch_bytes {
         builder = builder.max_partition_fetch_bytes(bytes);
     }
-    let consumer = builder.build().await.map_err(|e| e.to_string())?;
-    let mut stream = consumer.stream().map_err(|e| e.to_string())?;
+    // Connection failures keep their exit codes (4 unreachable, 6 security).
+    let consumer = builder.build().await?;
+    let mut stream = consumer.stream()?;
     emit("startup_complete", &NoFields {});
 
     let flusher = {
@@ -389,7 +392,7 @@ pub(crate) async fn run(args: ConsumerArgs) -> Result<(), String> {
             }
             Ok(())
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(Failure::runtime(e.to_string())),
     }
 }
 

@@ -13,8 +13,9 @@ use tokio::net::TcpStream;
 use crate::common::{ClusterArgs, ids, print, table};
 use crate::{EXIT_UNHEALTHY, Failure};
 
-/// How long a TCP connect to one address may take before it counts as unreachable.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a TCP connect to one address may take before it counts as unreachable (less when
+/// `--connect-timeout-ms` is less).
+const TCP_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The APIs kafkit's producer, consumer group and tools send. A broker without one of them cannot
 /// serve kafkit.
@@ -59,12 +60,12 @@ struct Reach {
     result: Result<Duration, String>,
 }
 
-async fn reach(address: String) -> Reach {
+async fn reach(address: String, limit: Duration) -> Reach {
     let started = Instant::now();
-    let result = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&address)).await {
+    let result = match tokio::time::timeout(limit, TcpStream::connect(&address)).await {
         Ok(Ok(_)) => Ok(started.elapsed()),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
+        Err(_) => Err(format!("no connection within {limit:?}")),
     };
     Reach { address, result }
 }
@@ -72,13 +73,22 @@ async fn reach(address: String) -> Reach {
 /// Runs `kafkit diag`.
 pub(crate) async fn run(args: DiagArgs) -> Result<(), Failure> {
     let client = args.cluster.client()?;
-    let bootstrap = futures::future::join_all(client.bootstrap().iter().cloned().map(reach)).await;
+    let limit = client.connect_timeout_limit().min(TCP_CHECK_TIMEOUT);
+    let bootstrap = futures::future::join_all(
+        client
+            .bootstrap()
+            .iter()
+            .map(|address| reach(address.clone(), limit)),
+    )
+    .await;
+    // Bounded by --connect-timeout-ms as a whole: a port that accepts TCP but never answers is
+    // unreachable (exit 4) once it has passed.
     let cluster = admin::describe_cluster(&client).await?;
     let brokers = futures::future::join_all(
         cluster
             .brokers
             .iter()
-            .map(|b| reach(format!("{}:{}", b.host, b.port))),
+            .map(|b| reach(format!("{}:{}", b.host, b.port), limit)),
     )
     .await;
     let problems = problems(&cluster, &bootstrap, &brokers);

@@ -88,6 +88,19 @@ impl Failure {
     }
 }
 
+/// A runtime failure described in words (exit 1).
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::runtime(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Failure::runtime(message.to_owned())
+    }
+}
+
 impl From<kafkit::Error> for Failure {
     fn from(e: kafkit::Error) -> Self {
         use kafkit::{Error, WireError};
@@ -164,12 +177,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::VerifiableConsumer(args) => {
-                consumer::run(args).await.map_err(Failure::runtime)
-            }
-            Command::VerifiableProducer(args) => {
-                producer::run(args).await.map_err(Failure::runtime)
-            }
+            Command::VerifiableConsumer(args) => consumer::run(args).await,
+            Command::VerifiableProducer(args) => producer::run(args).await,
             Command::Diag(args) => diag::run(args).await,
             Command::Topics(args) => topics::run(args).await,
             Command::Produce(args) => produce::run(args).await,

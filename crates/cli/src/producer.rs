@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::events::{NoFields, emit};
-use crate::{properties, shutdown_signal};
+use crate::{Failure, properties, shutdown_signal};
 
 /// Sends at most this many records concurrently; the producer's buffer bounds the bytes on top.
 const MAX_PENDING: usize = 10_000;
@@ -156,7 +156,7 @@ fn error_kind(e: &kafkit::Error) -> String {
 }
 
 /// Connects, sends, prints the events.
-pub(crate) async fn run(args: ProducerArgs) -> Result<(), String> {
+pub(crate) async fn run(args: ProducerArgs) -> Result<(), Failure> {
     check_acks(&args.acks)?;
     if args.throughput == 0 {
         return Err("--throughput must be positive, or -1 for no limit".into());
@@ -181,7 +181,8 @@ pub(crate) async fn run(args: ProducerArgs) -> Result<(), String> {
                     return Err(format!(
                         "{}: security.protocol={value} is not supported by this build (PLAINTEXT only)",
                         path.display()
-                    ));
+                    )
+                    .into());
                 }
                 _ => {
                     tracing::warn!(setting = %key, file = %path.display(), "ignoring a producer setting kafkit does not use")
@@ -190,16 +191,15 @@ pub(crate) async fn run(args: ProducerArgs) -> Result<(), String> {
         }
     }
     let bootstrap = bootstrap.ok_or("--bootstrap-server is required")?;
-    let mut client = ClientConfig::new([bootstrap.as_str()])
-        .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_millis(args.connect_timeout_ms));
+    let mut client = crate::common::with_env_reconnect_backoff(
+        ClientConfig::new([bootstrap.as_str()])?
+            .connect_timeout(Duration::from_millis(args.connect_timeout_ms)),
+    )?;
     if let Some(id) = client_id {
         client = client.client_id(id);
     }
-    let producer = ProducerBuilder::new(client)
-        .build()
-        .await
-        .map_err(|e| e.to_string())?;
+    // Connection failures keep their exit codes (4 unreachable, 6 security).
+    let producer = ProducerBuilder::new(client).build().await?;
     emit("startup_complete", &NoFields {});
 
     let start = Instant::now();

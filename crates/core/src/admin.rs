@@ -26,7 +26,7 @@ use crate::group::{Assignment, CONSUMER_PROTOCOL_TYPE, TopicPartition};
 use crate::wire::{ApiRequest, Connection, WireError};
 use crate::{ClientConfig, Error, Result};
 
-/// How long each admin request may take, and how long a TCP connect to one broker may take.
+/// How long each admin request may take (connecting is bounded by the client's connect timeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// ListOffsets timestamp meaning "the log end offset".
@@ -274,15 +274,13 @@ pub async fn list_groups(client: &ClientConfig) -> Result<Vec<GroupListing>> {
 /// `group` as its coordinator describes it. A group that does not exist (no members and no committed
 /// offsets) is an [`Error::Group`] with code `GROUP_ID_NOT_FOUND` (69).
 pub async fn describe_group(client: &ClientConfig, group: &str) -> Result<GroupDescription> {
-    let coordinator = find_coordinator(client, group).await?;
-    describe_on(&coordinator, group).await
+    Ok(coordinator_description(client, group).await?.1)
 }
 
 /// Committed offset, log end offset and lag of every partition `group` has committed offsets for or
 /// has assigned to a member, sorted by topic and partition.
 pub async fn group_lag(client: &ClientConfig, group: &str) -> Result<Vec<PartitionLag>> {
-    let coordinator = find_coordinator(client, group).await?;
-    let description = describe_on(&coordinator, group).await?;
+    let (coordinator, description) = coordinator_description(client, group).await?;
     lag_on(client, &coordinator, &description).await
 }
 
@@ -292,10 +290,39 @@ pub async fn describe_group_with_lag(
     client: &ClientConfig,
     group: &str,
 ) -> Result<(GroupDescription, Vec<PartitionLag>)> {
-    let coordinator = find_coordinator(client, group).await?;
-    let description = describe_on(&coordinator, group).await?;
+    let (coordinator, description) = coordinator_description(client, group).await?;
     let lag = lag_on(client, &coordinator, &description).await?;
     Ok((description, lag))
+}
+
+/// The group's coordinator and its description of the group. A coordinator that is still loading
+/// the group's offsets partition, or no longer the coordinator (both usual right after a broker
+/// starts or a partition moves), is asked again, found anew, for up to the request timeout.
+async fn coordinator_description(
+    client: &ClientConfig,
+    group: &str,
+) -> Result<(Connection, GroupDescription)> {
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        let coordinator = find_coordinator(client, group).await?;
+        match describe_on(&coordinator, group).await {
+            Ok(description) => return Ok((coordinator, description)),
+            Err(Error::Group { code, .. })
+                if ResponseError::try_from_code(code).is_some_and(|e| {
+                    matches!(
+                        e,
+                        ResponseError::CoordinatorLoadInProgress
+                            | ResponseError::CoordinatorNotAvailable
+                            | ResponseError::NotCoordinator
+                    )
+                }) && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::debug!(group, code, "the coordinator is not ready; asking again");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// The cluster as the first reachable bootstrap broker describes it: brokers, controller, that
@@ -427,41 +454,17 @@ pub async fn delete_topics(client: &ClientConfig, topics: &[String]) -> Result<(
     Ok(())
 }
 
-/// A connection to the first bootstrap broker that answers; none answering is [`Error::Unreachable`].
+/// A connection to the first bootstrap broker that answers, within the client's connect timeout:
+/// the client's own bootstrap path, so a security mismatch is [`Error::Security`] and no broker
+/// answering is [`Error::Unreachable`], as for the producer and the consumer.
 async fn connect_bootstrap(client: &ClientConfig) -> Result<Connection> {
-    let started = tokio::time::Instant::now();
-    let mut last = None;
-    for address in client.bootstrap() {
-        match Connection::connect(address, client, REQUEST_TIMEOUT).await {
-            Ok(conn) => return Ok(conn),
-            Err(e) => {
-                tracing::debug!(broker = %address, error = %e, "bootstrap broker not reachable");
-                last = Some(e);
-            }
-        }
-    }
-    match last {
-        Some(WireError::Connect { .. }) | None => Err(Error::Unreachable {
-            bootstrap: client.bootstrap().join(","),
-            waited: started.elapsed(),
-        }),
-        Some(source) if source.is_security() => Err(Error::Security {
-            context: format!(
-                "connecting to {} with security.protocol {}",
-                client.bootstrap().join(","),
-                client.security().protocol
-            ),
-            source,
-        }),
-        Some(source) => Err(Error::Connection {
-            context: format!("connecting to {}", client.bootstrap().join(",")),
-            source,
-        }),
-    }
+    client.bootstrap_connection().await
 }
 
+/// A connection to another broker of the cluster (a controller, a coordinator, a partition
+/// leader), within the client's connect timeout.
 async fn connect(client: &ClientConfig, address: &str) -> Result<Connection> {
-    Connection::connect(address, client, REQUEST_TIMEOUT)
+    Connection::connect(address, client, client.connect_timeout_limit())
         .await
         .map_err(|source| Error::Connection {
             context: format!("connecting to broker {address}"),

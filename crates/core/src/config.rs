@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafkit_resilience::{BackoffPolicy, ConfigError};
+use kafkit_resilience::{BackoffPolicy, ConfigError, ResilienceConfig};
 use rskafka::BackoffConfig;
 use rskafka::client::{Client, ClientBuilder};
 
@@ -137,11 +137,13 @@ impl ClientConfig {
         self.reconnect_backoff
     }
 
-    /// Connects an rskafka client: fetches cluster metadata from the first bootstrap broker that answers,
-    /// retrying for up to the connect timeout; `backoff` drives the retries inside each later request.
-    /// A security misconfiguration fails at once (see [`check_security`](Self::check_security)).
+    /// Connects an rskafka client once a bootstrap broker answers a kafkit connection (see
+    /// [`bootstrap_connection`](Self::bootstrap_connection)): a security misconfiguration fails at
+    /// once, an unreachable cluster after the connect timeout, and rskafka's own bootstrap gets what
+    /// is left of it. `backoff` drives the retries inside each later request.
     pub(crate) async fn connect_with(&self, backoff: BackoffConfig) -> Result<Client> {
-        self.check_security().await?;
+        let started = tokio::time::Instant::now();
+        drop(self.bootstrap_connection().await?);
         let mut builder = ClientBuilder::new(self.bootstrap.clone())
             .client_id(Arc::clone(&self.client_id))
             .backoff_config(backoff);
@@ -152,7 +154,7 @@ impl ClientConfig {
         if let Some(tls) = &self.tls {
             builder = builder.tls_config(Arc::clone(&tls.0));
         }
-        match tokio::time::timeout(self.connect_timeout, builder.build()).await {
+        match tokio::time::timeout_at(started + self.connect_timeout, builder.build()).await {
             Ok(Ok(client)) => Ok(client),
             Ok(Err(source)) => Err(Error::Kafka {
                 context: format!("connecting to {}", self.bootstrap.join(",")),
@@ -160,33 +162,52 @@ impl ClientConfig {
             }),
             Err(_) => Err(Error::Unreachable {
                 bootstrap: self.bootstrap.join(","),
-                waited: self.connect_timeout,
+                waited: started.elapsed(),
             }),
         }
+    }
+
+    /// Applies the users' environment-style connection settings: `KAFKA_RECONNECT_BACKOFF_MS` and
+    /// `KAFKA_RECONNECT_BACKOFF_MAX_MS` become the [reconnect backoff](Self::reconnect_backoff) of
+    /// every client built from this configuration (see [`ResilienceConfig::from_env`]).
+    pub fn resilience(self, config: &ResilienceConfig) -> Self {
+        self.reconnect_backoff(config.reconnect_backoff)
+    }
+
+    /// The connect timeout ([`connect_timeout`](Self::connect_timeout)).
+    pub fn connect_timeout_limit(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// `retry` (a component's own backoff between failed requests, which reconnect) bounded by the
+    /// reconnect backoff: never sooner than `reconnect.backoff.ms`, never longer than
+    /// `reconnect.backoff.max.ms` (nor than `retry`'s own max, unless the reconnect minimum is above
+    /// it). With the defaults (100 ms, 64 s) a component's backoff is unchanged.
+    pub(crate) fn reconnect_bounded(&self, retry: BackoffPolicy) -> BackoffPolicy {
+        let reconnect = self.reconnect_backoff;
+        let initial = retry.initial().max(reconnect.initial());
+        let max = retry.max().min(reconnect.max()).max(initial);
+        BackoffPolicy::new(initial, max, retry.multiplier(), retry.jitter())
+            .expect("initial <= max and the rest taken from a valid policy")
     }
 }
 
 impl ClientConfig {
-    /// Opens one kafkit connection to the bootstrap brokers (TLS, SASL, then a Metadata request) so
-    /// that wrong credentials, an untrusted certificate or a `security.protocol` that does not match
-    /// the listener fail at once with their cause. rskafka retries every connection failure until the
-    /// connect timeout, which would turn them into a late, vague "unreachable". Brokers that cannot be
-    /// reached at all are left to that retrying connect.
-    pub(crate) async fn check_security(&self) -> Result<()> {
-        self.try_bootstrap().await.map(|_| ())
-    }
-
-    /// Waits until a bootstrap broker answers over a kafkit connection (TLS, SASL, Metadata),
-    /// retrying with the reconnect backoff: [`Error::Unreachable`] once the connect timeout has
-    /// passed, [`Error::Security`] at once.
-    pub(crate) async fn reach(&self) -> Result<()> {
+    /// A kafkit connection (TCP, TLS, SASL, then a Metadata request) to the first bootstrap broker
+    /// that answers, retried with the reconnect backoff until the connect timeout, which bounds the
+    /// whole wait, every attempt included. Wrong credentials, an untrusted certificate or a
+    /// `security.protocol` that does not fit the listener fail at once as [`Error::Security`], with
+    /// their cause; no broker answering in time is [`Error::Unreachable`]. Every client and tool
+    /// starts here, so each reports these the same way.
+    pub(crate) async fn bootstrap_connection(&self) -> Result<Connection> {
         let started = tokio::time::Instant::now();
+        let deadline = started + self.connect_timeout;
         let mut backoff = self.reconnect_backoff.start();
         loop {
-            if self.try_bootstrap().await? {
-                return Ok(());
+            if let Some(conn) = self.try_bootstrap(deadline).await? {
+                return Ok(conn);
             }
-            let left = self.connect_timeout.saturating_sub(started.elapsed());
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if left.is_zero() {
                 return Err(Error::Unreachable {
                     bootstrap: self.bootstrap.join(","),
@@ -197,17 +218,30 @@ impl ClientConfig {
         }
     }
 
-    /// One pass over the bootstrap brokers: whether one answered a Metadata request; a security
-    /// failure is an error.
-    async fn try_bootstrap(&self) -> Result<bool> {
-        let timeout = self.connect_timeout.min(Duration::from_secs(10));
+    /// Waits until a bootstrap broker answers (see [`bootstrap_connection`](Self::bootstrap_connection)).
+    pub(crate) async fn reach(&self) -> Result<()> {
+        self.bootstrap_connection().await.map(drop)
+    }
+
+    /// One pass over the bootstrap brokers, each attempt within what is left before `deadline`:
+    /// the first connection that answered a Metadata request; a security failure is an error.
+    async fn try_bootstrap(&self, deadline: tokio::time::Instant) -> Result<Option<Connection>> {
         for broker in &self.bootstrap {
-            let checked = match Connection::connect(broker, self, timeout).await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let attempt = match Connection::connect(broker, self, left).await {
                 Ok(conn) => {
+                    // A SASL listener answers ApiVersions without authentication and closes the
+                    // connection at the next request: this one.
                     let request = kafka_protocol::messages::MetadataRequest::default()
                         .with_topics(Some(Vec::new()));
-                    match conn.send(&request, timeout).await {
-                        Ok(_) => return Ok(true),
+                    let left = deadline
+                        .saturating_duration_since(tokio::time::Instant::now())
+                        .max(Duration::from_millis(1));
+                    match conn.send(&request, left).await {
+                        Ok(_) => Ok(conn),
                         Err(WireError::Io { broker, .. }) => Err(WireError::Handshake {
                             broker,
                             stage: "at the first request after the handshake",
@@ -218,7 +252,8 @@ impl ClientConfig {
                 }
                 Err(e) => Err(e),
             };
-            match checked {
+            match attempt {
+                Ok(conn) => return Ok(Some(conn)),
                 Err(source) if source.is_security() => {
                     return Err(Error::Security {
                         context: format!(
@@ -229,10 +264,9 @@ impl ClientConfig {
                     });
                 }
                 Err(e) => tracing::debug!(%broker, error = %e, "bootstrap broker not reachable"),
-                Ok(()) => return Ok(true),
             }
         }
-        Ok(false)
+        Ok(None)
     }
 }
 
@@ -251,6 +285,192 @@ pub(crate) fn rskafka_backoff(policy: &BackoffPolicy, deadline: Option<Duration>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
+    use kafkit_metrics::MetricsConfig;
+
+    use crate::consumer::ConsumerBuilder;
+    use crate::group::GroupConfig;
+    use crate::producer::ProducerBuilder;
+    #[cfg(feature = "tls")]
+    use crate::security::Pem;
+    use crate::security::{SaslMechanism, SecurityProtocol};
+
+    /// What the components built from one environment run with.
+    struct Effective {
+        /// (breaker, attempts per record, shutdown timeout, coordinator backoff, fetch backoff).
+        consumer: (
+            Option<kafkit_resilience::CircuitBreakerPolicy>,
+            u32,
+            Duration,
+            BackoffPolicy,
+            BackoffPolicy,
+        ),
+        producer: BackoffConfig,
+        resilience: ResilienceConfig,
+        metrics: MetricsConfig,
+        security: Security,
+    }
+
+    /// Builds every component the way an application does, from `vars` only (the same readers
+    /// as `from_env`, through their lookup seams: no process-global state, so no races).
+    fn effective(vars: &[(&str, &str)]) -> Effective {
+        let env: HashMap<&str, &str> = vars.iter().copied().collect();
+        let lookup = |name: &str| env.get(name).map(|v| v.to_string());
+        let resilience = ResilienceConfig::from_lookup(lookup).unwrap();
+        let metrics = MetricsConfig::from_lookup(lookup).unwrap();
+        let security = Security::from_lookup(lookup).unwrap();
+        let client = ClientConfig::new(["localhost:9092"])
+            .unwrap()
+            .resilience(&resilience);
+        let consumer = ConsumerBuilder::new(client.clone(), GroupConfig::new("g", ["t"]))
+            .resilience(&resilience)
+            .unwrap()
+            .effective_resilience();
+        let producer = ProducerBuilder::new(client).rskafka_backoff();
+        Effective {
+            consumer,
+            producer,
+            resilience,
+            metrics,
+            security,
+        }
+    }
+
+    fn ms(v: u64) -> Duration {
+        Duration::from_millis(v)
+    }
+
+    #[test]
+    fn every_documented_variable_takes_effect() {
+        type Check = fn(&Effective) -> bool;
+        // Each documented variable (README, docs/configuration.md, the env.rs table), a value other
+        // than its default, and what the component built from it then does differently.
+        let cases: &[(&str, &str, Check)] = &[
+            ("KAFKA_ENABLE_CIRCUIT_BREAKER", "false", |e| {
+                e.consumer.0.is_none()
+            }),
+            ("KAFKA_CIRCUIT_BREAKER_THRESHOLD", "3", |e| {
+                e.consumer.0.unwrap().failure_threshold() == 3
+            }),
+            ("KAFKA_CIRCUIT_BREAKER_RESET_TIMEOUT", "7000", |e| {
+                e.consumer.0.unwrap().reset_timeout() == ms(7000)
+            }),
+            ("KAFKA_RETRY_MAX_ATTEMPTS", "4", |e| e.consumer.1 == 4),
+            ("KAFKA_SHUTDOWN_TIMEOUT", "2500", |e| {
+                e.consumer.2 == ms(2500)
+            }),
+            // The least wait before any reconnect: coordinator, fetchers, the producer's client.
+            ("KAFKA_RECONNECT_BACKOFF_MS", "250", |e| {
+                e.consumer.3.initial() == ms(250)
+                    && e.consumer.4.initial() == ms(250)
+                    && e.producer.init_backoff == ms(250)
+            }),
+            // The most: below the fetchers' (10 s) and the producer's (1 s) own maxima.
+            ("KAFKA_RECONNECT_BACKOFF_MAX_MS", "700", |e| {
+                e.consumer.3.max() == ms(700)
+                    && e.consumer.4.max() == ms(700)
+                    && e.producer.max_backoff == ms(700)
+            }),
+            // Documented as read and validated only; setting them says so (a warning).
+            ("KAFKA_HEALTH_CHECK_INTERVAL", "1000", |e| {
+                e.resilience.health_check_interval == ms(1000)
+                    && e.resilience
+                        .warnings()
+                        .iter()
+                        .any(|w| w.contains("KAFKA_HEALTH_CHECK_INTERVAL"))
+            }),
+            ("KAFKA_BATCH_ERROR_ISOLATION", "false", |e| {
+                !e.resilience.batch_error_isolation
+                    && e.resilience
+                        .warnings()
+                        .iter()
+                        .any(|w| w.contains("KAFKA_BATCH_ERROR_ISOLATION"))
+            }),
+            ("KAFKA_MAX_TOPIC_STATS", "17", |e| {
+                e.metrics.max_topic_stats() == 17
+            }),
+            ("KAFKA_ENABLE_MOVING_AVERAGE", "false", |e| {
+                !e.metrics.moving_average_enabled()
+            }),
+            ("KAFKA_MOVING_AVERAGE_WINDOW", "25", |e| {
+                e.metrics.moving_average_window() == 25
+            }),
+        ];
+        let defaults = effective(&[]);
+        for (name, value, check) in cases {
+            assert!(
+                !check(&defaults),
+                "{name}: the check must fail on the defaults"
+            );
+            let e = effective(&[(name, value)]);
+            assert!(check(&e), "{name}={value} had no effect");
+        }
+
+        // Variables that only make sense together.
+        #[allow(unused_mut)]
+        let mut pairs: Vec<(&[(&str, &str)], Check)> = vec![
+            (
+                &[
+                    ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),
+                    ("KAFKA_SASL_MECHANISM", "PLAIN"),
+                    ("KAFKA_SASL_USERNAME", "alice"),
+                    ("KAFKA_SASL_PASSWORD", "pw"),
+                ],
+                |e| {
+                    e.security.protocol == SecurityProtocol::SaslPlaintext
+                        && e.security.sasl.as_ref().is_some_and(|s| {
+                            s.mechanism == SaslMechanism::Plain
+                                && s.username == "alice"
+                                && s.password.expose() == "pw"
+                        })
+                },
+            ),
+            // A reconnect minimum above a component's own maximum raises that maximum with it.
+            (&[("KAFKA_RECONNECT_BACKOFF_MS", "3000")], |e| {
+                e.producer.init_backoff == ms(3000)
+                    && e.producer.max_backoff == ms(3000)
+                    && e.consumer.4.max() == ms(10_000)
+            }),
+        ];
+        // TLS settings exist only in builds with the `tls` feature.
+        #[cfg(feature = "tls")]
+        pairs.push((
+                &[
+                    ("KAFKA_SECURITY_PROTOCOL", "SSL"),
+                    ("KAFKA_SSL_CA_LOCATION", "/etc/ca.pem"),
+                    ("KAFKA_SSL_CERTIFICATE_LOCATION", "/etc/client.pem"),
+                    ("KAFKA_SSL_KEY_LOCATION", "/etc/client.key"),
+                ],
+                |e| {
+                    e.security.protocol == SecurityProtocol::Ssl
+                        && matches!(&e.security.tls.ca, Some(Pem::File(p)) if p.to_str() == Some("/etc/ca.pem"))
+                        && matches!(&e.security.tls.client_cert, Some(Pem::File(p)) if p.to_str() == Some("/etc/client.pem"))
+                        && matches!(&e.security.tls.client_key, Some(Pem::File(p)) if p.to_str() == Some("/etc/client.key"))
+                },
+        ));
+        for (vars, check) in pairs.iter() {
+            assert!(
+                !check(&defaults),
+                "{vars:?}: the check must fail on the defaults"
+            );
+            assert!(check(&effective(vars)), "{vars:?} had no effect");
+        }
+    }
+
+    #[test]
+    fn the_defaults_leave_each_components_backoff_as_it_was() {
+        let e = effective(&[]);
+        assert_eq!(e.consumer.3, BackoffPolicy::default());
+        assert_eq!(
+            (e.consumer.4.initial(), e.consumer.4.max()),
+            (ms(100), ms(10_000))
+        );
+        assert_eq!(
+            (e.producer.init_backoff, e.producer.max_backoff),
+            (ms(100), ms(1000))
+        );
+    }
 
     #[test]
     fn bootstrap_accepts_lists_and_comma_separated() {

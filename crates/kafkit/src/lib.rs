@@ -12,8 +12,10 @@
 //! - [`metrics`] re-exports `kafkit-metrics`.
 //!
 //! # Features
-//! Default features are pure Rust (gzip and snappy codecs) and build for `x86_64-unknown-linux-musl`
-//! without a C compiler. `lz4`, `zstd` and `tls` are opt-in.
+//! Default features are pure Rust and build for `x86_64-unknown-linux-musl` without a C compiler.
+//! The consumer decodes every codec (none, gzip, snappy, lz4, zstd) in every build; the producer
+//! compresses with gzip and snappy, and with lz4 and zstd through the opt-in `lz4` and `zstd`
+//! features (C libraries). `tls` is opt-in too.
 
 pub use kafkit_core::{
     ClientConfig, Compression, ConfigError, Delivery, Error, Header, Headers, Pem, Producer,

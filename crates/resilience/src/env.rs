@@ -71,16 +71,22 @@ pub struct ResilienceConfig {
     pub retry_backoff: BackoffPolicy,
     /// Delays between reconnects to a broker. Default 100 ms doubling to 64 s with 20 % jitter.
     /// Initial and max from `KAFKA_RECONNECT_BACKOFF_MS` / `KAFKA_RECONNECT_BACKOFF_MAX_MS`
-    /// (Kafka's `reconnect.backoff.ms` / `reconnect.backoff.max.ms`).
+    /// (Kafka's `reconnect.backoff.ms` / `reconnect.backoff.max.ms`). Applied by kafkit-core's
+    /// `ClientConfig::resilience` and `ConsumerBuilder::resilience`: the group coordinator's
+    /// reconnects follow it, and the fetchers' and the producer's retries (which reconnect) wait
+    /// no less than its initial and no more than its max.
     pub reconnect_backoff: BackoffPolicy,
     /// How long a graceful shutdown may take before in-flight work is abandoned (uncommitted, so
     /// redelivered). Default 30 s. From `KAFKA_SHUTDOWN_TIMEOUT`.
     pub shutdown_timeout: Duration,
-    /// How often health is evaluated. Default 30 s. From `KAFKA_HEALTH_CHECK_INTERVAL`.
+    /// How often health is evaluated. Default 30 s. From `KAFKA_HEALTH_CHECK_INTERVAL`. Validated
+    /// only: kafkit evaluates health on each `report()` call; a value other than the default is
+    /// one of the [`warnings`](Self::warnings).
     pub health_check_interval: Duration,
     /// Whether one failing record is retried and dead-lettered on its own while the rest of its
     /// batch carries on (`true`), or fails the whole batch (`false`). Default `true`.
-    /// From `KAFKA_BATCH_ERROR_ISOLATION`.
+    /// From `KAFKA_BATCH_ERROR_ISOLATION`. Validated only: kafkit always isolates; `false` is one
+    /// of the [`warnings`](Self::warnings).
     pub batch_error_isolation: bool,
 }
 
@@ -200,6 +206,20 @@ impl ResilienceConfig {
                     self.retry_max_attempts,
                     breaker.failure_threshold()
                 ));
+        }
+        let defaults = Self::default();
+        if self.health_check_interval != defaults.health_check_interval {
+            warnings.push(format!(
+                "{HEALTH_CHECK_INTERVAL} ({} ms) is validated but has no effect: kafkit evaluates \
+                 health on each report() call",
+                self.health_check_interval.as_millis()
+            ));
+        }
+        if !self.batch_error_isolation {
+            warnings.push(format!(
+                "{BATCH_ERROR_ISOLATION}=false has no effect: a failing record is always retried \
+                 and dead-lettered on its own while the rest of its batch carries on"
+            ));
         }
         warnings
     }

@@ -304,9 +304,11 @@ impl ConsumerBuilder {
         self
     }
 
-    /// Applies the users' environment-style settings: circuit breaker, retries and shutdown timeout
-    /// (see [`ResilienceConfig::from_env`]).
+    /// Applies the users' environment-style settings: circuit breaker, retries, shutdown timeout and
+    /// the reconnect backoff of the client (coordinator, fetches; see [`ClientConfig::resilience`]
+    /// and [`ResilienceConfig::from_env`]).
     pub fn resilience(mut self, config: &ResilienceConfig) -> Result<Self> {
+        self.client = self.client.resilience(config);
         self.breaker = config.circuit_breaker;
         self.retry = config.retry_policy()?;
         self.settings.shutdown_timeout = config.shutdown_timeout;
@@ -370,9 +372,39 @@ impl ConsumerBuilder {
         Ok(())
     }
 
+    /// The backoff between a partition's failed fetches (each reconnects to the leader): the
+    /// fetcher's own (100 ms doubling to 10 s) bounded by the client's reconnect backoff
+    /// (`reconnect.backoff.ms` .. `reconnect.backoff.max.ms`).
+    pub(crate) fn fetch_backoff(&self) -> BackoffPolicy {
+        self.client.reconnect_bounded(self.settings.fetch.backoff)
+    }
+
+    /// The resilience settings a built consumer runs with: breaker, attempts per record, shutdown
+    /// timeout, the coordinator's reconnect backoff, the fetchers' backoff. For the tests of the
+    /// settings plumbing (`config.rs`).
+    #[cfg(test)]
+    pub(crate) fn effective_resilience(
+        &self,
+    ) -> (
+        Option<CircuitBreakerPolicy>,
+        u32,
+        Duration,
+        BackoffPolicy,
+        BackoffPolicy,
+    ) {
+        (
+            self.breaker,
+            self.retry.max_attempts(),
+            self.settings.shutdown_timeout,
+            self.client.reconnect_backoff_policy(),
+            self.fetch_backoff(),
+        )
+    }
+
     /// Validates every setting and connects. The consumer joins its group when it starts running.
-    pub async fn build(self) -> Result<Consumer> {
+    pub async fn build(mut self) -> Result<Consumer> {
         self.validate()?;
+        self.settings.fetch.backoff = self.fetch_backoff();
         self.client.reach().await?;
         let breaker = self.breaker.map(CircuitBreaker::new);
         let board = Arc::new(StatusBoard::default());

@@ -263,7 +263,9 @@ impl ProducerBuilder {
     }
 
     /// Backoff between retries of a failed produce request. Corresponds to `retry.backoff.ms` /
-    /// `retry.backoff.max.ms`. Default 100 ms doubling to 1 s.
+    /// `retry.backoff.max.ms`. Default 100 ms doubling to 1 s. A retry reconnects, so the client's
+    /// reconnect backoff bounds it: no sooner than `reconnect.backoff.ms`, no later than
+    /// `reconnect.backoff.max.ms` ([`ClientConfig::reconnect_backoff`]).
     pub fn retry_backoff(mut self, policy: BackoffPolicy) -> Self {
         self.retry_backoff = policy;
         self
@@ -309,13 +311,17 @@ impl ProducerBuilder {
         Ok(())
     }
 
+    /// The backoff of the rskafka client under this producer, which retries a failed request by
+    /// reconnecting: [`retry_backoff`](Self::retry_backoff) bounded by the client's reconnect
+    /// backoff (`reconnect.backoff.ms` .. `reconnect.backoff.max.ms`).
+    pub(crate) fn rskafka_backoff(&self) -> rskafka::BackoffConfig {
+        rskafka_backoff(&self.client.reconnect_bounded(self.retry_backoff), None)
+    }
+
     /// Validates the settings and connects to the cluster.
     pub async fn build(self) -> Result<Producer> {
         self.validate()?;
-        let client = self
-            .client
-            .connect_with(rskafka_backoff(&self.retry_backoff, None))
-            .await?;
+        let client = self.client.connect_with(self.rskafka_backoff()).await?;
         debug!(bootstrap = ?self.client.bootstrap(), "producer connected");
         let active = self.metrics.as_ref().map(Metrics::producer_active);
         Ok(Producer {

@@ -41,7 +41,8 @@ const MAX_FRAME: usize = 100 * 1024 * 1024;
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum WireError {
-    /// No TCP connection could be made.
+    /// No usable connection could be made within the connect timeout: TCP was refused or timed
+    /// out, or the port accepted TCP but no Kafka handshake (TLS, ApiVersions, SASL) completed in time.
     #[error("connecting to broker {broker} failed: {message}")]
     Connect {
         /// `host:port`.
@@ -135,7 +136,7 @@ pub enum WireError {
 impl WireError {
     /// Whether a new connection may succeed where this one failed. A [`Handshake`](Self::Handshake)
     /// counts as retriable (a broker shutting down closes connections too); kafkit's first connection
-    /// of a client treats it as final instead (see [`ClientConfig::check_reachable`]).
+    /// of a client treats it as final instead (`ClientConfig::bootstrap_connection`).
     pub fn is_retriable(&self) -> bool {
         matches!(
             self,
@@ -182,7 +183,8 @@ impl Drop for Connection {
 
 impl Connection {
     /// Connects to `broker` (`host:port`) as `config` says (client id, TLS, SASL), negotiates API
-    /// versions and authenticates, each step within `timeout`.
+    /// versions and authenticates, all of it within `timeout`: a port that accepts TCP but never
+    /// answers is a [`WireError::Connect`] once `timeout` has passed, not a wait per step.
     pub(crate) async fn connect(
         broker: &str,
         config: &ClientConfig,
@@ -192,12 +194,34 @@ impl Connection {
             broker: broker.to_owned(),
             message,
         };
-        let tcp = tokio::time::timeout(timeout, TcpStream::connect(broker))
+        let deadline = tokio::time::Instant::now() + timeout;
+        let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(broker))
             .await
             .map_err(|_| connect_err(format!("no TCP connection within {timeout:?}")))?
             .map_err(|e| connect_err(e.to_string()))?;
         tcp.set_nodelay(true)
             .map_err(|e| connect_err(e.to_string()))?;
+        // Every step below also has its own timeout (`send` needs one); the deadline is what binds.
+        let no_answer = || {
+            connect_err(format!(
+                "the port accepts connections but the Kafka handshake (TLS, ApiVersions, SASL) did not \
+                 complete within {timeout:?}"
+            ))
+        };
+        match tokio::time::timeout_at(deadline, Self::handshake(tcp, broker, config, timeout)).await
+        {
+            Err(_) | Ok(Err(WireError::Timeout { .. })) => Err(no_answer()),
+            Ok(result) => result,
+        }
+    }
+
+    /// TLS (when configured), ApiVersions and SASL (when configured) over a fresh TCP connection.
+    async fn handshake(
+        tcp: TcpStream,
+        broker: &str,
+        config: &ClientConfig,
+        timeout: Duration,
+    ) -> Result<Self, WireError> {
         #[cfg(feature = "tls")]
         let stream: Box<dyn Io> = match config.tls_client() {
             Some(tls) => Box::new(tls_handshake(tcp, broker, tls, timeout).await?),

@@ -170,8 +170,9 @@ pub(crate) struct CorruptBatch {
     /// The base offset of the batch that cannot be decoded.
     pub(crate) offset: i64,
     /// Where the fetch position moves to skip it: the offset after the batch when its header can
-    /// be read, else one past the offset the bad bytes start at. Always > the fetch's from_offset
-    /// and > any next_offset of good batches before it (the position must always move forward).
+    /// be read (but not past the base offset of a good batch right after it), else one past the
+    /// offset the bad bytes start at. Always > the fetch's from_offset and > any next_offset of
+    /// good batches before it (the position must always move forward).
     pub(crate) skip_to: i64,
     /// What is wrong, naming the offset.
     pub(crate) reason: String,
@@ -215,7 +216,6 @@ pub(crate) fn decode_records(
                 break;
             }
         };
-        let kept = decoded.records.len();
         match decode_batch(
             &header,
             batch,
@@ -225,9 +225,12 @@ pub(crate) fn decode_records(
         ) {
             Ok(next_offset) => decoded.next_offset = Some(next_offset),
             Err(error) => {
-                // None of the bad batch's records are handed out.
-                decoded.records.truncate(kept);
-                let after = header.next_offset().ok();
+                // The header says where the batch ends, but a CRC mismatch puts it in doubt: a
+                // good batch right after it in the response bounds the skip, so no record that
+                // was fetched intact is skipped.
+                let after = header.next_offset().ok().map(|after| {
+                    next_good_base_offset(&records).map_or(after, |next| after.min(next))
+                });
                 let bad = corrupt(base_offset, after, error, from_offset, &decoded);
                 decoded.corrupt = Some(bad);
                 break;
@@ -265,9 +268,17 @@ fn corrupt(
     }
 }
 
-/// Checks one complete batch and hands out its records at or after `from_offset` into `out`
-/// (pushing onto it; on an error some may have been pushed, and the caller drops them). Returns
-/// the offset after the batch.
+/// The base offset of the batch at the front of `records` if it is complete and its CRC checks
+/// out (so its offsets can be trusted).
+fn next_good_base_offset(records: &Bytes) -> Option<i64> {
+    let batch = split_complete_batch(&mut records.clone()).ok()??;
+    let header = BatchHeader::parse(&batch).ok()?;
+    check_crc(&header, &batch).ok()?;
+    Some(header.base_offset)
+}
+
+/// Checks one complete batch and hands out its records at or after `from_offset` into `out`, all
+/// or none: they are pushed only once the whole batch decoded. Returns the offset after the batch.
 fn decode_batch(
     header: &BatchHeader,
     batch: Bytes,
@@ -527,7 +538,11 @@ fn read_records(header: &BatchHeader, batch: Bytes) -> Result<Vec<FetchedRecord>
 /// bytes; the error says what failed.
 fn decompress(codec: i16, compressed: &[u8]) -> Result<Vec<u8>, String> {
     match codec {
-        GZIP => read_bounded("gzip", flate2::read::MultiGzDecoder::new(compressed)),
+        GZIP => read_bounded(
+            "gzip",
+            flate2::read::MultiGzDecoder::new(compressed),
+            first_guess(compressed),
+        ),
         SNAPPY => unsnappy(compressed),
         LZ4 => unlz4(compressed),
         ZSTD => unzstd(compressed),
@@ -543,9 +558,20 @@ fn too_large(codec: &str) -> String {
     )
 }
 
-/// Reads all of a decompressing reader, to at most [`MAX_DECOMPRESSED_BATCH`] bytes.
-fn read_bounded(codec: &str, reader: impl Read) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
+/// Room for the decompressed bytes to start with: a few times the compressed size (records
+/// compress a few times), so a typical batch is read without growing the buffer, while a small
+/// hostile batch reserves little.
+fn first_guess(compressed: &[u8]) -> usize {
+    compressed
+        .len()
+        .saturating_mul(4)
+        .min(MAX_DECOMPRESSED_BATCH)
+}
+
+/// Reads all of a decompressing reader, to at most [`MAX_DECOMPRESSED_BATCH`] bytes, into a buffer
+/// of `capacity` to start with.
+fn read_bounded(codec: &str, reader: impl Read, capacity: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(capacity);
     // One byte past the limit tells "at the limit" from "beyond it".
     let limit = MAX_DECOMPRESSED_BATCH as u64 + 1;
     reader
@@ -560,7 +586,7 @@ fn read_bounded(codec: &str, reader: impl Read) -> Result<Vec<u8>, String> {
 
 /// Decompresses lz4: one or more LZ4 frames (Kafka's v2 batches use the standard frame format).
 fn unlz4(mut compressed: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(first_guess(compressed));
     // `lz4_flex` reads one frame and then reports the end; each pass reads the next.
     while !compressed.is_empty() {
         let room = MAX_DECOMPRESSED_BATCH - out.len();
@@ -643,7 +669,7 @@ fn unzstd(mut compressed: &[u8]) -> Result<Vec<u8>, String> {
 
     let mut decoder = FrameDecoder::new();
     decoder.set_max_window_size(MAX_ZSTD_WINDOW);
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(first_guess(compressed));
     while !compressed.is_empty() {
         match decoder.reset(&mut compressed) {
             Ok(()) => {}
@@ -1797,6 +1823,20 @@ mod tests {
                 assert!(corrupt.reason.contains("offset 3"), "{corrupt:?}");
             }
         }
+        // A CRC mismatch in the last offset delta: the batch claims to end far later, but the
+        // good batch after it bounds the skip.
+        let mut claims_more = write_batch(Codec::None, &bad).to_vec();
+        claims_more[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
+            .copy_from_slice(&1_000i32.to_be_bytes());
+        let good_after = write_batch(Codec::None, &good_2);
+        let input = concat(&[&Bytes::from(claims_more.clone()), &good_after]);
+        let (_, corrupt) = decode_corrupt(input, 3);
+        assert!(corrupt.reason.contains("CRC mismatch"), "{corrupt:?}");
+        assert_eq!(corrupt.skip_to, 8);
+        // Alone in the response, the header is all there is.
+        let (_, corrupt) = decode_corrupt(Bytes::from(claims_more), 3);
+        assert_eq!(corrupt.skip_to, 1_004);
+
         // And a corrupt batch first: nothing, and the position moves past it.
         let mut broken = write_batch(Codec::None, &bad).to_vec();
         broken[BATCH_HEADER_LEN] ^= 0x80;
