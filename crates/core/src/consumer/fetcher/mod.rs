@@ -342,7 +342,6 @@ enum ToRouter {
 }
 
 struct BrokerHandle {
-    address: String,
     to_broker: mpsc::UnboundedSender<Cursor>,
     _task: OwnedTask<()>,
 }
@@ -354,7 +353,8 @@ struct Router {
     /// Given to broker tasks to hand cursors back; weak so that the router's own handle is the
     /// last strong sender.
     to_router: mpsc::WeakUnboundedSender<ToRouter>,
-    brokers: HashMap<i32, BrokerHandle>,
+    /// Broker tasks by node id and address.
+    brokers: HashMap<(i32, String), BrokerHandle>,
     /// Backoff after a failed OffsetFetch or Metadata request, and until when it holds.
     backoff: Option<(Retry, Instant)>,
 }
@@ -531,27 +531,22 @@ impl Router {
         unplaced
     }
 
-    /// The broker task of `node` at `address`, started if there is none (or the node moved).
+    /// The broker task of `node` at `address`, started if there is none. Keyed by both: a node
+    /// that moved to another address gets a new task, while the old one keeps its partitions until
+    /// its connection fails and hands them back (dropping it would drop them).
     fn broker(&mut self, node: i32, address: String) -> &BrokerHandle {
-        let stale = self
-            .brokers
-            .get(&node)
-            .is_some_and(|b| b.address != address);
-        if stale {
-            self.brokers.remove(&node);
-        }
-        if !self.brokers.contains_key(&node) {
+        let key = (node, address);
+        if !self.brokers.contains_key(&key) {
             let (to_broker, rx) = mpsc::unbounded_channel();
             let task = broker::BrokerTask::new(
                 Arc::clone(&self.ctx),
-                address.clone(),
+                key.1.clone(),
                 rx,
                 self.to_router.clone(),
             );
             self.brokers.insert(
-                node,
+                key.clone(),
                 BrokerHandle {
-                    address,
                     to_broker,
                     _task: OwnedTask::spawn(task.run()),
                 },
@@ -560,7 +555,7 @@ impl Router {
                 .brokers
                 .store(self.brokers.len(), Ordering::Relaxed);
         }
-        &self.brokers[&node]
+        &self.brokers[&key]
     }
 }
 
