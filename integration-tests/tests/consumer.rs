@@ -866,3 +866,209 @@ async fn a_dropped_consumer_leaves_no_task_or_connection_behind() {
         "connections still open 3 s after the consumer was dropped"
     );
 }
+
+/// The consumer's connections are bounded by brokers, not partitions: on a topic of 512 partitions
+/// led by one broker it holds the bootstrap/metadata connection, the coordinator's, and one fetch
+/// connection (one Fetch per broker, in a fetch session), and still reads every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_twelve_partitions_take_a_few_connections_not_one_per_partition() {
+    const PARTITIONS: i32 = 512;
+    const PER_PARTITION: usize = 20;
+    let kafka = kafkit_testkit::LocalKafka::start().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let port: u16 = bootstrap.rsplit(':').next().unwrap().parse().unwrap();
+    let topic = random_name("wide");
+    let group = random_name("wide-g");
+    create_topic(&bootstrap, &topic, PARTITIONS, 1)
+        .await
+        .unwrap();
+    let n = PARTITIONS as usize * PER_PARTITION;
+    {
+        let producer = ProducerBuilder::new(client(&bootstrap))
+            .build()
+            .await
+            .unwrap();
+        let sends = (0..n).map(|i| {
+            let record = ProducerRecord::new(&topic, i.to_string())
+                .partition((i % PARTITIONS as usize) as i32);
+            producer.send(record)
+        });
+        for d in futures::future::join_all(sends).await {
+            d.unwrap();
+        }
+    }
+    // The producer's connections are gone before the consumer starts.
+    eventually(
+        Duration::from_secs(10),
+        "producer connections closed",
+        || connections_to(port) == 0,
+    )
+    .await;
+
+    let consumer = consumer(
+        &bootstrap,
+        &group,
+        &topic,
+        DispatchMode::Unordered { max_in_flight: 64 },
+    )
+    .await;
+    let stop = consumer.shutdown_handle();
+    let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let done = Arc::clone(&done);
+        async move {
+            let mut most = 0;
+            while !done.load(Ordering::Acquire) {
+                most = most.max(connections_to(port));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        }
+    });
+    let run = tokio::spawn({
+        let seen = Arc::clone(&seen);
+        consumer.run(move |r| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let value: usize = std::str::from_utf8(r.value().unwrap())
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                seen.lock().push(value);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    });
+    eventually(Duration::from_secs(120), "every record processed", || {
+        seen.lock().len() >= n
+    })
+    .await;
+    // Sampled while consuming only: the commit checks below open connections of their own.
+    done.store(true, Ordering::Release);
+    let most = sampler.await.unwrap();
+    // Lag reaches 0: every partition's commit reaches its end offset.
+    let mut lagging = PARTITIONS as usize;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let commits = committed(&bootstrap, &group, &topic, PARTITIONS).await;
+        lagging = (0..PARTITIONS)
+            .filter(|p| commits.get(p).copied() != Some(PER_PARTITION as i64))
+            .count();
+        if lagging == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.shutdown();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("shutdown in time")
+        .unwrap()
+        .unwrap();
+
+    eprintln!("at most {most} connections to the broker while consuming {PARTITIONS} partitions");
+    assert_eq!(
+        lagging, 0,
+        "partitions whose commit did not reach the log end"
+    );
+    let seen = seen.lock().clone();
+    let distinct: HashSet<usize> = seen.iter().copied().collect();
+    assert_eq!(distinct.len(), n, "every record processed");
+    assert_eq!(seen.len(), n, "no record processed twice");
+    // Bootstrap/metadata, coordinator, one fetch connection; one spare for a reconnect in progress.
+    assert!(
+        most <= 4,
+        "{most} connections to the broker while consuming {PARTITIONS} partitions"
+    );
+    assert!(
+        most >= 2,
+        "the sampler saw the consumer's connections: {most}"
+    );
+}
+
+/// One Fetch covers all of a broker's partitions, but one stuck record does not stop the others:
+/// the partition's records hold only their own share of the budget, and each Fetch takes what is
+/// free, even when a full Fetch of every partition would want the whole budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_record_does_not_stop_the_other_partitions_of_its_broker() {
+    const PARTITIONS: i32 = 40;
+    const PER_PARTITION: usize = 50;
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("stuck");
+    let group = random_name("stuck-g");
+    create_topic(&bootstrap, &topic, PARTITIONS, 1)
+        .await
+        .unwrap();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    producer
+        .send(ProducerRecord::new(&topic, "stuck").partition(0))
+        .await
+        .unwrap();
+    // 40 partitions x 64 KiB, twice, is more than the 4 MiB budget: a full Fetch wants all of it.
+    let consumer = ConsumerBuilder::new(client(&bootstrap), test_group(&group, &topic))
+        .dispatch(DispatchMode::Unordered { max_in_flight: 64 })
+        .auto_offset_reset(OffsetReset::Earliest)
+        .commit_interval(Duration::from_millis(200))
+        .revoke_timeout(Duration::from_secs(10))
+        .buffer_bytes(4 * 1024 * 1024)
+        .max_partition_fetch_bytes(64 * 1024)
+        .build()
+        .await
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let stuck = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let run = tokio::spawn({
+        let (gate, stuck, done) = (Arc::clone(&gate), Arc::clone(&stuck), Arc::clone(&done));
+        consumer.run(move |r| {
+            let (gate, stuck, done) = (Arc::clone(&gate), Arc::clone(&stuck), Arc::clone(&done));
+            async move {
+                if r.partition() == 0 && r.offset() == 0 {
+                    stuck.store(1, Ordering::Relaxed);
+                    let _ = gate.acquire().await;
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, std::io::Error>(())
+            }
+        })
+    });
+    eventually(Duration::from_secs(60), "the first record stuck", || {
+        stuck.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    // Records produced while it is stuck, in later Fetches of the same broker, all get processed.
+    let n = (PARTITIONS as usize - 1) * PER_PARTITION;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(200) {
+        let sends = chunk.iter().map(|&i| {
+            let record = ProducerRecord::new(&topic, i.to_string())
+                .partition(1 + (i % (PARTITIONS as usize - 1)) as i32);
+            producer.send(record)
+        });
+        for d in futures::future::join_all(sends).await {
+            d.unwrap();
+        }
+    }
+    eventually(
+        Duration::from_secs(60),
+        "the other records processed while one is stuck",
+        || done.load(Ordering::Relaxed) >= n,
+    )
+    .await;
+    gate.add_permits(1);
+    eventually(Duration::from_secs(60), "every record processed", || {
+        done.load(Ordering::Relaxed) > n
+    })
+    .await;
+    stop.shutdown();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("shutdown in time")
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.load(Ordering::Relaxed), n + 1);
+}

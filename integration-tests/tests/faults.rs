@@ -390,6 +390,64 @@ async fn replicated_cluster_survives_losing_a_leader() {
     );
 }
 
+/// Leadership of many partitions moves between brokers while one member consumes them all: the
+/// leader of a third of the partitions is killed, comes back, then another is killed. Each broker
+/// task of the consumer loses its connection or hears NOT_LEADER_OR_FOLLOWER / FENCED_LEADER_EPOCH;
+/// its partitions move to their new leaders' fetch sessions, and nothing is lost or reordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_of_many_partitions_moving_between_brokers_loses_nothing() {
+    const PARTITIONS: i32 = 60;
+    const SENT: usize = 2_000;
+    let cluster = LocalCluster::start_with(
+        3,
+        BrokerOptions::default()
+            .heap("384m")
+            .property("min.insync.replicas", "2"),
+    )
+    .await
+    .unwrap();
+    let bootstrap = cluster.bootstrap();
+    let topic = random_name("sc-leaders");
+    create_topic(&bootstrap, &topic, PARTITIONS, 3)
+        .await
+        .unwrap();
+    let history = History::new();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let m = member(
+        &bootstrap,
+        &random_name("g"),
+        &topic,
+        DispatchMode::PartitionOrdered,
+        &history,
+        "m1",
+        up_to::<2>,
+    )
+    .await;
+    let sending = produce_at(producer, &topic, SENT, 200, &history);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Node 1 leads about a third of the partitions: they move to nodes 0 and 2.
+    cluster.node(1).unwrap().kill();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.node(1).unwrap().restart().await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Then node 2's partitions move (some to node 1, back in the ISR by now or soon).
+    cluster.node(2).unwrap().kill();
+    let acked = tokio::time::timeout(Duration::from_secs(240), sending)
+        .await
+        .unwrap()
+        .unwrap();
+    wait_all_processed(&history, acked, Duration::from_secs(180)).await;
+    stop_all(vec![m]).await;
+    assert_clean("leadership-moves", &history, true, SENT, acked);
+    assert!(
+        acked >= SENT * 9 / 10,
+        "with two replicas left after each kill, most sends are acknowledged: {acked}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_slower_than_the_session_timeout_loses_nothing() {
     let bootstrap = shared().await.unwrap().bootstrap();

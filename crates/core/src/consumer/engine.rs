@@ -2,7 +2,7 @@
 //! to the dispatcher and processed offsets to commits.
 //!
 //! ```text
-//!  GroupMember ──GroupEvent──► engine ◄──FetchEvent── fetch task (one per partition)
+//!  GroupMember ──GroupEvent──► engine ◄──FetchEvent── fetcher (one task per leader broker)
 //!                                │  ▲
 //!            push(slot, record)  │  │ processed (slot, offset)
 //!                                ▼  │
@@ -27,7 +27,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -35,7 +35,7 @@ use kafkit_metrics::Metrics;
 use kafkit_resilience::{CircuitBreaker, CircuitState};
 
 use super::dispatcher::{Completion, DRAIN_MAX, DispatchEvent, Dispatcher, Sink};
-use super::fetcher::{FetchContext, FetchEvent, FetchTask, reservation};
+use super::fetcher::{FetchContext, FetchEvent, Fetcher, Fetching};
 use super::offset_map;
 use super::record::{ConsumedRecord, RecordData};
 use super::status::{Skipped, StatusBoard};
@@ -54,7 +54,8 @@ struct Slot {
     epoch: u64,
     /// None until the fetcher reports where it starts.
     tracker: Option<WatermarkTracker>,
-    fetch: Option<FetchTask>,
+    /// Dropping it stops fetching the partition.
+    fetch: Option<Fetching>,
     revoking: bool,
     high_watermark: i64,
     /// The last offset committed for this tenure (or found committed when it began).
@@ -77,6 +78,8 @@ pub(crate) struct Engine {
     settings: Arc<ConsumerSettings>,
     group: Arc<GroupMember>,
     fetch_ctx: Arc<FetchContext>,
+    /// Owned: dropping the engine stops every fetch.
+    fetcher: Fetcher,
     slots: Vec<Option<Slot>>,
     by_partition: HashMap<TopicPartition, usize>,
     next_epoch: u64,
@@ -116,17 +119,18 @@ impl Engine {
         let group_id = group.group_id().to_owned();
         let (fetched_tx, fetched_rx) = mpsc::channel(64);
         let dispatcher = Dispatcher::new(settings.mode, sink);
-        let fetch_ctx = Arc::new(FetchContext {
-            group: Arc::clone(&group),
-            settings: settings.fetch.clone(),
-            budget: Arc::new(Semaphore::new(settings.buffer_bytes)),
-            reservation: reservation(settings.fetch.max_partition_bytes, settings.buffer_bytes),
-            out: fetched_tx,
-        });
+        let fetch_ctx = Arc::new(FetchContext::new(
+            Arc::clone(&group),
+            settings.fetch.clone(),
+            settings.buffer_bytes,
+            fetched_tx,
+        ));
+        let fetcher = Fetcher::new(Arc::clone(&fetch_ctx));
         Self {
             settings,
             group,
             fetch_ctx,
+            fetcher,
             slots: Vec::new(),
             by_partition: HashMap::new(),
             next_epoch: 1,
@@ -355,8 +359,8 @@ impl Engine {
                 self.slots.len() - 1
             }
         };
-        let fetch = (self.shutdown_deadline.is_none())
-            .then(|| FetchTask::spawn(Arc::clone(&self.fetch_ctx), tp.clone(), index, epoch));
+        let fetch =
+            (self.shutdown_deadline.is_none()).then(|| self.fetcher.add(tp.clone(), index, epoch));
         self.slots[index] = Some(Slot {
             topic: Arc::from(tp.topic.as_str()),
             tp: tp.clone(),
@@ -453,7 +457,7 @@ impl Engine {
                         timestamp: chrono::DateTime::from_timestamp_millis(r.timestamp_ms)
                             .unwrap_or(chrono::DateTime::UNIX_EPOCH),
                         timestamp_type: r.timestamp_type,
-                        _budget: Some(Arc::clone(&budget)),
+                        _budget: budget.clone(),
                     });
                     self.dispatcher.push(slot, record);
                 }
@@ -468,6 +472,16 @@ impl Engine {
                         skipped_to: corrupt.skip_to,
                         reason: corrupt.reason,
                     });
+                }
+            }
+            FetchEvent::Polled { partitions } => {
+                let board = Arc::clone(&self.board);
+                for (slot, epoch) in partitions {
+                    if let Some(s) = self.slot_mut(slot, epoch)
+                        && let Some(t) = s.tracker.as_ref()
+                    {
+                        board.fetched(&s.tp, s.high_watermark, t.position());
+                    }
                 }
             }
             FetchEvent::EndOffset {

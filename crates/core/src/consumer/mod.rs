@@ -2,11 +2,12 @@
 //! others, offsets are committed only for finished work, and a rebalance or shutdown loses nothing.
 //!
 //! Three pieces with narrow hand-offs: the group member (`crate::group`) decides what this consumer
-//! owns; a fetch task per owned partition keeps the next fetch in flight; the engine dispatches
+//! owns; the fetcher keeps one fetch in flight per leader broker; the engine dispatches
 //! records per [`DispatchMode`] and commits the contiguous completed watermark of each partition.
 //!
 //! - `engine`: the actor that owns partition state, dispatches, tracks acks and commits.
-//! - `fetcher`: one prefetching fetch task per owned partition, bounded by a shared byte budget.
+//! - `fetcher`: one fetch task, connection and fetch session per leader broker, bounded by a shared
+//!   byte budget.
 //! - `scheduler`: which queued records of a partition may start, per dispatch mode.
 //! - `watermark`: the contiguous completed offset of a partition.
 //! - `offset_map`: the compact record of finished offsets above the watermark kept in commit metadata.
@@ -165,6 +166,7 @@ impl ConsumerBuilder {
                 offset_map_max_bytes: 4096,
                 fetch: FetchSettings {
                     max_partition_bytes: 1024 * 1024,
+                    max_bytes: 50 * 1024 * 1024,
                     max_wait: Duration::from_millis(500),
                     request_timeout: Duration::from_secs(30),
                     backoff: BackoffPolicy::new(
@@ -218,8 +220,8 @@ impl ConsumerBuilder {
 
     /// The most bytes of fetched records held in memory across all partitions (their responses plus
     /// about 160 bytes per record for its in-memory form); fetching pauses when it is reached. Each
-    /// fetch reserves twice `max.partition.fetch.bytes` (at most this) before it is sent and gives
-    /// back what its response does not need. Default 64 MiB.
+    /// Fetch (one per broker) reserves twice what it may return (at most its fair part of this)
+    /// before it is sent and gives back what its response does not need. Default 64 MiB.
     pub fn buffer_bytes(mut self, bytes: usize) -> Self {
         self.settings.buffer_bytes = bytes;
         self
@@ -229,6 +231,14 @@ impl ConsumerBuilder {
     /// Default 1 MiB.
     pub fn max_partition_fetch_bytes(mut self, bytes: usize) -> Self {
         self.settings.fetch.max_partition_bytes = bytes;
+        self
+    }
+
+    /// The most bytes one Fetch returns; the consumer sends one Fetch per broker, covering every
+    /// partition that broker leads for it. Corresponds to `fetch.max.bytes`. Default 50 MiB. Each
+    /// Fetch also stays within its part of [`buffer_bytes`](Self::buffer_bytes).
+    pub fn fetch_max_bytes(mut self, bytes: usize) -> Self {
+        self.settings.fetch.max_bytes = bytes;
         self
     }
 
@@ -343,6 +353,9 @@ impl ConsumerBuilder {
                 "max.partition.fetch.bytes",
                 "must be within 1 KiB..2 GiB".into(),
             );
+        }
+        if s.fetch.max_bytes < 1024 || s.fetch.max_bytes > i32::MAX as usize {
+            return err("fetch.max.bytes", "must be within 1 KiB..2 GiB".into());
         }
         if s.buffer_bytes < s.fetch.max_partition_bytes || s.buffer_bytes > u32::MAX as usize {
             return err(

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 
 use super::dispatcher::Completion;
 use kafkit_resilience::TimestampType;
@@ -31,7 +31,7 @@ pub(crate) struct RecordData {
     pub(crate) timestamp_type: TimestampType,
     /// The buffer budget of the fetch response this record shares with the others from it; the
     /// last of them to finish gives it back (the fetcher's memory bound).
-    pub(crate) _budget: Option<Arc<OwnedSemaphorePermit>>,
+    pub(crate) _budget: Option<Arc<super::fetcher::BudgetShare>>,
 }
 
 impl fmt::Debug for ConsumedRecord {

@@ -206,44 +206,44 @@ impl Coordinator {
             })
     }
 
-    /// The `host:port` of `tp`'s leader, from a Metadata request on the any-broker connection.
-    /// A partition without a leader right now (`-1`, an election under way) or a topic the broker
-    /// does not know yet is [`Error::Admin`] with Kafka's (retriable) error code.
-    pub(crate) async fn partition_leader(&self, tp: &TopicPartition) -> Result<String> {
+    /// The leaders of every partition of `topics`, with their leader epochs and the brokers'
+    /// addresses, from one Metadata request on the any-broker connection. A topic the broker does
+    /// not know, or a partition without a leader right now, is absent from the answer.
+    pub(crate) async fn leaders(&self, topics: &[String]) -> Result<Leaders> {
         let request = MetadataRequest::default()
             .with_allow_auto_topic_creation(false)
-            .with_topics(Some(vec![MetadataRequestTopic::default().with_name(Some(
-                TopicName(StrBytes::from_string(tp.topic.clone())),
-            ))]));
+            .with_topics(Some(
+                topics
+                    .iter()
+                    .map(|t| {
+                        MetadataRequestTopic::default()
+                            .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
+                    })
+                    .collect(),
+            ));
         let response = self
-            .send_any(&request, || format!("looking up the leader of {tp}"))
+            .send_any(&request, || format!("looking up the leaders of {topics:?}"))
             .await?;
-        let no_leader = |error: ResponseError| Error::Admin {
-            operation: "Metadata",
-            target: tp.to_string(),
-            code: error.code(),
-            error: format!("{error:?}"),
-        };
-        let topic = response
-            .topics
-            .iter()
-            .find(|t| t.name.as_ref().is_some_and(|n| n.0.as_str() == tp.topic))
-            .ok_or_else(|| no_leader(ResponseError::UnknownTopicOrPartition))?;
-        if let Some(error) = ResponseError::try_from_code(topic.error_code) {
-            return Err(no_leader(error));
+        let mut leaders = Leaders::default();
+        for b in &response.brokers {
+            leaders
+                .brokers
+                .insert(b.node_id.0, format!("{}:{}", b.host.as_str(), b.port));
         }
-        let partition = topic
-            .partitions
-            .iter()
-            .find(|p| p.partition_index == tp.partition)
-            .ok_or_else(|| no_leader(ResponseError::UnknownTopicOrPartition))?;
-        let leader = partition.leader_id;
-        response
-            .brokers
-            .iter()
-            .find(|b| b.node_id == leader)
-            .map(|b| format!("{}:{}", b.host.as_str(), b.port))
-            .ok_or_else(|| no_leader(ResponseError::LeaderNotAvailable))
+        for t in &response.topics {
+            let Some(name) = t.name.as_ref().filter(|_| t.error_code == 0) else {
+                continue;
+            };
+            for p in &t.partitions {
+                if p.error_code == 0 && p.leader_id.0 >= 0 {
+                    let tp = TopicPartition::new(name.0.as_str(), p.partition_index);
+                    leaders
+                        .partitions
+                        .insert(tp, (p.leader_id.0, p.leader_epoch));
+                }
+            }
+        }
+        Ok(leaders)
     }
 
     /// How to connect to brokers: client id and security.
@@ -277,6 +277,15 @@ impl Coordinator {
             .filter_map(|t| t.name.map(|n| (n.0.to_string(), t.partitions.len() as i32)))
             .collect())
     }
+}
+
+/// Partition leaders as one Metadata response gave them.
+#[derive(Debug, Default)]
+pub(crate) struct Leaders {
+    /// Each partition with a leader: its node id and leader epoch (-1 when the broker gives none).
+    pub(crate) partitions: std::collections::HashMap<TopicPartition, (i32, i32)>,
+    /// Each broker's `host:port`, by node id.
+    pub(crate) brokers: std::collections::HashMap<i32, String>,
 }
 
 /// Kafka's name for an error code, with the broker's message when it sent one.

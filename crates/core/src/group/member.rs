@@ -386,9 +386,9 @@ impl GroupMember {
         Ok(report)
     }
 
-    /// The `host:port` of `tp`'s leader (Metadata through the group's any-broker connection).
-    pub(crate) async fn partition_leader(&self, tp: &TopicPartition) -> Result<String> {
-        self.shared.coordinator.partition_leader(tp).await
+    /// The leaders of `topics`' partitions (Metadata through the group's any-broker connection).
+    pub(crate) async fn leaders(&self, topics: &[String]) -> Result<super::coordinator::Leaders> {
+        self.shared.coordinator.leaders(topics).await
     }
 
     /// How this member connects to brokers: client id and security.
