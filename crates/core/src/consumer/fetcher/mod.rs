@@ -20,13 +20,16 @@
 //!   again after the partition's backoff. A broken connection hands all its cursors back after the
 //!   broker's backoff; the session starts over on the next connection.
 //!
-//! Records are decoded without copying: keys and values are slices of the response frame
-//! ([`crate::wire::records`]), read_committed, with aborted transactions and control markers left out.
+//! Records are decoded without copying their keys and values: they are slices of the partition's
+//! record bytes ([`crate::wire::records`]), read_committed, with aborted transactions and control
+//! markers left out. A response that carries several partitions' records has each partition's bytes
+//! copied once into a buffer of its own, so a slow partition keeps alive only the bytes its budget
+//! share counts, not the whole response; a response of one partition is not copied.
 //!
 //! # The budget
 //! Before each Fetch a broker task reserves [`reservation`] bytes from the consumer-wide budget (or
-//! what is free, if less, but at least one partition's full fetch) and asks for at most half of it (`max_bytes`; the other half pays for the records built from the
-//! response). Once the response is in, each partition's share (its record data plus
+//! what is free, if less, but at least one partition's full fetch) and asks for at most half of it
+//! (`max_bytes`; the other half pays for the records built from the response). Once the response is in, each partition's share (its record data plus
 //! [`RECORD_MEMORY`] per record) is split off the reservation and the rest given back. A partition's
 //! records hold an `Arc` of its share until the last of them is finished, so the bytes buffered
 //! across the consumer never exceed the budget, and when it is exhausted every broker task waits
