@@ -55,8 +55,8 @@ impl fmt::Display for HealthStatus {
 /// One named check and what it found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
-    /// What was checked (`coordinator`, `heartbeat`, `fetch`, `circuit_breaker`, `lag`, or an
-    /// application's own).
+    /// What was checked (`coordinator`, `heartbeat`, `fetch`, `circuit_breaker`, `lag`, `records`,
+    /// or an application's own).
     pub name: String,
     /// Its result.
     pub status: HealthStatus,
@@ -667,7 +667,8 @@ mod tests {
                 "heartbeat",
                 "fetch",
                 "circuit_breaker",
-                "lag"
+                "lag",
+                "records"
             ]
         );
         assert_eq!(report.checked_at, at());
