@@ -22,11 +22,19 @@ pub struct Header {
 }
 
 impl Header {
-    /// A header named `name` with `value` (`None` for a null value).
-    pub fn new(name: impl Into<String>, value: Option<impl Into<Bytes>>) -> Self {
+    /// A header named `name` with `value`.
+    pub fn new(name: impl Into<String>, value: impl Into<Bytes>) -> Self {
         Self {
             name: Bytes::from(name.into()),
-            value: value.map(Into::into),
+            value: Some(value.into()),
+        }
+    }
+
+    /// A header named `name` with a null value (not the same as an empty one).
+    pub fn null(name: impl Into<String>) -> Self {
+        Self {
+            name: Bytes::from(name.into()),
+            value: None,
         }
     }
 
@@ -106,13 +114,13 @@ impl Headers {
 
     /// Appends a header with a value (after any others of the same name).
     pub fn add(&mut self, name: impl Into<String>, value: impl Into<Bytes>) -> &mut Self {
-        self.list.push(Header::new(name, Some(value)));
+        self.list.push(Header::new(name, value));
         self
     }
 
     /// Appends a header with a null value.
     pub fn add_null(&mut self, name: impl Into<String>) -> &mut Self {
-        self.list.push(Header::new(name, None::<Bytes>));
+        self.list.push(Header::null(name));
         self
     }
 
@@ -258,5 +266,12 @@ mod tests {
         assert_eq!(header.name_bytes(), b"k\xff");
         assert_eq!(header.name(), "k\u{fffd}");
         assert!(!header.is_named("k"));
+    }
+
+    #[test]
+    fn a_null_value_is_not_an_empty_one() {
+        assert_eq!(Header::null("n").value(), None);
+        assert_eq!(Header::new("n", "").value(), Some(&b""[..]));
+        assert_ne!(Header::null("n"), Header::new("n", ""));
     }
 }
