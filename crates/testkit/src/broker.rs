@@ -53,6 +53,8 @@ const SASL_MECHANISMS: [&str; 3] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 pub struct BrokerOptions {
     heap: String,
     properties: Vec<(String, String)>,
+    /// Entries for one node only: (node id, key, value).
+    node_properties: Vec<(i32, String, String)>,
     start_timeout: Duration,
     /// `Some` once `sasl_users` was called: the SASL listeners exist, with these (name, password).
     sasl_users: Option<Vec<(String, String)>>,
@@ -66,6 +68,7 @@ impl Default for BrokerOptions {
         Self {
             heap: "512m".into(),
             properties: Vec::new(),
+            node_properties: Vec::new(),
             start_timeout: Duration::from_secs(60),
             sasl_users: None,
             tls: false,
@@ -84,6 +87,18 @@ impl BrokerOptions {
     /// A `server.properties` entry, added after (so overriding) the testkit's defaults.
     pub fn property(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.properties.push((key.into(), value.into()));
+        self
+    }
+
+    /// A `server.properties` entry for node `node` only (ids count from 1), added after the entries
+    /// of [`property`](Self::property); e.g. a `broker.rack` per node.
+    pub fn node_property(
+        mut self,
+        node: i32,
+        key: impl Into<String>,
+        value: impl Into<String>,
+    ) -> Self {
+        self.node_properties.push((node, key.into(), value.into()));
         self
     }
 
@@ -824,6 +839,13 @@ fn server_properties(
     for (k, v) in &options.properties {
         props.push((k.clone(), v.clone()));
     }
+    for (_, k, v) in options
+        .node_properties
+        .iter()
+        .filter(|(n, ..)| *n == node.id)
+    {
+        props.push((k.clone(), v.clone()));
+    }
     let mut out = String::from("# Written by kafkit-testkit\n");
     for (k, v) in props {
         let _ = writeln!(out, "{k}={v}");
@@ -983,6 +1005,21 @@ mod tests {
 
     fn lines(props: &str) -> Vec<&str> {
         props.lines().collect()
+    }
+
+    #[test]
+    fn node_properties_reach_their_node_only() {
+        let options = BrokerOptions::default()
+            .property("broker.rack", "everywhere")
+            .node_property(1, "broker.rack", "rack-1")
+            .node_property(2, "broker.rack", "rack-2");
+        let props = server_properties(&node_for(&options), 2, "1@127.0.0.1:9093", &options, None);
+        let racks: Vec<&str> = lines(&props)
+            .into_iter()
+            .filter(|l| l.starts_with("broker.rack="))
+            .collect();
+        // The node's own entry comes last, so it overrides the shared one.
+        assert_eq!(racks, ["broker.rack=everywhere", "broker.rack=rack-1"]);
     }
 
     #[test]

@@ -178,6 +178,8 @@ impl ConsumerBuilder {
                     .expect("valid default backoff"),
                     reset: OffsetReset::Latest,
                     corrupt: CorruptBatchPolicy::Skip,
+                    rack: None,
+                    replica_max_age: Duration::from_secs(300),
                 },
                 listener: None,
             },
@@ -246,6 +248,14 @@ impl ConsumerBuilder {
     /// Default 500 ms.
     pub fn fetch_max_wait(mut self, wait: Duration) -> Self {
         self.settings.fetch.max_wait = wait;
+        self
+    }
+
+    /// How long the consumer fetches a partition from the replica its leader pointed it at (KIP-392,
+    /// see [`GroupConfig::rack_id`]) before it asks the leader again. Corresponds to
+    /// `metadata.max.age.ms`, which bounds the same thing in Java. Default 5 min.
+    pub fn metadata_max_age(mut self, age: Duration) -> Self {
+        self.settings.fetch.replica_max_age = age;
         self
     }
 
@@ -369,6 +379,12 @@ impl ConsumerBuilder {
         if s.shutdown_timeout.is_zero() {
             return err("shutdown_timeout", "must be greater than zero".into());
         }
+        if s.fetch.replica_max_age < Duration::from_secs(1) {
+            return err(
+                "metadata.max.age.ms",
+                format!("must be at least 1 s, got {:?}", s.fetch.replica_max_age),
+            );
+        }
         Ok(())
     }
 
@@ -405,6 +421,7 @@ impl ConsumerBuilder {
     pub async fn build(mut self) -> Result<Consumer> {
         self.validate()?;
         self.settings.fetch.backoff = self.fetch_backoff();
+        self.settings.fetch.rack = self.group.rack_id.clone().filter(|r| !r.is_empty());
         self.client.reach().await?;
         let breaker = self.breaker.map(CircuitBreaker::new);
         let board = Arc::new(StatusBoard::default());

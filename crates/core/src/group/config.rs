@@ -104,7 +104,10 @@ impl GroupConfig {
         self
     }
 
-    /// The rack this member runs in, sent in its subscription (KIP-881). Corresponds to `client.rack`.
+    /// The rack this member runs in. Corresponds to `client.rack`: sent in the member's subscription
+    /// (KIP-881, for rack-aware assignors) and with its fetches, so that a broker configured with a
+    /// rack-aware `replica.selector.class` has the consumer read from a replica in its own rack
+    /// (KIP-392) instead of the leader.
     pub fn rack_id(mut self, rack: impl Into<String>) -> Self {
         self.rack_id = Some(rack.into());
         self

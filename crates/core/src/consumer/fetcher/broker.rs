@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use super::session::{FetchSession, Plan, Wanted};
 use super::{
     BudgetShare, Cursor, EARLIEST, FetchContext, FetchEvent, LATEST, PAUSE_AT, READ_COMMITTED,
-    RECORD_MEMORY, Retry, Start, ToRouter, reservation,
+    RECORD_MEMORY, ReadReplica, Retry, Start, ToRouter, reservation,
 };
 use crate::consumer::{CorruptBatchPolicy, OffsetReset};
 use crate::group::TopicPartition;
@@ -35,11 +35,14 @@ const POLLED_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) struct BrokerTask {
     ctx: Arc<FetchContext>,
+    /// The broker's node id.
+    node: i32,
     address: String,
     /// Cursors handed over by the router.
     rx: mpsc::UnboundedReceiver<Cursor>,
     to_router: mpsc::WeakUnboundedSender<ToRouter>,
-    /// The partitions this broker leads for us.
+    /// The partitions fetched here: those this broker leads for us, and those whose leader named
+    /// this broker their preferred read replica.
     cursors: HashMap<TopicPartition, Cursor>,
     conn: Option<Connection>,
     /// The fetch session on `conn`; reset with it.
@@ -58,12 +61,14 @@ pub(super) struct BrokerTask {
 impl BrokerTask {
     pub(super) fn new(
         ctx: Arc<FetchContext>,
+        node: i32,
         address: String,
         rx: mpsc::UnboundedReceiver<Cursor>,
         to_router: mpsc::WeakUnboundedSender<ToRouter>,
     ) -> Self {
         Self {
             ctx,
+            node,
             address,
             rx,
             to_router,
@@ -88,6 +93,7 @@ impl BrokerTask {
                 }
             }
             self.cursors.retain(|_, c| !c.removed());
+            self.back_to_leaders(|c| c.replica.is_some() && c.read_replica().is_none());
             if self.cursors.is_empty() {
                 match self.rx.recv().await {
                     Some(c) => self.take(c),
@@ -227,7 +233,15 @@ impl BrokerTask {
         let delay = self.backoff.next(&self.ctx.settings.backoff);
         warn!(broker = %self.address, %error, ?delay, partitions = self.cursors.len(), "fetch connection failed; backing off");
         self.retry_at = Some(Instant::now() + delay);
-        let cursors: Vec<Cursor> = self.cursors.drain().map(|(_, c)| c).collect();
+        // Partitions read here as a replica go back to their leaders, as a failing leader's do.
+        let cursors: Vec<Cursor> = self
+            .cursors
+            .drain()
+            .map(|(_, mut c)| {
+                c.replica = None;
+                c
+            })
+            .collect();
         for c in &cursors {
             self.ctx.report_failure(c, error.to_string()).await;
         }
@@ -244,18 +258,58 @@ impl BrokerTask {
         }
     }
 
-    /// Moves `tp` off this broker after `error`: its leader is looked up again after its backoff.
+    /// Moves `tp` off this broker after `error`: its leader is looked up again after its backoff
+    /// (a preferred read replica that failed is not used again).
     async fn move_off(&mut self, tp: &TopicPartition, error: String) {
         if let Some(mut c) = self.cursors.remove(tp) {
             self.ctx.report_failure(&c, error).await;
+            c.replica = None;
             c.back_off(&self.ctx.settings.backoff);
             self.rehome(vec![c]);
         }
     }
 
+    /// Hands the partitions fetched here as a read replica that match `which` back to the router,
+    /// at once and without their replica, so they are fetched from their leaders again.
+    fn back_to_leaders(&mut self, which: impl Fn(&Cursor) -> bool) {
+        let tps: Vec<TopicPartition> = self
+            .cursors
+            .iter()
+            .filter(|(_, c)| c.replica.is_some() && which(c))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        let cursors = tps
+            .iter()
+            .filter_map(|tp| self.cursors.remove(tp))
+            .map(|mut c| {
+                debug!(partition = %c.tp, replica = %self.address, "back to the leader");
+                c.replica = None;
+                c
+            })
+            .collect();
+        self.rehome(cursors);
+    }
+
+    /// Hands partitions whose leader named another broker their preferred read replica to the
+    /// router, which routes them there.
+    fn redirect(&mut self, tps: Vec<(TopicPartition, i32)>) {
+        let until = Instant::now() + self.ctx.settings.replica_max_age;
+        let cursors = tps
+            .into_iter()
+            .filter_map(|(tp, node)| {
+                let mut c = self.cursors.remove(&tp)?;
+                c.replica = Some(ReadReplica { node, until });
+                Some(c)
+            })
+            .collect();
+        self.rehome(cursors);
+    }
+
     /// Finds the reset policy's offset for partitions without a committed offset (then `Started`)
     /// and for partitions whose position fell out of the log: one ListOffsets for all.
     async fn reset_offsets(&mut self) -> Result<()> {
+        // Offsets are asked of the leader: a read replica hands such partitions back first.
+        self.back_to_leaders(|c| matches!(c.start, Start::Reset | Start::OutOfRange));
         let due: Vec<TopicPartition> = self
             .cursors
             .iter()
@@ -472,11 +526,14 @@ impl BrokerTask {
             }
         }
         let max_bytes = i32::try_from((reserved / 2).max(1)).unwrap_or(i32::MAX);
+        // The rack (KIP-392) came with v11 (Kafka 2.4).
+        let rack = settings.rack.as_deref().filter(|_| version >= 11);
         let request = fetch_request(
             &plan,
             settings.max_partition_bytes,
             settings.max_wait,
             max_bytes,
+            rack,
         );
         let timeout = settings.max_wait + settings.request_timeout;
         let response = self.send(&request, timeout, "fetching from").await?;
@@ -515,6 +572,7 @@ impl BrokerTask {
             .is_some();
         let mut fetched = Vec::new();
         let mut moved = Vec::new();
+        let mut redirected = Vec::new();
         for topic in response.responses {
             for p in topic.partitions {
                 let tp = TopicPartition::new(topic.topic.0.as_str(), p.partition_index);
@@ -526,6 +584,12 @@ impl BrokerTask {
                 }
                 match ResponseError::try_from_code(p.error_code) {
                     None => {}
+                    // A read replica may be behind the leader, or ahead of it after an unclean
+                    // election: the leader decides, as in Java.
+                    Some(ResponseError::OffsetOutOfRange) if c.replica.is_some() => {
+                        redirected.push((tp, None));
+                        continue;
+                    }
                     Some(ResponseError::OffsetOutOfRange) => {
                         c.start = Start::OutOfRange;
                         continue;
@@ -551,6 +615,10 @@ impl BrokerTask {
                 // the whole response.
                 if several && !records.is_empty() {
                     records = Bytes::copy_from_slice(&records);
+                }
+                let preferred = p.preferred_read_replica.0;
+                if preferred >= 0 && preferred != self.node {
+                    redirected.push((tp.clone(), Some(preferred)));
                 }
                 let frame_bytes = records.len();
                 let decoded = decode_records(records, c.offset, &aborted);
@@ -638,6 +706,15 @@ impl BrokerTask {
                 return Ok(());
             }
         }
+        for (tp, replica) in redirected {
+            match replica {
+                Some(node) => {
+                    debug!(partition = %tp, leader = %self.address, replica = node, "the leader names a preferred read replica");
+                    self.redirect(vec![(tp, node)]);
+                }
+                None => self.back_to_leaders(|c| c.tp == tp),
+            }
+        }
         for (tp, e) in moved {
             let why = format!("fetching {tp} from {}: {e:?}", self.address);
             debug!(partition = %tp, broker = %self.address, error = ?e, "partition moves off this broker");
@@ -671,6 +748,7 @@ fn fetch_request(
     max_partition_bytes: usize,
     max_wait: Duration,
     max_bytes: i32,
+    rack: Option<&str>,
 ) -> FetchRequest {
     let partition_max = i32::try_from(max_partition_bytes).unwrap_or(i32::MAX);
     let mut topics: BTreeMap<&str, Vec<FetchPartition>> = BTreeMap::new();
@@ -698,6 +776,7 @@ fn fetch_request(
         .with_isolation_level(READ_COMMITTED)
         .with_session_id(plan.session_id)
         .with_session_epoch(plan.epoch)
+        .with_rack_id(StrBytes::from_string(rack.unwrap_or_default().to_owned()))
         .with_topics(
             topics
                 .into_iter()

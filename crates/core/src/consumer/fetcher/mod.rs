@@ -78,6 +78,13 @@ pub(crate) struct FetchSettings {
     pub(crate) backoff: BackoffPolicy,
     pub(crate) reset: OffsetReset,
     pub(crate) corrupt: CorruptBatchPolicy,
+    /// `client.rack` (the group's [`rack_id`](crate::group::GroupConfig::rack_id)), sent with every
+    /// Fetch: a broker with a rack-aware replica selector answers with the replica to read from
+    /// (KIP-392).
+    pub(crate) rack: Option<String>,
+    /// `metadata.max.age.ms`: how long a preferred read replica is fetched from before the leader
+    /// is asked again.
+    pub(crate) replica_max_age: Duration,
 }
 
 /// What the fetcher reports to the engine about one partition's tenure (`slot`, `epoch`).
@@ -277,6 +284,7 @@ impl Fetcher {
             backoff: Retry::default(),
             retry_at: None,
             held: Vec::new(),
+            replica: None,
         };
         let _ = self.to_router.send(ToRouter::Add(cursor));
         Fetching { removed }
@@ -317,6 +325,17 @@ struct Cursor {
     retry_at: Option<Instant>,
     /// Shares of this partition's responses (and their sizes) that may still be held by records.
     held: Vec<(std::sync::Weak<BudgetShare>, usize)>,
+    /// The follower the leader said to read from (KIP-392), while fetching from it. `None`: the
+    /// partition is fetched from its leader.
+    replica: Option<ReadReplica>,
+}
+
+/// A preferred read replica, used until `until` (`metadata.max.age.ms` after the leader named it)
+/// or its first error, whichever comes first; then the partition goes back to its leader.
+#[derive(Debug, Clone, Copy)]
+struct ReadReplica {
+    node: i32,
+    until: Instant,
 }
 
 impl Cursor {
@@ -328,6 +347,13 @@ impl Cursor {
     fn held_bytes(&mut self) -> usize {
         self.held.retain(|(w, _)| w.strong_count() > 0);
         self.held.iter().map(|(_, n)| n).sum()
+    }
+
+    /// The follower to fetch from, if the leader named one that is still valid.
+    fn read_replica(&self) -> Option<i32> {
+        self.replica
+            .filter(|r| Instant::now() < r.until)
+            .map(|r| r.node)
     }
 
     /// Schedules the next leader lookup after this partition's backoff.
@@ -514,7 +540,7 @@ impl Router {
                     leaders.brokers.get(&node)?,
                 ))
             });
-            let Some((node, epoch, address)) = leader else {
+            let Some((leader, epoch, leader_address)) = leader else {
                 c.back_off(&self.ctx.settings.backoff);
                 self.ctx
                     .report_failure(&c, format!("{} has no known leader yet", c.tp))
@@ -524,7 +550,21 @@ impl Router {
             };
             c.leader_epoch = epoch;
             c.retry_at = None;
-            debug!(partition = %c.tp, leader = %address, node, leader_epoch = epoch, "fetching from the leader");
+            // A preferred read replica still valid and still in the cluster is fetched from instead.
+            let replica = c
+                .read_replica()
+                .and_then(|node| Some((node, leaders.brokers.get(&node)?)));
+            let (node, address) = match replica {
+                Some((node, address)) => {
+                    info!(partition = %c.tp, replica = %address, node, leader, "fetching from the preferred read replica");
+                    (node, address)
+                }
+                None => {
+                    c.replica = None;
+                    debug!(partition = %c.tp, leader = %leader_address, node = leader, leader_epoch = epoch, "fetching from the leader");
+                    (leader, leader_address)
+                }
+            };
             let address = address.clone();
             let handle = self.broker(node, address);
             if let Err(mpsc::error::SendError(c)) = handle.to_broker.send(c) {
@@ -543,6 +583,7 @@ impl Router {
             let (to_broker, rx) = mpsc::unbounded_channel();
             let task = broker::BrokerTask::new(
                 Arc::clone(&self.ctx),
+                node,
                 key.1.clone(),
                 rx,
                 self.to_router.clone(),
@@ -613,6 +654,8 @@ mod tests {
             .unwrap(),
             reset: OffsetReset::Earliest,
             corrupt: CorruptBatchPolicy::Skip,
+            rack: None,
+            replica_max_age: Duration::from_secs(300),
         }
     }
 
