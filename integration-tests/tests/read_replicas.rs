@@ -1,6 +1,7 @@
 //! Fetching from a follower (KIP-392) against a real 3-node cluster whose brokers each sit in a rack
 //! of their own and run Kafka's rack-aware replica selector: a consumer with `client.rack` reads a
-//! partition from the replica in its rack, not from the leader.
+//! partition from the replica in its rack, not from the leader, and closes its idle connection to
+//! the leader.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -9,7 +10,7 @@ use std::time::Duration;
 use kafkit::admin;
 use kafkit::consumer::{ConsumerBuilder, OffsetReset};
 use kafkit::{ProducerBuilder, ProducerRecord};
-use kafkit_integration_tests::support::{client, eventually, test_group};
+use kafkit_integration_tests::support::{client, connections_to, eventually, test_group};
 use kafkit_testkit::{BrokerOptions, LocalCluster, create_topic, random_name};
 use tokio::sync::watch;
 
@@ -87,6 +88,7 @@ async fn a_consumer_reads_from_the_replica_in_its_rack_while_the_leader_is_froze
         sent.unwrap();
     }
     producer.close().await.unwrap();
+    drop(producer);
     // The followers learn the high watermark on their next fetch from the leader.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -102,6 +104,7 @@ async fn a_consumer_reads_from_the_replica_in_its_rack_while_the_leader_is_froze
     let consumer = ConsumerBuilder::new(client(&others.join(",")), config)
         .auto_offset_reset(OffsetReset::Earliest)
         .max_partition_fetch_bytes(16 * 1024)
+        .connections_max_idle(Duration::from_secs(2))
         .revoke_timeout(Duration::from_secs(10))
         .build()
         .await
@@ -148,6 +151,13 @@ async fn a_consumer_reads_from_the_replica_in_its_rack_while_the_leader_is_froze
         RECORDS - 100,
         waited.elapsed()
     );
+    // Nothing is fetched from the leader any more: its fetch connection is closed once idle.
+    eventually(
+        Duration::from_secs(15),
+        "no connection to the leader",
+        || connections_to(port_of(leader)) == 0,
+    )
+    .await;
     stop.shutdown();
     tokio::time::timeout(Duration::from_secs(60), run)
         .await

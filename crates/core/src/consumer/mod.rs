@@ -180,6 +180,7 @@ impl ConsumerBuilder {
                     corrupt: CorruptBatchPolicy::Skip,
                     rack: None,
                     replica_max_age: Duration::from_secs(300),
+                    max_idle: Duration::from_secs(540),
                 },
                 listener: None,
             },
@@ -256,6 +257,14 @@ impl ConsumerBuilder {
     /// `metadata.max.age.ms`, which bounds the same thing in Java. Default 5 min.
     pub fn metadata_max_age(mut self, age: Duration) -> Self {
         self.settings.fetch.replica_max_age = age;
+        self
+    }
+
+    /// How long a fetch connection to a broker that no longer serves any of the consumer's
+    /// partitions stays open (leadership moved away, partitions revoked or moved to a read
+    /// replica). Corresponds to `connections.max.idle.ms`. Default 9 min, as in Java.
+    pub fn connections_max_idle(mut self, idle: Duration) -> Self {
+        self.settings.fetch.max_idle = idle;
         self
     }
 
@@ -378,6 +387,12 @@ impl ConsumerBuilder {
         }
         if s.shutdown_timeout.is_zero() {
             return err("shutdown_timeout", "must be greater than zero".into());
+        }
+        if s.fetch.max_idle < Duration::from_secs(1) {
+            return err(
+                "connections.max.idle.ms",
+                format!("must be at least 1 s, got {:?}", s.fetch.max_idle),
+            );
         }
         if s.fetch.replica_max_age < Duration::from_secs(1) {
             return err(

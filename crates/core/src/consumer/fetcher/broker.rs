@@ -95,9 +95,18 @@ impl BrokerTask {
             self.cursors.retain(|_, c| !c.removed());
             self.back_to_leaders(|c| c.replica.is_some() && c.read_replica().is_none());
             if self.cursors.is_empty() {
-                match self.rx.recv().await {
-                    Some(c) => self.take(c),
-                    None => return,
+                // Nothing to fetch here: the connection stays for `connections.max.idle.ms`.
+                let idle = tokio::time::sleep(self.ctx.settings.max_idle);
+                tokio::select! {
+                    c = self.rx.recv() => match c {
+                        Some(c) => self.take(c),
+                        None => return,
+                    },
+                    () = idle, if self.conn.is_some() => {
+                        debug!(broker = %self.address, "closing the idle fetch connection");
+                        self.conn = None;
+                        self.session.reset();
+                    }
                 }
                 continue;
             }

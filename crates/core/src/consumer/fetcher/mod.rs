@@ -85,6 +85,9 @@ pub(crate) struct FetchSettings {
     /// `metadata.max.age.ms`: how long a preferred read replica is fetched from before the leader
     /// is asked again.
     pub(crate) replica_max_age: Duration,
+    /// `connections.max.idle.ms`: a broker task with no partitions closes its connection after
+    /// this long.
+    pub(crate) max_idle: Duration,
 }
 
 /// What the fetcher reports to the engine about one partition's tenure (`slot`, `epoch`).
@@ -656,6 +659,7 @@ mod tests {
             corrupt: CorruptBatchPolicy::Skip,
             rack: None,
             replica_max_age: Duration::from_secs(300),
+            max_idle: Duration::from_secs(540),
         }
     }
 
