@@ -21,7 +21,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         _ => {
             println!(
                 "starting a local Apache Kafka {} (KRaft, no Docker)...",
-                kafkit_testkit::KAFKA_VERSION
+                kafkit_testkit::kafka_version()
             );
             let started = Instant::now();
             let kafka = LocalKafka::start().await?;

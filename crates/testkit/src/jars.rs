@@ -12,8 +12,34 @@ use std::sync::OnceLock;
 
 use crate::{Error, Result};
 
-/// The Apache Kafka version the testkit runs (also in `kafka/pom.xml`).
-pub const KAFKA_VERSION: &str = "4.1.1";
+/// The Apache Kafka version the testkit runs unless `KAFKIT_KAFKA_VERSION` names another (also the
+/// default in `kafka/pom.xml`).
+pub const KAFKA_VERSION: &str = "4.4.0";
+
+/// The oldest Apache Kafka release kafkit supports and tests (CI runs the version-sensitive tests
+/// against it with `KAFKIT_KAFKA_VERSION`).
+pub const OLDEST_KAFKA_VERSION: &str = "3.9.1";
+
+/// The Apache Kafka version this process runs: `KAFKIT_KAFKA_VERSION` if set (e.g. `4.0.2`, to run
+/// the tests against another release), else [`KAFKA_VERSION`].
+///
+/// # Panics
+/// If `KAFKIT_KAFKA_VERSION` is set to something that is not a release number (digits and dots).
+pub fn kafka_version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| match std::env::var("KAFKIT_KAFKA_VERSION") {
+        Ok(v) if !v.trim().is_empty() => {
+            let v = v.trim();
+            assert!(
+                v.split('.').count() >= 2
+                    && v.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+                "KAFKIT_KAFKA_VERSION must be an Apache Kafka release such as 4.0.2, got `{v}`"
+            );
+            v.to_owned()
+        }
+        _ => KAFKA_VERSION.to_owned(),
+    })
+}
 
 const POM: &str = include_str!("../kafka/pom.xml");
 
@@ -51,7 +77,8 @@ fn pom_hash() -> u64 {
 
 fn ensure_jars() -> Result<PathBuf> {
     let root = cache_root();
-    let base = root.join(format!("kafka-{KAFKA_VERSION}-{:08x}", pom_hash() as u32));
+    let version = kafka_version();
+    let base = root.join(format!("kafka-{version}-{:08x}", pom_hash() as u32));
     let libs = base.join("libs");
     if libs.join(".complete").exists() {
         return Ok(libs);
@@ -81,13 +108,14 @@ fn ensure_jars() -> Result<PathBuf> {
     let staging = base.join("libs.partial");
     let _ = fs::remove_dir_all(&staging);
     eprintln!(
-        "kafkit-testkit: fetching Apache Kafka {KAFKA_VERSION} jars with Maven into {} (once per machine)",
+        "kafkit-testkit: fetching Apache Kafka {version} jars with Maven into {} (once per machine)",
         libs.display()
     );
     let output = Command::new("mvn")
         .args(["-q", "-B", "-f"])
         .arg(&pom)
         .arg("dependency:copy-dependencies")
+        .arg(format!("-Dkafka.version={version}"))
         .arg(format!("-DoutputDirectory={}", staging.display()))
         .output()
         .map_err(Error::io("running mvn"))?;
@@ -108,7 +136,7 @@ fn ensure_jars() -> Result<PathBuf> {
             output: tail,
         });
     }
-    fs::write(staging.join(".complete"), KAFKA_VERSION)
+    fs::write(staging.join(".complete"), version)
         .map_err(Error::io("marking the jar cache complete"))?;
     let _ = fs::remove_dir_all(&libs);
     fs::rename(&staging, &libs)

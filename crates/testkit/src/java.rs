@@ -5,7 +5,7 @@ use std::process::Stdio;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use crate::jars::{KAFKA_VERSION, kafka_classpath};
+use crate::jars::{kafka_classpath, kafka_version};
 use crate::{Error, Result};
 
 /// Checks once per process that `java` is on PATH and is 17 or newer; returns the major version.
@@ -28,7 +28,7 @@ pub(crate) fn check_java() -> Result<u32> {
         .clone()
         .map_err(|found| Error::Java {
             found,
-            kafka: KAFKA_VERSION,
+            kafka: kafka_version(),
         })
 }
 

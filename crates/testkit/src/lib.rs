@@ -34,7 +34,7 @@ mod tls;
 pub use admin::{create_topic, random_name};
 pub use broker::{BrokerOptions, LocalCluster, LocalKafka, Node};
 pub use error::{Error, Result};
-pub use jars::{KAFKA_VERSION, kafka_classpath};
+pub use jars::{KAFKA_VERSION, OLDEST_KAFKA_VERSION, kafka_classpath, kafka_version};
 pub use java::{JavaOutput, java_command, java_source, java_tool};
 pub use shared::{TestKafka, shared};
 pub use tls::TlsMaterial;
