@@ -32,7 +32,8 @@ pub fn kafka_version() -> &'static str {
             let v = v.trim();
             assert!(
                 v.split('.').count() >= 2
-                    && v.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
+                    && v.split('.')
+                        .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())),
                 "KAFKIT_KAFKA_VERSION must be an Apache Kafka release such as 4.0.2, got `{v}`"
             );
             v.to_owned()
@@ -142,4 +143,24 @@ fn ensure_jars() -> Result<PathBuf> {
     fs::rename(&staging, &libs)
         .map_err(Error::io(format!("moving jars into {}", libs.display())))?;
     Ok(libs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{KAFKA_VERSION, OLDEST_KAFKA_VERSION, POM};
+
+    #[test]
+    fn the_pom_defaults_to_the_version_the_testkit_names() {
+        assert!(POM.contains(&format!("<kafka.version>{KAFKA_VERSION}</kafka.version>")));
+    }
+
+    /// CI runs the version-sensitive tests against the oldest supported release: the same one.
+    #[test]
+    fn ci_tests_the_oldest_supported_release() {
+        let ci = include_str!("../../../.ci/run");
+        assert!(
+            ci.contains(&format!("KAFKIT_KAFKA_VERSION={OLDEST_KAFKA_VERSION} ")),
+            ".ci/run must run the version-sensitive tests with KAFKIT_KAFKA_VERSION={OLDEST_KAFKA_VERSION}"
+        );
+    }
 }
