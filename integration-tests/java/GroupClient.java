@@ -6,7 +6,9 @@
 //   consume <assignor>               like member, but ownership lines carry the time ("assigned <micros> t:p ..."),
 //                                    each record prints "consumed <partition> <offset> <micros>", and every poll
 //                                    is followed by commitSync() (at least once, like a plain Java consumer);
-//                                    <micros> is wall-clock microseconds since the epoch
+//                                    <micros> is wall-clock microseconds since the epoch; the assignor
+//                                    `consumer-protocol[:<remote assignor>]` joins with the KIP-848 protocol
+//                                    (group.protocol=consumer, the broker assigns)
 import java.time.Duration;
 import java.util.*;
 import org.apache.kafka.clients.consumer.*;
@@ -55,7 +57,16 @@ public class GroupClient {
             }
             case "consume": {
                 String assignor = args[4];
-                props.put(ConsumerConfig.PARTITION_ASSIGNMENT_STRATEGY_CONFIG, assignorClass(assignor));
+                if (assignor.startsWith("consumer-protocol")) {
+                    // The broker assigns and sets the timeouts: the classic-only settings must be absent.
+                    props.remove(ConsumerConfig.SESSION_TIMEOUT_MS_CONFIG);
+                    props.remove(ConsumerConfig.HEARTBEAT_INTERVAL_MS_CONFIG);
+                    props.put(ConsumerConfig.GROUP_PROTOCOL_CONFIG, "consumer");
+                    String[] parts = assignor.split(":");
+                    if (parts.length > 1) props.put(ConsumerConfig.GROUP_REMOTE_ASSIGNOR_CONFIG, parts[1]);
+                } else {
+                    props.put(ConsumerConfig.PARTITION_ASSIGNMENT_STRATEGY_CONFIG, assignorClass(assignor));
+                }
                 try (KafkaConsumer<byte[], byte[]> c = new KafkaConsumer<>(props)) {
                     c.subscribe(List.of(topic), new ConsumerRebalanceListener() {
                         public void onPartitionsAssigned(Collection<TopicPartition> ps) { print("assigned " + micros(), ps); }

@@ -82,6 +82,7 @@ fn list_json(groups: &[GroupListing]) -> String {
                 "group_id": g.group_id,
                 "state": g.state,
                 "protocol_type": g.protocol_type,
+                "group_type": g.group_type,
             })
         })
         .collect();
@@ -91,9 +92,20 @@ fn list_json(groups: &[GroupListing]) -> String {
 fn list_table(groups: &[GroupListing]) -> String {
     let rows = groups
         .iter()
-        .map(|g| vec![g.group_id.clone(), g.state.clone(), g.protocol_type.clone()])
+        .map(|g| {
+            vec![
+                g.group_id.clone(),
+                g.state.clone(),
+                g.protocol_type.clone(),
+                if g.group_type.is_empty() {
+                    "-".to_owned()
+                } else {
+                    g.group_type.clone()
+                },
+            ]
+        })
         .collect();
-    table(&["GROUP", "STATE", "PROTOCOL-TYPE"], rows)
+    table(&["GROUP", "STATE", "PROTOCOL-TYPE", "GROUP-TYPE"], rows)
 }
 
 fn total_lag(lag: &[PartitionLag]) -> i64 {
@@ -110,6 +122,7 @@ fn describe_json(d: &GroupDescription, lag: &[PartitionLag]) -> String {
                 "group_instance_id": m.group_instance_id,
                 "client_id": m.client_id,
                 "host": m.host,
+                "member_epoch": m.member_epoch,
                 "assignment": m.assignment.iter()
                     .map(|tp| json!({ "topic": tp.topic, "partition": tp.partition }))
                     .collect::<Vec<_>>(),
@@ -133,6 +146,8 @@ fn describe_json(d: &GroupDescription, lag: &[PartitionLag]) -> String {
         .collect();
     let doc = json!({
         "group_id": d.group_id,
+        "group_type": d.group_type,
+        "group_epoch": d.group_epoch,
         "state": d.state,
         "protocol_type": d.protocol_type,
         "protocol": d.protocol,
@@ -152,9 +167,13 @@ fn describe_table(d: &GroupDescription, lag: &[PartitionLag]) -> String {
             s.to_owned()
         }
     };
+    let epoch = d
+        .group_epoch
+        .map_or_else(String::new, |e| format!(", epoch {e}"));
     let mut out = format!(
-        "Group `{}`: state {}, protocol {} ({}), {} member(s), coordinator {}, total lag {}\n\n",
+        "Group `{}` ({} protocol{epoch}): state {}, assignor {} ({}), {} member(s), coordinator {}, total lag {}\n\n",
         d.group_id,
+        d.group_type,
         d.state,
         or_dash(&d.protocol),
         or_dash(&d.protocol_type),
@@ -207,6 +226,8 @@ fn describe_table(d: &GroupDescription, lag: &[PartitionLag]) -> String {
                 m.client_id.clone(),
                 m.assignment.len().to_string(),
                 or_dash(&assignment.join(",")),
+                m.member_epoch
+                    .map_or_else(|| "-".to_owned(), |e| e.to_string()),
             ]
         })
         .collect();
@@ -218,6 +239,7 @@ fn describe_table(d: &GroupDescription, lag: &[PartitionLag]) -> String {
             "CLIENT-ID",
             "#PARTITIONS",
             "ASSIGNMENT",
+            "EPOCH",
         ],
         rows,
     ));

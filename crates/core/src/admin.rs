@@ -16,9 +16,9 @@ use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableT
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, DeleteTopicsRequest, DescribeGroupsRequest,
-    FindCoordinatorRequest, GroupId, ListGroupsRequest, ListOffsetsRequest, MetadataRequest,
-    MetadataResponse, OffsetFetchRequest, TopicName,
+    ApiKey, BrokerId, ConsumerGroupDescribeRequest, CreateTopicsRequest, DeleteTopicsRequest,
+    DescribeGroupsRequest, FindCoordinatorRequest, GroupId, ListGroupsRequest, ListOffsetsRequest,
+    MetadataRequest, MetadataResponse, OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -42,20 +42,33 @@ pub struct GroupListing {
     pub protocol_type: String,
     /// `Stable`, `Empty`, `PreparingRebalance`, ... (empty if the broker is too old to say).
     pub state: String,
+    /// Which group protocol: `classic` (JoinGroup/SyncGroup), `consumer` (KIP-848), `share`,
+    /// `streams` (empty if the broker is too old to say: before Kafka 3.8 every group is classic).
+    pub group_type: String,
 }
 
-/// One group as its coordinator describes it (DescribeGroups).
+/// One group as its coordinator describes it: DescribeGroups for classic groups,
+/// ConsumerGroupDescribe for groups of the KIP-848 consumer protocol.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct GroupDescription {
     /// The group id.
     pub group_id: String,
-    /// `Stable`, `Empty`, `PreparingRebalance`, `CompletingRebalance`.
+    /// `classic` (JoinGroup/SyncGroup, described by DescribeGroups) or `consumer` (the KIP-848
+    /// protocol, described by ConsumerGroupDescribe).
+    pub group_type: String,
+    /// Classic: `Stable`, `Empty`, `PreparingRebalance`, `CompletingRebalance`. Consumer protocol:
+    /// `Stable`, `Empty`, `Assigning`, `Reconciling`.
     pub state: String,
-    /// `consumer` for consumer groups; empty for a group with only committed offsets.
+    /// `consumer` for consumer groups (both protocols); empty for a classic group with only
+    /// committed offsets.
     pub protocol_type: String,
-    /// The assignor the group chose (`range`, `cooperative-sticky`, ...); empty unless `Stable`.
+    /// The assignor the group chose (`range`, `cooperative-sticky`, ...; for the consumer protocol
+    /// the broker's assignor, `uniform` or `range`); empty for a classic group unless `Stable`.
     pub protocol: String,
+    /// The group epoch (consumer protocol only): bumped whenever membership or subscriptions
+    /// change.
+    pub group_epoch: Option<i32>,
     /// The coordinator, `host:port`.
     pub coordinator: String,
     /// The members, in the coordinator's order.
@@ -74,9 +87,12 @@ pub struct MemberDescription {
     pub client_id: String,
     /// The host it connected from, as the broker saw it (`/127.0.0.1`).
     pub host: String,
-    /// The partitions it was assigned in the current generation (empty while rebalancing, and for
-    /// groups whose protocol type is not `consumer`).
+    /// The partitions it owns: in a classic group those of the current generation (empty while
+    /// rebalancing, and for groups whose protocol type is not `consumer`); in a consumer-protocol
+    /// group those it has reconciled (its target may hold more, or fewer, while it reconciles).
     pub assignment: Vec<TopicPartition>,
+    /// The member epoch (consumer protocol only): the group epoch its assignment is at.
+    pub member_epoch: Option<i32>,
 }
 
 /// Who holds a partition.
@@ -265,14 +281,16 @@ pub async fn list_groups(client: &ClientConfig) -> Result<Vec<GroupListing>> {
                 group_id: id,
                 protocol_type: g.protocol_type.to_string(),
                 state: g.group_state.to_string(),
+                group_type: g.group_type.to_string(),
             },
         );
     }
     Ok(groups.into_values().collect())
 }
 
-/// `group` as its coordinator describes it. A group that does not exist (no members and no committed
-/// offsets) is an [`Error::Group`] with code `GROUP_ID_NOT_FOUND` (69).
+/// `group` as its coordinator describes it, whichever protocol it uses (classic or KIP-848
+/// consumer). A group that does not exist (no members and no committed offsets) is an
+/// [`Error::Group`] with code `GROUP_ID_NOT_FOUND` (69).
 pub async fn describe_group(client: &ClientConfig, group: &str) -> Result<GroupDescription> {
     Ok(coordinator_description(client, group).await?.1)
 }
@@ -305,7 +323,7 @@ async fn coordinator_description(
     let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
     loop {
         let coordinator = find_coordinator(client, group).await?;
-        match describe_on(&coordinator, group).await {
+        match describe_any_on(&coordinator, group).await {
             Ok(description) => return Ok((coordinator, description)),
             Err(Error::Group { code, .. })
                 if ResponseError::try_from_code(code).is_some_and(|e| {
@@ -644,6 +662,96 @@ fn group_error(
     }
 }
 
+/// DescribeGroups, and for a group it does not know (a KIP-848 consumer group is not a classic
+/// group) ConsumerGroupDescribe, where the broker has it (Kafka 3.7+). A group neither knows is
+/// the classic answer's GROUP_ID_NOT_FOUND.
+async fn describe_any_on(coordinator: &Connection, group: &str) -> Result<GroupDescription> {
+    match describe_on(coordinator, group).await {
+        Err(not_found @ Error::Group { code, .. })
+            if code == ResponseError::GroupIdNotFound.code()
+                && coordinator
+                    .version_for::<ConsumerGroupDescribeRequest>()
+                    .is_ok() =>
+        {
+            consumer_describe_on(coordinator, group)
+                .await?
+                .ok_or(not_found)
+        }
+        other => other,
+    }
+}
+
+/// A KIP-848 consumer group as ConsumerGroupDescribe describes it; `None` when the coordinator
+/// knows no consumer group of that id (GROUP_ID_NOT_FOUND).
+async fn consumer_describe_on(
+    coordinator: &Connection,
+    group: &str,
+) -> Result<Option<GroupDescription>> {
+    let request = ConsumerGroupDescribeRequest::default()
+        .with_group_ids(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
+    let response = send(coordinator, &request, "ConsumerGroupDescribe").await?;
+    let Some(described) = response.groups.into_iter().next() else {
+        return Err(Error::Connection {
+            context: format!("group `{group}`: ConsumerGroupDescribe"),
+            source: WireError::Codec {
+                broker: coordinator.broker().to_owned(),
+                api: ConsumerGroupDescribeRequest::KEY,
+                message: "the response describes no group".into(),
+            },
+        });
+    };
+    match ResponseError::try_from_code(described.error_code) {
+        None => {}
+        Some(ResponseError::GroupIdNotFound) => return Ok(None),
+        Some(err) => {
+            return Err(group_error(
+                group,
+                "ConsumerGroupDescribe",
+                err,
+                described.error_message.as_deref(),
+            ));
+        }
+    }
+    if described.group_state.as_str() == "Dead" {
+        return Ok(None);
+    }
+    let members = described
+        .members
+        .into_iter()
+        .map(|m| {
+            let mut assignment: Vec<TopicPartition> = m
+                .assignment
+                .topic_partitions
+                .iter()
+                .flat_map(|t| {
+                    t.partitions
+                        .iter()
+                        .map(|&p| TopicPartition::new(t.topic_name.0.as_str(), p))
+                })
+                .collect();
+            assignment.sort();
+            MemberDescription {
+                member_id: m.member_id.to_string(),
+                group_instance_id: m.instance_id.map(|s| s.to_string()),
+                client_id: m.client_id.to_string(),
+                host: m.client_host.to_string(),
+                assignment,
+                member_epoch: Some(m.member_epoch),
+            }
+        })
+        .collect();
+    Ok(Some(GroupDescription {
+        group_id: group.to_owned(),
+        group_type: "consumer".to_owned(),
+        state: described.group_state.to_string(),
+        protocol_type: CONSUMER_PROTOCOL_TYPE.to_owned(),
+        protocol: described.assignor_name.to_string(),
+        group_epoch: Some(described.group_epoch),
+        coordinator: coordinator.broker().to_owned(),
+        members,
+    }))
+}
+
 async fn describe_on(coordinator: &Connection, group: &str) -> Result<GroupDescription> {
     let request = DescribeGroupsRequest::default()
         .with_groups(vec![GroupId(StrBytes::from_string(group.to_owned()))]);
@@ -691,11 +799,14 @@ async fn describe_on(coordinator: &Connection, group: &str) -> Result<GroupDescr
                 client_id: m.client_id.to_string(),
                 host: m.client_host.to_string(),
                 assignment,
+                member_epoch: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(GroupDescription {
         group_id: group.to_owned(),
+        group_type: "classic".to_owned(),
+        group_epoch: None,
         state: described.group_state.to_string(),
         protocol_type: described.protocol_type.to_string(),
         protocol: described.protocol_data.to_string(),

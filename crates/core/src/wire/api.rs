@@ -5,9 +5,10 @@
 //! response and its API key instead.
 
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, CreateTopicsResponse,
-    DeleteTopicsRequest, DeleteTopicsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
-    FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, ConsumerGroupDescribeRequest,
+    ConsumerGroupDescribeResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest,
+    FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
     HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
     ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
     MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse,
@@ -51,8 +52,12 @@ api! {
     OffsetCommitRequest => OffsetCommitResponse, OffsetCommit, 8;
     // v8+ batch several groups per request; kafkit fetches for one group.
     OffsetFetchRequest => OffsetFetchResponse, OffsetFetch, 7;
-    ListGroupsRequest => ListGroupsResponse, ListGroups, 4;
+    // v5 names each group's type (classic, consumer, share, ...).
+    ListGroupsRequest => ListGroupsResponse, ListGroups, 5;
     DescribeGroupsRequest => DescribeGroupsResponse, DescribeGroups, 5;
+    // Groups of the KIP-848 consumer protocol, which DescribeGroups does not describe; v1 only adds
+    // each member's type (classic or consumer) during an online upgrade.
+    ConsumerGroupDescribeRequest => ConsumerGroupDescribeResponse, ConsumerGroupDescribe, 1;
     ListOffsetsRequest => ListOffsetsResponse, ListOffsets, 7;
     MetadataRequest => MetadataResponse, Metadata, 12;
     // v13+ name topics by id; v12 is the last by name (flexible, no fetch session needed).
