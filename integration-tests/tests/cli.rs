@@ -10,7 +10,7 @@ use kafkit::group::{GroupConfig, GroupEvent, GroupMember, OffsetToCommit, TopicP
 use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::kafkit_bin;
 use kafkit_integration_tests::support::consumer_groups_describe;
-use kafkit_testkit::{create_topic, random_name, shared};
+use kafkit_testkit::{create_topic, java_tool, random_name, shared};
 use serde_json::Value;
 use tokio::time::timeout;
 
@@ -251,7 +251,12 @@ async fn group_describe_matches_kafka_consumer_groups_and_list_contains_the_grou
     assert!(out.status.success(), "list: {}", text(&out.stderr));
     assert!(text(&out.stdout).contains(&group), "{}", text(&out.stdout));
 
-    // Closing hands back everything owned through a final Revoked, which must be acknowledged.
+    close(member, events).await;
+}
+
+/// Closes `member`, which hands back everything owned through a final Revoked that must be
+/// acknowledged, and waits for its event channel to close.
+async fn close(member: GroupMember, mut events: tokio::sync::mpsc::UnboundedReceiver<GroupEvent>) {
     let drain = tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             if let GroupEvent::Revoked { done, .. } = event {
@@ -315,4 +320,240 @@ async fn unknown_group_exits_3_and_unreachable_broker_exits_4() {
     assert_one_line_failure(&out, 2, "--group-id");
     let out = kafkit(&["group", "list", "--bootstrap-server", "no-port"]).await;
     assert_one_line_failure(&out, 2, "bootstrap.servers");
+}
+
+/// `(committed, end)` per partition of `topic`, as `kafka-consumer-groups --describe` shows them.
+async fn java_offsets(bootstrap: &str, group: &str, topic: &str) -> Vec<(Option<i64>, i64)> {
+    java_describe(bootstrap, group)
+        .await
+        .into_iter()
+        .filter(|((t, _), _)| t == topic)
+        .map(|(_, row)| (row.committed, row.end))
+        .collect()
+}
+
+/// `kafkit group reset-offsets ARGS --json`: the plan as (partition, current, new), and whether
+/// it was committed.
+async fn reset(
+    bootstrap: &str,
+    group: &str,
+    args: &[&str],
+) -> (Vec<(i64, Option<i64>, i64)>, bool) {
+    let mut all = vec![
+        "group",
+        "reset-offsets",
+        "--bootstrap-server",
+        bootstrap,
+        "--group-id",
+        group,
+        "--json",
+    ];
+    all.extend_from_slice(args);
+    let out = kafkit(&all).await;
+    assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("reset-offsets --json is JSON");
+    let plan = doc["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["partition"].as_i64().unwrap(),
+                p["current"].as_i64(),
+                p["new"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    (plan, doc["executed"].as_bool().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_reset_offsets_moves_an_inactive_groups_offsets_and_refuses_an_active_one() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("cli-reset");
+    let group = random_name("cli-reset-g");
+    timeout(LIMIT, create_topic(&bootstrap, &topic, 2, 1))
+        .await
+        .expect("create topic timeout")
+        .unwrap();
+    produce(&bootstrap, &topic, &[30, 20]).await;
+    let client = ClientConfig::new([bootstrap.as_str()]).unwrap();
+    let (member, mut events) =
+        GroupMember::start(&client, GroupConfig::new(&group, [&topic])).expect("member start");
+    let mut owned = 0;
+    while owned < 2 {
+        match timeout(LIMIT, events.recv()).await.expect("no assignment") {
+            Some(GroupEvent::Assigned { partitions, .. }) => owned += partitions.len(),
+            other => panic!("unexpected group event {other:?}"),
+        }
+    }
+    let commits: Vec<OffsetToCommit> = [(0, 10), (1, 20)]
+        .into_iter()
+        .map(|(p, offset)| OffsetToCommit {
+            partition: TopicPartition::new(&topic, p),
+            offset,
+            metadata: None,
+        })
+        .collect();
+    timeout(LIMIT, member.commit(&commits))
+        .await
+        .expect("commit timeout")
+        .unwrap();
+
+    // A live member would overwrite a reset with its next commit: refused, exit 7, nothing moved.
+    let out = kafkit(&[
+        "group",
+        "reset-offsets",
+        "--bootstrap-server",
+        &bootstrap,
+        "--group-id",
+        &group,
+        "--topic",
+        &topic,
+        "--to-earliest",
+        "--execute",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("active member"),
+        "{}",
+        text(&out.stderr)
+    );
+    close(member, events).await;
+    assert_eq!(
+        java_offsets(&bootstrap, &group, &topic).await,
+        [(Some(10), 30), (Some(20), 20)]
+    );
+
+    // A dry run (the default) plans and changes nothing; Kafka's own dry run plans the same.
+    let (plan, executed) = reset(&bootstrap, &group, &["--topic", &topic, "--to-earliest"]).await;
+    assert_eq!(plan, [(0, Some(10), 0), (1, Some(20), 0)]);
+    assert!(!executed);
+    let java_plan = java_tool(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+        &[
+            "--bootstrap-server",
+            &bootstrap,
+            "--reset-offsets",
+            "--group",
+            &group,
+            "--topic",
+            &topic,
+            "--shift-by",
+            "-15",
+            "--dry-run",
+        ],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert!(java_plan.success, "{}", java_plan.stderr);
+    let java_new: Vec<i64> = java_plan
+        .stdout
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() == 4 && f[0] == group).then(|| f[3].parse().unwrap())
+        })
+        .collect();
+    let (plan, _) = reset(
+        &bootstrap,
+        &group,
+        &["--topic", &topic, "--shift-by", "-15"],
+    )
+    .await;
+    assert_eq!(plan, [(0, Some(10), 0), (1, Some(20), 5)]);
+    assert_eq!(java_new, [0, 5], "{}", java_plan.stdout);
+    assert_eq!(
+        java_offsets(&bootstrap, &group, &topic).await,
+        [(Some(10), 30), (Some(20), 20)]
+    );
+
+    // --execute commits; targets are kept within the log.
+    let (plan, executed) = reset(
+        &bootstrap,
+        &group,
+        &["--topic", &topic, "--shift-by", "-5", "--execute"],
+    )
+    .await;
+    assert!(executed);
+    assert_eq!(plan, [(0, Some(10), 5), (1, Some(20), 15)]);
+    assert_eq!(
+        java_offsets(&bootstrap, &group, &topic).await,
+        [(Some(5), 30), (Some(15), 20)]
+    );
+    let topic_1 = format!("{topic}:1");
+    let (plan, _) = reset(
+        &bootstrap,
+        &group,
+        &["--topic", &topic_1, "--to-offset", "999", "--execute"],
+    )
+    .await;
+    assert_eq!(plan, [(1, Some(15), 20)]);
+    let (plan, _) = reset(
+        &bootstrap,
+        &group,
+        &["--all-topics", "--to-latest", "--execute"],
+    )
+    .await;
+    assert_eq!(plan, [(0, Some(5), 30), (1, Some(20), 20)]);
+    // Every record is newer than 2001, none is from 2999 (the log end, then).
+    let (plan, _) = reset(
+        &bootstrap,
+        &group,
+        &[
+            "--all-topics",
+            "--to-datetime",
+            "2001-01-01T00:00:00Z",
+            "--execute",
+        ],
+    )
+    .await;
+    assert_eq!(plan, [(0, Some(30), 0), (1, Some(20), 0)]);
+    let (plan, _) = reset(
+        &bootstrap,
+        &group,
+        &["--all-topics", "--to-datetime", "2999-01-01T00:00:00.000"],
+    )
+    .await;
+    assert_eq!(plan, [(0, Some(0), 30), (1, Some(0), 20)]);
+    assert_eq!(
+        java_offsets(&bootstrap, &group, &topic).await,
+        [(Some(0), 30), (Some(0), 20)]
+    );
+
+    // Bad input is exit 2 naming the problem; an unknown partition is exit 3.
+    let base = [
+        "group",
+        "reset-offsets",
+        "--bootstrap-server",
+        &bootstrap,
+        "--group-id",
+        &group,
+    ];
+    let out = kafkit(
+        &[
+            &base[..],
+            &["--topic", &topic, "--to-datetime", "yesterday"],
+        ]
+        .concat(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--to-datetime"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = kafkit(&[&base[..], &["--topic", &topic]].concat()).await;
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a target is required: {}",
+        text(&out.stderr)
+    );
+    let topic_9 = format!("{topic}:9");
+    let out = kafkit(&[&base[..], &["--topic", &topic_9, "--to-latest"]].concat()).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 }

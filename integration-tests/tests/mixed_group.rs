@@ -364,11 +364,13 @@ async fn describe_assignments(
         .lines()
         .filter(|l| l.split_whitespace().next() == Some(group))
         .map(|l| {
+            // The (current) assignment: Kafka 4.x prints `topic:0,1`; 3.9 `(0,1)` when the group
+            // reads one topic, else `topic(0,1)`.
             l.split_whitespace()
-                // Kafka 4.x prints `topic:0,1`; older versions `topic(0,1)`.
                 .find_map(|w| {
                     w.strip_prefix(&format!("{topic}:"))
                         .or_else(|| w.strip_prefix(&format!("{topic}(")))
+                        .or_else(|| w.strip_prefix('('))
                 })
                 .map(|inside| {
                     inside

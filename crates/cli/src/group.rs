@@ -1,11 +1,16 @@
 //! `kafkit group list` and `kafkit group describe`: who is in a group, what it owns, how far behind
 //! it is. Read-only: neither joins the group, so a running group is not disturbed.
+//! `kafkit group reset-offsets` moves an inactive group's committed offsets.
 //!
-//! The describe table has the columns of Kafka's `kafka-consumer-groups --describe`, so the two can
-//! be read side by side; `--json` prints one JSON document for scripts.
+//! The describe table has the columns of Kafka's `kafka-consumer-groups --describe`, and
+//! reset-offsets its options, so the two can be used side by side; `--json` prints one JSON
+//! document for scripts.
 
-use clap::{Args, Subcommand};
-use kafkit::admin::{self, GroupDescription, GroupListing, PartitionLag};
+use chrono::{DateTime, NaiveDateTime};
+use clap::{ArgGroup, Args, Subcommand};
+use kafkit::admin::{
+    self, GroupDescription, GroupListing, OffsetResetPlan, PartitionLag, ResetScope, ResetTo,
+};
 use serde_json::{Value, json};
 
 use crate::Failure;
@@ -25,6 +30,112 @@ enum GroupCommand {
     /// Describe one group: state, assignor, members and their assignments, and per-partition
     /// committed offset, log end offset and lag.
     Describe(DescribeArgs),
+    /// Move the committed offsets of a group with no active members (a dry run unless `--execute`).
+    ResetOffsets(ResetArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("scope").required(true).args(["topic", "all_topics"])))]
+#[command(group(ArgGroup::new("target").required(true).args(
+    ["to_earliest", "to_latest", "to_datetime", "shift_by", "to_offset"]
+)))]
+#[command(group(ArgGroup::new("mode").args(["dry_run", "execute"])))]
+struct ResetArgs {
+    #[command(flatten)]
+    common: Common,
+
+    /// The group whose offsets move.
+    #[arg(long = "group-id", alias = "group", value_name = "GROUP")]
+    group_id: String,
+    /// A topic, all its partitions (`orders`) or some (`orders:0,2`); repeat for more topics.
+    #[arg(long, value_name = "TOPIC[:P,P..]")]
+    topic: Vec<String>,
+    /// Every partition the group has a committed offset for.
+    #[arg(long)]
+    all_topics: bool,
+    /// To the log start offset.
+    #[arg(long)]
+    to_earliest: bool,
+    /// To the log end offset.
+    #[arg(long)]
+    to_latest: bool,
+    /// To the first record at or after this time: RFC 3339 (`2026-12-01T08:00:00Z`,
+    /// `...+01:00`), or `YYYY-MM-DDTHH:MM:SS[.sss]` in UTC.
+    #[arg(long, value_name = "DATETIME")]
+    to_datetime: Option<String>,
+    /// Move each committed offset by N (negative: back).
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    shift_by: Option<i64>,
+    /// To this offset.
+    #[arg(long, value_name = "OFFSET")]
+    to_offset: Option<i64>,
+    /// Only print the plan (the default).
+    #[arg(long)]
+    dry_run: bool,
+    /// Commit the new offsets.
+    #[arg(long)]
+    execute: bool,
+}
+
+impl ResetArgs {
+    fn scope(&self) -> Result<ResetScope, Failure> {
+        if self.all_topics {
+            return Ok(ResetScope::AllCommitted);
+        }
+        self.topic
+            .iter()
+            .map(|t| match t.split_once(':') {
+                None => Ok((t.clone(), None)),
+                Some((name, list)) => list
+                    .split(',')
+                    .map(|p| p.trim().parse::<i32>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|ps| (name.to_owned(), Some(ps)))
+                    .map_err(|_| {
+                        usage(format!(
+                            "--topic {t}: partitions must be numbers, as in orders:0,2"
+                        ))
+                    }),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(ResetScope::Topics)
+    }
+
+    fn target(&self) -> Result<ResetTo, Failure> {
+        Ok(if self.to_earliest {
+            ResetTo::Earliest
+        } else if self.to_latest {
+            ResetTo::Latest
+        } else if let Some(n) = self.shift_by {
+            ResetTo::ShiftBy(n)
+        } else if let Some(o) = self.to_offset {
+            ResetTo::Offset(o)
+        } else {
+            let text = self.to_datetime.as_deref().unwrap_or_default();
+            ResetTo::Timestamp(parse_datetime(text).ok_or_else(|| {
+                usage(format!(
+                    "--to-datetime {text}: expected RFC 3339 (2026-12-01T08:00:00Z) or YYYY-MM-DDTHH:MM:SS[.sss] (UTC)"
+                ))
+            })?)
+        })
+    }
+}
+
+fn usage(message: String) -> Failure {
+    Failure {
+        code: crate::EXIT_USAGE,
+        message,
+    }
+}
+
+/// Milliseconds since the epoch of an RFC 3339 time, or of a zone-less one read as UTC.
+fn parse_datetime(text: &str) -> Option<i64> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.timestamp_millis());
+    }
+    NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc().timestamp_millis())
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +180,17 @@ pub(crate) async fn run(args: GroupArgs) -> Result<(), Failure> {
                 describe_table(&description, &lag)
             }
         }
+        GroupCommand::ResetOffsets(args) => {
+            let client = args.common.cluster.client()?;
+            let (scope, target) = (args.scope()?, args.target()?);
+            let plan =
+                admin::reset_offsets(&client, &args.group_id, &scope, target, args.execute).await?;
+            if args.common.json {
+                reset_json(&args.group_id, &plan, args.execute)
+            } else {
+                reset_table(&args.group_id, &plan, args.execute)
+            }
+        }
     };
     print(&text);
     Ok(())
@@ -106,6 +228,53 @@ fn list_table(groups: &[GroupListing]) -> String {
         })
         .collect();
     table(&["GROUP", "STATE", "PROTOCOL-TYPE", "GROUP-TYPE"], rows)
+}
+
+fn reset_json(group: &str, plan: &[OffsetResetPlan], executed: bool) -> String {
+    let partitions: Vec<Value> = plan
+        .iter()
+        .map(|p| {
+            json!({
+                "topic": p.topic,
+                "partition": p.partition,
+                "current": p.current,
+                "new": p.new,
+            })
+        })
+        .collect();
+    let doc = json!({ "group_id": group, "executed": executed, "partitions": partitions });
+    format!("{doc}\n")
+}
+
+fn reset_table(group: &str, plan: &[OffsetResetPlan], executed: bool) -> String {
+    let rows = plan
+        .iter()
+        .map(|p| {
+            vec![
+                group.to_owned(),
+                p.topic.clone(),
+                p.partition.to_string(),
+                p.current.map_or_else(|| "-".to_owned(), |c| c.to_string()),
+                p.new.to_string(),
+            ]
+        })
+        .collect();
+    let mut out = table(
+        &[
+            "GROUP",
+            "TOPIC",
+            "PARTITION",
+            "CURRENT-OFFSET",
+            "NEW-OFFSET",
+        ],
+        rows,
+    );
+    out.push_str(if executed {
+        "\nThe new offsets are committed.\n"
+    } else {
+        "\nDry run: nothing was committed (add --execute to commit these offsets).\n"
+    });
+    out
 }
 
 fn total_lag(lag: &[PartitionLag]) -> i64 {

@@ -59,12 +59,12 @@ enum Command {
     Produce(produce::ProduceArgs),
     /// Print the records of topics on stdout, one per line.
     Consume(consume::ConsumeArgs),
-    /// Inspect consumer groups: `list`, `describe --group-id G`.
+    /// Consumer groups: `list`, `describe --group-id G`, `reset-offsets --group-id G ...`.
     Group(group::GroupArgs),
 }
 
 /// Exit code for bad arguments or settings.
-const EXIT_USAGE: u8 = 2;
+pub(crate) const EXIT_USAGE: u8 = 2;
 /// Exit code for a group (or other named thing) that does not exist.
 const EXIT_NOT_FOUND: u8 = 3;
 /// Exit code when no broker of the cluster can be reached.
@@ -73,6 +73,8 @@ const EXIT_UNREACHABLE: u8 = 4;
 const EXIT_UNHEALTHY: u8 = 5;
 /// Exit code when a broker refuses the security handshake (credentials, TLS, `security.protocol`).
 const EXIT_SECURITY: u8 = 6;
+/// Exit code when `group reset-offsets` finds the group active (it has members).
+const EXIT_GROUP_ACTIVE: u8 = 7;
 
 /// A command's failure: the one line for stderr and the exit code.
 #[derive(Debug)]
@@ -106,6 +108,8 @@ impl From<kafkit::Error> for Failure {
         use kafkit::{Error, WireError};
         // GROUP_ID_NOT_FOUND: the group has no members and no committed offsets.
         const GROUP_ID_NOT_FOUND: i16 = 69;
+        // NON_EMPTY_GROUP: the group has members (reset-offsets refuses).
+        const NON_EMPTY_GROUP: i16 = 68;
         let code = match &e {
             Error::Config(_) => EXIT_USAGE,
             Error::Group {
@@ -113,6 +117,10 @@ impl From<kafkit::Error> for Failure {
                 ..
             }
             | Error::UnknownTopic { .. } => EXIT_NOT_FOUND,
+            Error::Group {
+                code: NON_EMPTY_GROUP,
+                ..
+            } => EXIT_GROUP_ACTIVE,
             Error::Security { .. } => EXIT_SECURITY,
             Error::Connection { source, .. } if source.is_security() => EXIT_SECURITY,
             Error::Unreachable { .. }

@@ -3,6 +3,8 @@
 //! cluster, describe one group's members and assignments, and measure its lag. Nothing here joins a
 //! group, so a running group is not disturbed.
 //!
+//! `reset`: moving an inactive group's committed offsets (`kafka-consumer-groups --reset-offsets`).
+//!
 //! Each call opens its own short-lived connections (kafkit's `wire` layer) and closes them when it
 //! returns; these are one-shot questions from a CLI or a health check, not a hot path.
 
@@ -22,6 +24,10 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
+mod reset;
+
+pub use reset::{OffsetResetPlan, ResetScope, ResetTo, reset_offsets};
+
 use crate::group::{Assignment, CONSUMER_PROTOCOL_TYPE, TopicPartition};
 use crate::wire::{ApiRequest, Connection, WireError};
 use crate::{ClientConfig, Error, Result};
@@ -29,8 +35,9 @@ use crate::{ClientConfig, Error, Result};
 /// How long each admin request may take (connecting is bounded by the client's connect timeout).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// ListOffsets timestamp meaning "the log end offset".
+/// ListOffsets timestamps meaning "the log end offset" and "the log start offset".
 const LATEST_TIMESTAMP: i64 = -1;
+const EARLIEST_TIMESTAMP: i64 = -2;
 
 /// One group as ListGroups reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -872,7 +879,7 @@ async fn lag_on(
     if partitions.is_empty() {
         return Ok(Vec::new());
     }
-    let ends = end_offsets(client, &partitions).await?;
+    let ends = log_offsets(client, &partitions, LATEST_TIMESTAMP).await?;
     Ok(partitions
         .into_iter()
         .filter_map(|tp| {
@@ -890,11 +897,14 @@ async fn lag_on(
         .collect())
 }
 
-/// Log end offsets of `partitions`: ListOffsets (latest) to each partition's leader, from Metadata.
-/// Partitions of topics that no longer exist are left out.
-async fn end_offsets(
+/// The offsets ListOffsets gives for `timestamp` (`LATEST_TIMESTAMP`, `EARLIEST_TIMESTAMP`, or
+/// milliseconds since the epoch: the first offset whose record is that recent, -1 if none is) for
+/// `partitions`, asked of each partition's leader from Metadata. Partitions of topics that no
+/// longer exist are left out.
+async fn log_offsets(
     client: &ClientConfig,
     partitions: &BTreeSet<TopicPartition>,
+    timestamp: i64,
 ) -> Result<HashMap<TopicPartition, i64>> {
     let bootstrap = connect_bootstrap(client).await?;
     let topics: Vec<String> = partitions
@@ -961,7 +971,7 @@ async fn end_offsets(
                                             ListOffsetsPartition::default()
                                                 .with_partition_index(p)
                                                 .with_current_leader_epoch(-1)
-                                                .with_timestamp(LATEST_TIMESTAMP)
+                                                .with_timestamp(timestamp)
                                         })
                                         .collect(),
                                 )
