@@ -557,3 +557,75 @@ async fn group_reset_offsets_moves_an_inactive_groups_offsets_and_refuses_an_act
     let out = kafkit(&[&base[..], &["--topic", &topic_9, "--to-latest"]].concat()).await;
     assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
 }
+
+/// `kafkit group describe --watch --json` prints one document per refresh, each with the rate
+/// at which offsets were committed since the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_describe_watch_refreshes_with_commit_rates() {
+    use tokio::io::AsyncBufReadExt;
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("cli-watch");
+    let group = random_name("cli-watch-g");
+    timeout(LIMIT, create_topic(&bootstrap, &topic, 1, 1))
+        .await
+        .expect("create topic timeout")
+        .unwrap();
+    produce(&bootstrap, &topic, &[50]).await;
+    let client = ClientConfig::new([bootstrap.as_str()]).unwrap();
+    let (member, mut events) =
+        GroupMember::start(&client, GroupConfig::new(&group, [&topic])).expect("member start");
+    match timeout(LIMIT, events.recv()).await.expect("no assignment") {
+        Some(GroupEvent::Assigned { .. }) => {}
+        other => panic!("unexpected group event {other:?}"),
+    }
+    let commit = |offset| {
+        vec![OffsetToCommit {
+            partition: TopicPartition::new(&topic, 0),
+            offset,
+            metadata: None,
+        }]
+    };
+    timeout(LIMIT, member.commit(&commit(10)))
+        .await
+        .expect("commit timeout")
+        .unwrap();
+
+    let mut watch = tokio::process::Command::new(kafkit_bin())
+        .args(["group", "describe", "--bootstrap-server", &bootstrap])
+        .args(["--group-id", &group, "--json", "--watch"])
+        .args(["--interval-ms", "1000", "--iterations", "4"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut frames = Vec::new();
+    while let Some(line) = timeout(LIMIT, lines.next_line()).await.unwrap().unwrap() {
+        let doc: Value = serde_json::from_str(&line).expect("one JSON document per line");
+        if frames.is_empty() {
+            // Between the first refresh and the next, 30 more records are committed.
+            timeout(LIMIT, member.commit(&commit(40)))
+                .await
+                .expect("commit timeout")
+                .unwrap();
+        }
+        frames.push(doc);
+    }
+    assert!(watch.wait().await.unwrap().success());
+    assert_eq!(frames.len(), 4, "{frames:?}");
+    let partition = |doc: &Value| doc["partitions"][0].clone();
+    assert_eq!(partition(&frames[0])["committed"], 10, "{frames:?}");
+    assert_eq!(partition(&frames[0])["commit_rate"], 0.0, "{frames:?}");
+    // The refresh that first sees offset 40 reports a positive rate (30 records over about a
+    // second, give or take how long each describe took); the last, with nothing committed since,
+    // reports 0.
+    let moved = frames
+        .iter()
+        .position(|f| partition(f)["committed"] == 40)
+        .expect("a refresh sees the new commit");
+    let rate = partition(&frames[moved])["commit_rate"].as_f64().unwrap();
+    assert!(rate > 5.0 && rate < 100.0, "{rate}: {frames:?}");
+    assert_eq!(partition(&frames[3])["committed"], 40, "{frames:?}");
+    assert_eq!(partition(&frames[3])["commit_rate"], 0.0, "{frames:?}");
+    close(member, events).await;
+}

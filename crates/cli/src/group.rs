@@ -6,12 +6,17 @@
 //! reset-offsets its options, so the two can be used side by side; `--json` prints one JSON
 //! document for scripts.
 
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::time::Duration;
+
 use chrono::{DateTime, NaiveDateTime};
 use clap::{ArgGroup, Args, Subcommand};
 use kafkit::admin::{
     self, GroupDescription, GroupListing, OffsetResetPlan, PartitionLag, ResetScope, ResetTo,
 };
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
 use crate::Failure;
 use crate::common::{ClusterArgs, print, table};
@@ -156,6 +161,20 @@ struct DescribeArgs {
     /// The group to describe.
     #[arg(long = "group-id", alias = "group", value_name = "GROUP")]
     group_id: String,
+
+    /// Describe again every `--interval-ms` until interrupted, with each partition's commit rate
+    /// (records/s committed since the last refresh). On a terminal the screen is redrawn; else
+    /// each refresh follows the last (with `--json`: one document per line).
+    #[arg(long)]
+    watch: bool,
+
+    /// Time between refreshes with `--watch`.
+    #[arg(long, default_value_t = 2000, value_name = "MS", requires = "watch")]
+    interval_ms: u64,
+
+    /// Stop after this many refreshes with `--watch` (default: until interrupted).
+    #[arg(long, value_name = "N", requires = "watch")]
+    iterations: Option<u64>,
 }
 
 /// Runs a `group` subcommand, printing its answer on stdout.
@@ -170,14 +189,15 @@ pub(crate) async fn run(args: GroupArgs) -> Result<(), Failure> {
                 list_table(&groups)
             }
         }
+        GroupCommand::Describe(args) if args.watch => return watch(&args).await,
         GroupCommand::Describe(args) => {
             let client = args.common.cluster.client()?;
             let (description, lag) =
                 admin::describe_group_with_lag(&client, &args.group_id).await?;
             if args.common.json {
-                describe_json(&description, &lag)
+                describe_json(&description, &lag, None)
             } else {
-                describe_table(&description, &lag)
+                describe_table(&description, &lag, None)
             }
         }
         GroupCommand::ResetOffsets(args) => {
@@ -277,11 +297,64 @@ fn reset_table(group: &str, plan: &[OffsetResetPlan], executed: bool) -> String 
     out
 }
 
+/// Records/s committed per partition between two refreshes.
+type Rates = BTreeMap<(String, i32), f64>;
+
+/// `group describe --watch`: a refresh every interval until interrupted (or `--iterations`).
+async fn watch(args: &DescribeArgs) -> Result<(), Failure> {
+    let client = args.common.cluster.client()?;
+    let redraw = !args.common.json && std::io::stdout().is_terminal();
+    let mut last: Option<(Instant, BTreeMap<(String, i32), i64>)> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(args.interval_ms.max(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let interrupted = crate::shutdown_signal();
+    tokio::pin!(interrupted);
+    for _ in 0..args.iterations.unwrap_or(u64::MAX) {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = &mut interrupted => break,
+        }
+        let (description, lag) = admin::describe_group_with_lag(&client, &args.group_id).await?;
+        let now = Instant::now();
+        let committed: BTreeMap<(String, i32), i64> = lag
+            .iter()
+            .filter_map(|p| Some(((p.topic.clone(), p.partition), p.committed?)))
+            .collect();
+        let rates: Rates = match &last {
+            None => BTreeMap::new(),
+            Some((then, before)) => {
+                let secs = now.duration_since(*then).as_secs_f64().max(1e-3);
+                committed
+                    .iter()
+                    .map(|(tp, &c)| {
+                        let moved = before.get(tp).map_or(0, |&b| (c - b).max(0));
+                        (tp.clone(), moved as f64 / secs)
+                    })
+                    .collect()
+            }
+        };
+        last = Some((now, committed));
+        let text = if args.common.json {
+            describe_json(&description, &lag, Some(&rates))
+        } else {
+            let stamp = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ");
+            let frame = describe_table(&description, &lag, Some(&rates));
+            if redraw {
+                format!("\x1b[2J\x1b[H{stamp}\n{frame}")
+            } else {
+                format!("{stamp}\n{frame}\n")
+            }
+        };
+        print(&text);
+    }
+    Ok(())
+}
+
 fn total_lag(lag: &[PartitionLag]) -> i64 {
     lag.iter().filter_map(|p| p.lag).sum()
 }
 
-fn describe_json(d: &GroupDescription, lag: &[PartitionLag]) -> String {
+fn describe_json(d: &GroupDescription, lag: &[PartitionLag], rates: Option<&Rates>) -> String {
     let members: Vec<Value> = d
         .members
         .iter()
@@ -310,6 +383,7 @@ fn describe_json(d: &GroupDescription, lag: &[PartitionLag]) -> String {
                 "member_id": p.owner.as_ref().map(|o| &o.member_id),
                 "client_id": p.owner.as_ref().map(|o| &o.client_id),
                 "host": p.owner.as_ref().map(|o| &o.host),
+                "commit_rate": rates.map(|r| r.get(&(p.topic.clone(), p.partition)).copied().unwrap_or(0.0)),
             })
         })
         .collect();
@@ -328,7 +402,7 @@ fn describe_json(d: &GroupDescription, lag: &[PartitionLag]) -> String {
     format!("{doc}\n")
 }
 
-fn describe_table(d: &GroupDescription, lag: &[PartitionLag]) -> String {
+fn describe_table(d: &GroupDescription, lag: &[PartitionLag], rates: Option<&Rates>) -> String {
     let or_dash = |s: &str| {
         if s.is_empty() {
             "-".to_owned()
@@ -355,6 +429,13 @@ fn describe_table(d: &GroupDescription, lag: &[PartitionLag]) -> String {
         .iter()
         .map(|p| {
             let owner = p.owner.as_ref();
+            let rate = rates.map(|r| {
+                let rate = r
+                    .get(&(p.topic.clone(), p.partition))
+                    .copied()
+                    .unwrap_or(0.0);
+                format!("{rate:.1}")
+            });
             vec![
                 d.group_id.clone(),
                 p.topic.clone(),
@@ -366,22 +447,26 @@ fn describe_table(d: &GroupDescription, lag: &[PartitionLag]) -> String {
                 owner.map_or_else(|| "-".to_owned(), |o| o.host.clone()),
                 owner.map_or_else(|| "-".to_owned(), |o| o.client_id.clone()),
             ]
+            .into_iter()
+            .chain(rate)
+            .collect()
         })
         .collect();
-    out.push_str(&table(
-        &[
-            "GROUP",
-            "TOPIC",
-            "PARTITION",
-            "CURRENT-OFFSET",
-            "LOG-END-OFFSET",
-            "LAG",
-            "CONSUMER-ID",
-            "HOST",
-            "CLIENT-ID",
-        ],
-        rows,
-    ));
+    let mut header = vec![
+        "GROUP",
+        "TOPIC",
+        "PARTITION",
+        "CURRENT-OFFSET",
+        "LOG-END-OFFSET",
+        "LAG",
+        "CONSUMER-ID",
+        "HOST",
+        "CLIENT-ID",
+    ];
+    if rates.is_some() {
+        header.push("COMMITS/S");
+    }
+    out.push_str(&table(&header, rows));
     out.push('\n');
     let rows = d
         .members
