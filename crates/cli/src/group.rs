@@ -299,12 +299,14 @@ fn reset_table(group: &str, plan: &[OffsetResetPlan], executed: bool) -> String 
 
 /// Records/s committed per partition between two refreshes.
 type Rates = BTreeMap<(String, i32), f64>;
+/// Committed offsets per partition at one refresh.
+type Committed = BTreeMap<(String, i32), i64>;
 
 /// `group describe --watch`: a refresh every interval until interrupted (or `--iterations`).
 async fn watch(args: &DescribeArgs) -> Result<(), Failure> {
     let client = args.common.cluster.client()?;
     let redraw = !args.common.json && std::io::stdout().is_terminal();
-    let mut last: Option<(Instant, BTreeMap<(String, i32), i64>)> = None;
+    let mut last: Option<(Instant, Committed)> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(args.interval_ms.max(100)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let interrupted = crate::shutdown_signal();
@@ -316,7 +318,7 @@ async fn watch(args: &DescribeArgs) -> Result<(), Failure> {
         }
         let (description, lag) = admin::describe_group_with_lag(&client, &args.group_id).await?;
         let now = Instant::now();
-        let committed: BTreeMap<(String, i32), i64> = lag
+        let committed: Committed = lag
             .iter()
             .filter_map(|p| Some(((p.topic.clone(), p.partition), p.committed?)))
             .collect();
