@@ -5,7 +5,18 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
-use kafkit_testkit::{Error, LocalKafka, create_topic, random_name};
+use kafkit_testkit::{Error, LocalKafka, OLDEST_KAFKA_VERSION, create_topic, random_name};
+
+/// CI runs the version-sensitive tests against the oldest supported release: the one the testkit
+/// names.
+#[test]
+fn ci_tests_the_oldest_supported_release() {
+    let ci = include_str!("../../.ci/run");
+    assert!(
+        ci.contains(&format!("KAFKIT_KAFKA_VERSION={OLDEST_KAFKA_VERSION} ")),
+        ".ci/run must run the version-sensitive tests with KAFKIT_KAFKA_VERSION={OLDEST_KAFKA_VERSION}"
+    );
+}
 
 async fn send_one(bootstrap: &str, topic: &str, value: &str) -> kafkit::Result<kafkit::Delivery> {
     let producer = ProducerBuilder::new(ClientConfig::new([bootstrap])?)

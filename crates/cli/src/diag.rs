@@ -1,7 +1,7 @@
 //! `kafkit diag`: is the cluster usable from here? Bootstrap reachability, brokers (and whether
 //! their advertised addresses answer from this host, the classic listener misconfiguration), the
 //! controller, the API versions kafkit needs, and every topic's leaders and in-sync replicas. Ends
-//! with one verdict line; any problem makes the exit code [`EXIT_UNHEALTHY`](crate::EXIT_UNHEALTHY).
+//! with one verdict line; any problem makes the exit code [`crate::EXIT_UNHEALTHY`].
 
 use std::time::{Duration, Instant};
 

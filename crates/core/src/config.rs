@@ -115,8 +115,9 @@ impl ClientConfig {
         self
     }
 
-    /// How long [`connect`](Self::connect) keeps trying to reach any bootstrap broker before giving up.
-    /// Default 30 s.
+    /// How long connecting (a producer, consumer or admin call reaching its first bootstrap broker:
+    /// TCP, TLS, SASL and the first answers, retried with the reconnect backoff) may take before it
+    /// gives up with [`Error::Unreachable`](crate::Error::Unreachable). Default 30 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self

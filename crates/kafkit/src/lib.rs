@@ -4,12 +4,20 @@
 //!
 //! # Layout
 //! - the root re-exports the producer and client settings of `kafkit-core`;
-//! - [`admin`] re-exports group administration (list, describe, lag);
+//! - [`admin`] re-exports cluster and group administration (describe, topics, group list,
+//!   describe, lag, offset resets);
 //! - [`consumer`] and [`group`] re-export the consumer (dispatch modes, ack-driven commits, graceful
 //!   shutdown) and consumer-group membership of `kafkit-core`;
 //! - [`resilience`] re-exports `kafkit-resilience` (backoff, and the breaker, retry and dead-letter
 //!   policies as they land);
 //! - [`metrics`] re-exports `kafkit-metrics`.
+//!
+//! # Supported brokers
+//! Apache Kafka 3.9 to 4.4 (KRaft). The whole test suite runs against a real 4.4 broker, and the
+//! version-sensitive tests (API negotiation, groups with Java members, fetch, produce, admin, the
+//! tools) against 3.9 too. Consumer groups use the classic protocol; groups of the KIP-848
+//! consumer protocol (Java consumers with `group.protocol=consumer`) are described and listed by
+//! [`admin`]. The minimum supported Rust version is in `Cargo.toml` (`rust-version`), checked in CI.
 //!
 //! # Features
 //! Default features are pure Rust and build for `x86_64-unknown-linux-musl` without a C compiler.

@@ -147,20 +147,10 @@ fn ensure_jars() -> Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::{KAFKA_VERSION, OLDEST_KAFKA_VERSION, POM};
+    use super::{KAFKA_VERSION, POM};
 
     #[test]
     fn the_pom_defaults_to_the_version_the_testkit_names() {
         assert!(POM.contains(&format!("<kafka.version>{KAFKA_VERSION}</kafka.version>")));
-    }
-
-    /// CI runs the version-sensitive tests against the oldest supported release: the same one.
-    #[test]
-    fn ci_tests_the_oldest_supported_release() {
-        let ci = include_str!("../../../.ci/run");
-        assert!(
-            ci.contains(&format!("KAFKIT_KAFKA_VERSION={OLDEST_KAFKA_VERSION} ")),
-            ".ci/run must run the version-sensitive tests with KAFKIT_KAFKA_VERSION={OLDEST_KAFKA_VERSION}"
-        );
     }
 }

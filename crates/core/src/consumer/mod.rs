@@ -62,7 +62,7 @@ pub enum OffsetReset {
     Earliest,
     /// The next record produced (the Java default).
     Latest,
-    /// Fail with [`Error::NoOffset`](crate::Error::NoOffset): the operator must set an offset.
+    /// Fail with [`crate::Error::NoOffset`]: the operator must set an offset.
     None,
 }
 
@@ -76,7 +76,7 @@ pub enum CorruptBatchPolicy {
     /// partition keeps moving. The records before it in the same response are processed as usual.
     #[default]
     Skip,
-    /// Stop the consumer with [`Error::CorruptBatch`](crate::Error::CorruptBatch) once the records
+    /// Stop the consumer with [`crate::Error::CorruptBatch`] once the records
     /// before it are processed; nothing past it is committed. An operator then decides (e.g. moves
     /// the group's offset past it with `kafka-consumer-groups --reset-offsets`).
     Stop,
