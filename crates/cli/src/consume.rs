@@ -238,9 +238,12 @@ fn write_record(out: &mut impl Write, args: &ConsumeArgs, r: &ConsumedRecord) ->
     out.write_all(b"\n")
 }
 
-/// Bytes as text (invalid UTF-8 replaced), `null` for none.
+/// Bytes as text (invalid UTF-8 replaced), `null` for none. Valid text, the usual case, is checked
+/// with `str::from_utf8` and written as it is: `from_utf8_lossy`'s chunk walk was 7 % of the
+/// command's samples on 100-byte values.
 fn write_text(out: &mut impl Write, bytes: Option<&[u8]>) -> io::Result<()> {
     match bytes {
+        Some(b) if std::str::from_utf8(b).is_ok() => out.write_all(b),
         Some(b) => out.write_all(String::from_utf8_lossy(b).as_bytes()),
         None => out.write_all(b"null"),
     }
