@@ -25,14 +25,20 @@ chaos runs="5" rounds="4":
 musl:
     bash .ci/musl
 
-# Side-by-side benchmarks: kafkit vs rust-rdkafka vs the Java client vs a raw fetch ceiling, on one
-# local broker (docs/benchmarks.md). Needs librdkafka-dev (Debian) for the rdkafka peer. Takes about
-# 20 minutes at the default size; `just bench --scale 0.2` is a fifth of the records.
-bench *args:
+# Side-by-side benchmarks: kafkit vs rust-rdkafka vs the Java client vs a raw fetch ceiling, and the
+# kafkit command vs kcat, on one local broker (docs/benchmarks.md). Takes about 30 minutes at the
+# default size; `just bench --scale 0.2` is a fifth of the records.
+bench *args: bench-deps
     cargo run --release --locked --manifest-path bench/Cargo.toml -- {{args}}
 
+# What the benchmarks need besides Rust and a JDK (Debian packages): librdkafka-dev for the
+# rust-rdkafka peers, kcat for the command-line peers.
+bench-deps:
+    @pkg-config --exists rdkafka || { echo "librdkafka missing: apt-get install -y librdkafka-dev"; exit 1; }
+    @command -v kcat >/dev/null || { echo "kcat missing: apt-get install -y kcat"; exit 1; }
+
 # The same runner at a tiny size, one round: keeps it from rotting (about a minute).
-bench-smoke:
+bench-smoke: bench-deps
     cargo run --release --locked --manifest-path bench/Cargo.toml -- --scale 0.002 --rounds 1 --out /tmp/kafkit-bench-smoke.md
 
 # The metrics hot-path micro-benchmark.

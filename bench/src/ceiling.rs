@@ -1,14 +1,17 @@
 //! The raw-fetch ceiling: one connection, one multi-partition Fetch in flight at a time, and only the
 //! record-batch headers walked (base offset, length, last offset delta, record count), never the
 //! records. No client does less work per record, so no client can read faster from this broker.
+//! Also the runner's count of a topic's records (ListOffsets on the same kind of connection).
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
+use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, FetchRequest, FetchResponse, RequestHeader, ResponseHeader, TopicName,
+    ApiKey, BrokerId, FetchRequest, FetchResponse, ListOffsetsRequest, ListOffsetsResponse,
+    RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -61,7 +64,8 @@ pub(crate) async fn run(
                             .collect(),
                     ),
             ]);
-        let response = round_trip(&mut conn, correlation, &request).await?;
+        let response: FetchResponse =
+            round_trip(&mut conn, ApiKey::Fetch, correlation, VERSION, &request).await?;
         for t in response.responses {
             for p in t.partitions {
                 if p.error_code != 0 {
@@ -105,20 +109,24 @@ pub(crate) async fn run(
     })
 }
 
-async fn round_trip(
+/// Sends `request` (API `api` at `version`) and reads its response, a `P` (one request in flight
+/// on `conn`).
+async fn round_trip<Q: Encodable + HeaderVersion, P: Decodable + HeaderVersion>(
     conn: &mut TcpStream,
+    api: ApiKey,
     correlation: i32,
-    request: &FetchRequest,
-) -> Result<FetchResponse, Box<dyn std::error::Error>> {
+    version: i16,
+    request: &Q,
+) -> Result<P, Box<dyn std::error::Error>> {
     let mut buf = BytesMut::new();
     buf.put_i32(0);
     RequestHeader::default()
-        .with_request_api_key(ApiKey::Fetch as i16)
-        .with_request_api_version(VERSION)
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
         .with_correlation_id(correlation)
         .with_client_id(Some(StrBytes::from_static_str("kafkit-bench-ceiling")))
-        .encode(&mut buf, FetchRequest::header_version(VERSION))?;
-    request.encode(&mut buf, VERSION)?;
+        .encode(&mut buf, Q::header_version(version))?;
+    request.encode(&mut buf, version)?;
     let len = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&len.to_be_bytes());
     conn.write_all(&buf).await?;
@@ -126,9 +134,51 @@ async fn round_trip(
     let mut body = vec![0u8; len];
     conn.read_exact(&mut body).await?;
     let mut body = Bytes::from(body);
-    let header = ResponseHeader::decode(&mut body, FetchResponse::header_version(VERSION))?;
+    let header = ResponseHeader::decode(&mut body, P::header_version(version))?;
     if header.correlation_id != correlation {
         return Err("correlation id mismatch".into());
     }
-    Ok(FetchResponse::decode(&mut body, VERSION)?)
+    Ok(P::decode(&mut body, version)?)
+}
+
+/// The records on `topic` (partitions `0..partitions`, all from offset 0): the sum of the log end
+/// offsets, which is how the runner checks what a producer that reports no count delivered.
+pub(crate) async fn records_on(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+) -> Result<u64, Box<dyn std::error::Error>> {
+    let mut conn = TcpStream::connect(bootstrap).await?;
+    let request = ListOffsetsRequest::default()
+        .with_replica_id(BrokerId(-1))
+        .with_topics(vec![
+            ListOffsetsTopic::default()
+                .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+                .with_partitions(
+                    (0..partitions)
+                        .map(|p| {
+                            ListOffsetsPartition::default()
+                                .with_partition_index(p)
+                                .with_current_leader_epoch(-1)
+                                .with_timestamp(-1)
+                        })
+                        .collect(),
+                ),
+        ]);
+    let response: ListOffsetsResponse =
+        round_trip(&mut conn, ApiKey::ListOffsets, 1, 4, &request).await?;
+    let mut total = 0;
+    for t in response.topics {
+        for p in t.partitions {
+            if p.error_code != 0 {
+                return Err(format!(
+                    "{topic}-{}: ListOffsets error code {}",
+                    p.partition_index, p.error_code
+                )
+                .into());
+            }
+            total += p.offset as u64;
+        }
+    }
+    Ok(total)
 }

@@ -1,20 +1,23 @@
 //! `kafkit-bench`: kafkit against rust-rdkafka (librdkafka), the Java client's own performance tools
-//! and a raw-fetch ceiling, side by side on one local broker in one run.
+//! and a raw-fetch ceiling, and the `kafkit` command against kcat, side by side on one local broker
+//! in one run.
 //!
 //! The runner starts a broker (kafkit-testkit, or `KAFKA_BOOTSTRAP`), then for each workload runs
-//! every contender as a child process of its own (`kafkit-bench child ...`), wrapped in
-//! `/usr/bin/time` for CPU time and peak RSS. Rounds alternate the contenders' order (A/B/C, then
+//! every contender as a child process of its own (`kafkit-bench child ...`, or the command-line tool
+//! itself), wrapped in `/usr/bin/time` for CPU time and peak RSS. Rounds alternate the contenders' order (A/B/C, then
 //! B/C/A, ...) after one warm-up round that is not counted. It prints medians with min–max and the
 //! ratios, and writes them to `results/latest.md`.
 //!
 //! # Layout
-//! - `kafkit_side`, `rdkafka_side`, `java_side`: the contenders.
+//! - `kafkit_side`, `rdkafka_side`, `java_side`: the library contenders.
+//! - `cli_side`: the command-line contenders, `kafkit consume` / `kafkit produce` and kcat.
 //! - `ceiling`: the raw multi-partition fetch loop.
 //! - this file: the runner, the child entry point, and the report.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
 mod ceiling;
+mod cli_side;
 mod dispatcher;
 mod java_side;
 mod kafkit_side;
@@ -48,6 +51,9 @@ struct Cli {
     /// Only run benchmarks whose name contains this (`produce`, `consume`, `latency`, `A-12`, ...).
     #[arg(long)]
     only: Option<String>,
+    /// Leave out the command-line contenders (`kafkit consume` / `produce` against kcat).
+    #[arg(long)]
+    no_cli: bool,
     /// Where to write the markdown report.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest.md"))]
     out: String,
@@ -171,6 +177,13 @@ async fn child(a: ChildArgs) -> Result<(), Box<dyn std::error::Error>> {
     let outcome = match a.role.as_str() {
         "produce-kafkit" => kafkit_side::produce(b, t, n, size).await?,
         "produce-rdkafka" => rdkafka_side::produce(b, t, n, size).await?,
+        "produce-rdkafka-base" => {
+            let (b, t) = (b.to_owned(), t.to_owned());
+            tokio::task::spawn_blocking(move || {
+                rdkafka_side::produce_base(&b, &t, n, size).map_err(|e| e.to_string())
+            })
+            .await??
+        }
         "produce-java" => java_side::produce(b, t, n, size).await?,
         "consume-kafkit-partition" => kafkit_side::consume(b, t, n, "partition").await?,
         "consume-kafkit-key" => kafkit_side::consume(b, t, n, "key").await?,
@@ -195,6 +208,45 @@ async fn child(a: ChildArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// `program` under `/usr/bin/time` (when present), which writes the process's CPU time and peak
+/// RSS to `stats` (read them with [`read_stats`]).
+pub(crate) fn timed(program: &std::path::Path, stats: &std::path::Path) -> tokio::process::Command {
+    let time = std::path::Path::new("/usr/bin/time");
+    if time.exists() {
+        let mut c = tokio::process::Command::new(time);
+        c.arg("-f")
+            .arg("%U %S %M")
+            .arg("-o")
+            .arg(stats)
+            .arg(program);
+        c
+    } else {
+        tokio::process::Command::new(program)
+    }
+}
+
+/// CPU seconds (user + system) and peak RSS in KiB from a [`timed`] run's `stats` file, which it
+/// removes.
+pub(crate) fn read_stats(stats: &std::path::Path) -> (Option<f64>, Option<u64>) {
+    let read = match std::fs::read_to_string(stats) {
+        Ok(text) => {
+            // The last line: `time` puts a note on why a process failed before it.
+            let f: Vec<&str> = text
+                .lines()
+                .last()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
+            let user: f64 = f.first().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let sys: f64 = f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            (Some(user + sys), f.get(2).and_then(|v| v.parse().ok()))
+        }
+        Err(_) => (None, None),
+    };
+    let _ = std::fs::remove_file(stats);
+    read
+}
+
 /// Runs `role` as a child process (under `/usr/bin/time` when present). `on_ready` runs once the
 /// child prints `ready` (the latency probes), concurrently with the child.
 async fn run_child<F, Fut>(
@@ -207,15 +259,8 @@ where
     Fut: Future<Output = Result<(), Box<dyn std::error::Error>>>,
 {
     let exe = std::env::current_exe()?;
-    let time = std::path::Path::new("/usr/bin/time");
     let stats = std::env::temp_dir().join(format!("kafkit-bench-{}.time", std::process::id()));
-    let mut cmd = if time.exists() {
-        let mut c = tokio::process::Command::new(time);
-        c.arg("-f").arg("%U %S %M").arg("-o").arg(&stats).arg(&exe);
-        c
-    } else {
-        tokio::process::Command::new(&exe)
-    };
+    let mut cmd = timed(&exe, &stats);
     cmd.arg("child")
         .arg(role)
         .args(args)
@@ -251,16 +296,7 @@ where
         .into());
     }
     let doc = result.ok_or_else(|| format!("{role} printed no result"))?;
-    let (cpu_secs, max_rss_kb) = match std::fs::read_to_string(&stats) {
-        Ok(text) => {
-            let f: Vec<&str> = text.split_whitespace().collect();
-            let user: f64 = f.first().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-            let sys: f64 = f.get(1).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-            (Some(user + sys), f.get(2).and_then(|v| v.parse().ok()))
-        }
-        Err(_) => (None, None),
-    };
-    let _ = std::fs::remove_file(&stats);
+    let (cpu_secs, max_rss_kb) = read_stats(&stats);
     Ok(Measured {
         outcome: Outcome {
             records: doc["records"].as_u64().unwrap_or(0),
@@ -332,16 +368,39 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             records,
             dispatcher::VALUE,
             &runs,
-            "dispatch-kafkit",
-            &["dispatch-hand-written"],
+            &[("dispatch-kafkit", &["dispatch-hand-written"])],
         ));
     }
 
-    let needs_broker = ["produce", "consume"]
+    // A = small records, B = large ones; consume A also on 512 partitions (about 2,000 records
+    // each at full size).
+    let workloads = [
+        ("A", scaled(1_000_000), 100usize),
+        ("B", scaled(100_000), 10 * 1024),
+    ];
+    let produce_runs: Vec<(&str, u64, usize, i32)> = workloads
         .iter()
-        .flat_map(|kind| ["A-1", "A-12", "B-1", "B-12"].map(|w| format!("{kind} {w}")))
-        .chain(["latency".to_owned()])
-        .any(|name| wanted(&name));
+        .flat_map(|&(w, n, size)| [1, 12].map(|p| (w, n, size, p)))
+        .collect();
+    let consume_runs: Vec<(&str, u64, usize, i32)> = produce_runs
+        .iter()
+        .copied()
+        .chain([("A", workloads[0].1, workloads[0].2, 512)])
+        .collect();
+    let produce_name = |&(w, _, _, p): &(&str, u64, usize, i32)| format!("produce {w}-{p}");
+    let consume_name = |&(w, _, _, p): &(&str, u64, usize, i32)| format!("consume {w}-{p}");
+    let throughput_wanted = produce_runs.iter().map(produce_name).any(|n| wanted(&n))
+        || consume_runs.iter().map(consume_name).any(|n| wanted(&n));
+    let needs_broker = throughput_wanted || wanted("latency");
+    let needs_cli = throughput_wanted && !cli.no_cli;
+    let (kafkit_cli, kcat) = if needs_cli {
+        (cli_side::kafkit_bin()?, Some(cli_side::kcat_version()?))
+    } else {
+        (std::path::PathBuf::new(), None)
+    };
+    if let Some(kcat) = &kcat {
+        let _ = writeln!(report, "Command-line peer: {kcat}.\n");
+    }
     let _kafka;
     let bootstrap = if !needs_broker {
         String::new()
@@ -356,121 +415,162 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     };
-    let workloads = [
-        ("A", scaled(1_000_000), 100usize),
-        ("B", scaled(100_000), 10 * 1024),
-    ];
     let client = ClientConfig::new([if needs_broker {
         bootstrap.as_str()
     } else {
         "unused:1"
     }])?;
 
-    for (w, records, size) in workloads {
-        for partitions in [1, 12] {
-            let name = format!("produce {w}-{partitions}");
-            if !wanted(&name) {
-                continue;
-            }
-            let contenders = ["produce-kafkit", "produce-rdkafka", "produce-java"];
-            let mut runs = Runs::new();
-            for round in 0..=cli.rounds {
-                for i in 0..contenders.len() {
-                    let role = contenders[(i + round) % contenders.len()];
-                    let topic = format!(
-                        "bench-{}-{round}-{}",
-                        role,
-                        kafkit_testkit::random_name("p")
-                    );
-                    admin::create_topics(
-                        &client,
-                        &[NewTopic::new(&topic)
-                            .partitions(partitions)
-                            .replication_factor(1)],
-                    )
-                    .await?;
-                    let m = run_child::<NoReady, _>(
+    for run in &produce_runs {
+        let name = produce_name(run);
+        let &(_, records, size, partitions) = run;
+        if !wanted(&name) {
+            continue;
+        }
+        let mut contenders = vec![
+            "produce-kafkit",
+            "produce-rdkafka",
+            "produce-rdkafka-base",
+            "produce-java",
+        ];
+        // The command-line producers read the same file of keyed records.
+        let input = std::env::temp_dir().join(format!(
+            "kafkit-bench-{}-{records}x{size}.input",
+            std::process::id()
+        ));
+        if needs_cli {
+            contenders.extend(cli_side::PRODUCERS);
+            cli_side::write_input(&input, records, size)?;
+        }
+        let mut runs = Runs::new();
+        for round in 0..=cli.rounds {
+            for i in 0..contenders.len() {
+                let role = contenders[(i + round) % contenders.len()];
+                let topic = format!(
+                    "bench-{}-{round}-{}",
+                    role,
+                    kafkit_testkit::random_name("p")
+                );
+                admin::create_topics(
+                    &client,
+                    &[NewTopic::new(&topic)
+                        .partitions(partitions)
+                        .replication_factor(1)],
+                )
+                .await?;
+                let m = if cli_side::is_cli(role) {
+                    cli_side::produce(role, &kafkit_cli, &bootstrap, &topic, &input, records, size)
+                        .await?
+                } else {
+                    run_child::<NoReady, _>(
                         role,
                         &args(&bootstrap, &topic, records, size, partitions),
                         None,
                     )
-                    .await?;
-                    admin::delete_topics(&client, &[topic]).await?;
-                    eprintln!(
-                        "{name} round {round} {role}: {:.0} records/s",
-                        m.outcome.records as f64 / m.outcome.secs
+                    .await?
+                };
+                // Every producer's count is checked against the topic.
+                let on_topic = ceiling::records_on(&bootstrap, &topic, partitions).await?;
+                if on_topic != records {
+                    return Err(
+                        format!("{role}: {on_topic} of {records} records on {topic}").into(),
                     );
-                    if round > 0 {
-                        runs.entry(role.to_owned()).or_default().push(m);
-                    }
+                }
+                admin::delete_topics(&client, &[topic]).await?;
+                eprintln!(
+                    "{name} round {round} {role}: {:.0} records/s",
+                    m.outcome.records as f64 / m.outcome.secs
+                );
+                if round > 0 {
+                    runs.entry(role.to_owned()).or_default().push(m);
                 }
             }
-            report.push_str(&throughput_table(
-                &name,
-                records,
-                size,
-                &runs,
-                "produce-kafkit",
-                &["produce-rdkafka", "produce-java"],
-            ));
         }
+        let _ = std::fs::remove_file(&input);
+        report.push_str(&throughput_table(
+            &name,
+            records,
+            size,
+            &runs,
+            &[
+                (
+                    "produce-kafkit",
+                    &["produce-rdkafka", "produce-rdkafka-base", "produce-java"],
+                ),
+                ("produce-cli-kafkit", &["produce-cli-kcat"]),
+            ],
+        ));
     }
 
-    for (w, records, size) in workloads {
-        for partitions in [1, 12] {
-            let name = format!("consume {w}-{partitions}");
-            if !wanted(&name) {
-                continue;
-            }
-            let topic = format!(
-                "bench-consume-{w}-{partitions}-{}",
-                kafkit_testkit::random_name("c")
-            );
-            admin::create_topics(
-                &client,
-                &[NewTopic::new(&topic)
-                    .partitions(partitions)
-                    .replication_factor(1)],
-            )
-            .await?;
-            preload(&client, &topic, records, size).await?;
-            let contenders = [
-                "consume-kafkit-partition",
-                "consume-kafkit-key",
-                "consume-kafkit-unordered",
-                "consume-rdkafka",
-                "consume-java",
-                "consume-ceiling",
-            ];
-            let mut runs = Runs::new();
-            for round in 0..=cli.rounds {
-                for i in 0..contenders.len() {
-                    let role = contenders[(i + round) % contenders.len()];
-                    let m = run_child::<NoReady, _>(
+    for run in &consume_runs {
+        let name = consume_name(run);
+        let &(w, records, size, partitions) = run;
+        if !wanted(&name) {
+            continue;
+        }
+        let topic = format!(
+            "bench-consume-{w}-{partitions}-{}",
+            kafkit_testkit::random_name("c")
+        );
+        admin::create_topics(
+            &client,
+            &[NewTopic::new(&topic)
+                .partitions(partitions)
+                .replication_factor(1)],
+        )
+        .await?;
+        preload(&client, &topic, records, size, partitions).await?;
+        let mut contenders = vec![
+            "consume-kafkit-partition",
+            "consume-kafkit-key",
+            "consume-kafkit-unordered",
+            "consume-rdkafka",
+            "consume-java",
+            "consume-ceiling",
+        ];
+        if needs_cli {
+            contenders.extend(cli_side::CONSUMERS);
+        }
+        let mut runs = Runs::new();
+        for round in 0..=cli.rounds {
+            for i in 0..contenders.len() {
+                let role = contenders[(i + round) % contenders.len()];
+                let m = if cli_side::is_cli(role) {
+                    cli_side::consume(role, &kafkit_cli, &bootstrap, &topic, records).await?
+                } else {
+                    run_child::<NoReady, _>(
                         role,
                         &args(&bootstrap, &topic, records, size, partitions),
                         None,
                     )
-                    .await?;
-                    eprintln!(
-                        "{name} round {round} {role}: {:.0} records/s",
-                        m.outcome.records as f64 / m.outcome.secs
-                    );
-                    if round > 0 {
-                        runs.entry(role.to_owned()).or_default().push(m);
-                    }
+                    .await?
+                };
+                eprintln!(
+                    "{name} round {round} {role}: {:.0} records/s",
+                    m.outcome.records as f64 / m.outcome.secs
+                );
+                if round > 0 {
+                    runs.entry(role.to_owned()).or_default().push(m);
                 }
             }
-            admin::delete_topics(&client, &[topic]).await?;
-            report.push_str(&throughput_table(
-                &name,
-                records,
-                size,
-                &runs,
-                "consume-kafkit",
-                &["consume-rdkafka", "consume-java", "consume-ceiling"],
-            ));
         }
+        admin::delete_topics(&client, &[topic]).await?;
+        report.push_str(&throughput_table(
+            &name,
+            records,
+            size,
+            &runs,
+            &[
+                (
+                    "consume-kafkit",
+                    &["consume-rdkafka", "consume-java", "consume-ceiling"],
+                ),
+                (
+                    "consume-cli-kafkit",
+                    &["consume-cli-kcat-C", "consume-cli-kcat-G"],
+                ),
+            ],
+        ));
     }
 
     if wanted("latency") {
@@ -539,19 +639,23 @@ fn args(bootstrap: &str, topic: &str, records: u64, size: usize, partitions: i32
 }
 
 /// Writes the consume topics once, with kafkit's producer, so every consumer reads the same data.
+/// Keys cycle over 1,000 values, or 8 per partition on more than 125 partitions, so that every
+/// partition gets records (1,000 keys would leave about one in seven of 512 partitions empty).
 async fn preload(
     client: &ClientConfig,
     topic: &str,
     records: u64,
     size: usize,
+    partitions: i32,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use futures::StreamExt;
     let producer = ProducerBuilder::new(client.clone()).build().await?;
     let value = payload(size);
+    let keys = 1000.max(8 * partitions as u64);
     let mut sends = futures::stream::iter(0..records)
         .map(|i| {
             producer
-                .send(ProducerRecord::new(topic, value.clone()).key(format!("key-{}", i % 1000)))
+                .send(ProducerRecord::new(topic, value.clone()).key(format!("key-{}", i % keys)))
         })
         .buffer_unordered(50_000);
     while let Some(done) = sends.next().await {
@@ -603,14 +707,16 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Medians, spread, CPU and RSS per contender, then each of ours (`ours` is a name prefix) over each peer.
+/// One comparison: contenders whose name starts with the prefix, each over each named peer.
+type Comparison<'a> = (&'a str, &'a [&'a str]);
+
+/// Medians, spread, CPU and RSS per contender, then the ratios of each comparison.
 fn throughput_table(
     name: &str,
     records: u64,
     size: usize,
     runs: &Runs,
-    ours: &str,
-    peers: &[&str],
+    comparisons: &[Comparison<'_>],
 ) -> String {
     let rate = |m: &Measured| m.outcome.records as f64 / m.outcome.secs.max(1e-9);
     let medians: BTreeMap<&str, f64> = runs
@@ -650,14 +756,16 @@ fn throughput_table(
         );
     }
     out.push('\n');
-    for role in runs.keys().filter(|r| r.starts_with(ours)) {
-        for peer in peers {
-            if let Some(p) = medians.get(peer) {
-                let _ = writeln!(
-                    out,
-                    "- {role} / {peer}: **{:.2}**",
-                    medians[role.as_str()] / p
-                );
+    for (ours, peers) in comparisons {
+        for role in runs.keys().filter(|r| r.starts_with(ours)) {
+            for peer in *peers {
+                if let Some(p) = medians.get(peer) {
+                    let _ = writeln!(
+                        out,
+                        "- {role} / {peer}: **{:.2}**",
+                        medians[role.as_str()] / p
+                    );
+                }
             }
         }
     }

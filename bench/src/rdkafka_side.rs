@@ -1,35 +1,49 @@
-//! rust-rdkafka's contenders (librdkafka underneath): `FutureProducer` and `StreamConsumer`, set up
-//! for the same work as kafkit's: acks=all, 5 ms linger, 1 MiB batches; 1 MiB per-partition fetches,
-//! and at-least-once commits (auto-commit of offsets stored only after each record is handled).
+//! rust-rdkafka's contenders (librdkafka underneath): `FutureProducer`, `BaseProducer` and
+//! `StreamConsumer`, set up for the same work as kafkit's: acks=all, 5 ms linger, 1 MiB batches;
+//! 1 MiB per-partition fetches, and at-least-once commits (auto-commit of offsets stored only after
+//! each record is handled).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use std::sync::Arc;
 
 use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer,
+    ProducerContext,
+};
 use rdkafka::util::Timeout;
 
 use crate::{Latch, Outcome, payload, percentiles, value_micros};
 
+/// The producers' settings: acks=all, 5 ms linger, 1 MiB batches, room for a workload of small
+/// records in the queue, and the Java client's key hash (the same partitions as kafkit's).
+fn producer_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("batch.size", "1048576")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("partitioner", "murmur2_random");
+    config
+}
+
+/// `FutureProducer`: a future per record, 100,000 awaited at once (as kafkit's producer is driven).
 pub(crate) async fn produce(
     bootstrap: &str,
     topic: &str,
     records: u64,
     size: usize,
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("batch.size", "1048576")
-        .set("queue.buffering.max.messages", "1000000")
-        .set("partitioner", "murmur2_random")
-        .create()?;
+    let producer: FutureProducer = producer_config(bootstrap).create()?;
     let value = payload(size);
     let keys: Vec<String> = (0..1000).map(|i| format!("key-{i}")).collect();
     let started = Instant::now();
@@ -47,6 +61,72 @@ pub(crate) async fn produce(
     let secs = started.elapsed().as_secs_f64();
     Ok(Outcome {
         records,
+        bytes: records * size as u64,
+        secs,
+        latency_us: None,
+    })
+}
+
+/// Counts delivery reports (served by `poll` on the producing thread).
+#[derive(Default)]
+struct Deliveries {
+    ok: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        let counter = if result.is_ok() {
+            &self.ok
+        } else {
+            &self.failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// `BaseProducer` driven as librdkafka's own `rdkafka_performance` drives the C producer: produce in
+/// a loop, serve delivery reports with `poll(0)` after each record, and when the queue is full
+/// `poll(10 ms)` and try again; flush at the end. Blocking: run it off the async runtime.
+pub(crate) fn produce_base(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+    size: usize,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let producer: BaseProducer<Deliveries> =
+        producer_config(bootstrap).create_with_context(Deliveries::default())?;
+    let value = payload(size);
+    let keys: Vec<String> = (0..1000).map(|i| format!("key-{i}")).collect();
+    let started = Instant::now();
+    for i in 0..records {
+        let mut record = BaseRecord::to(topic)
+            .payload(&value[..])
+            .key(keys[(i % 1000) as usize].as_str());
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(120))?;
+    let secs = started.elapsed().as_secs_f64();
+    let context = producer.context();
+    let failed = context.failed.load(Ordering::Relaxed);
+    if failed > 0 {
+        return Err(format!("BaseProducer: {failed} deliveries failed").into());
+    }
+    Ok(Outcome {
+        records: context.ok.load(Ordering::Relaxed),
         bytes: records * size as u64,
         secs,
         latency_us: None,

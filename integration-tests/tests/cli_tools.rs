@@ -338,6 +338,69 @@ async fn produce_and_consume_round_trip_keys_headers_and_commit_only_what_was_pr
     assert_eq!(committed, 10, "{lag:?}");
 }
 
+/// `consume` writes every record it has ready, flushes, then acks the batch (up to 1,024 records).
+/// With thousands of records ready, `--max-messages` that ends inside a batch still prints exactly
+/// that many, each partition's lines in offset order from 0, and each partition's commit is the
+/// offset right after its last printed line: nothing printed is left uncommitted, nothing unprinted
+/// is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_batches_print_in_offset_order_and_commit_exactly_max_messages() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let b = bootstrap.as_str();
+    let topic = random_name("cli-batches");
+    create_topic(b, &topic, 3, 1).await.unwrap();
+    let client = ClientConfig::new([b]).unwrap();
+    let producer = kafkit::ProducerBuilder::new(client.clone())
+        .build()
+        .await
+        .unwrap();
+    let sends = (0..6000).map(|i| {
+        producer
+            .send(kafkit::ProducerRecord::new(&topic, format!("v{i}")).key(format!("k{}", i % 50)))
+    });
+    timeout(LIMIT, futures::future::try_join_all(sends))
+        .await
+        .expect("preload in time")
+        .unwrap();
+    producer.close().await.unwrap();
+
+    let group = random_name("cli-batches");
+    let out = kafkit(&[
+        "consume",
+        "--bootstrap-server",
+        b,
+        "--topic",
+        &topic,
+        "--group",
+        &group,
+        "--from-beginning",
+        "--max-messages",
+        "2500",
+        "--print-partition",
+        "--print-offset",
+    ])
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 2500);
+    let mut next: BTreeMap<i32, i64> = BTreeMap::new();
+    for line in stdout.lines() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let [tp, offset, _value] = fields[..] else {
+            panic!("three fields expected: {line:?}");
+        };
+        let partition: i32 = tp.rsplit('-').next().unwrap().parse().unwrap();
+        let expected = next.entry(partition).or_insert(0);
+        assert_eq!(offset.parse::<i64>().unwrap(), *expected, "{line}");
+        *expected += 1;
+    }
+    let lag = kafkit::admin::group_lag(&client, &group).await.unwrap();
+    for p in &lag {
+        let printed = next.get(&p.partition).copied().unwrap_or(0);
+        assert_eq!(p.committed.unwrap_or(0), printed, "{lag:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_and_consume_errors_are_one_line_with_distinct_exit_codes() {
     let bootstrap = shared().await.unwrap().bootstrap();
