@@ -30,6 +30,13 @@ use crate::{Error, Result};
 /// waiting for budget), so lag is reported truly while the consumer is held back.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
+/// The longest a Fetch may wait in the broker while a partition of this broker is paused until its
+/// records drain. One Fetch is in flight per broker: a long poll for caught-up partitions
+/// (`fetch.max.wait.ms`, 500 ms) would hold back the paused partition's next fetch after it drains
+/// by up to that long (a backlogged partition read at a fraction of its rate next to an idle one).
+/// The price is at most 50 short fetches a second per broker while a partition is paused.
+const PAUSED_MAX_WAIT: Duration = Duration::from_millis(20);
+
 /// How often partitions fetched without news are reported alive ([`FetchEvent::Polled`]).
 const POLLED_EVERY: Duration = Duration::from_secs(1);
 
@@ -537,14 +544,23 @@ impl BrokerTask {
         let max_bytes = i32::try_from((reserved / 2).max(1)).unwrap_or(i32::MAX);
         // The rack (KIP-392) came with v11 (Kafka 2.4).
         let rack = settings.rack.as_deref().filter(|_| version >= 11);
+        let paused = self
+            .cursors
+            .iter()
+            .any(|(tp, c)| c.start == Start::Fetching && !wanted.contains_key(tp));
+        let max_wait = if paused {
+            settings.max_wait.min(PAUSED_MAX_WAIT)
+        } else {
+            settings.max_wait
+        };
         let request = fetch_request(
             &plan,
             settings.max_partition_bytes,
-            settings.max_wait,
+            max_wait,
             max_bytes,
             rack,
         );
-        let timeout = settings.max_wait + settings.request_timeout;
+        let timeout = max_wait + settings.request_timeout;
         let response = self.send(&request, timeout, "fetching from").await?;
         match ResponseError::try_from_code(response.error_code) {
             None => {}
@@ -632,7 +648,7 @@ impl BrokerTask {
                 let frame_bytes = records.len();
                 let decoded = decode_records(records, c.offset, &aborted);
                 let share = frame_bytes + decoded.records.len() * RECORD_MEMORY;
-                fetched.push((tp, decoded, p.high_watermark, share));
+                fetched.push((tp, decoded, p.high_watermark, share, frame_bytes));
             }
         }
 
@@ -640,7 +656,7 @@ impl BrokerTask {
         // they need when a response overshoots, as a broker may for a batch larger than the limit);
         // the rest goes back to the budget when `permit` drops.
         let mut events = Vec::with_capacity(fetched.len());
-        for (tp, decoded, high_watermark, share) in fetched {
+        for (tp, decoded, high_watermark, share, frame_bytes) in fetched {
             let c = self.cursors.get_mut(&tp).expect("present above");
             let budget = (!decoded.records.is_empty()).then(|| {
                 let part = permit
@@ -651,7 +667,7 @@ impl BrokerTask {
                     _permit: part,
                     wake: Arc::clone(&self.wake),
                 });
-                c.held.push((Arc::downgrade(&share), kept));
+                c.held.push((Arc::downgrade(&share), frame_bytes.min(kept)));
                 share
             });
             c.backoff.reset();

@@ -33,9 +33,12 @@
 //! [`RECORD_MEMORY`] per record) is split off the reservation and the rest given back. A partition's
 //! records hold an `Arc` of its share until the last of them is finished, so the bytes buffered
 //! across the consumer never exceed the budget, and when it is exhausted every broker task waits
-//! (backpressure). A partition that already holds [`PAUSE_AT`] worth of unfinished shares is left
+//! (backpressure). A partition that already holds [`PAUSE_AT`] worth of unfinished response data is left
 //! out of the next Fetch until its records drain (the Java client does not fetch a partition with
-//! buffered records), so one slow partition cannot fill the budget for the others.
+//! buffered records), so one slow partition cannot fill the budget for the others. While one is
+//! paused, Fetches wait in the broker at most 20 ms instead of `fetch.max.wait.ms`, so that the
+//! paused partition is fetched again soon after it drains rather than behind a long poll for
+//! caught-up partitions.
 
 mod broker;
 mod session;
@@ -208,9 +211,10 @@ impl Drop for BudgetShare {
 /// builds (behind an `Arc`) and its slot in a queue.
 const RECORD_MEMORY: usize = std::mem::size_of::<RecordData>() + 16 + 8;
 
-/// A partition holding this many times `max.partition.fetch.bytes` in unfinished shares is not
-/// fetched until some drain: one response being processed and one waiting, as a partition-per-task
-/// fetcher would prefetch.
+/// A partition holding this many times `max.partition.fetch.bytes` of unfinished response data is
+/// not fetched until some drain: one response being processed and one waiting, as a
+/// partition-per-task fetcher would prefetch. Counted in response bytes, not in budget shares
+/// (which add the records' in-memory form and would pause 100-byte records after one response).
 const PAUSE_AT: usize = 2;
 
 /// How much one broker's Fetch reserves before it is sent: twice what it may return (a full
@@ -326,7 +330,8 @@ struct Cursor {
     backoff: Retry,
     /// When the router may look the leader up again.
     retry_at: Option<Instant>,
-    /// Shares of this partition's responses (and their sizes) that may still be held by records.
+    /// Shares of this partition's responses (and their response bytes) that may still be held by
+    /// records.
     held: Vec<(std::sync::Weak<BudgetShare>, usize)>,
     /// The follower the leader said to read from (KIP-392), while fetching from it. `None`: the
     /// partition is fetched from its leader.
@@ -346,7 +351,7 @@ impl Cursor {
         self.removed.load(Ordering::Acquire)
     }
 
-    /// Bytes of this partition's records not finished yet.
+    /// Response bytes of this partition's records not finished yet.
     fn held_bytes(&mut self) -> usize {
         self.held.retain(|(w, _)| w.strong_count() > 0);
         self.held.iter().map(|(_, n)| n).sum()
