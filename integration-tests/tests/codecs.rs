@@ -1,16 +1,14 @@
 //! kafkit's own record decoder against what real producers write: the Java producer with every
-//! codec (none, gzip, snappy, lz4, zstd), and a header name that is not UTF-8, which only a batch
-//! written byte by byte carries. kafkit is built here with its default features, so every codec
-//! is decoded by the pure-Rust decoders (the `lz4` and `zstd` features only add the producer's
-//! C-backed compression).
+//! codec (none, gzip, snappy, lz4, zstd), and a header name that is not UTF-8 (which the Java
+//! client cannot write, kafkit's producer can). Every codec is decoded by the pure-Rust decoders
+//! of the default build.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kafkit::consumer::{ConsumedRecord, ConsumerBuilder, DispatchMode, OffsetReset};
-use kafkit::{ProducerBuilder, ProducerRecord};
-use kafkit_integration_tests::raw_produce::{RawRecord, produce_batch, v2_batch};
+use kafkit::{Header, Headers, ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::support::{client, test_group};
 use kafkit_testkit::{create_topic, java_source, random_name, shared};
 use parking_lot::Mutex;
@@ -161,27 +159,27 @@ async fn a_header_name_that_is_not_utf8_is_consumed_between_good_records() {
     for i in 0..3 {
         send_good(i).await;
     }
-    let odd = RawRecord {
-        key: Some(b"odd".to_vec()),
-        value: Some(b"odd value".to_vec()),
-        headers: vec![
-            (b"\xff\xfekey".to_vec(), Some(b"v1".to_vec())),
-            (b"ok".to_vec(), None),
-            (b"\xff\xfekey".to_vec(), Some(b"v2".to_vec())),
-        ],
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let odd_offset = produce_batch(
-        &bootstrap,
-        &topic,
-        0,
-        v2_batch(std::slice::from_ref(&odd), now),
-    )
-    .await
-    .expect("the raw batch is accepted");
+    // kafkit's producer writes headers as given: a name that is not UTF-8, a repeated name, a
+    // null value.
+    let odd_headers: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![
+        (b"\xff\xfekey".to_vec(), Some(b"v1".to_vec())),
+        (b"ok".to_vec(), None),
+        (b"\xff\xfekey".to_vec(), Some(b"v2".to_vec())),
+    ];
+    let headers: Headers = odd_headers
+        .iter()
+        .map(|(name, value)| Header::from_raw(name.clone().into(), value.clone().map(Into::into)))
+        .collect();
+    let odd_offset = producer
+        .send(
+            ProducerRecord::new(&topic, b"odd value".to_vec())
+                .key(b"odd".to_vec())
+                .with_headers(headers)
+                .partition(0),
+        )
+        .await
+        .expect("the odd record is acknowledged")
+        .offset;
     assert_eq!(odd_offset, 3);
     for i in 3..6 {
         send_good(i).await;
@@ -190,7 +188,15 @@ async fn a_header_name_that_is_not_utf8_is_consumed_between_good_records() {
     let seen = consume(&bootstrap, &topic, 7).await;
     let offsets: Vec<i64> = seen.iter().map(|r| r.0).collect();
     assert_eq!(offsets, [0, 1, 2, 3, 4, 5, 6]);
-    assert_eq!(seen[3], (3, odd.key, odd.value, odd.headers));
+    assert_eq!(
+        seen[3],
+        (
+            3,
+            Some(b"odd".to_vec()),
+            Some(b"odd value".to_vec()),
+            odd_headers
+        )
+    );
     for (record, i) in seen.iter().filter(|r| r.0 != 3).zip(0..) {
         let want_headers = vec![(b"h".to_vec(), Some(format!("hv-{i}").into_bytes()))];
         assert_eq!(

@@ -372,20 +372,6 @@ impl Security {
         }
         Ok(())
     }
-
-    /// rskafka's SASL configuration for these credentials.
-    pub(crate) fn rskafka_sasl(&self) -> Option<rskafka::client::SaslConfig> {
-        let sasl = self.sasl.as_ref()?;
-        let credentials = rskafka::client::Credentials::new(
-            sasl.username.clone(),
-            sasl.password.expose().to_owned(),
-        );
-        Some(match sasl.mechanism {
-            SaslMechanism::Plain => rskafka::client::SaslConfig::Plain(credentials),
-            SaslMechanism::ScramSha256 => rskafka::client::SaslConfig::ScramSha256(credentials),
-            SaslMechanism::ScramSha512 => rskafka::client::SaslConfig::ScramSha512(credentials),
-        })
-    }
 }
 
 /// A TLS client configuration built from [`TlsSettings`], shared by every connection.
