@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use kafkit::partitioner::partition_for_key;
 use kafkit::{ClientConfig, Error, Producer, ProducerBuilder, ProducerRecord};
-use kafkit_integration_tests::support::connections_to;
-use kafkit_testkit::{LocalKafka, create_topic, java_source, random_name, shared};
+use kafkit_integration_tests::support::{client, connections_to};
+use kafkit_testkit::{
+    BrokerOptions, LocalCluster, LocalKafka, create_topic, java_source, random_name, shared,
+};
 use rskafka::client::ClientBuilder;
 use rskafka::client::partition::UnknownTopicHandling;
 use rskafka::record::RecordAndOffset;
@@ -23,7 +25,7 @@ async fn producer(bootstrap: &str) -> Producer {
 
 /// Every record of `topic`/`partition` from offset 0 up to the high watermark.
 async fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<RecordAndOffset> {
-    let client = ClientBuilder::new(vec![bootstrap.to_owned()])
+    let client = ClientBuilder::new(bootstrap.split(',').map(str::to_owned).collect())
         .build()
         .await
         .unwrap();
@@ -381,4 +383,214 @@ async fn unreachable_bootstrap_fails_after_the_connect_timeout() {
         }
         other => panic!("expected Unreachable, got {other:?}"),
     }
+}
+
+/// Sends `count` records, record `i` to partition `i % partitions` with value `i`, at most `window`
+/// unanswered at a time, in order (each send appends its record when first polled, so the order of
+/// the calls is the order of the records in their partitions' batches). Counts acknowledgements in
+/// `acked`; returns each record's outcome.
+async fn send_numbered(
+    producer: Producer,
+    topic: String,
+    partitions: i32,
+    count: usize,
+    window: usize,
+    acked: Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<kafkit::Result<kafkit::Delivery>> {
+    use futures::StreamExt;
+    let mut outcomes = Vec::with_capacity(count);
+    let mut flying = futures::stream::FuturesOrdered::new();
+    for i in 0..count {
+        if flying.len() >= window {
+            outcomes.push(flying.next().await.expect("a send in flight"));
+        }
+        let producer = producer.clone();
+        let record =
+            ProducerRecord::new(&topic, i.to_string()).partition((i % partitions as usize) as i32);
+        let acked = Arc::clone(&acked);
+        flying.push_back(async move {
+            let outcome = producer.send(record).await;
+            if outcome.is_ok() {
+                acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            outcome
+        });
+    }
+    while let Some(outcome) = flying.next().await {
+        outcomes.push(outcome);
+    }
+    outcomes
+}
+
+/// Checks the log of `topic` against the outcomes of [`send_numbered`]: every acknowledged record
+/// is in the log exactly once, at the offset its delivery named, nothing is in the log twice, and
+/// each partition holds its records in the order they were sent. Returns the records acknowledged.
+async fn check_log(
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    outcomes: &[kafkit::Result<kafkit::Delivery>],
+) -> usize {
+    let mut in_log: HashMap<usize, (i32, i64)> = HashMap::new();
+    for p in 0..partitions {
+        let mut last: Option<usize> = None;
+        for r in read_partition(bootstrap, topic, p).await {
+            let value = String::from_utf8(r.record.value.clone().unwrap()).unwrap();
+            let i: usize = value.parse().unwrap();
+            assert_eq!(
+                i % partitions as usize,
+                p as usize,
+                "record {i} in partition {p}"
+            );
+            assert!(
+                in_log.insert(i, (p, r.offset)).is_none(),
+                "record {i} is in the log twice"
+            );
+            if let Some(before) = last {
+                assert!(
+                    i > before,
+                    "partition {p}: record {i} at offset {} follows record {before}",
+                    r.offset
+                );
+            }
+            last = Some(i);
+        }
+    }
+    let mut acked = 0;
+    for (i, outcome) in outcomes.iter().enumerate() {
+        if let Ok(d) = outcome {
+            acked += 1;
+            let at = in_log
+                .get(&i)
+                .unwrap_or_else(|| panic!("acknowledged record {i} is not in the log"));
+            assert_eq!(at.0, d.partition, "record {i}");
+            if d.offset >= 0 {
+                assert_eq!(
+                    at.1, d.offset,
+                    "record {i} at the offset its delivery named"
+                );
+            }
+        }
+    }
+    acked
+}
+
+/// The idempotent producer through a broker crash: 100,000 records to 6 partitions, the broker
+/// SIGKILLed once a fifth are acknowledged and restarted. Batches in flight at the crash are sent
+/// again with their sequences; the broker (its producer state rebuilt from the log) writes each
+/// once. Every record is acknowledged, every acknowledged record is in the log exactly once, and
+/// each partition holds its records in the order they were sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_crash_during_100k_idempotent_sends_writes_each_record_once_in_order() {
+    const COUNT: usize = 100_000;
+    const PARTITIONS: i32 = 6;
+    let kafka = LocalKafka::start().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("idempotent");
+    create_topic(&bootstrap, &topic, PARTITIONS, 1)
+        .await
+        .unwrap();
+    let producer = producer(&bootstrap).await;
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sending = tokio::spawn(send_numbered(
+        producer,
+        topic.clone(),
+        PARTITIONS,
+        COUNT,
+        20_000,
+        Arc::clone(&acked),
+    ));
+    let load = Instant::now() + Duration::from_secs(120);
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < COUNT / 5 {
+        assert!(Instant::now() < load, "a fifth acknowledged within 120 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    kafka.kill();
+    let at_kill = acked.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kafka.restart().await.unwrap();
+    let outcomes = tokio::time::timeout(Duration::from_secs(300), sending)
+        .await
+        .expect("every send answered within 300 s")
+        .unwrap();
+    assert!(
+        at_kill < COUNT,
+        "the broker died mid-stream ({at_kill} acknowledged)"
+    );
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} sends failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(
+        check_log(&bootstrap, &topic, PARTITIONS, &outcomes).await,
+        COUNT
+    );
+}
+
+/// The idempotent producer through a partition leader's crash in a 3-node cluster (replication 3,
+/// `min.insync.replicas` 2): node 1, which leads about a third of the partitions, is SIGKILLed once
+/// a fifth of the records are acknowledged, and restarted. Its partitions' batches go to the new
+/// leaders (NOT_LEADER_OR_FOLLOWER or a lost connection, then Metadata with leader epochs), which
+/// have the producer's state replicated; every record is acknowledged and written once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_crash_in_a_cluster_during_idempotent_sends_writes_each_record_once_in_order() {
+    const COUNT: usize = 30_000;
+    const PARTITIONS: i32 = 6;
+    let cluster = LocalCluster::start_with(
+        3,
+        BrokerOptions::default()
+            .heap("384m")
+            .property("min.insync.replicas", "2"),
+    )
+    .await
+    .unwrap();
+    let bootstrap = cluster.bootstrap();
+    let topic = random_name("idempotent-cluster");
+    create_topic(&bootstrap, &topic, PARTITIONS, 3)
+        .await
+        .unwrap();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sending = tokio::spawn(send_numbered(
+        producer,
+        topic.clone(),
+        PARTITIONS,
+        COUNT,
+        5_000,
+        Arc::clone(&acked),
+    ));
+    let load = Instant::now() + Duration::from_secs(120);
+    while acked.load(std::sync::atomic::Ordering::Relaxed) < COUNT / 5 {
+        assert!(Instant::now() < load, "a fifth acknowledged within 120 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.node(1).unwrap().kill();
+    let at_kill = acked.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.node(1).unwrap().restart().await.unwrap();
+    let outcomes = tokio::time::timeout(Duration::from_secs(300), sending)
+        .await
+        .expect("every send answered within 300 s")
+        .unwrap();
+    assert!(
+        at_kill < COUNT,
+        "node 1 died mid-stream ({at_kill} acknowledged)"
+    );
+    let failed: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} sends failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert_eq!(
+        check_log(&bootstrap, &topic, PARTITIONS, &outcomes).await,
+        COUNT
+    );
 }

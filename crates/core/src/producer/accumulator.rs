@@ -144,6 +144,32 @@ impl PartitionQueue {
     fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.in_flight == 0
     }
+
+    /// Fails the queued batches (never in flight) older than `timeout`; returns whether one of
+    /// them had a sequence (a gap).
+    fn expire(
+        &mut self,
+        tp: &TopicPartition,
+        now: Instant,
+        timeout: Duration,
+        live: &mut BTreeSet<u64>,
+    ) -> bool {
+        let mut gap = false;
+        while let Some(front) = self.queue.front() {
+            if now < front.created + timeout {
+                break;
+            }
+            let batch = self.queue.pop_front().expect("a front batch");
+            gap |= batch.sequence.is_some();
+            live.remove(&batch.id);
+            batch.fail(&Error::DeliveryTimeout {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                timeout,
+            });
+        }
+        gap
+    }
 }
 
 /// What an append did, for waking the leader's sender.
@@ -264,6 +290,17 @@ impl Accumulator {
             .collect()
     }
 
+    /// Fails the batches past the delivery timeout of partitions without a leader (no sender
+    /// drains them meanwhile).
+    pub(super) fn expire_unled(&mut self, now: Instant) {
+        let timeout = self.limits.delivery_timeout;
+        for (tp, part) in self.partitions.iter_mut() {
+            if part.leader.is_none() {
+                self.bump_wanted |= part.expire(tp, now, timeout, &mut self.live);
+            }
+        }
+    }
+
     /// Takes the wish for a metadata lookup.
     pub(super) fn take_refresh(&mut self) -> bool {
         std::mem::take(&mut self.refresh_wanted)
@@ -311,20 +348,7 @@ impl Accumulator {
             if part.leader != Some(node) || part.queue.is_empty() {
                 continue;
             }
-            // Batches past the delivery timeout that are not in flight fail.
-            while let Some(front) = part.queue.front() {
-                if now < front.created + limits.delivery_timeout {
-                    break;
-                }
-                let batch = part.queue.pop_front().expect("a front batch");
-                gap |= batch.sequence.is_some();
-                self.live.remove(&batch.id);
-                batch.fail(&Error::DeliveryTimeout {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    timeout: limits.delivery_timeout,
-                });
-            }
+            gap |= part.expire(tp, now, limits.delivery_timeout, &mut self.live);
             let Some(front) = part.queue.front() else {
                 continue;
             };
@@ -829,6 +853,14 @@ mod tests {
         let mut rx = append(&mut acc, &tp(0), 1, 10, now);
         assert_eq!(acc.unled_topics(), BTreeSet::from(["t".to_owned()]));
         assert!(acc.take_refresh());
+        let mut unled = append(&mut acc, &tp(1), 1, 10, now);
+        acc.expire_unled(now + Duration::from_millis(999));
+        assert!(unled[0].try_recv().is_err(), "not yet");
+        acc.expire_unled(now + Duration::from_secs(1));
+        assert!(matches!(
+            unled[0].try_recv().unwrap(),
+            Err(Error::DeliveryTimeout { partition: 1, .. })
+        ));
         acc.set_leader(&tp(0), 1, 3);
         assert!(!acc.set_leader(&tp(0), 2, 2), "older metadata is ignored");
         let d = acc.drain(1, now + Duration::from_secs(2), usize::MAX);

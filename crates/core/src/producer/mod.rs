@@ -19,7 +19,8 @@
 mod accumulator;
 mod sender;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -29,7 +30,7 @@ use chrono::{DateTime, Utc};
 use kafkit_metrics::Metrics;
 use kafkit_resilience::{BackoffPolicy, ConfigError};
 use parking_lot::RwLock;
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -451,7 +452,7 @@ impl ProducerBuilder {
             request_timeout: self.request_timeout,
             max_in_flight: self.max_in_flight,
             max_request_size: self.batch_size.max(1024 * 1024),
-            backoff: self.client.reconnect_backoff_policy(),
+            backoff: self.retry_policy(),
             metadata_max_age: self.metadata_max_age,
         };
         let shared = Arc::new(Shared::new(
@@ -470,6 +471,8 @@ impl ProducerBuilder {
                 buffer: Arc::new(Semaphore::new(self.buffer_memory)),
                 topics: RwLock::new(HashMap::new()),
                 lookups: parking_lot::Mutex::new(HashMap::new()),
+                gate: parking_lot::Mutex::new(Gate::default()),
+                gate_moved: Notify::new(),
                 closed: AtomicBool::new(false),
                 settings: self,
             }),
@@ -509,6 +512,11 @@ struct Inner {
     /// Topic name -> the lock held while that topic's metadata is looked up: lookups are
     /// single-flight per topic (see `Producer::topic`), and a slow topic does not hold up others.
     lookups: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The call order of sends that had to wait (see [`Producer::send`]). parking_lot Mutex:
+    /// never held across an await.
+    gate: parking_lot::Mutex<Gate>,
+    /// Notified when `gate.done` moves.
+    gate_moved: Notify,
     closed: AtomicBool,
 }
 
@@ -522,15 +530,134 @@ struct TopicInfo {
     fetched_at: Instant,
 }
 
+/// How `send` began: appended at the call, or waiting with a ticket for its turn.
+enum Begun {
+    Appended(Appended),
+    Waiting(ProducerRecord, u64),
+}
+
+/// A record in its partition's batch, waiting for its outcome.
+struct Appended {
+    topic: Arc<TopicInfo>,
+    partition: i32,
+    timestamp: DateTime<Utc>,
+    outcome: oneshot::Receiver<Result<i64>>,
+    /// When it was appended: the delivery timeout counts from here.
+    started: Instant,
+    /// Its bytes in `buffer.memory`, held until the outcome.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The order in which sends that had to wait append their records: tickets are taken in call
+/// order, and each waits until the ones before it are done (appended, failed or dropped).
+#[derive(Debug, Default)]
+struct Gate {
+    /// Tickets handed out.
+    issued: u64,
+    /// Tickets done: every ticket below it appended, failed or was dropped.
+    done: u64,
+    /// Tickets above `done` whose sends were dropped before their turn.
+    abandoned: BTreeSet<u64>,
+}
+
+impl Gate {
+    /// Ends the ticket `done` and skips the abandoned ones after it.
+    fn advance(&mut self) {
+        self.done += 1;
+        while self.abandoned.remove(&self.done) {
+            self.done += 1;
+        }
+    }
+}
+
+/// A waiting send's ticket: its turn, and the end of it (also when the send is dropped).
+struct Turn<'a> {
+    inner: &'a Inner,
+    ticket: u64,
+    over: bool,
+}
+
+impl Turn<'_> {
+    /// Waits until every ticket before this one is done.
+    async fn wait(&self) {
+        loop {
+            let moved = self.inner.gate_moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if self.inner.gate.lock().done == self.ticket {
+                return;
+            }
+            moved.await;
+        }
+    }
+
+    /// Lets the next ticket go.
+    fn end(&mut self) {
+        self.over = true;
+        self.inner.gate.lock().advance();
+        self.inner.gate_moved.notify_waiters();
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if self.over {
+            return;
+        }
+        let mut gate = self.inner.gate.lock();
+        if gate.done == self.ticket {
+            gate.advance();
+            drop(gate);
+            self.inner.gate_moved.notify_waiters();
+        } else {
+            gate.abandoned.insert(self.ticket);
+        }
+    }
+}
+
 impl Producer {
     /// Sends `record` and waits until the broker acknowledges it (as `acks` says), returning where
     /// it was written.
     ///
-    /// Waits while the buffer is full (up to `max.block.ms`). Retriable failures (broker down,
-    /// leader moved) are retried with backoff until the delivery timeout; then, or on a
-    /// non-retriable failure, the error is returned. A record is never dropped silently. Headers
-    /// are written as given: repeated names, null values and names that are not UTF-8 included.
-    pub async fn send(&self, record: ProducerRecord) -> Result<Delivery> {
+    /// **Order.** The record is appended to its partition's batch when `send` is *called*, when it
+    /// can be: the topic's metadata is cached and the buffer has room. Otherwise the returned future
+    /// waits (for room, up to `max.block.ms`, or for the topic's metadata) and appends the record
+    /// then, after every send called before it that had to wait too, and no send called after it
+    /// appends first. So records sent to one partition from one task are written in the order of
+    /// the calls, however their futures are awaited (e.g. many at once); with idempotence this
+    /// holds through retries. Headers are written as given: repeated names, null values and names
+    /// that are not UTF-8 included.
+    ///
+    /// Retriable failures (broker down, leader moved) are retried with backoff until the delivery
+    /// timeout; then, or on a non-retriable failure, the error is returned. A record is never
+    /// dropped silently.
+    pub fn send(
+        &self,
+        record: ProducerRecord,
+    ) -> impl Future<Output = Result<Delivery>> + Send + 'static {
+        let producer = self.clone();
+        let begun = producer.begin(record);
+        async move {
+            match begun? {
+                Begun::Appended(appended) => producer.delivered(appended).await,
+                Begun::Waiting(record, ticket) => {
+                    let mut turn = Turn {
+                        inner: &producer.inner,
+                        ticket,
+                        over: false,
+                    };
+                    turn.wait().await;
+                    let appended = producer.append_waiting(record).await;
+                    turn.end();
+                    producer.delivered(appended?).await
+                }
+            }
+        }
+    }
+
+    /// The synchronous part of `send`: checks the record, and appends it at once when the topic is
+    /// cached, the buffer has room and no earlier send is waiting; else takes a ticket.
+    fn begin(&self, record: ProducerRecord) -> Result<Begun> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed { what: "producer" });
@@ -544,23 +671,56 @@ impl Producer {
                 capacity: settings.batch_size,
             });
         }
-        let started = Instant::now();
-        let deadline = started + settings.delivery_timeout;
-        // Reserve buffer space first: the backpressure point. `size <= batch_size <= buffer_memory < 4 GiB`.
-        let acquire = Arc::clone(&inner.buffer).acquire_many_owned(size as u32);
-        let _permit = tokio::time::timeout(settings.max_block, acquire)
+        let mut gate = inner.gate.lock();
+        if gate.issued == gate.done {
+            let cached = inner
+                .topics
+                .read()
+                .get(&record.topic)
+                .filter(|t| t.fetched_at.elapsed() < settings.metadata_max_age)
+                .cloned();
+            if let Some(topic) = cached {
+                // `size <= batch_size <= buffer_memory < 4 GiB`.
+                if let Ok(permit) = Arc::clone(&inner.buffer).try_acquire_many_owned(size as u32) {
+                    return self.append(topic, record, permit).map(Begun::Appended);
+                }
+            }
+        }
+        let ticket = gate.issued;
+        gate.issued += 1;
+        Ok(Begun::Waiting(record, ticket))
+    }
+
+    /// The waiting part of `send` (its turn come): room in the buffer (the backpressure point, up
+    /// to `max.block.ms`), the topic's metadata, then the append.
+    async fn append_waiting(&self, record: ProducerRecord) -> Result<Appended> {
+        let inner = &self.inner;
+        let settings = &inner.settings;
+        let acquire = Arc::clone(&inner.buffer).acquire_many_owned(record.size() as u32);
+        let permit = tokio::time::timeout(settings.max_block, acquire)
             .await
             .map_err(|_| Error::BufferExhausted {
                 capacity: settings.buffer_memory,
                 waited: settings.max_block,
             })?
             .map_err(|_| Error::Closed { what: "producer" })?;
-
         let topic = self.topic(&record.topic).await?;
-        let partition = self.choose_partition(&topic, &record, size)?;
+        self.append(topic, record, permit)
+    }
+
+    /// Appends `record` to its partition's batch.
+    fn append(
+        &self,
+        topic: Arc<TopicInfo>,
+        record: ProducerRecord,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Appended> {
+        let inner = &self.inner;
+        let partition = self.choose_partition(&topic, &record, record.size())?;
         let timestamp = record.timestamp.unwrap_or_else(Utc::now);
         let tp = TopicPartition::new(topic.name.clone(), partition);
         let (tx, rx) = oneshot::channel();
+        let now = Instant::now();
         let appended = inner.shared.acc.lock().append(
             &tp,
             timestamp.timestamp_millis(),
@@ -568,12 +728,33 @@ impl Producer {
             record.value.as_deref(),
             &record.headers,
             tx,
-            Instant::now(),
+            now,
         );
         if appended.wake {
             inner.shared.wake(appended.leader);
         }
-        match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Appended {
+            topic,
+            partition,
+            timestamp,
+            outcome: rx,
+            started: now,
+            _permit: permit,
+        })
+    }
+
+    /// Waits for an appended record's outcome, up to the delivery timeout.
+    async fn delivered(&self, appended: Appended) -> Result<Delivery> {
+        let settings = &self.inner.settings;
+        let Appended {
+            topic,
+            partition,
+            timestamp,
+            outcome,
+            started,
+            _permit,
+        } = appended;
+        match tokio::time::timeout_at(started + settings.delivery_timeout, outcome).await {
             Ok(Ok(Ok(offset))) => {
                 if let Some(m) = &settings.metrics {
                     m.record_produced(&topic.name, started.elapsed());

@@ -55,7 +55,8 @@ pub(super) struct IoSettings {
     pub(super) max_in_flight: usize,
     /// `max.request.size`: the most batch bytes in one ProduceRequest (at least one batch).
     pub(super) max_request_size: usize,
-    /// Backoff between reconnects and failed lookups.
+    /// Backoff between reconnects and between failed lookups: `retry.backoff.ms` bounded by the
+    /// client's reconnect backoff, as for a batch's retries.
     pub(super) backoff: BackoffPolicy,
     /// `metadata.max.age.ms`.
     pub(super) metadata_max_age: Duration,
@@ -264,6 +265,8 @@ pub(super) async fn run_router(shared: Arc<Shared>) {
     loop {
         let (needs_id, current, mut topics) = {
             let mut acc = shared.acc.lock();
+            acc.expire_unled(Instant::now());
+            shared.publish_progress(&acc);
             let topics = if acc.take_refresh() || refreshed.elapsed() >= shared.io.metadata_max_age
             {
                 acc.topics()
@@ -310,19 +313,15 @@ pub(super) async fn run_router(shared: Arc<Shared>) {
                 OwnedTask::spawn(run_sender(Arc::clone(&shared), node, waker))
             });
         }
-        let delay = if failed {
-            retry.next(&shared.io.backoff)
+        if failed {
+            // The backoff holds: wake-ups meanwhile are served after it.
+            tokio::time::sleep(retry.next(&shared.io.backoff)).await;
         } else {
             retry = Retry::default();
-            shared.io.metadata_max_age
-        };
-        tokio::select! {
-            _ = shared.router.notified() => {}
-            _ = tokio::time::sleep(delay) => {}
-        }
-        if failed {
-            // Do not spin on wake-ups while failing: the backoff holds.
-            tokio::time::sleep(Duration::ZERO).await;
+            tokio::select! {
+                _ = shared.router.notified() => {}
+                _ = tokio::time::sleep(shared.io.metadata_max_age) => {}
+            }
         }
     }
 }
