@@ -240,30 +240,13 @@ impl Shared {
     }
 }
 
-/// Failed attempts of one retried operation.
-#[derive(Debug, Default)]
-struct Retry {
-    attempts: u32,
-}
-
-impl Retry {
-    fn next(&mut self, policy: &BackoffPolicy) -> Duration {
-        use std::hash::BuildHasher;
-        let bits = std::collections::hash_map::RandomState::new().hash_one(self.attempts);
-        let unit = (bits >> 11) as f64 / (1u64 << 53) as f64;
-        let delay = policy.delay(self.attempts, unit);
-        self.attempts = self.attempts.saturating_add(1);
-        delay
-    }
-}
-
 /// The router: leaders, producer id, and the senders it started (owned: dropped with it).
 pub(super) async fn run_router(shared: Arc<Shared>) {
     let mut senders: HashMap<i32, OwnedTask<()>> = HashMap::new();
-    let mut retry = Retry::default();
+    let mut retry = shared.io.backoff.start();
     let mut refreshed = Instant::now();
     loop {
-        let (needs_id, current, mut topics) = {
+        let (needs_id, current, topics) = {
             let mut acc = shared.acc.lock();
             acc.expire_unled(Instant::now());
             shared.publish_progress(&acc);
@@ -284,13 +267,19 @@ pub(super) async fn run_router(shared: Arc<Shared>) {
                     shared.wake_all();
                 }
                 Err(error) => {
-                    warn!(%error, "InitProducerId failed; retrying");
+                    // A broker still loading its producer-id state (COORDINATOR_LOAD_IN_PROGRESS)
+                    // or down for a moment is expected: only lasting trouble is a warning.
+                    if error.is_retriable() {
+                        debug!(%error, "InitProducerId failed; retrying");
+                    } else {
+                        warn!(%error, "InitProducerId failed; retrying");
+                    }
                     failed = true;
                 }
             }
         }
         if !topics.is_empty() {
-            let list: Vec<String> = std::mem::take(&mut topics).into_iter().collect();
+            let list: Vec<String> = topics.into_iter().collect();
             match shared.metadata(&list).await {
                 Ok(_) => {
                     refreshed = Instant::now();
@@ -315,9 +304,9 @@ pub(super) async fn run_router(shared: Arc<Shared>) {
         }
         if failed {
             // The backoff holds: wake-ups meanwhile are served after it.
-            tokio::time::sleep(retry.next(&shared.io.backoff)).await;
+            tokio::time::sleep(retry.next_delay()).await;
         } else {
-            retry = Retry::default();
+            retry = shared.io.backoff.start();
             tokio::select! {
                 _ = shared.router.notified() => {}
                 _ = tokio::time::sleep(shared.io.metadata_max_age) => {}
@@ -338,7 +327,7 @@ async fn run_sender(shared: Arc<Shared>, node: i32, wake: Arc<Notify>) {
     let io = &shared.io;
     let mut conn: Option<Arc<Connection>> = None;
     let mut in_flight = FuturesUnordered::new();
-    let mut reconnect = Retry::default();
+    let mut reconnect = io.backoff.start();
     let mut connect_at: Option<Instant> = None;
     loop {
         let now = Instant::now();
@@ -367,11 +356,11 @@ async fn run_sender(shared: Arc<Shared>, node: i32, wake: Arc<Notify>) {
                     match connected {
                         Ok(c) => {
                             debug!(node, broker = %c.broker(), "produce connection open");
-                            reconnect = Retry::default();
+                            reconnect = io.backoff.start();
                             conn = Some(Arc::new(c));
                         }
                         Err(error) => {
-                            let delay = reconnect.next(&io.backoff);
+                            let delay = reconnect.next_delay();
                             warn!(node, %error, ?delay, "producer cannot connect to the leader; backing off");
                             connect_at = Some(Instant::now() + delay);
                             give_back(&shared, drained.batches, &error, true);
