@@ -1,9 +1,9 @@
-//! How connections authenticate and encrypt: one configuration, applied to rskafka's connections
-//! (produce, fetch, metadata) and to kafkit's own (group coordinator, admin) alike.
+//! How connections authenticate and encrypt: one configuration, applied to every kafkit connection
+//! (the producer's, the consumer's fetches and group coordinator, admin) alike.
 //!
 //! - `security.protocol` is one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL.
 //! - SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) works in the default, pure-Rust build: the mechanisms
-//!   come from `rsasl`, the same crate rskafka uses.
+//!   come from `rsasl`.
 //! - TLS needs the opt-in `tls` feature (rustls with the `ring` provider, which needs a C compiler).
 //!   Without it, SSL and SASL_SSL are rejected when the configuration is built.
 //!
