@@ -1,16 +1,14 @@
 //! kafkit's own record decoder against what real producers write: the Java producer with every
-//! codec (none, gzip, snappy, lz4, zstd), and a header name that is not UTF-8, which only a batch
-//! written byte by byte carries. kafkit is built here with its default features, so every codec
-//! is decoded by the pure-Rust decoders (the `lz4` and `zstd` features only add the producer's
-//! C-backed compression).
+//! codec (none, gzip, snappy, lz4, zstd), and a header name that is not UTF-8 (which the Java
+//! client cannot write, kafkit's producer can). Every codec is decoded by the pure-Rust decoders
+//! of the default build.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use kafkit::consumer::{ConsumedRecord, ConsumerBuilder, DispatchMode, OffsetReset};
-use kafkit::{ProducerBuilder, ProducerRecord};
-use kafkit_integration_tests::raw_produce::{RawRecord, produce_batch, v2_batch};
+use kafkit::{Compression, Header, Headers, ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::support::{client, test_group};
 use kafkit_testkit::{create_topic, java_source, random_name, shared};
 use parking_lot::Mutex;
@@ -161,27 +159,27 @@ async fn a_header_name_that_is_not_utf8_is_consumed_between_good_records() {
     for i in 0..3 {
         send_good(i).await;
     }
-    let odd = RawRecord {
-        key: Some(b"odd".to_vec()),
-        value: Some(b"odd value".to_vec()),
-        headers: vec![
-            (b"\xff\xfekey".to_vec(), Some(b"v1".to_vec())),
-            (b"ok".to_vec(), None),
-            (b"\xff\xfekey".to_vec(), Some(b"v2".to_vec())),
-        ],
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64;
-    let odd_offset = produce_batch(
-        &bootstrap,
-        &topic,
-        0,
-        v2_batch(std::slice::from_ref(&odd), now),
-    )
-    .await
-    .expect("the raw batch is accepted");
+    // kafkit's producer writes headers as given: a name that is not UTF-8, a repeated name, a
+    // null value.
+    let odd_headers: Vec<(Vec<u8>, Option<Vec<u8>>)> = vec![
+        (b"\xff\xfekey".to_vec(), Some(b"v1".to_vec())),
+        (b"ok".to_vec(), None),
+        (b"\xff\xfekey".to_vec(), Some(b"v2".to_vec())),
+    ];
+    let headers: Headers = odd_headers
+        .iter()
+        .map(|(name, value)| Header::from_raw(name.clone().into(), value.clone().map(Into::into)))
+        .collect();
+    let odd_offset = producer
+        .send(
+            ProducerRecord::new(&topic, b"odd value".to_vec())
+                .key(b"odd".to_vec())
+                .with_headers(headers)
+                .partition(0),
+        )
+        .await
+        .expect("the odd record is acknowledged")
+        .offset;
     assert_eq!(odd_offset, 3);
     for i in 3..6 {
         send_good(i).await;
@@ -190,7 +188,15 @@ async fn a_header_name_that_is_not_utf8_is_consumed_between_good_records() {
     let seen = consume(&bootstrap, &topic, 7).await;
     let offsets: Vec<i64> = seen.iter().map(|r| r.0).collect();
     assert_eq!(offsets, [0, 1, 2, 3, 4, 5, 6]);
-    assert_eq!(seen[3], (3, odd.key, odd.value, odd.headers));
+    assert_eq!(
+        seen[3],
+        (
+            3,
+            Some(b"odd".to_vec()),
+            Some(b"odd value".to_vec()),
+            odd_headers
+        )
+    );
     for (record, i) in seen.iter().filter(|r| r.0 != 3).zip(0..) {
         let want_headers = vec![(b"h".to_vec(), Some(format!("hv-{i}").into_bytes()))];
         assert_eq!(
@@ -203,5 +209,87 @@ async fn a_header_name_that_is_not_utf8_is_consumed_between_good_records() {
             "good record {i} at offset {}",
             record.0
         );
+    }
+}
+
+/// Hex of `bytes`, `-` for null, as `CodecRead.java` prints them.
+fn hex(bytes: Option<&[u8]>) -> String {
+    bytes.map_or_else(
+        || "-".to_owned(),
+        |b| b.iter().map(|x| format!("{x:02x}")).collect(),
+    )
+}
+
+/// kafkit's producer writes every codec (pure Rust) and the Java consumer, with its own codecs
+/// (snappy-java, lz4-java, zstd-jni) and CRC checks, reads every record back as written, repeated
+/// and null headers included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_java_consumer_reads_every_codec_of_kafkits_producer() {
+    const COUNT: i64 = 2_000;
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let codecs = [
+        ("none", Compression::None),
+        ("gzip", Compression::Gzip),
+        ("snappy", Compression::Snappy),
+        ("lz4", Compression::Lz4),
+        ("zstd", Compression::Zstd),
+    ];
+    let mut topics = Vec::new();
+    for (name, codec) in codecs {
+        let topic = random_name(&format!("kafkit-{name}"));
+        create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
+        let producer = ProducerBuilder::new(client(&bootstrap))
+            .compression(codec)
+            .build()
+            .await
+            .unwrap();
+        let sends = (0..COUNT).map(|i| {
+            let (_, key, value, headers) = java_record(i);
+            let record = match (key, value) {
+                (Some(key), None) => ProducerRecord::tombstone(&topic, key),
+                (Some(key), Some(value)) => ProducerRecord::new(&topic, value).key(key),
+                (None, Some(value)) => ProducerRecord::new(&topic, value),
+                (None, None) => unreachable!("no record of java_record is null in both"),
+            };
+            let headers: Headers = headers
+                .into_iter()
+                .map(|(name, value)| Header::from_raw(name.into(), value.map(Into::into)))
+                .collect();
+            producer.send(record.with_headers(headers))
+        });
+        for delivery in futures::future::join_all(sends).await {
+            delivery.expect("acknowledged");
+        }
+        topics.push(topic);
+    }
+
+    let java = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("java/CodecRead.java");
+    let mut args = vec![bootstrap.as_str()];
+    args.extend(topics.iter().map(String::as_str));
+    let out = java_source(&java, &args, Duration::from_secs(180))
+        .await
+        .expect("java runs");
+    assert!(out.success, "CodecRead failed:\n{}", out.stderr);
+    for ((name, _), topic) in codecs.iter().zip(&topics) {
+        let lines: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with(&format!("{topic} ")))
+            .collect();
+        assert_eq!(lines.len(), COUNT as usize, "{name}: records read by Java");
+        for (i, line) in lines.iter().enumerate() {
+            let (offset, key, value, headers) = java_record(i as i64);
+            let headers: Vec<String> = headers
+                .iter()
+                .map(|(n, v)| format!("{}={}", hex(Some(n)), hex(v.as_deref())))
+                .collect();
+            let want = format!(
+                "{topic} {offset} {} {} {}",
+                hex(key.as_deref()),
+                hex(value.as_deref()),
+                headers.join(",")
+            );
+            assert_eq!(*line, want, "{name}: record {i}");
+        }
     }
 }

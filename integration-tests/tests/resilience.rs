@@ -14,7 +14,7 @@ use kafkit::resilience::{
     BackoffPolicy, CircuitBreakerPolicy, DeadLetterHeaders, DeadLetterPolicy, HealthStatus,
     RetryPolicy,
 };
-use kafkit::{Producer, ProducerBuilder, ProducerRecord};
+use kafkit::{Headers, Producer, ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::support::{client, eventually, test_group};
 use kafkit_testkit::{LocalKafka, create_topic, random_name, shared};
 use parking_lot::Mutex;
@@ -297,6 +297,102 @@ async fn a_poison_record_goes_to_the_dead_letter_topic_with_its_headers() {
         headers.record.offset, headers.error.type_name
     );
     assert_eq!(out.stdout.trim(), expected);
+}
+
+/// The dead-letter record carries the original's headers as they were: a repeated name twice, in
+/// order, and a null value as null (the producer writes headers as given).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_record_keeps_repeated_and_null_headers() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("traced");
+    let dlt = format!("{topic}-dlt");
+    create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
+    create_topic(&bootstrap, &dlt, 1, 1).await.unwrap();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let mut headers = Headers::new();
+    headers
+        .add("trace", "a")
+        .add_null("baggage")
+        .add("trace", "b");
+    producer
+        .send(ProducerRecord::new(&topic, "poison").with_headers(headers))
+        .await
+        .unwrap();
+    let consumer = builder(&bootstrap, &random_name("g"), &topic)
+        .retry_policy(fast_retries(1))
+        .dead_letter(DeadLetterPolicy::default(), producer.clone())
+        .build()
+        .await
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let run = tokio::spawn(consumer.run(|r| async move { Err::<(), _>(Poison(value_or(&r))) }));
+
+    // Read the dead-letter topic with a second consumer.
+    let reader = builder(&bootstrap, &random_name("g"), &dlt)
+        .build()
+        .await
+        .unwrap();
+    let reader_stop = reader.shutdown_handle();
+    let got: Arc<Mutex<Vec<RawHeaders>>> = Arc::default();
+    let reading = tokio::spawn(reader.run({
+        let got = Arc::clone(&got);
+        move |r| {
+            let got = Arc::clone(&got);
+            async move {
+                got.lock().push(
+                    r.headers()
+                        .iter()
+                        .map(|h| (h.name_bytes().to_vec(), h.value().map(<[u8]>::to_vec)))
+                        .collect(),
+                );
+                Ok::<_, std::io::Error>(())
+            }
+        }
+    }));
+    eventually(
+        Duration::from_secs(60),
+        "the record is dead-lettered",
+        || !got.lock().is_empty(),
+    )
+    .await;
+    stop.shutdown();
+    reader_stop.shutdown();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), reading)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let got = got.lock();
+    assert_eq!(got.len(), 1);
+    let original: Vec<_> = got[0]
+        .iter()
+        .filter(|(name, _)| !name.starts_with(b"kafka_dlt-") && !name.starts_with(b"kafkit_dlt-"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        original,
+        vec![
+            (b"trace".to_vec(), Some(b"a".to_vec())),
+            (b"baggage".to_vec(), None),
+            (b"trace".to_vec(), Some(b"b".to_vec())),
+        ]
+    );
+}
+
+/// A record's headers as (name, value) bytes, in order.
+type RawHeaders = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// The value of a record that is not a number, for [`Poison`].
+fn value_or(r: &ConsumedRecord) -> usize {
+    r.value().map_or(0, <[u8]>::len)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -651,9 +651,9 @@ async fn bad_arguments_and_an_unreachable_broker_fail_with_one_line_on_stderr() 
                 "--bootstrap-server",
                 "localhost:9092",
                 "--acks",
-                "1",
+                "2",
             ],
-            "acks=all",
+            "-1, all, 1, 0",
         ),
         (
             &[

@@ -102,8 +102,8 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), Failure> {
                 settle(done, &progress, &mut failure);
             }
         }
-        let producer = producer.clone();
-        sends.spawn(async move { producer.send(record).await });
+        // Called here, not in the task: the record is appended now, so lines keep their order.
+        sends.spawn(producer.send(record));
         if failure.is_some() {
             break;
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use clap::Args;
-use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
+use kafkit::{Acks, ClientConfig, ProducerBuilder, ProducerRecord};
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -62,7 +62,9 @@ pub(crate) struct ProducerArgs {
     )]
     throughput: i64,
 
-    /// Acks required: only -1 / all is supported (kafkit always waits for all in-sync replicas).
+    /// Acks required: -1 / all (the default: all in-sync replicas, idempotent), 1 (the leader) or 0
+    /// (none); 1 and 0 turn idempotence off, as the Java producer does when `acks` is set and
+    /// `enable.idempotence` is not.
     #[arg(
         long,
         value_name = "ACKS",
@@ -136,12 +138,12 @@ struct ToolData {
     avg_throughput: f64,
 }
 
-fn check_acks(acks: &str) -> Result<(), String> {
+fn parse_acks(acks: &str) -> Result<Acks, String> {
     match acks.trim() {
-        "-1" | "all" => Ok(()),
-        other => Err(format!(
-            "--acks {other} is not supported: kafkit always produces with acks=all (use --acks -1 or all)"
-        )),
+        "-1" | "all" => Ok(Acks::All),
+        "1" => Ok(Acks::Leader),
+        "0" => Ok(Acks::None),
+        other => Err(format!("--acks {other} is not one of -1, all, 1, 0")),
     }
 }
 
@@ -157,7 +159,7 @@ fn error_kind(e: &kafkit::Error) -> String {
 
 /// Connects, sends, prints the events.
 pub(crate) async fn run(args: ProducerArgs) -> Result<(), Failure> {
-    check_acks(&args.acks)?;
+    let mut acks = parse_acks(&args.acks)?;
     if args.throughput == 0 {
         return Err("--throughput must be positive, or -1 for no limit".into());
     }
@@ -175,7 +177,7 @@ pub(crate) async fn run(args: ProducerArgs) -> Result<(), Failure> {
             match key.as_str() {
                 "bootstrap.servers" => bootstrap = bootstrap.or(Some(value)),
                 "client.id" => client_id = Some(value),
-                "acks" => check_acks(&value)?,
+                "acks" => acks = parse_acks(&value)?,
                 "security.protocol" if value.eq_ignore_ascii_case("PLAINTEXT") => {}
                 "security.protocol" => {
                     return Err(format!(
@@ -199,7 +201,11 @@ pub(crate) async fn run(args: ProducerArgs) -> Result<(), Failure> {
         client = client.client_id(id);
     }
     // Connection failures keep their exit codes (4 unreachable, 6 security).
-    let producer = ProducerBuilder::new(client).build().await?;
+    let producer = ProducerBuilder::new(client)
+        .acks(acks)
+        .idempotence(acks == Acks::All)
+        .build()
+        .await?;
     emit("startup_complete", &NoFields {});
 
     let start = Instant::now();
@@ -225,9 +231,11 @@ pub(crate) async fn run(args: ProducerArgs) -> Result<(), Failure> {
             record = record.timestamp(create_time(args.message_create_time, start.elapsed()));
         }
         sent += 1;
-        let (producer, topic, acked) = (producer.clone(), Arc::clone(&topic), Arc::clone(&acked));
+        let (topic, acked) = (Arc::clone(&topic), Arc::clone(&acked));
+        // Called here, not in the task: the record is appended now, in the order of the values.
+        let send = producer.send(record);
         tasks.spawn(async move {
-            match producer.send(record).await {
+            match send.await {
                 Ok(d) => {
                     acked.fetch_add(1, Ordering::Relaxed);
                     emit(
@@ -306,12 +314,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_acks_all_is_accepted() {
-        assert!(check_acks("-1").is_ok());
-        assert!(check_acks("all").is_ok());
-        let err = check_acks("1").unwrap_err();
-        assert!(err.contains("acks=all"), "{err}");
-        assert!(check_acks("0").is_err());
+    fn acks_are_java_s() {
+        assert_eq!(parse_acks("-1"), Ok(Acks::All));
+        assert_eq!(parse_acks("all"), Ok(Acks::All));
+        assert_eq!(parse_acks("1"), Ok(Acks::Leader));
+        assert_eq!(parse_acks(" 0 "), Ok(Acks::None));
+        let err = parse_acks("2").unwrap_err();
+        assert!(err.contains("-1, all, 1, 0"), "{err}");
     }
 
     #[test]

@@ -1,11 +1,9 @@
-//! Connection settings shared by every kafkit client, and the one place rskafka clients are built.
+//! Connection settings shared by every kafkit client.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kafkit_resilience::{BackoffPolicy, ConfigError, ResilienceConfig};
-use rskafka::BackoffConfig;
-use rskafka::client::{Client, ClientBuilder};
 
 use crate::security::Security;
 #[cfg(feature = "tls")]
@@ -138,36 +136,6 @@ impl ClientConfig {
         self.reconnect_backoff
     }
 
-    /// Connects an rskafka client once a bootstrap broker answers a kafkit connection (see
-    /// [`bootstrap_connection`](Self::bootstrap_connection)): a security misconfiguration fails at
-    /// once, an unreachable cluster after the connect timeout, and rskafka's own bootstrap gets what
-    /// is left of it. `backoff` drives the retries inside each later request.
-    pub(crate) async fn connect_with(&self, backoff: BackoffConfig) -> Result<Client> {
-        let started = tokio::time::Instant::now();
-        drop(self.bootstrap_connection().await?);
-        let mut builder = ClientBuilder::new(self.bootstrap.clone())
-            .client_id(Arc::clone(&self.client_id))
-            .backoff_config(backoff);
-        if let Some(sasl) = self.security.rskafka_sasl() {
-            builder = builder.sasl_config(sasl);
-        }
-        #[cfg(feature = "tls")]
-        if let Some(tls) = &self.tls {
-            builder = builder.tls_config(Arc::clone(&tls.0));
-        }
-        match tokio::time::timeout_at(started + self.connect_timeout, builder.build()).await {
-            Ok(Ok(client)) => Ok(client),
-            Ok(Err(source)) => Err(Error::Kafka {
-                context: format!("connecting to {}", self.bootstrap.join(",")),
-                source: Arc::new(source),
-            }),
-            Err(_) => Err(Error::Unreachable {
-                bootstrap: self.bootstrap.join(","),
-                waited: started.elapsed(),
-            }),
-        }
-    }
-
     /// Applies the users' environment-style connection settings: `KAFKA_RECONNECT_BACKOFF_MS` and
     /// `KAFKA_RECONNECT_BACKOFF_MAX_MS` become the [reconnect backoff](Self::reconnect_backoff) of
     /// every client built from this configuration (see [`ResilienceConfig::from_env`]).
@@ -271,18 +239,6 @@ impl ClientConfig {
     }
 }
 
-/// rskafka's own retry loop (inside every partition request) driven by our policy. rskafka draws its
-/// jitter between `init` and `current * base`, so the shape differs slightly from [`BackoffPolicy`]'s
-/// symmetric jitter; the bounds (initial, growth, max) are ours.
-pub(crate) fn rskafka_backoff(policy: &BackoffPolicy, deadline: Option<Duration>) -> BackoffConfig {
-    BackoffConfig {
-        init_backoff: policy.initial(),
-        max_backoff: policy.max(),
-        base: policy.multiplier().max(1.01),
-        deadline,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -307,7 +263,7 @@ mod tests {
             BackoffPolicy,
             BackoffPolicy,
         ),
-        producer: BackoffConfig,
+        producer: BackoffPolicy,
         resilience: ResilienceConfig,
         metrics: MetricsConfig,
         security: Security,
@@ -328,7 +284,7 @@ mod tests {
             .resilience(&resilience)
             .unwrap()
             .effective_resilience();
-        let producer = ProducerBuilder::new(client).rskafka_backoff();
+        let producer = ProducerBuilder::new(client).retry_policy();
         Effective {
             consumer,
             producer,
@@ -365,13 +321,13 @@ mod tests {
             ("KAFKA_RECONNECT_BACKOFF_MS", "250", |e| {
                 e.consumer.3.initial() == ms(250)
                     && e.consumer.4.initial() == ms(250)
-                    && e.producer.init_backoff == ms(250)
+                    && e.producer.initial() == ms(250)
             }),
             // The most: below the fetchers' (10 s) and the producer's (1 s) own maxima.
             ("KAFKA_RECONNECT_BACKOFF_MAX_MS", "700", |e| {
                 e.consumer.3.max() == ms(700)
                     && e.consumer.4.max() == ms(700)
-                    && e.producer.max_backoff == ms(700)
+                    && e.producer.max() == ms(700)
             }),
             // Documented as read and validated only; setting them says so (a warning).
             ("KAFKA_HEALTH_CHECK_INTERVAL", "1000", |e| {
@@ -429,8 +385,8 @@ mod tests {
             ),
             // A reconnect minimum above a component's own maximum raises that maximum with it.
             (&[("KAFKA_RECONNECT_BACKOFF_MS", "3000")], |e| {
-                e.producer.init_backoff == ms(3000)
-                    && e.producer.max_backoff == ms(3000)
+                e.producer.initial() == ms(3000)
+                    && e.producer.max() == ms(3000)
                     && e.consumer.4.max() == ms(10_000)
             }),
         ];
@@ -468,7 +424,7 @@ mod tests {
             (ms(100), ms(10_000))
         );
         assert_eq!(
-            (e.producer.init_backoff, e.producer.max_backoff),
+            (e.producer.initial(), e.producer.max()),
             (ms(100), ms(1000))
         );
     }

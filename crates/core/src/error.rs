@@ -1,10 +1,8 @@
 //! The error type of kafkit-core.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use kafkit_resilience::ConfigError;
-use rskafka::client::error::{Error as ClientError, ProtocolError};
 
 use crate::group::GroupError;
 use crate::wire::WireError;
@@ -97,26 +95,28 @@ pub enum Error {
         timeout: Duration,
     },
 
-    /// The broker rejected a produce request, or the connection failed past rskafka's own retries.
-    #[error("producing to {topic}/{partition} failed: {source}")]
+    /// The broker rejected a batch of records, or its retries (`retries`) ran out.
+    #[error("producing to {topic}/{partition} failed: {error}")]
     Produce {
         /// The topic.
         topic: String,
         /// The partition.
         partition: i32,
-        /// rskafka's error.
-        #[source]
-        source: rskafka::client::producer::Error,
+        /// Kafka's name for the error, its code and the broker's message, or the last failure.
+        error: String,
+        /// Whether sending again may succeed (the retries ran out on a retriable error).
+        retriable: bool,
     },
 
-    /// Any other request to Kafka failed.
-    #[error("{context}: {source}")]
-    Kafka {
-        /// What kafkit was doing.
-        context: String,
-        /// rskafka's error.
-        #[source]
-        source: Arc<ClientError>,
+    /// `send` waited `max.block.ms` for room in the producer's buffer (`buffer.memory`).
+    #[error(
+        "no room in the producer buffer of {capacity} bytes within {waited:?} (`max.block.ms`): the brokers take records slower than they are sent"
+    )]
+    BufferExhausted {
+        /// `buffer.memory`.
+        capacity: usize,
+        /// `max.block.ms`.
+        waited: Duration,
     },
 
     /// A broker refused this client's security handshake: wrong SASL credentials or mechanism, an
@@ -193,12 +193,10 @@ impl Error {
     /// moving, a timeout with an unknown outcome). Configuration errors and rejected records are not.
     pub fn is_retriable(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::DeliveryTimeout { .. } => true,
-            Error::Produce { source, .. } => match source {
-                rskafka::client::producer::Error::Client(e) => client_error_is_retriable(e),
-                _ => false,
-            },
-            Error::Kafka { source, .. } => client_error_is_retriable(source),
+            Error::Unreachable { .. }
+            | Error::DeliveryTimeout { .. }
+            | Error::BufferExhausted { .. } => true,
+            Error::Produce { retriable, .. } => *retriable,
             Error::Connection { source, .. } => source.is_retriable(),
             Error::Group { code, .. } | Error::Admin { code, .. } => {
                 kafka_protocol::ResponseError::try_from_code(*code)
@@ -216,41 +214,4 @@ impl Error {
             | Error::Closed { .. } => false,
         }
     }
-}
-
-/// Connection failures, timeouts and the broker's own retriable codes are transient; anything else
-/// (authorization, invalid records, unsupported versions) needs a change by the user.
-pub(crate) fn client_error_is_retriable(e: &ClientError) -> bool {
-    match e {
-        ClientError::Connection(_) | ClientError::Request(_) | ClientError::Timeout => true,
-        ClientError::RetryFailed(_) => true,
-        ClientError::ServerError { protocol_error, .. } => {
-            protocol_error_is_retriable(*protocol_error)
-        }
-        _ => false,
-    }
-}
-
-fn protocol_error_is_retriable(e: ProtocolError) -> bool {
-    matches!(
-        e,
-        ProtocolError::CorruptMessage
-            | ProtocolError::UnknownTopicOrPartition
-            | ProtocolError::LeaderNotAvailable
-            | ProtocolError::NotLeaderOrFollower
-            | ProtocolError::RequestTimedOut
-            | ProtocolError::NetworkException
-            | ProtocolError::CoordinatorLoadInProgress
-            | ProtocolError::CoordinatorNotAvailable
-            | ProtocolError::NotCoordinator
-            | ProtocolError::NotEnoughReplicas
-            | ProtocolError::NotEnoughReplicasAfterAppend
-            | ProtocolError::KafkaStorageError
-            | ProtocolError::FencedLeaderEpoch
-            | ProtocolError::UnknownLeaderEpoch
-            | ProtocolError::OffsetNotAvailable
-            | ProtocolError::PreferredLeaderNotAvailable
-            | ProtocolError::EligibleLeadersNotAvailable
-            | ProtocolError::ThrottlingQuotaExceeded
-    )
 }

@@ -4,12 +4,13 @@
 //! # Layout
 //! - `admin`: group administration for tools: list groups, describe members and assignments, lag.
 //! - `config`: connection settings shared by every client (bootstrap servers, client id, reconnect
-//!   backoff) and the one place rskafka clients are built from them.
+//!   backoff, security).
 //! - `partitioner`: Java-compatible key partitioning, `toPositive(murmur2(key)) % partitions`.
-//! - `producer`: [`Producer`] and its builder: keyed partitioning, batching, bounded buffering,
-//!   retries up to a delivery timeout.
-//! - `wire`: kafkit's own broker connections (framing, version negotiation, pipelining) for the
-//!   group and offset APIs rskafka lacks; messages encoded by `kafka-protocol`.
+//! - `producer`: [`Producer`] and its builder: keyed partitioning, per-partition batches, one
+//!   sender per broker, idempotence, bounded buffering, retries up to a delivery timeout.
+//! - `wire`: kafkit's own broker connections (framing, version negotiation, pipelining) for every
+//!   request kafkit sends, messages encoded by `kafka-protocol`; the v2 record-batch encoder and
+//!   decoder.
 //! - `group`: consumer-group membership: the coordinator client and the join / sync / heartbeat
 //!   state machine ([`group::GroupMember`]), offsets, the ConsumerProtocol codecs and the
 //!   Java-compatible `range`, `roundrobin` and `cooperative-sticky` assignors.
@@ -34,7 +35,7 @@ pub use config::ClientConfig;
 pub use error::{Error, Result};
 pub use headers::{Header, Headers};
 pub use kafkit_resilience::{BackoffPolicy, ConfigError};
-pub use producer::{Compression, Delivery, Producer, ProducerBuilder, ProducerRecord};
+pub use producer::{Acks, Compression, Delivery, Producer, ProducerBuilder, ProducerRecord};
 pub use security::{
     Pem, SaslCredentials, SaslMechanism, Secret, Security, SecurityProtocol, TlsSettings,
 };

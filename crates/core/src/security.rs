@@ -1,9 +1,9 @@
-//! How connections authenticate and encrypt: one configuration, applied to rskafka's connections
-//! (produce, fetch, metadata) and to kafkit's own (group coordinator, admin) alike.
+//! How connections authenticate and encrypt: one configuration, applied to every kafkit connection
+//! (the producer's, the consumer's fetches and group coordinator, admin) alike.
 //!
 //! - `security.protocol` is one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL.
 //! - SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) works in the default, pure-Rust build: the mechanisms
-//!   come from `rsasl`, the same crate rskafka uses.
+//!   come from `rsasl`.
 //! - TLS needs the opt-in `tls` feature (rustls with the `ring` provider, which needs a C compiler).
 //!   Without it, SSL and SASL_SSL are rejected when the configuration is built.
 //!
@@ -371,20 +371,6 @@ impl Security {
             ));
         }
         Ok(())
-    }
-
-    /// rskafka's SASL configuration for these credentials.
-    pub(crate) fn rskafka_sasl(&self) -> Option<rskafka::client::SaslConfig> {
-        let sasl = self.sasl.as_ref()?;
-        let credentials = rskafka::client::Credentials::new(
-            sasl.username.clone(),
-            sasl.password.expose().to_owned(),
-        );
-        Some(match sasl.mechanism {
-            SaslMechanism::Plain => rskafka::client::SaslConfig::Plain(credentials),
-            SaslMechanism::ScramSha256 => rskafka::client::SaslConfig::ScramSha256(credentials),
-            SaslMechanism::ScramSha512 => rskafka::client::SaslConfig::ScramSha512(credentials),
-        })
     }
 }
 

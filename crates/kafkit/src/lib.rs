@@ -21,12 +21,11 @@
 //!
 //! # Features
 //! Default features are pure Rust and build for `x86_64-unknown-linux-musl` without a C compiler.
-//! The consumer decodes every codec (none, gzip, snappy, lz4, zstd) in every build; the producer
-//! compresses with gzip and snappy, and with lz4 and zstd through the opt-in `lz4` and `zstd`
-//! features (C libraries). `tls` is opt-in too.
+//! The consumer decodes and the producer writes every codec (none, gzip, snappy, lz4, zstd) in
+//! every build, all in pure Rust. `tls` is opt-in.
 
 pub use kafkit_core::{
-    ClientConfig, Compression, ConfigError, Delivery, Error, Header, Headers, Pem, Producer,
+    Acks, ClientConfig, Compression, ConfigError, Delivery, Error, Header, Headers, Pem, Producer,
     ProducerBuilder, ProducerRecord, Result, SaslCredentials, SaslMechanism, Secret, Security,
     SecurityProtocol, TlsSettings, WireError, partitioner,
 };

@@ -37,7 +37,6 @@ use tracing::{debug, error, info, warn};
 
 use super::dispatcher::{BoxError, HandlerFn};
 use super::record::ConsumedRecord;
-use crate::producer::carriable_headers;
 use crate::{Headers, Producer, ProducerRecord};
 
 /// A handler's error with the name of its type, for the dead-letter headers.
@@ -364,15 +363,6 @@ impl FailurePath {
         }
         for (name, value) in headers {
             carried.add(name, value);
-        }
-        let (carried, reduced) = carriable_headers(carried);
-        if reduced {
-            warn!(
-                topic = record.topic(),
-                partition = record.partition(),
-                offset = record.offset(),
-                "the record's headers repeat a name, hold a null value or a name that is not UTF-8: the dead-letter record keeps the last value of each name, nulls as empty values"
-            );
         }
         out = out.with_headers(carried);
         out = out.timestamp(record.timestamp());

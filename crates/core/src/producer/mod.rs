@@ -1,38 +1,48 @@
-//! The producer: Java-compatible keyed partitioning on top of rskafka's per-partition batch producers.
+//! The producer: kafkit's own, over its `wire` connections, idempotent by default.
 //!
-//! A `send` goes through four steps, each bounded:
-//! 1. reserve the record's bytes in the buffer (`buffer.memory`): waits when full, so memory stays bounded;
+//! A `send` goes through these steps, each bounded:
+//! 1. reserve the record's bytes in the buffer (`buffer.memory`): waits up to `max.block.ms` when
+//!    full, so memory stays bounded and the caller feels the backpressure;
 //! 2. look up the topic's partitions (metadata cached for `metadata.max.age.ms`);
-//! 3. pick the partition: explicit, else `toPositive(murmur2(key)) % partitions`, else sticky round-robin;
-//! 4. hand the record to that partition's rskafka `BatchProducer`, which lingers, batches and retries
-//!    connection and leadership errors with backoff; the whole send is bounded by `delivery.timeout.ms`.
+//! 3. pick the partition: explicit, else `toPositive(murmur2(key)) % partitions`, else sticky;
+//! 4. append the record to that partition's open batch in the accumulator (`accumulator`), encoded
+//!    at once into a v2 record batch (`wire::records::BatchBuilder`);
+//! 5. the sender of the partition's leader (`sender`, one task and one connection per broker)
+//!    sends it in a ProduceRequest with the ready batches of the broker's other partitions, up to
+//!    five requests in flight, retries it (keeping its sequence) until it is written or
+//!    `delivery.timeout.ms` passes; the record's offset comes back to `send`.
+//!
+//! - `accumulator`: per-partition batch queues, readiness (`batch.size`, `linger.ms`, flush,
+//!   retry backoff), sequence numbers and epoch bumps (pure logic, unit-tested).
+//! - `sender`: the per-broker senders and the router (Metadata with leader epochs, InitProducerId).
 
-mod batch;
+mod accumulator;
+mod sender;
 
-use std::collections::{BTreeMap, HashMap};
-
-use bytes::Bytes;
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use kafkit_metrics::Metrics;
 use kafkit_resilience::{BackoffPolicy, ConfigError};
 use parking_lot::RwLock;
-use rskafka::client::Client;
-
-use batch::SizedAggregator;
-use rskafka::client::partition::{Compression as RsCompression, UnknownTopicHandling};
-use rskafka::client::producer::{BatchProducer, BatchProducerBuilder};
-use rskafka::record::Record;
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::config::{ClientConfig, rskafka_backoff};
+use accumulator::{Accumulator, Limits};
+use sender::{IoSettings, Shared};
+
+use crate::config::ClientConfig;
+use crate::group::TopicPartition;
 use crate::headers::Headers;
 use crate::partitioner::partition_for_key;
+use crate::task::OwnedTask;
+use crate::wire::records::Codec;
 use crate::{Error, Result};
 
 /// Bytes counted per record on top of key, value and headers (record framing, offsets, timestamps).
@@ -90,8 +100,7 @@ impl ProducerRecord {
         self
     }
 
-    /// Appends a header. Kafka allows several headers of one name; see [`send`](Producer::send)
-    /// for what the current data plane carries.
+    /// Appends a header. Kafka allows several headers of one name: all are written, in order.
     pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
         self.headers.add(name, value);
         self
@@ -150,35 +159,56 @@ pub struct Delivery {
     pub timestamp: DateTime<Utc>,
 }
 
-/// Compression of produced batches. Consumers read every codec the build was compiled with.
+/// Compression of produced batches, all in pure Rust. Consumers read every codec.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Compression {
     /// No compression (the default, as in Java).
     #[default]
     None,
-    /// gzip, pure Rust.
+    /// gzip (`flate2` on `miniz_oxide`).
     Gzip,
-    /// Snappy, pure Rust.
+    /// Snappy, in the xerial framing the Java producer writes.
     Snappy,
-    /// LZ4 (C library; feature `lz4`).
-    #[cfg(feature = "lz4")]
+    /// LZ4 frames (`lz4_flex`).
     Lz4,
-    /// Zstandard (C library; feature `zstd`).
-    #[cfg(feature = "zstd")]
+    /// Zstandard (`ruzstd`, its fastest level: about zstd's level 1).
     Zstd,
 }
 
 impl Compression {
-    fn to_rskafka(self) -> RsCompression {
+    fn codec(self) -> Codec {
         match self {
-            Compression::None => RsCompression::NoCompression,
-            Compression::Gzip => RsCompression::Gzip,
-            Compression::Snappy => RsCompression::Snappy,
-            #[cfg(feature = "lz4")]
-            Compression::Lz4 => RsCompression::Lz4,
-            #[cfg(feature = "zstd")]
-            Compression::Zstd => RsCompression::Zstd,
+            Compression::None => Codec::None,
+            Compression::Gzip => Codec::Gzip,
+            Compression::Snappy => Codec::Snappy,
+            Compression::Lz4 => Codec::Lz4,
+            Compression::Zstd => Codec::Zstd,
+        }
+    }
+}
+
+/// How many replicas must have a record before the broker acknowledges it. Corresponds to `acks`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Acks {
+    /// `acks=0`: no answer at all; a record counts as delivered once written to the socket, and
+    /// its [`Delivery::offset`] is -1. Needs idempotence off.
+    None,
+    /// `acks=1`: the leader wrote it; it is lost if the leader fails before followers copy it.
+    /// Needs idempotence off.
+    Leader,
+    /// `acks=all` (-1): every in-sync replica has it (the default, as in Java since 3.0).
+    #[default]
+    All,
+}
+
+impl Acks {
+    fn code(self) -> i16 {
+        match self {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => -1,
         }
     }
 }
@@ -191,10 +221,15 @@ pub struct ProducerBuilder {
     batch_size: usize,
     buffer_memory: usize,
     delivery_timeout: Duration,
+    request_timeout: Duration,
     max_block: Duration,
     retry_backoff: BackoffPolicy,
+    retries: u32,
     compression: Compression,
     metadata_max_age: Duration,
+    acks: Acks,
+    idempotence: bool,
+    max_in_flight: usize,
     metrics: Option<Metrics>,
 }
 
@@ -207,6 +242,7 @@ impl ProducerBuilder {
             batch_size: 1024 * 1024,
             buffer_memory: 32 * 1024 * 1024,
             delivery_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(30),
             max_block: Duration::from_secs(60),
             retry_backoff: BackoffPolicy::new(
                 Duration::from_millis(100),
@@ -215,8 +251,12 @@ impl ProducerBuilder {
                 0.2,
             )
             .expect("valid default backoff"),
+            retries: u32::MAX,
             compression: Compression::None,
             metadata_max_age: Duration::from_secs(300),
+            acks: Acks::All,
+            idempotence: true,
+            max_in_flight: 5,
             metrics: None,
         }
     }
@@ -235,39 +275,58 @@ impl ProducerBuilder {
         self
     }
 
-    /// The most bytes in one batch (one produce request per partition); also the largest record.
-    /// Corresponds to `batch.size` / `max.request.size`. Default 1 MiB.
+    /// The most bytes in one batch (encoded, before compression); also the largest record. One
+    /// ProduceRequest carries at most one batch per partition and at most `max(batch.size, 1 MiB)`
+    /// of batches (always at least one). Corresponds to `batch.size` / `max.request.size`.
+    /// Default 1 MiB.
     pub fn batch_size(mut self, bytes: usize) -> Self {
         self.batch_size = bytes;
         self
     }
 
-    /// The most bytes of records sent but not yet acknowledged; `send` waits when it is full.
-    /// Corresponds to `buffer.memory`. Default 32 MiB.
+    /// The most bytes of records sent but not yet acknowledged; `send` waits when it is full, up to
+    /// `max.block.ms`. Corresponds to `buffer.memory`. Default 32 MiB.
     pub fn buffer_memory(mut self, bytes: usize) -> Self {
         self.buffer_memory = bytes;
         self
     }
 
-    /// Upper bound on one `send`, retries included. Corresponds to `delivery.timeout.ms`. Default 120 s.
+    /// Upper bound on one `send`, from the call to the acknowledgement, retries included.
+    /// Corresponds to `delivery.timeout.ms`. Default 120 s.
     pub fn delivery_timeout(mut self, timeout: Duration) -> Self {
         self.delivery_timeout = timeout;
         self
     }
 
-    /// How long `send` waits for a topic to appear in metadata before failing with
-    /// [`Error::UnknownTopic`]. Corresponds to `max.block.ms`. Default 60 s.
+    /// How long one ProduceRequest may wait for its answer before it counts as failed (and its
+    /// batches are retried on a new connection); also the broker's `timeout_ms` for replication.
+    /// Corresponds to `request.timeout.ms`. Default 30 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How long `send` waits for a topic to appear in metadata (else [`Error::UnknownTopic`]) and
+    /// for room in the buffer (else [`Error::BufferExhausted`]). Corresponds to `max.block.ms`.
+    /// Default 60 s.
     pub fn max_block(mut self, timeout: Duration) -> Self {
         self.max_block = timeout;
         self
     }
 
-    /// Backoff between retries of a failed produce request. Corresponds to `retry.backoff.ms` /
-    /// `retry.backoff.max.ms`. Default 100 ms doubling to 1 s. A retry reconnects, so the client's
-    /// reconnect backoff bounds it: no sooner than `reconnect.backoff.ms`, no later than
-    /// `reconnect.backoff.max.ms` ([`ClientConfig::reconnect_backoff`]).
+    /// Backoff between retries of a failed batch. Corresponds to `retry.backoff.ms` /
+    /// `retry.backoff.max.ms`. Default 100 ms doubling to 1 s, bounded by the client's reconnect
+    /// backoff: no sooner than `reconnect.backoff.ms`, no later than `reconnect.backoff.max.ms`
+    /// ([`ClientConfig::reconnect_backoff`]).
     pub fn retry_backoff(mut self, policy: BackoffPolicy) -> Self {
         self.retry_backoff = policy;
+        self
+    }
+
+    /// How many times a batch is sent again after a retriable error (the delivery timeout bounds
+    /// it too). Corresponds to `retries`. Default unbounded (Java's `Integer.MAX_VALUE`).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = retries;
         self
     }
 
@@ -277,10 +336,32 @@ impl ProducerBuilder {
         self
     }
 
-    /// How long partition counts are cached before they are looked up again (a topic may grow).
-    /// Corresponds to `metadata.max.age.ms`. Default 5 min.
+    /// How long partition counts and leaders are cached before they are looked up again (a topic
+    /// may grow). Corresponds to `metadata.max.age.ms`. Default 5 min.
     pub fn metadata_max_age(mut self, age: Duration) -> Self {
         self.metadata_max_age = age;
+        self
+    }
+
+    /// Acknowledgement level. Corresponds to `acks`. Default [`Acks::All`]; [`Acks::None`] and
+    /// [`Acks::Leader`] need [`idempotence`](Self::idempotence) off.
+    pub fn acks(mut self, acks: Acks) -> Self {
+        self.acks = acks;
+        self
+    }
+
+    /// Idempotent writes: a producer id and per-partition sequence numbers, so a retried batch is
+    /// written once and each partition keeps the order of `send`s. Corresponds to
+    /// `enable.idempotence`. Default on (as in Java since 3.0).
+    pub fn idempotence(mut self, enabled: bool) -> Self {
+        self.idempotence = enabled;
+        self
+    }
+
+    /// ProduceRequests in flight per broker connection. Corresponds to
+    /// `max.in.flight.requests.per.connection`. Default 5 (at most 5 with idempotence).
+    pub fn max_in_flight(mut self, requests: usize) -> Self {
+        self.max_in_flight = requests;
         self
     }
 
@@ -308,29 +389,90 @@ impl ProducerBuilder {
         if self.max_block.is_zero() {
             return Err(ConfigError::new("max.block.ms", "must be greater than zero").into());
         }
+        if self.request_timeout.is_zero() {
+            return Err(ConfigError::new("request.timeout.ms", "must be greater than zero").into());
+        }
+        if self.max_in_flight == 0 {
+            return Err(ConfigError::new(
+                "max.in.flight.requests.per.connection",
+                "must be at least 1",
+            )
+            .into());
+        }
+        if self.idempotence {
+            if self.acks != Acks::All {
+                return Err(ConfigError::new(
+                    "acks",
+                    "must be all when enable.idempotence is true; turn idempotence off for acks 0 or 1",
+                )
+                .into());
+            }
+            if self.max_in_flight > 5 {
+                return Err(ConfigError::new(
+                    "max.in.flight.requests.per.connection",
+                    "must be at most 5 when enable.idempotence is true",
+                )
+                .into());
+            }
+            if self.retries == 0 {
+                return Err(ConfigError::new(
+                    "retries",
+                    "must be greater than 0 when enable.idempotence is true",
+                )
+                .into());
+            }
+        }
         Ok(())
     }
 
-    /// The backoff of the rskafka client under this producer, which retries a failed request by
-    /// reconnecting: [`retry_backoff`](Self::retry_backoff) bounded by the client's reconnect
-    /// backoff (`reconnect.backoff.ms` .. `reconnect.backoff.max.ms`).
-    pub(crate) fn rskafka_backoff(&self) -> rskafka::BackoffConfig {
-        rskafka_backoff(&self.client.reconnect_bounded(self.retry_backoff), None)
+    /// The backoff between retries of a batch: [`retry_backoff`](Self::retry_backoff) bounded by
+    /// the client's reconnect backoff (`reconnect.backoff.ms` .. `reconnect.backoff.max.ms`).
+    pub(crate) fn retry_policy(&self) -> BackoffPolicy {
+        self.client.reconnect_bounded(self.retry_backoff)
     }
 
-    /// Validates the settings and connects to the cluster.
+    /// Validates the settings and connects to the cluster (a bootstrap broker must answer, and
+    /// security settings are checked there, within the connect timeout).
     pub async fn build(self) -> Result<Producer> {
         self.validate()?;
-        let client = self.client.connect_with(self.rskafka_backoff()).await?;
-        debug!(bootstrap = ?self.client.bootstrap(), "producer connected");
+        let control = self.client.bootstrap_connection().await?;
+        debug!(bootstrap = ?self.client.bootstrap(), idempotence = self.idempotence, acks = ?self.acks, "producer connected");
+        let limits = Limits {
+            batch_size: self.batch_size,
+            linger: self.linger,
+            max_in_flight: self.max_in_flight,
+            retries: self.retries,
+            delivery_timeout: self.delivery_timeout,
+            backoff: self.retry_policy(),
+            codec: self.compression.codec(),
+            idempotent: self.idempotence,
+        };
+        let io = IoSettings {
+            acks: self.acks.code(),
+            request_timeout: self.request_timeout,
+            max_in_flight: self.max_in_flight,
+            max_request_size: self.batch_size.max(1024 * 1024),
+            backoff: self.retry_policy(),
+            metadata_max_age: self.metadata_max_age,
+        };
+        let shared = Arc::new(Shared::new(
+            Accumulator::new(limits),
+            self.client.clone(),
+            io,
+            control,
+        ));
+        let router = OwnedTask::spawn(sender::run_router(Arc::clone(&shared)));
         let active = self.metrics.as_ref().map(Metrics::producer_active);
         Ok(Producer {
             inner: Arc::new(Inner {
                 _active: active,
-                client,
+                shared,
+                _router: router,
                 buffer: Arc::new(Semaphore::new(self.buffer_memory)),
                 topics: RwLock::new(HashMap::new()),
                 lookups: parking_lot::Mutex::new(HashMap::new()),
+                gate: parking_lot::Mutex::new(Gate::default()),
+                gate_moved: Notify::new(),
                 closed: AtomicBool::new(false),
                 settings: self,
             }),
@@ -353,49 +495,169 @@ pub struct Producer {
     inner: Arc<Inner>,
 }
 
-type PartitionBatcher = BatchProducer<SizedAggregator>;
-
 #[derive(Debug)]
 struct Inner {
     /// Counts this producer in the metrics' active producers while it lives.
     _active: Option<kafkit_metrics::ActiveGuard>,
-    client: Client,
+    /// The accumulator and what the I/O tasks share.
+    shared: Arc<Shared>,
+    /// The router task, which owns the senders: dropping the producer stops them.
+    _router: OwnedTask<()>,
     settings: ProducerBuilder,
     /// Bytes of records in flight; `send` holds permits for its record until acknowledged.
     buffer: Arc<Semaphore>,
-    /// Topic name -> partitions. parking_lot RwLock, not tokio's: held only to clone an `Arc` out or
-    /// to swap one in, never across an await, and read on every send.
-    topics: RwLock<HashMap<String, Arc<TopicProducer>>>,
+    /// Topic name -> partition count. parking_lot RwLock, not tokio's: held only to clone an `Arc`
+    /// out or to swap one in, never across an await, and read on every send.
+    topics: RwLock<HashMap<String, Arc<TopicInfo>>>,
     /// Topic name -> the lock held while that topic's metadata is looked up: lookups are
     /// single-flight per topic (see `Producer::topic`), and a slow topic does not hold up others.
     lookups: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The call order of sends that had to wait (see [`Producer::send`]). parking_lot Mutex:
+    /// never held across an await.
+    gate: parking_lot::Mutex<Gate>,
+    /// Notified when `gate.done` moves.
+    gate_moved: Notify,
     closed: AtomicBool,
 }
 
 #[derive(Debug)]
-struct TopicProducer {
+struct TopicInfo {
     name: String,
-    partitions: Vec<Arc<PartitionProducer>>,
+    partitions: i32,
     /// Bytes of unkeyed records sent; `/ batch_size` picks the sticky partition, so unkeyed records
     /// fill one partition's batch before moving to the next (Java's sticky partitioner, lock-free).
     unkeyed_bytes: AtomicU64,
     fetched_at: Instant,
 }
 
-#[derive(Debug)]
-struct PartitionProducer {
+/// How `send` began: appended at the call, or waiting with a ticket for its turn.
+enum Begun {
+    Appended(Appended),
+    Waiting(ProducerRecord, u64),
+}
+
+/// A record in its partition's batch, waiting for its outcome.
+struct Appended {
+    topic: Arc<TopicInfo>,
     partition: i32,
-    /// Created on first use: connecting finds the leader, which may be down right now.
-    batcher: OnceCell<PartitionBatcher>,
+    timestamp: DateTime<Utc>,
+    outcome: oneshot::Receiver<Result<i64>>,
+    /// When it was appended: the delivery timeout counts from here.
+    started: Instant,
+    /// Its bytes in `buffer.memory`, held until the outcome.
+    _permit: OwnedSemaphorePermit,
+}
+
+/// The order in which sends that had to wait append their records: tickets are taken in call
+/// order, and each waits until the ones before it are done (appended, failed or dropped).
+#[derive(Debug, Default)]
+struct Gate {
+    /// Tickets handed out.
+    issued: u64,
+    /// Tickets done: every ticket below it appended, failed or was dropped.
+    done: u64,
+    /// Tickets above `done` whose sends were dropped before their turn.
+    abandoned: BTreeSet<u64>,
+}
+
+impl Gate {
+    /// Ends the ticket `done` and skips the abandoned ones after it.
+    fn advance(&mut self) {
+        self.done += 1;
+        while self.abandoned.remove(&self.done) {
+            self.done += 1;
+        }
+    }
+}
+
+/// A waiting send's ticket: its turn, and the end of it (also when the send is dropped).
+struct Turn<'a> {
+    inner: &'a Inner,
+    ticket: u64,
+    over: bool,
+}
+
+impl Turn<'_> {
+    /// Waits until every ticket before this one is done.
+    async fn wait(&self) {
+        loop {
+            let moved = self.inner.gate_moved.notified();
+            tokio::pin!(moved);
+            moved.as_mut().enable();
+            if self.inner.gate.lock().done == self.ticket {
+                return;
+            }
+            moved.await;
+        }
+    }
+
+    /// Lets the next ticket go.
+    fn end(&mut self) {
+        self.over = true;
+        self.inner.gate.lock().advance();
+        self.inner.gate_moved.notify_waiters();
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if self.over {
+            return;
+        }
+        let mut gate = self.inner.gate.lock();
+        if gate.done == self.ticket {
+            gate.advance();
+            drop(gate);
+            self.inner.gate_moved.notify_waiters();
+        } else {
+            gate.abandoned.insert(self.ticket);
+        }
+    }
 }
 
 impl Producer {
-    /// Sends `record` and waits until the broker acknowledges it (acks=all), returning where it was written.
+    /// Sends `record` and waits until the broker acknowledges it (as `acks` says), returning where
+    /// it was written.
     ///
-    /// Waits while the buffer is full. Retriable failures (broker down, leader moved) are retried with
-    /// backoff until the delivery timeout; then, or on a non-retriable failure, the error is returned.
-    /// A record is never dropped silently.
-    pub async fn send(&self, record: ProducerRecord) -> Result<Delivery> {
+    /// **Order.** The record is appended to its partition's batch when `send` is *called*, when it
+    /// can be: the topic's metadata is cached and the buffer has room. Otherwise the returned future
+    /// waits (for room, up to `max.block.ms`, or for the topic's metadata) and appends the record
+    /// then, after every send called before it that had to wait too, and no send called after it
+    /// appends first. So records sent to one partition from one task are written in the order of
+    /// the calls, however their futures are awaited (e.g. many at once); with idempotence this
+    /// holds through retries. Headers are written as given: repeated names, null values and names
+    /// that are not UTF-8 included.
+    ///
+    /// Retriable failures (broker down, leader moved) are retried with backoff until the delivery
+    /// timeout; then, or on a non-retriable failure, the error is returned. A record is never
+    /// dropped silently.
+    pub fn send(
+        &self,
+        record: ProducerRecord,
+    ) -> impl Future<Output = Result<Delivery>> + Send + 'static {
+        let producer = self.clone();
+        let begun = producer.begin(record);
+        async move {
+            match begun? {
+                Begun::Appended(appended) => producer.delivered(appended).await,
+                Begun::Waiting(record, ticket) => {
+                    let mut turn = Turn {
+                        inner: &producer.inner,
+                        ticket,
+                        over: false,
+                    };
+                    turn.wait().await;
+                    let appended = producer.append_waiting(record).await;
+                    turn.end();
+                    producer.delivered(appended?).await
+                }
+            }
+        }
+    }
+
+    /// The synchronous part of `send`: checks the record, and appends it at once when the topic is
+    /// cached, the buffer has room and no earlier send is waiting; else takes a ticket.
+    fn begin(&self, record: ProducerRecord) -> Result<Begun> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed { what: "producer" });
@@ -409,63 +671,91 @@ impl Producer {
                 capacity: settings.batch_size,
             });
         }
-        let deadline = Instant::now() + settings.delivery_timeout;
-        // Reserve buffer space first: the backpressure point. `size <= batch_size <= buffer_memory < 4 GiB`.
-        let _permit = Arc::clone(&inner.buffer)
-            .acquire_many_owned(size as u32)
+        let mut gate = inner.gate.lock();
+        if gate.issued == gate.done {
+            let cached = inner
+                .topics
+                .read()
+                .get(&record.topic)
+                .filter(|t| t.fetched_at.elapsed() < settings.metadata_max_age)
+                .cloned();
+            if let Some(topic) = cached {
+                // `size <= batch_size <= buffer_memory < 4 GiB`.
+                if let Ok(permit) = Arc::clone(&inner.buffer).try_acquire_many_owned(size as u32) {
+                    return self.append(topic, record, permit).map(Begun::Appended);
+                }
+            }
+        }
+        let ticket = gate.issued;
+        gate.issued += 1;
+        Ok(Begun::Waiting(record, ticket))
+    }
+
+    /// The waiting part of `send` (its turn come): room in the buffer (the backpressure point, up
+    /// to `max.block.ms`), the topic's metadata, then the append.
+    async fn append_waiting(&self, record: ProducerRecord) -> Result<Appended> {
+        let inner = &self.inner;
+        let settings = &inner.settings;
+        let acquire = Arc::clone(&inner.buffer).acquire_many_owned(record.size() as u32);
+        let permit = tokio::time::timeout(settings.max_block, acquire)
             .await
+            .map_err(|_| Error::BufferExhausted {
+                capacity: settings.buffer_memory,
+                waited: settings.max_block,
+            })?
             .map_err(|_| Error::Closed { what: "producer" })?;
-
         let topic = self.topic(&record.topic).await?;
-        let partition = self.choose_partition(&topic, &record, size)?;
-        let producer = Arc::clone(&topic.partitions[partition as usize]);
-        let timestamp = record.timestamp.unwrap_or_else(Utc::now);
-        let rs_record = Record {
-            headers: rskafka_headers(&record.headers)?,
-            key: record.key,
-            value: record.value,
-            timestamp,
-        };
+        self.append(topic, record, permit)
+    }
 
-        let attempt = async {
-            let batcher = producer
-                .batcher
-                .get_or_try_init(|| async {
-                    let client = inner
-                        .client
-                        .partition_client(
-                            topic.name.clone(),
-                            partition,
-                            UnknownTopicHandling::Retry,
-                        )
-                        .await
-                        .map_err(|source| Error::Kafka {
-                            context: format!(
-                                "connecting to the leader of {}/{partition}",
-                                topic.name
-                            ),
-                            source: Arc::new(source),
-                        })?;
-                    Ok::<_, Error>(
-                        BatchProducerBuilder::new(Arc::new(client))
-                            .with_linger(settings.linger)
-                            .with_compression(settings.compression.to_rskafka())
-                            .build(SizedAggregator::new(settings.batch_size)),
-                    )
-                })
-                .await?;
-            batcher
-                .produce(rs_record)
-                .await
-                .map_err(|source| Error::Produce {
-                    topic: topic.name.clone(),
-                    partition,
-                    source,
-                })
-        };
-        let started = Instant::now();
-        match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(Ok(offset)) => {
+    /// Appends `record` to its partition's batch.
+    fn append(
+        &self,
+        topic: Arc<TopicInfo>,
+        record: ProducerRecord,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<Appended> {
+        let inner = &self.inner;
+        let partition = self.choose_partition(&topic, &record, record.size())?;
+        let timestamp = record.timestamp.unwrap_or_else(Utc::now);
+        let tp = TopicPartition::new(topic.name.clone(), partition);
+        let (tx, rx) = oneshot::channel();
+        let now = Instant::now();
+        let appended = inner.shared.acc.lock().append(
+            &tp,
+            timestamp.timestamp_millis(),
+            record.key.as_deref(),
+            record.value.as_deref(),
+            &record.headers,
+            tx,
+            now,
+        );
+        if appended.wake {
+            inner.shared.wake(appended.leader);
+        }
+        Ok(Appended {
+            topic,
+            partition,
+            timestamp,
+            outcome: rx,
+            started: now,
+            _permit: permit,
+        })
+    }
+
+    /// Waits for an appended record's outcome, up to the delivery timeout.
+    async fn delivered(&self, appended: Appended) -> Result<Delivery> {
+        let settings = &self.inner.settings;
+        let Appended {
+            topic,
+            partition,
+            timestamp,
+            outcome,
+            started,
+            _permit,
+        } = appended;
+        match tokio::time::timeout_at(started + settings.delivery_timeout, outcome).await {
+            Ok(Ok(Ok(offset))) => {
                 if let Some(m) = &settings.metrics {
                     m.record_produced(&topic.name, started.elapsed());
                 }
@@ -476,7 +766,8 @@ impl Producer {
                     timestamp,
                 })
             }
-            Ok(Err(e)) => Err(e),
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(Error::Closed { what: "producer" }),
             Err(_) => Err(Error::DeliveryTimeout {
                 topic: topic.name.clone(),
                 partition,
@@ -485,20 +776,13 @@ impl Producer {
         }
     }
 
-    /// Sends every batch that is lingering and waits for the outstanding requests to finish.
+    /// Sends every batch that is lingering and waits until every record sent before the call is
+    /// acknowledged or failed (each `send` returns its own outcome).
     pub async fn flush(&self) -> Result<()> {
-        let topics: Vec<_> = self.inner.topics.read().values().cloned().collect();
-        for topic in topics {
-            for p in &topic.partitions {
-                if let Some(batcher) = p.batcher.get() {
-                    batcher.flush().await.map_err(|source| Error::Produce {
-                        topic: topic.name.clone(),
-                        partition: p.partition,
-                        source,
-                    })?;
-                }
-            }
-        }
+        let shared = &self.inner.shared;
+        let until = shared.acc.lock().flush();
+        shared.wake_all();
+        shared.finished(until).await;
         Ok(())
     }
 
@@ -515,16 +799,16 @@ impl Producer {
 
     /// The number of partitions of `topic`, from the producer's metadata cache.
     pub async fn partition_count(&self, topic: &str) -> Result<i32> {
-        Ok(self.topic(topic).await?.partitions.len() as i32)
+        Ok(self.topic(topic).await?.partitions)
     }
 
     fn choose_partition(
         &self,
-        topic: &TopicProducer,
+        topic: &TopicInfo,
         record: &ProducerRecord,
         size: usize,
     ) -> Result<i32> {
-        let count = topic.partitions.len() as i32;
+        let count = topic.partitions;
         if let Some(p) = record.partition {
             if !(0..count).contains(&p) {
                 return Err(Error::UnknownPartition {
@@ -545,18 +829,15 @@ impl Producer {
         Ok(((sent / batch) % count as u64) as i32)
     }
 
-    /// The topic's partitions, from the cache or, when absent or older than `metadata.max.age.ms`,
-    /// from a metadata request (retried until `max.block.ms` if the topic is not there yet).
+    /// The topic's partition count, from the cache or, when absent or older than
+    /// `metadata.max.age.ms`, from a metadata request (retried until `max.block.ms` if the topic is
+    /// not there yet). The same request gives the partitions' leaders to the accumulator.
     ///
-    /// Invariant: a topic has one `PartitionProducer` per partition for the producer's lifetime, so
-    /// each partition has one batcher and one leader connection however many sends race. Lookups
-    /// are single-flight: one send refreshes a topic while the others wait for it (no entry yet) or
-    /// go on with the stale entry (an entry to refresh). Without this, N concurrent first sends made
-    /// N metadata requests and N sets of partition producers, each with its own connections.
-    async fn topic(&self, name: &str) -> Result<Arc<TopicProducer>> {
+    /// Lookups are single-flight: one send refreshes a topic while the others wait for it (no
+    /// entry yet) or go on with the stale entry (an entry to refresh).
+    async fn topic(&self, name: &str) -> Result<Arc<TopicInfo>> {
         let inner = &self.inner;
-        let fresh_enough =
-            |t: &TopicProducer| t.fetched_at.elapsed() < inner.settings.metadata_max_age;
+        let fresh_enough = |t: &TopicInfo| t.fetched_at.elapsed() < inner.settings.metadata_max_age;
         let cached = inner.topics.read().get(name).cloned();
         if let Some(t) = &cached
             && fresh_enough(t)
@@ -583,11 +864,10 @@ impl Producer {
         let give_up = Instant::now() + inner.settings.max_block;
         let mut backoff = inner.settings.retry_backoff.start();
         let count = loop {
-            let listed = inner.client.list_topics().await;
-            match listed {
-                Ok(topics) => {
-                    if let Some(t) = topics.iter().find(|t| t.name == name) {
-                        break t.partitions.len();
+            match inner.shared.metadata(&[name.to_owned()]).await {
+                Ok(counts) => {
+                    if let Some(&count) = counts.get(name) {
+                        break count;
                     }
                     if let Some(t) = &cached {
                         // Metadata lost the topic for a moment (deleted and recreating?): keep the old view.
@@ -599,15 +879,12 @@ impl Producer {
                         });
                     }
                 }
-                Err(source) => {
+                Err(error) => {
                     if let Some(t) = &cached {
                         return Ok(Arc::clone(t));
                     }
                     if Instant::now() >= give_up {
-                        return Err(Error::Kafka {
-                            context: format!("looking up partitions of topic `{name}`"),
-                            source: Arc::new(source),
-                        });
+                        return Err(error);
                     }
                 }
             }
@@ -616,24 +893,10 @@ impl Producer {
                 .min(give_up.saturating_duration_since(Instant::now()));
             tokio::time::sleep(delay).await;
         };
-
-        // Keep existing partition producers (their batches and connections) across refreshes.
-        let partitions = (0..count as i32)
-            .map(|p| {
-                cached
-                    .as_ref()
-                    .and_then(|t| t.partitions.get(p as usize).cloned())
-                    .unwrap_or_else(|| {
-                        Arc::new(PartitionProducer {
-                            partition: p,
-                            batcher: OnceCell::new(),
-                        })
-                    })
-            })
-            .collect();
-        let fresh = Arc::new(TopicProducer {
+        inner.shared.wake_all();
+        let fresh = Arc::new(TopicInfo {
             name: name.to_owned(),
-            partitions,
+            partitions: count,
             unkeyed_bytes: AtomicU64::new(
                 cached
                     .as_ref()
@@ -653,54 +916,4 @@ impl Producer {
 fn rand_start() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(std::process::id()) % (1 << 40)
-}
-
-/// The headers as rskafka's record carries them: a map of UTF-8 names to non-null values. Headers it
-/// cannot carry (a repeated name, a null value, a name that is not UTF-8) are refused, naming the
-/// header, rather than changed in silence.
-fn rskafka_headers(headers: &Headers) -> Result<BTreeMap<String, Vec<u8>>> {
-    let mut map = BTreeMap::new();
-    for header in headers {
-        let refuse = |why: &str| Error::InvalidRecord {
-            reason: format!(
-                "header {:?}: {why}; the producer's data plane (rskafka) carries one non-null value per UTF-8 name",
-                header.name()
-            ),
-        };
-        let name = std::str::from_utf8(header.name_bytes())
-            .map_err(|_| refuse("its name is not UTF-8"))?;
-        let value = header.value().ok_or_else(|| refuse("its value is null"))?;
-        if map.insert(name.to_owned(), value.to_vec()).is_some() {
-            return Err(refuse("the name is repeated"));
-        }
-    }
-    Ok(map)
-}
-
-/// `headers` reduced to what [`rskafka_headers`] accepts: the last value of each name (at the place
-/// of the first), null values as empty ones, names decoded lossily; and whether anything changed.
-/// For the dead-letter path, which must not fail on what the original record carried.
-pub(crate) fn carriable_headers(headers: Headers) -> (Headers, bool) {
-    let mut order: Vec<String> = Vec::with_capacity(headers.len());
-    let mut last: HashMap<String, Bytes> = HashMap::with_capacity(headers.len());
-    let mut changed = false;
-    for header in &headers {
-        let name = header.name().into_owned();
-        changed |= header.value().is_none() || name.as_bytes() != header.name_bytes();
-        let value = header.value_bytes().cloned().unwrap_or_default();
-        if last.insert(name.clone(), value).is_some() {
-            changed = true;
-        } else {
-            order.push(name);
-        }
-    }
-    if !changed {
-        return (headers, false);
-    }
-    let mut reduced = Headers::with_capacity(order.len());
-    for name in order {
-        let value = last.remove(&name).unwrap_or_default();
-        reduced.add(name, value);
-    }
-    (reduced, true)
 }

@@ -9,10 +9,11 @@ use kafka_protocol::messages::{
     ConsumerGroupDescribeResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
     DeleteTopicsResponse, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest,
     FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
-    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse,
-    ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse,
-    MetadataRequest, MetadataResponse, OffsetCommitRequest, OffsetCommitResponse,
-    OffsetFetchRequest, OffsetFetchResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
+    HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
+    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    ProduceRequest, ProduceResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
     SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message};
@@ -62,6 +63,13 @@ api! {
     MetadataRequest => MetadataResponse, Metadata, 12;
     // v13+ name topics by id; v12 is the last by name (flexible, no fetch session needed).
     FetchRequest => FetchResponse, Fetch, 12;
+    // v9: flexible, topics by name. v10 adds leader hints to NOT_LEADER_OR_FOLLOWER answers
+    // (KIP-951), which kafkit does not read (it looks the leader up again); v11+ are for
+    // transactions v2 (KIP-890) and v13 names topics by id.
+    ProduceRequest => ProduceResponse, Produce, 9;
+    // v3: the current producer id and epoch for a KIP-360 epoch bump; v4: flexible and
+    // PRODUCER_FENCED. v5 is for transactions v2 (KIP-890).
+    InitProducerIdRequest => InitProducerIdResponse, InitProducerId, 4;
     CreateTopicsRequest => CreateTopicsResponse, CreateTopics, 7;
     // v6 names topics by name or id in a new structure; names alone are enough for kafkit.
     DeleteTopicsRequest => DeleteTopicsResponse, DeleteTopics, 5;

@@ -429,12 +429,30 @@ impl Connection {
         self.send_version(request, version, timeout).await
     }
 
-    async fn send_version<R: ApiRequest>(
+    /// Writes `request` at the negotiated version and does not wait for an answer: for a
+    /// ProduceRequest with acks=0, which the broker never answers.
+    pub(crate) async fn send_unanswered<R: ApiRequest>(
+        &self,
+        request: &R,
+    ) -> Result<(), WireError> {
+        let version = self.version_for::<R>()?;
+        let (_, frame) = self.frame(request, version)?;
+        let mut writer = self.writer.lock().await;
+        writer.write_all(&frame).await.map_err(|e| {
+            self.dead.store(true, Ordering::Release);
+            WireError::Io {
+                broker: self.broker.clone(),
+                message: e.to_string(),
+            }
+        })
+    }
+
+    /// A request frame for `request` at `version` with a new correlation id.
+    fn frame<R: ApiRequest>(
         &self,
         request: &R,
         version: i16,
-        timeout: Duration,
-    ) -> Result<R::Response, WireError> {
+    ) -> Result<(i32, BytesMut), WireError> {
         let api = R::KEY;
         let codec = |message: String| WireError::Codec {
             broker: self.broker.clone(),
@@ -463,6 +481,22 @@ impl Connection {
             .map_err(|e| codec(e.to_string()))?;
         let len = (frame.len() - 4) as i32;
         frame[..4].copy_from_slice(&len.to_be_bytes());
+        Ok((correlation_id, frame))
+    }
+
+    async fn send_version<R: ApiRequest>(
+        &self,
+        request: &R,
+        version: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, WireError> {
+        let api = R::KEY;
+        let codec = |message: String| WireError::Codec {
+            broker: self.broker.clone(),
+            api,
+            message,
+        };
+        let (correlation_id, frame) = self.frame(request, version)?;
 
         let (tx, rx) = oneshot::channel();
         self.pending.lock().insert(correlation_id, tx);

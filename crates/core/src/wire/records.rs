@@ -928,11 +928,265 @@ fn read_i64(bytes: &[u8], at: usize) -> Option<i64> {
     Some(i64::from_be_bytes(field.try_into().ok()?))
 }
 
+// ---------------------------------------------------------------------------------------------
+// Writing batches
+// ---------------------------------------------------------------------------------------------
+
+/// The compression codec of a written batch, by the id it has in the batch attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Codec {
+    /// No compression.
+    None = 0,
+    /// gzip (`flate2` on `miniz_oxide`, default level).
+    Gzip = 1,
+    /// snappy in the xerial framing the Java producer writes (blocks of [`XERIAL_BLOCK`] bytes).
+    Snappy = 2,
+    /// One LZ4 frame, independent 64 KiB blocks (what Kafka's LZ4 reader accepts).
+    Lz4 = 3,
+    /// One zstd frame (`ruzstd`'s fastest level, about zstd's level 1).
+    Zstd = 4,
+}
+
+/// Uncompressed bytes per xerial snappy block: snappy-java's default block size.
+const XERIAL_BLOCK: usize = 32 * 1024;
+
+/// Who writes a batch, for idempotence: producer id, epoch and the sequence of its first record.
+/// [`Stamp::NONE`] for a producer without idempotence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamp {
+    pub(crate) producer_id: i64,
+    pub(crate) producer_epoch: i16,
+    pub(crate) base_sequence: i32,
+}
+
+impl Stamp {
+    /// No producer id, epoch or sequence (-1 each).
+    pub(crate) const NONE: Stamp = Stamp {
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
+}
+
+/// Bytes of Kafka's zigzag varint of `value`.
+pub(crate) fn varint_len(value: i64) -> usize {
+    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
+    let mut len = 1;
+    while raw >= 0x80 {
+        raw >>= 7;
+        len += 1;
+    }
+    len
+}
+
+/// Appends Kafka's zigzag varint of `value`.
+fn put_varint(buf: &mut Vec<u8>, value: i64) {
+    let mut raw = ((value << 1) ^ (value >> 63)) as u64;
+    while raw >= 0x80 {
+        buf.push((raw as u8) | 0x80);
+        raw >>= 7;
+    }
+    buf.push(raw as u8);
+}
+
+/// Bytes of a varint length and the bytes, or of -1 for `None`.
+fn nullable_len(bytes: Option<&[u8]>) -> usize {
+    bytes.map_or(1, |b| varint_len(b.len() as i64) + b.len())
+}
+
+/// Appends a varint length and the bytes, or -1 for `None`.
+fn put_nullable(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => put_varint(buf, -1),
+        Some(bytes) => {
+            put_varint(buf, bytes.len() as i64);
+            buf.extend_from_slice(bytes);
+        }
+    }
+}
+
+/// The one writer of v2 record batches (message format v2, magic 2), as the Java producer lays
+/// them out: records are encoded into the uncompressed records section as they are appended
+/// (offset deltas 0, 1, 2, ...; timestamp deltas from the first record's timestamp, negative ones
+/// included), headers in order with duplicate names, null values and names that are not UTF-8 as
+/// given; [`finish`](Self::finish) compresses the section and writes the 61-byte header with its
+/// CRC-32C (over the bytes from the attributes on).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BatchBuilder {
+    section: Vec<u8>,
+    count: i32,
+    first_timestamp: i64,
+    max_timestamp: i64,
+}
+
+impl BatchBuilder {
+    /// An empty batch whose records section starts with room for `capacity` bytes.
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
+        Self {
+            section: Vec::with_capacity(capacity),
+            ..Self::default()
+        }
+    }
+
+    /// Records appended so far.
+    pub(crate) fn count(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Bytes of the batch, uncompressed, header included.
+    pub(crate) fn size(&self) -> usize {
+        BATCH_HEADER_LEN + self.section.len()
+    }
+
+    /// Bytes the batch grows by if a record with these fields is appended, its length prefix
+    /// included.
+    pub(crate) fn growth(
+        &self,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &Headers,
+    ) -> usize {
+        let body = self.body_len(timestamp_ms, key, value, headers);
+        varint_len(body as i64) + body
+    }
+
+    fn timestamp_delta(&self, timestamp_ms: i64) -> i64 {
+        if self.count == 0 {
+            0
+        } else {
+            timestamp_ms.wrapping_sub(self.first_timestamp)
+        }
+    }
+
+    fn body_len(
+        &self,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &Headers,
+    ) -> usize {
+        let headers_len: usize = headers
+            .iter()
+            .map(|h| nullable_len(Some(h.name_bytes())) + nullable_len(h.value()))
+            .sum();
+        1 + varint_len(self.timestamp_delta(timestamp_ms))
+            + varint_len(i64::from(self.count))
+            + nullable_len(key)
+            + nullable_len(value)
+            + varint_len(headers.len() as i64)
+            + headers_len
+    }
+
+    /// Appends a record (attributes 0, CreateTime `timestamp_ms`).
+    pub(crate) fn append(
+        &mut self,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &Headers,
+    ) {
+        if self.count == 0 {
+            self.first_timestamp = timestamp_ms;
+            self.max_timestamp = timestamp_ms;
+        }
+        let body = self.body_len(timestamp_ms, key, value, headers);
+        let timestamp_delta = self.timestamp_delta(timestamp_ms);
+        let section = &mut self.section;
+        put_varint(section, body as i64);
+        section.push(0); // attributes
+        put_varint(section, timestamp_delta);
+        put_varint(section, i64::from(self.count));
+        put_nullable(section, key);
+        put_nullable(section, value);
+        put_varint(section, headers.len() as i64);
+        for header in headers {
+            put_nullable(section, Some(header.name_bytes()));
+            put_nullable(section, header.value());
+        }
+        self.max_timestamp = self.max_timestamp.max(timestamp_ms);
+        self.count += 1;
+    }
+
+    /// The batch: the records section compressed with `codec`, under a sealed header with
+    /// `base_offset` (0 for a produced batch: the broker assigns offsets) and `stamp`.
+    pub(crate) fn finish(&self, codec: Codec, base_offset: i64, stamp: Stamp) -> Vec<u8> {
+        let mut batch = Vec::with_capacity(BATCH_HEADER_LEN + self.section.len());
+        batch.extend_from_slice(&base_offset.to_be_bytes());
+        batch.extend_from_slice(&0i32.to_be_bytes()); // length, below
+        batch.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch (the broker's)
+        batch.push(2); // magic
+        batch.extend_from_slice(&0u32.to_be_bytes()); // CRC, below
+        batch.extend_from_slice(&(codec as i16).to_be_bytes());
+        batch.extend_from_slice(&(self.count - 1).max(0).to_be_bytes()); // last offset delta
+        batch.extend_from_slice(&self.first_timestamp.to_be_bytes());
+        batch.extend_from_slice(&self.max_timestamp.to_be_bytes());
+        batch.extend_from_slice(&[0; 14]); // producer id, epoch, base sequence: `restamp`
+        batch.extend_from_slice(&self.count.to_be_bytes());
+        compress_into(codec, &self.section, &mut batch);
+        let length = (batch.len() - LOG_OVERHEAD) as i32;
+        batch[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
+        restamp(&mut batch, stamp);
+        batch
+    }
+}
+
+/// Writes `stamp` into a batch [`BatchBuilder::finish`] wrote and seals it again (the CRC covers
+/// the producer fields): a retried batch keeps its bytes and changes only these after an epoch bump.
+pub(crate) fn restamp(batch: &mut [u8], stamp: Stamp) {
+    batch[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&stamp.producer_id.to_be_bytes());
+    batch[PRODUCER_ID_AT + 8..PRODUCER_ID_AT + 10]
+        .copy_from_slice(&stamp.producer_epoch.to_be_bytes());
+    batch[PRODUCER_ID_AT + 10..RECORD_COUNT_AT].copy_from_slice(&stamp.base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[ATTRIBUTES_AT..]);
+    batch[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Appends `section` compressed with `codec` to `out`. Writing to a `Vec` cannot fail, and the
+/// encoders fail only on a failing writer.
+fn compress_into(codec: Codec, section: &[u8], out: &mut Vec<u8>) {
+    use std::io::Write;
+    const INFALLIBLE: &str = "compressing into memory does not fail";
+    match codec {
+        Codec::None => out.extend_from_slice(section),
+        Codec::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+            encoder.write_all(section).expect(INFALLIBLE);
+            encoder.finish().expect(INFALLIBLE);
+        }
+        Codec::Snappy => {
+            out.extend_from_slice(XERIAL_MAGIC);
+            out.extend_from_slice(&1i32.to_be_bytes()); // version
+            out.extend_from_slice(&1i32.to_be_bytes()); // compatible version
+            let mut encoder = snap::raw::Encoder::new();
+            let mut block = Vec::new();
+            for piece in section.chunks(XERIAL_BLOCK) {
+                block.resize(snap::raw::max_compress_len(piece.len()), 0);
+                let len = encoder.compress(piece, &mut block).expect(INFALLIBLE);
+                out.extend_from_slice(&(len as i32).to_be_bytes());
+                out.extend_from_slice(&block[..len]);
+            }
+        }
+        Codec::Lz4 => {
+            let info = lz4_flex::frame::FrameInfo::new()
+                .block_mode(lz4_flex::frame::BlockMode::Independent)
+                .block_size(lz4_flex::frame::BlockSize::Max64KB);
+            let mut encoder = lz4_flex::frame::FrameEncoder::with_frame_info(info, out);
+            encoder.write_all(section).expect(INFALLIBLE);
+            encoder.finish().expect(INFALLIBLE);
+        }
+        Codec::Zstd => out.extend(ruzstd::encoding::compress_to_vec(
+            section,
+            ruzstd::encoding::CompressionLevel::Fastest,
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;
 
-    use bytes::{BufMut, BytesMut};
+    use bytes::BytesMut;
     use kafka_protocol::indexmap::IndexMap;
     use kafka_protocol::protocol::StrBytes;
     use kafka_protocol::records::{
@@ -1057,12 +1311,13 @@ mod tests {
         buf.freeze()
     }
 
-    /// How [`write_batch`] compresses the records section.
+    /// How [`write_batch`] compresses the records section: as the producer does ([`Codec`], one
+    /// frame), or framed in ways other writers use, which the producer's encoder never writes.
     #[derive(Debug, Clone, Copy, PartialEq)]
-    enum Codec {
-        None,
-        Gzip,
-        /// The xerial framing of the Java producer, in blocks of this many uncompressed bytes.
+    enum Framing {
+        /// [`BatchBuilder::finish`] with this codec.
+        Produced(Codec),
+        /// The xerial framing, in blocks of this many uncompressed bytes.
         SnappyXerial(usize),
         /// One raw snappy block.
         SnappyRaw,
@@ -1072,29 +1327,35 @@ mod tests {
         Zstd(usize),
     }
 
-    impl Codec {
-        /// Every way of writing, each splitting the data where it can.
-        const ALL: [Codec; 6] = [
-            Codec::None,
-            Codec::Gzip,
-            Codec::SnappyXerial(40),
-            Codec::SnappyRaw,
-            Codec::Lz4(100),
-            Codec::Zstd(100),
+    impl Framing {
+        const NONE: Framing = Framing::Produced(Codec::None);
+        const GZIP: Framing = Framing::Produced(Codec::Gzip);
+
+        /// Every way of writing: the producer's five codecs, then the other framings, each
+        /// splitting the data where it can.
+        const ALL: [Framing; 9] = [
+            Framing::NONE,
+            Framing::GZIP,
+            Framing::Produced(Codec::Snappy),
+            Framing::Produced(Codec::Lz4),
+            Framing::Produced(Codec::Zstd),
+            Framing::SnappyXerial(40),
+            Framing::SnappyRaw,
+            Framing::Lz4(100),
+            Framing::Zstd(100),
         ];
 
         /// The codec id in the batch attributes.
         fn id(self) -> i16 {
             match self {
-                Codec::None => NONE,
-                Codec::Gzip => GZIP,
-                Codec::SnappyXerial(_) | Codec::SnappyRaw => SNAPPY,
-                Codec::Lz4(_) => LZ4,
-                Codec::Zstd(_) => ZSTD,
+                Framing::Produced(codec) => codec as i16,
+                Framing::SnappyXerial(_) | Framing::SnappyRaw => SNAPPY,
+                Framing::Lz4(_) => LZ4,
+                Framing::Zstd(_) => ZSTD,
             }
         }
 
-        /// `data` compressed as this codec writes it.
+        /// `data` compressed as this framing writes it.
         fn compress(self, data: &[u8]) -> Vec<u8> {
             // Pieces of at least one byte; no data is one empty piece (one empty frame).
             let pieces = |size: usize| -> Vec<&[u8]> {
@@ -1105,14 +1366,12 @@ mod tests {
                 }
             };
             match self {
-                Codec::None => data.to_vec(),
-                Codec::Gzip => {
-                    let mut encoder =
-                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                    encoder.write_all(data).expect("gzip");
-                    encoder.finish().expect("gzip")
+                Framing::Produced(codec) => {
+                    let mut out = Vec::new();
+                    compress_into(codec, data, &mut out);
+                    out
                 }
-                Codec::SnappyXerial(block) => {
+                Framing::SnappyXerial(block) => {
                     let mut out = XERIAL_MAGIC.to_vec();
                     out.extend_from_slice(&1i32.to_be_bytes());
                     out.extend_from_slice(&1i32.to_be_bytes());
@@ -1125,10 +1384,10 @@ mod tests {
                     }
                     out
                 }
-                Codec::SnappyRaw => snap::raw::Encoder::new()
+                Framing::SnappyRaw => snap::raw::Encoder::new()
                     .compress_vec(data)
                     .expect("snappy"),
-                Codec::Lz4(frame) => {
+                Framing::Lz4(frame) => {
                     let mut out = Vec::new();
                     for piece in pieces(frame) {
                         let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::new());
@@ -1137,7 +1396,7 @@ mod tests {
                     }
                     out
                 }
-                Codec::Zstd(frame) => pieces(frame)
+                Framing::Zstd(frame) => pieces(frame)
                     .into_iter()
                     .flat_map(|piece| {
                         ruzstd::encoding::compress_to_vec(
@@ -1150,74 +1409,48 @@ mod tests {
         }
     }
 
-    /// Kafka's zigzag varint.
-    fn put_varlong(buf: &mut Vec<u8>, value: i64) {
-        let mut raw = ((value << 1) ^ (value >> 63)) as u64;
-        while raw >= 0x80 {
-            buf.push((raw as u8) | 0x80);
-            raw >>= 7;
-        }
-        buf.push(raw as u8);
-    }
-
-    /// A varint length and the bytes; -1 for `None`.
-    fn put_nullable(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
-        match bytes {
-            None => put_varlong(buf, -1),
-            Some(bytes) => {
-                put_varlong(buf, bytes.len() as i64);
-                buf.extend_from_slice(bytes);
-            }
-        }
-    }
-
-    /// The records section of a batch, uncompressed, as Kafka lays it out.
-    fn records_section(base: i64, first_timestamp: i64, records: &[Written]) -> Vec<u8> {
-        let mut section = Vec::new();
+    /// `records` (consecutive offsets) in the producer's [`BatchBuilder`].
+    fn builder_of(records: &[Written]) -> BatchBuilder {
+        let mut builder = BatchBuilder::default();
         for record in records {
-            let mut body = vec![0u8]; // attributes
-            put_varlong(&mut body, record.timestamp - first_timestamp);
-            put_varlong(&mut body, record.offset - base);
-            put_nullable(&mut body, record.key.as_deref());
-            put_nullable(&mut body, record.value.as_deref());
-            put_varlong(&mut body, record.headers.len() as i64);
-            for (name, value) in &record.headers {
-                put_nullable(&mut body, Some(name));
-                put_nullable(&mut body, value.as_deref());
-            }
-            put_varlong(&mut section, body.len() as i64);
-            section.extend_from_slice(&body);
+            let headers: Headers = record
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    Header::from_raw(Bytes::from(name.clone()), value.clone().map(Bytes::from))
+                })
+                .collect();
+            builder.append(
+                record.timestamp,
+                record.key.as_deref(),
+                record.value.as_deref(),
+                &headers,
+            );
         }
-        section
+        builder
     }
 
-    /// Writes `records` as one batch by hand, as the Java producer lays it out: for what
-    /// kafka-protocol's encoder cannot write (duplicate header names, names that are not UTF-8, and
-    /// codecs it would need C for).
-    fn write_batch(codec: Codec, records: &[Written]) -> Bytes {
-        let base = records.first().map_or(0, |record| record.offset);
-        let last = records.last().map_or(base, |record| record.offset);
-        let first_timestamp = records.first().map_or(0, |record| record.timestamp);
-        let max_timestamp = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
-        let section = codec.compress(&records_section(base, first_timestamp, records));
+    /// The uncompressed records section of `records` as the producer's encoder writes it.
+    fn records_section(records: &[Written]) -> Vec<u8> {
+        builder_of(records).finish(Codec::None, 0, Stamp::NONE)[BATCH_HEADER_LEN..].to_vec()
+    }
 
-        let mut batch = BytesMut::new();
-        batch.put_i64(base);
-        batch.put_i32((BATCH_HEADER_LEN - LOG_OVERHEAD + section.len()) as i32);
-        batch.put_i32(-1); // partition leader epoch
-        batch.put_i8(2); // magic
-        batch.put_u32(0); // CRC, below
-        batch.put_i16(codec.id());
-        batch.put_i32((last - base) as i32);
-        batch.put_i64(first_timestamp);
-        batch.put_i64(max_timestamp);
-        batch.put_i64(-1); // producer id
-        batch.put_i16(-1); // producer epoch
-        batch.put_i32(-1); // base sequence
-        batch.put_i32(records.len() as i32);
-        batch.extend_from_slice(&section);
-        seal(&mut batch);
-        batch.freeze()
+    /// `records` (consecutive offsets) as one batch by the producer's encoder, compressed as
+    /// `framing` says.
+    fn write_batch(framing: Framing, records: &[Written]) -> Bytes {
+        let base = records.first().map_or(0, |record| record.offset);
+        let builder = builder_of(records);
+        if let Framing::Produced(codec) = framing {
+            return Bytes::from(builder.finish(codec, base, Stamp::NONE));
+        }
+        let plain = builder.finish(Codec::None, base, Stamp::NONE);
+        let section = framing.compress(&plain[BATCH_HEADER_LEN..]);
+        let mut batch = [&plain[..BATCH_HEADER_LEN], &section].concat();
+        let length = (batch.len() - LOG_OVERHEAD) as i32;
+        batch[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
+        batch[ATTRIBUTES_AT + 1] = framing.id() as u8;
+        restamp(&mut batch, Stamp::NONE);
+        Bytes::from(batch)
     }
 
     /// Writes the CRC of the single batch in `bytes`.
@@ -1377,7 +1610,7 @@ mod tests {
     #[test]
     fn compressed_batch_records_share_one_buffer() {
         let written: Vec<Written> = (0..20).map(Written::simple).collect();
-        let input = write_batch(Codec::Zstd(1000), &written);
+        let input = write_batch(Framing::Zstd(1000), &written);
         let decoded = decode(input.clone(), 0, &[]);
         assert_eq!(decoded.records, expected(&written));
         // Every piece is in one buffer (the records section of 20 simple records is well under
@@ -1416,7 +1649,7 @@ mod tests {
                 (b"other".to_vec(), Some(Vec::new())),
             ],
         };
-        for codec in Codec::ALL {
+        for codec in Framing::ALL {
             let decoded = decode(write_batch(codec, std::slice::from_ref(&record)), 0, &[]);
             assert_eq!(decoded.records, vec![record.expected()], "{codec:?}");
             let headers = &decoded.records[0].headers;
@@ -1442,7 +1675,7 @@ mod tests {
             ..Written::simple(1)
         };
         let input = write_batch(
-            Codec::None,
+            Framing::NONE,
             &[Written::simple(0), odd.clone(), Written::simple(2)],
         );
         let decoded = decode(input, 0, &[]);
@@ -1457,7 +1690,7 @@ mod tests {
     #[test]
     fn every_codec_decodes_in_the_default_build() {
         let written: Vec<Written> = (0..50).map(Written::simple).collect();
-        for codec in Codec::ALL {
+        for codec in Framing::ALL {
             let input = write_batch(codec, &written);
             assert_eq!(
                 read_i16(&input, ATTRIBUTES_AT),
@@ -1470,10 +1703,10 @@ mod tests {
         }
         // Several frames or blocks in one batch, and an empty batch, for the codecs that frame.
         for codec in [
-            Codec::SnappyXerial(1),
-            Codec::SnappyXerial(1 << 20),
-            Codec::Lz4(7),
-            Codec::Zstd(7),
+            Framing::SnappyXerial(1),
+            Framing::SnappyXerial(1 << 20),
+            Framing::Lz4(7),
+            Framing::Zstd(7),
         ] {
             let decoded = decode(write_batch(codec, &written), 0, &[]);
             assert_eq!(decoded.records, expected(&written), "{codec:?}");
@@ -1585,12 +1818,8 @@ mod tests {
         section.extend_from_slice(&0x184D_2A50u32.to_le_bytes());
         section.extend_from_slice(&3u32.to_le_bytes());
         section.extend_from_slice(b"abc");
-        section.extend(Codec::Zstd(1000).compress(&records_section(
-            0,
-            written[0].timestamp,
-            &written,
-        )));
-        let plain = write_batch(Codec::None, &written);
+        section.extend(Framing::Zstd(1000).compress(&records_section(&written)));
+        let plain = write_batch(Framing::NONE, &written);
         let batch = edit_batch(
             &Bytes::from([&plain[..BATCH_HEADER_LEN], &section].concat()),
             |bytes| {
@@ -1794,7 +2023,7 @@ mod tests {
         let good_1: Vec<Written> = (0..3).map(Written::simple).collect();
         let bad: Vec<Written> = (3..8).map(Written::simple).collect();
         let good_2: Vec<Written> = (8..10).map(Written::simple).collect();
-        for codec in Codec::ALL {
+        for codec in Framing::ALL {
             let bad_batch = write_batch(codec, &bad);
             // A byte of the records section flipped and the CRC re-sealed: the records are
             // malformed (or decompress to garbage), not just the CRC.
@@ -1825,10 +2054,10 @@ mod tests {
         }
         // A CRC mismatch in the last offset delta: the batch claims to end far later, but the
         // good batch after it bounds the skip.
-        let mut claims_more = write_batch(Codec::None, &bad).to_vec();
+        let mut claims_more = write_batch(Framing::NONE, &bad).to_vec();
         claims_more[LAST_OFFSET_DELTA_AT..LAST_OFFSET_DELTA_AT + 4]
             .copy_from_slice(&1_000i32.to_be_bytes());
-        let good_after = write_batch(Codec::None, &good_2);
+        let good_after = write_batch(Framing::NONE, &good_2);
         let input = concat(&[&Bytes::from(claims_more.clone()), &good_after]);
         let (_, corrupt) = decode_corrupt(input, 3);
         assert!(corrupt.reason.contains("CRC mismatch"), "{corrupt:?}");
@@ -1838,9 +2067,9 @@ mod tests {
         assert_eq!(corrupt.skip_to, 1_004);
 
         // And a corrupt batch first: nothing, and the position moves past it.
-        let mut broken = write_batch(Codec::None, &bad).to_vec();
+        let mut broken = write_batch(Framing::NONE, &bad).to_vec();
         broken[BATCH_HEADER_LEN] ^= 0x80;
-        let input = concat(&[&Bytes::from(broken), &write_batch(Codec::None, &good_2)]);
+        let input = concat(&[&Bytes::from(broken), &write_batch(Framing::NONE, &good_2)]);
         let (decoded, corrupt) = decode_corrupt(input, 3);
         assert!(decoded.records.is_empty());
         assert_eq!(decoded.next_offset, None);
@@ -1850,7 +2079,7 @@ mod tests {
     #[test]
     fn malformed_records_are_named() {
         let written: Vec<Written> = (0..2).map(Written::simple).collect();
-        let good = write_batch(Codec::None, &written);
+        let good = write_batch(Framing::NONE, &written);
         // The first record's length varint (one byte, zigzag) made one longer, and a byte added
         // at the end, so the lengths add up: the record is longer than its fields.
         let mut longer = good.to_vec();
@@ -1909,7 +2138,7 @@ mod tests {
     #[test]
     fn impossible_record_count_is_corrupt() {
         let written: Vec<Written> = (0..2).map(Written::simple).collect();
-        for codec in [Codec::None, Codec::Gzip, Codec::Zstd(1000)] {
+        for codec in [Framing::NONE, Framing::GZIP, Framing::Zstd(1000)] {
             let inflated = edit_batch(&write_batch(codec, &written), |bytes| {
                 bytes[RECORD_COUNT_AT..RECORD_COUNT_AT + 4]
                     .copy_from_slice(&i32::MAX.to_be_bytes());
@@ -1938,7 +2167,7 @@ mod tests {
         }
         claim.push(length as u8);
         claim.extend_from_slice(&[0; 8]);
-        let plain = write_batch(Codec::None, &[]);
+        let plain = write_batch(Framing::NONE, &[]);
         let snappy = edit_batch(&Bytes::from([&plain[..], &claim].concat()), |bytes| {
             let length = (bytes.len() - LOG_OVERHEAD) as i32;
             bytes[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
@@ -1951,9 +2180,9 @@ mod tests {
         let zeros = vec![0u8; 1 << 20];
         let mut frames = Vec::new();
         for _ in 0..64 {
-            frames.extend(Codec::Lz4(1 << 20).compress(&zeros));
+            frames.extend(Framing::Lz4(1 << 20).compress(&zeros));
         }
-        frames.extend(Codec::Lz4(1).compress(&[0]));
+        frames.extend(Framing::Lz4(1).compress(&[0]));
         let (_, corrupt) = decode_corrupt(
             edit_batch(&Bytes::from([&plain[..], &frames].concat()), |bytes| {
                 let length = (bytes.len() - LOG_OVERHEAD) as i32;
@@ -2029,7 +2258,7 @@ mod tests {
         /// kafka-protocol's encoder.
         Protocol(Compression),
         /// [`write_batch`].
-        Hand(Codec),
+        Hand(Framing),
     }
 
     /// Batches: (gap before the batch, encoder, records).
@@ -2045,12 +2274,12 @@ mod tests {
                 proptest::collection::vec(written_strategy(true), 1..5),
             )
         });
-        let hand = (proptest::sample::select(Codec::ALL.to_vec()), 1usize..64)
+        let hand = (proptest::sample::select(Framing::ALL.to_vec()), 1usize..64)
             .prop_map(|(codec, size)| {
                 Encoder::Hand(match codec {
-                    Codec::SnappyXerial(_) => Codec::SnappyXerial(size),
-                    Codec::Lz4(_) => Codec::Lz4(size),
-                    Codec::Zstd(_) => Codec::Zstd(size),
+                    Framing::SnappyXerial(_) => Framing::SnappyXerial(size),
+                    Framing::Lz4(_) => Framing::Lz4(size),
+                    Framing::Zstd(_) => Framing::Zstd(size),
                     other => other,
                 })
             })
@@ -2110,7 +2339,91 @@ mod tests {
         Ok(())
     }
 
+    /// The producer fields of a single batch: producer id, epoch, base sequence.
+    fn stamp_of(batch: &[u8]) -> Stamp {
+        Stamp {
+            producer_id: read_i64(batch, PRODUCER_ID_AT).expect("producer id"),
+            producer_epoch: read_i16(batch, PRODUCER_ID_AT + 8).expect("epoch"),
+            base_sequence: read_i32(batch, PRODUCER_ID_AT + 10).expect("sequence"),
+        }
+    }
+
+    #[test]
+    fn restamping_changes_the_producer_fields_and_keeps_the_batch_valid() {
+        let written: Vec<Written> = (0..3).map(Written::simple).collect();
+        let mut batch = builder_of(&written).finish(Codec::Lz4, 0, Stamp::NONE);
+        assert_eq!(stamp_of(&batch), Stamp::NONE);
+        let before = batch.clone();
+        let stamp = Stamp {
+            producer_id: 4242,
+            producer_epoch: 7,
+            base_sequence: 1_000,
+        };
+        restamp(&mut batch, stamp);
+        assert_eq!(stamp_of(&batch), stamp);
+        let changed: Vec<usize> = (0..batch.len())
+            .filter(|&i| batch[i] != before[i])
+            .collect();
+        assert!(
+            changed.iter().all(|&i| (CRC_AT..CRC_AT + 4).contains(&i)
+                || (PRODUCER_ID_AT..RECORD_COUNT_AT).contains(&i)),
+            "only the CRC and the producer fields change: {changed:?}"
+        );
+        assert_eq!(
+            decode(Bytes::from(batch), 0, &[]).records,
+            expected(&written)
+        );
+    }
+
+    #[test]
+    fn an_empty_builder_writes_a_header_only_batch() {
+        let builder = BatchBuilder::default();
+        assert_eq!(builder.count(), 0);
+        assert_eq!(builder.size(), BATCH_HEADER_LEN);
+        let batch = builder.finish(Codec::None, 0, Stamp::NONE);
+        assert_eq!(batch.len(), BATCH_HEADER_LEN);
+        let decoded = decode(Bytes::from(batch), 0, &[]);
+        assert!(decoded.records.is_empty());
+    }
+
     proptest! {
+        #[test]
+        fn encoding_round_trips_through_the_decoder(
+            base in 0i64..1_000_000,
+            records in proptest::collection::vec(written_strategy(false), 1..20),
+            codec in proptest::sample::select(vec![Codec::None, Codec::Gzip, Codec::Snappy, Codec::Lz4, Codec::Zstd]),
+            producer_id in -1i64..1_000_000,
+            producer_epoch in -1i16..100,
+            base_sequence in -1i32..1_000_000,
+        ) {
+            let mut records = records;
+            for (i, record) in records.iter_mut().enumerate() {
+                record.offset = base + i as i64;
+            }
+            let stamp = Stamp { producer_id, producer_epoch, base_sequence };
+            let mut builder = BatchBuilder::with_capacity(64);
+            for record in &records {
+                let headers: Headers = record
+                    .headers
+                    .iter()
+                    .map(|(name, value)| Header::from_raw(Bytes::from(name.clone()), value.clone().map(Bytes::from)))
+                    .collect();
+                let predicted = builder.growth(record.timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
+                let before = builder.size();
+                builder.append(record.timestamp, record.key.as_deref(), record.value.as_deref(), &headers);
+                prop_assert_eq!(builder.size() - before, predicted);
+            }
+            prop_assert_eq!(builder.count(), records.len());
+            prop_assert_eq!(builder.finish(Codec::None, base, stamp).len(), builder.size());
+            let batch = builder.finish(codec, base, stamp);
+            prop_assert_eq!(read_i16(&batch, ATTRIBUTES_AT), Some(codec as i16));
+            prop_assert_eq!(stamp_of(&batch), stamp);
+            let decoded = decode_records(Bytes::from(batch), base, &[]);
+            prop_assert_eq!(decoded.corrupt, None);
+            prop_assert_eq!(decoded.records, expected(&records));
+            prop_assert_eq!(decoded.next_offset, Some(base + records.len() as i64));
+        }
+
         #[test]
         fn decoding_round_trips(
             base in 0i64..1_000_000,
