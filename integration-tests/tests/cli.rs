@@ -449,14 +449,13 @@ async fn group_reset_offsets_moves_an_inactive_groups_offsets_and_refuses_an_act
     .await
     .unwrap();
     assert!(java_plan.success, "{}", java_plan.stderr);
-    // Kafka's tool lists partitions in no particular order: (partition, new offset), sorted.
-    let java_new: BTreeMap<i64, i64> = java_plan
-        .stdout
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() == 4 && f[0] == group).then(|| (f[2].parse().unwrap(), f[3].parse().unwrap()))
-        })
+    // Kafka's tool lists partitions in no particular order (and 3.9 prints its rows on one line):
+    // (partition, new offset) after each `group topic`, sorted.
+    let words: Vec<&str> = java_plan.stdout.split_whitespace().collect();
+    let java_new: BTreeMap<i64, i64> = words
+        .windows(4)
+        .filter(|w| w[0] == group && w[1] == topic)
+        .map(|w| (w[2].parse().unwrap(), w[3].parse().unwrap()))
         .collect();
     let (plan, _) = reset(
         &bootstrap,

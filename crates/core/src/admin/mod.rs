@@ -709,7 +709,11 @@ async fn consumer_describe_on(
     };
     match ResponseError::try_from_code(described.error_code) {
         None => {}
-        Some(ResponseError::GroupIdNotFound) => return Ok(None),
+        // UNSUPPORTED_VERSION: the broker lists the API but runs without the new group coordinator
+        // (Kafka 3.9 unless enabled), so it has no consumer-protocol groups.
+        Some(ResponseError::GroupIdNotFound | ResponseError::UnsupportedVersion) => {
+            return Ok(None);
+        }
         Some(err) => {
             return Err(group_error(
                 group,
