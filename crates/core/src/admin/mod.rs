@@ -16,11 +16,10 @@ use futures::future::try_join_all;
 use kafka_protocol::ResponseError;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
     ApiKey, BrokerId, ConsumerGroupDescribeRequest, CreateTopicsRequest, DeleteTopicsRequest,
     DescribeGroupsRequest, FindCoordinatorRequest, GroupId, ListGroupsRequest, ListOffsetsRequest,
-    MetadataRequest, MetadataResponse, OffsetFetchRequest, TopicName,
+    MetadataResponse, OffsetFetchRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -29,7 +28,7 @@ mod reset;
 pub use reset::{OffsetResetPlan, ResetScope, ResetTo, reset_offsets};
 
 use crate::group::{Assignment, CONSUMER_PROTOCOL_TYPE, TopicPartition};
-use crate::wire::{ApiRequest, Connection, WireError};
+use crate::wire::{ApiRequest, Connection, WireError, metadata_request};
 use crate::{ClientConfig, Error, Result};
 
 /// How long each admin request may take (connecting is bounded by the client's connect timeout).
@@ -508,17 +507,7 @@ async fn send<R: ApiRequest>(conn: &Connection, request: &R, what: &str) -> Resu
 
 /// Metadata for `topics` (`Some(&[])`: brokers only; `None`: every topic).
 async fn metadata(conn: &Connection, topics: Option<&[String]>) -> Result<MetadataResponse> {
-    let request = MetadataRequest::default()
-        .with_allow_auto_topic_creation(false)
-        .with_topics(topics.map(|ts| {
-            ts.iter()
-                .map(|t| {
-                    MetadataRequestTopic::default()
-                        .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
-                })
-                .collect()
-        }));
-    send(conn, &request, "Metadata").await
+    send(conn, &metadata_request(topics), "Metadata").await
 }
 
 /// Topics of a Metadata response, sorted, with their partitions sorted. A topic the broker does not
@@ -883,7 +872,9 @@ async fn lag_on(
     if partitions.is_empty() {
         return Ok(Vec::new());
     }
-    let ends = log_offsets(client, &partitions, LATEST_TIMESTAMP).await?;
+    let ends = log_offsets(client, &partitions, &[LATEST_TIMESTAMP])
+        .await?
+        .remove(0);
     Ok(partitions
         .into_iter()
         .filter_map(|tp| {
@@ -901,15 +892,16 @@ async fn lag_on(
         .collect())
 }
 
-/// The offsets ListOffsets gives for `timestamp` (`LATEST_TIMESTAMP`, `EARLIEST_TIMESTAMP`, or
-/// milliseconds since the epoch: the first offset whose record is that recent, -1 if none is) for
-/// `partitions`, asked of each partition's leader from Metadata. Partitions of topics that no
-/// longer exist are left out.
+/// The offsets ListOffsets gives for each of `timestamps` (`LATEST_TIMESTAMP`,
+/// `EARLIEST_TIMESTAMP`, or milliseconds since the epoch: the first offset whose record is that
+/// recent, -1 if none is) for `partitions`, one map per timestamp, in order. One Metadata request
+/// finds the leaders; each leader gets one connection and one ListOffsets per timestamp.
+/// Partitions of topics that no longer exist are left out.
 async fn log_offsets(
     client: &ClientConfig,
     partitions: &BTreeSet<TopicPartition>,
-    timestamp: i64,
-) -> Result<HashMap<TopicPartition, i64>> {
+    timestamps: &[i64],
+) -> Result<Vec<HashMap<TopicPartition, i64>>> {
     let bootstrap = connect_bootstrap(client).await?;
     let topics: Vec<String> = partitions
         .iter()
@@ -960,47 +952,52 @@ async fn log_offsets(
                 });
             };
             let conn = connect(client, address).await?;
-            let request = ListOffsetsRequest::default()
-                .with_replica_id(BrokerId(-1))
-                .with_isolation_level(0)
-                .with_topics(
-                    topics
-                        .into_iter()
-                        .map(|(topic, ps)| {
-                            ListOffsetsTopic::default()
-                                .with_name(TopicName(StrBytes::from_string(topic)))
-                                .with_partitions(
-                                    ps.into_iter()
-                                        .map(|p| {
-                                            ListOffsetsPartition::default()
-                                                .with_partition_index(p)
-                                                .with_current_leader_epoch(-1)
-                                                .with_timestamp(timestamp)
-                                        })
-                                        .collect(),
-                                )
-                        })
-                        .collect(),
-                );
-            let response = send(&conn, &request, "ListOffsets").await?;
-            Ok((address.clone(), response))
+            let mut responses = Vec::with_capacity(timestamps.len());
+            for &timestamp in timestamps {
+                let request = ListOffsetsRequest::default()
+                    .with_replica_id(BrokerId(-1))
+                    .with_isolation_level(0)
+                    .with_topics(
+                        topics
+                            .iter()
+                            .map(|(topic, ps)| {
+                                ListOffsetsTopic::default()
+                                    .with_name(TopicName(StrBytes::from_string(topic.clone())))
+                                    .with_partitions(
+                                        ps.iter()
+                                            .map(|&p| {
+                                                ListOffsetsPartition::default()
+                                                    .with_partition_index(p)
+                                                    .with_current_leader_epoch(-1)
+                                                    .with_timestamp(timestamp)
+                                            })
+                                            .collect(),
+                                    )
+                            })
+                            .collect(),
+                    );
+                responses.push(send(&conn, &request, "ListOffsets").await?);
+            }
+            Ok((address.clone(), responses))
         }
     }))
     .await?;
-    let mut out = HashMap::new();
-    for (broker, response) in answers {
-        for t in response.topics {
-            for p in t.partitions {
-                let tp = TopicPartition::new(t.name.0.to_string(), p.partition_index);
-                if p.error_code != 0 {
-                    return Err(admin_error(
-                        "ListOffsets",
-                        format!("{tp} on broker {broker}"),
-                        p.error_code,
-                        None,
-                    ));
+    let mut out = vec![HashMap::new(); timestamps.len()];
+    for (broker, responses) in answers {
+        for (offsets, response) in out.iter_mut().zip(responses) {
+            for t in response.topics {
+                for p in t.partitions {
+                    let tp = TopicPartition::new(t.name.0.to_string(), p.partition_index);
+                    if p.error_code != 0 {
+                        return Err(admin_error(
+                            "ListOffsets",
+                            format!("{tp} on broker {broker}"),
+                            p.error_code,
+                            None,
+                        ));
+                    }
+                    offsets.insert(tp, p.offset);
                 }
-                out.insert(tp, p.offset);
             }
         }
     }

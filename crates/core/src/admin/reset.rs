@@ -105,12 +105,19 @@ pub async fn reset_offsets(
     if partitions.is_empty() {
         return Ok(Vec::new());
     }
-    let earliest = log_offsets(client, &partitions, EARLIEST_TIMESTAMP).await?;
-    let latest = log_offsets(client, &partitions, LATEST_TIMESTAMP).await?;
-    let by_time = match to {
-        ResetTo::Timestamp(ms) => Some(log_offsets(client, &partitions, ms).await?),
-        _ => None,
-    };
+    // Log start, log end and (for a time) the first offset at or after it: one lookup.
+    let mut timestamps = vec![EARLIEST_TIMESTAMP, LATEST_TIMESTAMP];
+    if let ResetTo::Timestamp(ms) = to {
+        timestamps.push(ms);
+    }
+    let mut offsets = log_offsets(client, &partitions, &timestamps)
+        .await?
+        .into_iter();
+    let (earliest, latest) = (
+        offsets.next().unwrap_or_default(),
+        offsets.next().unwrap_or_default(),
+    );
+    let by_time = offsets.next();
     let mut plan = Vec::with_capacity(partitions.len());
     for tp in partitions {
         // A topic deleted since Metadata named it has no log offsets: nothing to move.

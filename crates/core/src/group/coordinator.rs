@@ -8,15 +8,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
-use kafka_protocol::messages::{FindCoordinatorRequest, MetadataRequest, TopicName};
+use kafka_protocol::messages::FindCoordinatorRequest;
 use kafka_protocol::protocol::StrBytes;
 use kafkit_resilience::BackoffPolicy;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
 use crate::group::TopicPartition;
-use crate::wire::{ApiRequest, Connection, WireError};
+use crate::wire::{ApiRequest, Connection, WireError, metadata_request};
 use crate::{Error, Result};
 
 /// Finds and holds the connection to one group's coordinator, and a connection to any broker for
@@ -210,17 +209,7 @@ impl Coordinator {
     /// addresses, from one Metadata request on the any-broker connection. A topic the broker does
     /// not know, or a partition without a leader right now, is absent from the answer.
     pub(crate) async fn leaders(&self, topics: &[String]) -> Result<Leaders> {
-        let request = MetadataRequest::default()
-            .with_allow_auto_topic_creation(false)
-            .with_topics(Some(
-                topics
-                    .iter()
-                    .map(|t| {
-                        MetadataRequestTopic::default()
-                            .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
-                    })
-                    .collect(),
-            ));
+        let request = metadata_request(Some(topics));
         let response = self
             .send_any(&request, || format!("looking up the leaders of {topics:?}"))
             .await?;
@@ -256,15 +245,8 @@ impl Coordinator {
         &self,
         topics: &[String],
     ) -> Result<BTreeMap<String, i32>> {
-        let request = MetadataRequest::default().with_topics(Some(
-            topics
-                .iter()
-                .map(|t| {
-                    MetadataRequestTopic::default()
-                        .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
-                })
-                .collect(),
-        ));
+        // Topic creation left to the broker's `auto.create.topics.enable`, as Java consumers ask.
+        let request = metadata_request(Some(topics)).with_allow_auto_topic_creation(true);
         let response = self
             .send_any(&request, || {
                 format!("group `{}`: Metadata for {topics:?}", self.group)

@@ -26,10 +26,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use kafka_protocol::ResponseError;
-use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    InitProducerIdRequest, MetadataRequest, ProduceRequest, ProduceResponse, ProducerId, TopicName,
+    InitProducerIdRequest, ProduceRequest, ProduceResponse, ProducerId, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafkit_resilience::BackoffPolicy;
@@ -41,7 +40,7 @@ use super::accumulator::{Accumulator, Batch, Outcome, ProducerIdEpoch};
 use crate::config::ClientConfig;
 use crate::group::TopicPartition;
 use crate::task::OwnedTask;
-use crate::wire::{Connection, WireError};
+use crate::wire::{Connection, WireError, metadata_request};
 use crate::{Error, Result};
 
 /// Settings of the I/O side.
@@ -167,17 +166,7 @@ impl Shared {
     /// One Metadata request for `topics`: records their leaders (with epochs) in the accumulator
     /// and the brokers' addresses, and returns each existing topic's partition count.
     pub(super) async fn metadata(&self, topics: &[String]) -> Result<BTreeMap<String, i32>> {
-        let request = MetadataRequest::default()
-            .with_allow_auto_topic_creation(false)
-            .with_topics(Some(
-                topics
-                    .iter()
-                    .map(|t| {
-                        MetadataRequestTopic::default()
-                            .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
-                    })
-                    .collect(),
-            ));
+        let request = metadata_request(Some(topics));
         let response = self
             .on_control(&request, || {
                 format!("looking up the partitions of {topics:?} (producing)")

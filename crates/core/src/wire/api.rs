@@ -4,6 +4,8 @@
 //! compiled; kafkit builds the client side alone, so this small trait pairs each request with its
 //! response and its API key instead.
 
+use kafka_protocol::messages::TopicName;
+use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, ConsumerGroupDescribeRequest,
     ConsumerGroupDescribeResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
@@ -16,7 +18,22 @@ use kafka_protocol::messages::{
     ProduceRequest, ProduceResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
     SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest, SyncGroupResponse,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, StrBytes};
+
+/// A Metadata request for `topics` (`Some(&[])`: brokers only; `None`: every topic) that never
+/// creates a topic. Every client of kafkit's connections asks for metadata through this.
+pub(crate) fn metadata_request(topics: Option<&[String]>) -> MetadataRequest {
+    MetadataRequest::default()
+        .with_allow_auto_topic_creation(false)
+        .with_topics(topics.map(|ts| {
+            ts.iter()
+                .map(|t| {
+                    MetadataRequestTopic::default()
+                        .with_name(Some(TopicName(StrBytes::from_string(t.clone()))))
+                })
+                .collect()
+        }))
+}
 
 /// A request kafkit sends, paired with its response type.
 pub(crate) trait ApiRequest: Encodable + HeaderVersion + Message + Send + Sync {

@@ -11,6 +11,6 @@ mod api;
 mod connection;
 pub(crate) mod records;
 
-pub(crate) use api::ApiRequest;
+pub(crate) use api::{ApiRequest, metadata_request};
 pub(crate) use connection::Connection;
 pub use connection::WireError;
