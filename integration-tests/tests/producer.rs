@@ -283,6 +283,9 @@ async fn full_buffer_makes_send_wait_instead_of_growing() {
         .unwrap();
 
     kafka.pause();
+    // SIGSTOP is delivered asynchronously: on a loaded machine a broker thread can still answer a
+    // request sent right after it. Let the stop take hold first.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let producer = Arc::new(producer);
     let sends: Vec<_> = (0..40)
         .map(|i| {
