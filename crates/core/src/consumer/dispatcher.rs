@@ -122,6 +122,13 @@ impl Outcome {
 /// engine. It bounds how many started-but-unprocessed records a stop has to hand back.
 const RUN_MAX: usize = 256;
 
+/// The room an `Unordered` handler dispatch waits for while records are in flight: a quarter of
+/// `max_in_flight`, at most a run. Concurrency stays between three quarters of the bound and the
+/// bound, and each dispatch starts lanes of useful length.
+fn unordered_low_water(max_in_flight: usize) -> usize {
+    (max_in_flight / 4).clamp(1, RUN_MAX)
+}
+
 /// The most processed records a lane holds before reporting them, when its handler never waits.
 const REPORT_MAX: usize = 64;
 
@@ -283,6 +290,14 @@ impl Dispatcher {
             return;
         }
         let limit = self.mode.max_in_flight().unwrap_or(usize::MAX);
+        let each = matches!(self.mode, DispatchMode::Unordered { .. })
+            && matches!(self.sink, Sink::Handler(..));
+        if each && self.in_flight > 0 && limit - self.in_flight < unordered_low_water(limit) {
+            // Wait for room to gather: room handed out as it trickles back (a few records per
+            // completion) would start lanes of a record or two, each a task's share of overhead
+            // and a completion of its own.
+            return;
+        }
         let n = self.queues.len();
         let mut progressed = true;
         while progressed && self.in_flight < limit {
@@ -301,12 +316,12 @@ impl Dispatcher {
                     continue;
                 };
                 let mut records;
-                let each = matches!(self.mode, DispatchMode::Unordered { .. });
-                if matches!(self.sink, Sink::Handler(..)) && each {
-                    // Each record is a hand-out of its own: a fair share of the room the bound
-                    // leaves, so one partition does not take it all in a pass.
-                    let room = ((limit - self.in_flight) / n).clamp(1, RUN_MAX);
-                    records = Vec::with_capacity(room.min(16));
+                if each {
+                    // Each record is a hand-out of its own. The partition takes what room there is,
+                    // up to a run; the next dispatch starts at the next partition, so partitions
+                    // take turns.
+                    let room = (limit - self.in_flight).clamp(1, RUN_MAX);
+                    records = Vec::with_capacity(room.min(1 + q.schedule.queued()));
                     records.push(record);
                     while records.len() < room {
                         let Some((_, r)) = q.schedule.next_below(below, ConsumedRecord::offset)
@@ -984,6 +999,39 @@ mod tests {
             started.iter().all(|(_, t)| *t < Duration::from_millis(1)),
             "{started:?}"
         );
+        assert_eq!(d.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unordered_waits_for_a_quarter_of_its_bound_before_starting_more() {
+        // Bound 8: eight 10 ms records fill it; each later record starts only once two are done.
+        let delays: Vec<u64> = (0..12)
+            .map(|o| if o < 8 { 10 * (o + 1) } else { 0 })
+            .collect();
+        let (mut d, log) = dispatcher(DispatchMode::Unordered { max_in_flight: 8 }, delays);
+        d.open(0, 1);
+        for o in 0..12 {
+            d.push(0, record(o, "k"));
+        }
+        let start = Instant::now();
+        d.dispatch(|_| i64::MAX);
+        assert_eq!(d.in_flight(), 8);
+        let mut processed = Vec::new();
+        while processed.len() < 12 {
+            if let DispatchEvent::Completion(c) = d.next().await {
+                d.apply(c, |_, offset| processed.push(offset));
+            }
+            assert!(d.in_flight() <= 8);
+            d.dispatch(|_| i64::MAX);
+            if processed.len() == 1 {
+                // One slot free is less than the low-water mark (2): nothing starts.
+                assert_eq!(d.in_flight(), 7, "{processed:?}");
+            }
+        }
+        let log = log.lock().unwrap();
+        let late = log.iter().find(|(o, _)| *o == 8).expect("offset 8 ran").1;
+        // Records 0 (10 ms) and 1 (20 ms) had to finish first.
+        assert_eq!(late - start, Duration::from_millis(20), "{log:?}");
         assert_eq!(d.in_flight(), 0);
     }
 

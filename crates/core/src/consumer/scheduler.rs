@@ -334,7 +334,6 @@ impl<R> PartitionSchedule<R> {
     }
 
     /// Records waiting (not in flight).
-    #[cfg(test)]
     pub(crate) fn queued(&self) -> usize {
         match &self.state {
             State::Fifo(q) => q.len(),

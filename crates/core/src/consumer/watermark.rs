@@ -62,8 +62,14 @@ impl WatermarkTracker {
 
     /// The record at `offset` is done. Returns false if it was not tracked or already done.
     pub(crate) fn complete(&mut self, offset: i64) -> bool {
-        let Ok(i) = self.records.binary_search_by_key(&offset, |&(o, _)| o) else {
-            return false;
+        // Most records complete in offset order: the front is the usual one, no search needed.
+        let i = if self.records.front().is_some_and(|&(o, _)| o == offset) {
+            0
+        } else {
+            let Ok(i) = self.records.binary_search_by_key(&offset, |&(o, _)| o) else {
+                return false;
+            };
+            i
         };
         let done = &mut self.records[i].1;
         if *done {
