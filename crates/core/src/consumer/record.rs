@@ -141,6 +141,33 @@ impl StreamRecord {
         }
     }
 
+    /// Acks every record of `records`, as [`ack`](Self::ack) on each would, in one message per
+    /// partition instead of one per record: the way to ack a batch the caller processed together
+    /// (say, lines written and flushed at once).
+    pub fn ack_all(records: impl IntoIterator<Item = StreamRecord>) {
+        // Records of one partition's tenure (and key) end up in one completion; a batch rarely
+        // spans more than a few, so a list beats a map.
+        let mut groups: Vec<(AckHandle, Vec<i64>)> = Vec::new();
+        for mut record in records {
+            let Some(h) = record.ack.take() else { continue };
+            let offset = record.record.offset();
+            match groups.iter_mut().find(|(g, _)| {
+                (g.slot, g.epoch, g.key) == (h.slot, h.epoch, h.key) && g.done.same_channel(&h.done)
+            }) {
+                Some((_, offsets)) => offsets.push(offset),
+                None => groups.push((h, vec![offset])),
+            }
+        }
+        for (h, offsets) in groups {
+            let _ = h.done.send(Completion {
+                slot: h.slot,
+                epoch: h.epoch,
+                key: h.key,
+                outcome: super::dispatcher::Outcome::ProcessedEach(offsets),
+            });
+        }
+    }
+
     /// The record as plain data, keeping the ack obligation with `self`.
     pub fn record(&self) -> &ConsumedRecord {
         &self.record
