@@ -524,6 +524,8 @@ struct Inner {
 struct TopicInfo {
     name: String,
     partitions: i32,
+    /// `(name, p)` for each partition `p`: built once, so a send clones no topic name.
+    tps: Vec<TopicPartition>,
     /// Bytes of unkeyed records sent; `/ batch_size` picks the sticky partition, so unkeyed records
     /// fill one partition's batch before moving to the next (Java's sticky partitioner, lock-free).
     unkeyed_bytes: AtomicU64,
@@ -718,11 +720,12 @@ impl Producer {
         let inner = &self.inner;
         let partition = self.choose_partition(&topic, &record, record.size())?;
         let timestamp = record.timestamp.unwrap_or_else(Utc::now);
-        let tp = TopicPartition::new(topic.name.clone(), partition);
+        // `choose_partition` returns one of the topic's partitions.
+        let tp = &topic.tps[partition as usize];
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
         let appended = inner.shared.acc.lock().append(
-            &tp,
+            tp,
             timestamp.timestamp_millis(),
             record.key.as_deref(),
             record.value.as_deref(),
@@ -897,6 +900,7 @@ impl Producer {
         let fresh = Arc::new(TopicInfo {
             name: name.to_owned(),
             partitions: count,
+            tps: (0..count).map(|p| TopicPartition::new(name, p)).collect(),
             unkeyed_bytes: AtomicU64::new(
                 cached
                     .as_ref()
