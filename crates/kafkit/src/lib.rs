@@ -27,7 +27,7 @@
 pub use kafkit_core::{
     Acks, ClientConfig, Compression, ConfigError, Delivery, Error, Header, Headers, Pem, Producer,
     ProducerBuilder, ProducerRecord, Result, SaslCredentials, SaslMechanism, Secret, Security,
-    SecurityProtocol, TlsSettings, WireError, partitioner,
+    SecurityProtocol, TlsSettings, Traceparent, TraceparentError, WireError, partitioner,
 };
 
 pub use kafkit_core::{admin, consumer, group, security};
