@@ -553,10 +553,13 @@ mod span_tests {
     use crate::Traceparent;
     use crate::consumer::record::RecordData;
 
+    /// A span's `target:name` and its fields, as debug strings.
+    type SpanFields = (String, BTreeMap<String, String>);
+
     /// Keeps the fields of every span, by span id, and which span was current when an event fired.
     #[derive(Clone, Default)]
     struct Spans {
-        fields: Arc<Mutex<BTreeMap<u64, (String, BTreeMap<String, String>)>>>,
+        fields: Arc<Mutex<BTreeMap<u64, SpanFields>>>,
         event_parents: Arc<Mutex<Vec<Option<u64>>>>,
     }
 
@@ -619,7 +622,7 @@ mod span_tests {
     async fn process_with(
         level: tracing::Level,
         record: &ConsumedRecord,
-    ) -> (Vec<(String, BTreeMap<String, String>)>, Vec<Option<u64>>) {
+    ) -> (Vec<SpanFields>, Vec<Option<u64>>) {
         let spans = Spans::default();
         let subscriber = Registry::default()
             .with(spans.clone())
