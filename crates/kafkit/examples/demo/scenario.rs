@@ -75,7 +75,7 @@ impl DemoConfig {
         }
     }
 
-    /// [`new`](Self::new) with `KAFKIT_DEMO_SECONDS` (production time, at least 8 s: the killed
+    /// [`new`](Self::new) with `KAFKIT_DEMO_SECONDS` (production time, at least 10 s: the killed
     /// member must be noticed while orders still come) and `KAFKIT_DEMO_RATE` (orders per second).
     #[allow(dead_code)] // main.rs reads the environment; the integration test sets sizes itself
     pub(crate) fn from_env(bootstrap: impl Into<String>) -> Result<Self, String> {
@@ -84,8 +84,8 @@ impl DemoConfig {
             let seconds: u64 = v
                 .parse()
                 .map_err(|e| format!("KAFKIT_DEMO_SECONDS={v:?}: {e}"))?;
-            if !(8..=600).contains(&seconds) {
-                return Err(format!("KAFKIT_DEMO_SECONDS={v}: must be in 8..=600"));
+            if !(10..=600).contains(&seconds) {
+                return Err(format!("KAFKIT_DEMO_SECONDS={v}: must be in 10..=600"));
             }
             config.produce_for = Duration::from_secs(seconds);
             config.kill_after = Duration::from_secs(seconds / 3);
@@ -162,8 +162,11 @@ struct State {
     finished: HashMap<Vec<u8>, HashSet<u64>>,
     /// Every finished processing: (member, partition, offset).
     processings: Vec<(usize, i32, i64)>,
-    /// Records started before the previous one of their key had finished.
-    order_violations: Vec<String>,
+    /// Records acknowledged by the broker: (key, sequence number).
+    acknowledged_seqs: HashSet<(Vec<u8>, u64)>,
+    /// Records started before the previous one of their key had finished: (key, seq, what).
+    /// Only those whose previous record was acknowledged count (a failed send leaves a gap).
+    order_violations: Vec<(Vec<u8>, u64, String)>,
     /// Group events to print, in order.
     events: Vec<String>,
 }
@@ -410,6 +413,14 @@ impl State {
         self.acknowledged.iter().all(|r| done.contains(r))
     }
 
+    /// The order violations that count: the previous record of the key was acknowledged.
+    fn counted_order_violations(&self) -> impl Iterator<Item = &str> {
+        self.order_violations
+            .iter()
+            .filter(|(key, seq, _)| self.acknowledged_seqs.contains(&(key.clone(), seq - 1)))
+            .map(|(_, _, what)| what.as_str())
+    }
+
     /// The partitions the members still alive own.
     fn owned_by_survivors(&self) -> BTreeSet<i32> {
         self.members
@@ -491,7 +502,7 @@ async fn handle(
                 record.offset(),
                 seq - 1
             );
-            s.order_violations.push(violation);
+            s.order_violations.push((key.clone(), seq, violation));
         }
     }
     // 0.5x to 1.5x the mean, varying by record.
@@ -517,26 +528,27 @@ async fn produce(
     let mut sends = JoinSet::new();
     let mut sent: u64 = 0;
     let mut failures = 0usize;
-    let mut note =
-        |result: Result<kafkit::Result<kafkit::Delivery>, tokio::task::JoinError>| match result {
-            Ok(Ok(delivery)) => {
-                let mut s = state.lock();
-                s.acknowledged.insert((delivery.partition, delivery.offset));
-                let end = s.ends.entry(delivery.partition).or_default();
-                *end = (*end).max(delivery.offset + 1);
-            }
-            Ok(Err(_)) | Err(_) => failures += 1,
-        };
+    type Sent = (Vec<u8>, u64, kafkit::Result<kafkit::Delivery>);
+    let mut note = |result: Result<Sent, tokio::task::JoinError>| match result {
+        Ok((key, seq, Ok(delivery))) => {
+            let mut s = state.lock();
+            s.acknowledged.insert((delivery.partition, delivery.offset));
+            s.acknowledged_seqs.insert((key, seq));
+            let end = s.ends.entry(delivery.partition).or_default();
+            *end = (*end).max(delivery.offset + 1);
+        }
+        Ok((_, _, Err(_))) | Err(_) => failures += 1,
+    };
     while started.elapsed() < config.produce_for {
         tick.tick().await;
         let due = (started.elapsed().as_secs_f64() * f64::from(config.rate)) as u64;
         while sent < due {
             let key = sent % u64::from(config.keys);
             let seq = sent / u64::from(config.keys);
-            let record =
-                ProducerRecord::new(&topic, seq.to_string()).key(format!("customer-{key:02}"));
+            let key = format!("customer-{key:02}").into_bytes();
+            let record = ProducerRecord::new(&topic, seq.to_string()).key(key.clone());
             let producer = producer.clone();
-            sends.spawn(async move { producer.send(record).await });
+            sends.spawn(async move { (key, seq, producer.send(record).await) });
             sent += 1;
         }
         while let Some(result) = sends.try_join_next() {
@@ -664,7 +676,7 @@ fn check(
         duplicates,
         window: window.len(),
         outside_window,
-        order_violations: state.order_violations.len(),
+        order_violations: state.counted_order_violations().count(),
         took_over,
         snapshot,
     }
@@ -684,7 +696,7 @@ fn print_checks(o: &DemoOutcome, state: &State) {
         o.processed,
         o.order_violations
     );
-    for v in state.order_violations.iter().take(5) {
+    for v in state.counted_order_violations().take(5) {
         println!("         {v}");
     }
     println!(
@@ -759,5 +771,82 @@ fn print_metrics(s: &MetricsSnapshot, group: &str, elapsed: Duration, produce_fo
             "  {:>9} {:>14} {:>10} {:>6}",
             p.partition, p.high_watermark, p.committed_offset, p.lag
         );
+    }
+}
+
+/// The checks themselves fail when they should (run by the integration test, which includes this
+/// file).
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// m1 and the killed m2; m2 processed p0 offsets 0..4 and the group had committed 2 when it died.
+    fn state() -> State {
+        let mut s = State {
+            members: (0..MEMBERS).map(|_| MemberView::default()).collect(),
+            ..State::default()
+        };
+        s.members[KILLED].killed = true;
+        s.members[0].owned.extend(0..2);
+        for offset in 0..4 {
+            s.acknowledged.insert((0, offset));
+            s.acknowledged_seqs.insert((b"k".to_vec(), offset as u64));
+            s.processings.push((KILLED, 0, offset));
+        }
+        s
+    }
+
+    fn outcome(s: &State) -> DemoOutcome {
+        let committed = BTreeMap::from([(0, 2)]);
+        check(
+            s,
+            &committed,
+            Arc::new(Metrics::default().publish().as_ref().clone()),
+            2,
+        )
+    }
+
+    #[test]
+    fn redelivery_within_the_window_passes() {
+        let mut s = state();
+        s.processings.extend([(0, 0, 2), (0, 0, 3)]);
+        let o = outcome(&s);
+        assert!(o.passed(), "{o:#?}");
+        assert_eq!((o.duplicates, o.window, o.outside_window), (2, 2, 0));
+    }
+
+    #[test]
+    fn a_duplicate_below_the_commit_fails() {
+        let mut s = state();
+        s.processings.extend([(0, 0, 1), (0, 0, 2), (0, 0, 3)]);
+        let o = outcome(&s);
+        assert!(!o.passed());
+        assert_eq!((o.duplicates, o.outside_window), (3, 1));
+    }
+
+    #[test]
+    fn a_missing_record_fails() {
+        let mut s = state();
+        s.acknowledged.insert((1, 0));
+        let o = outcome(&s);
+        assert!(!o.passed());
+        assert_eq!(o.missing, 1);
+    }
+
+    #[test]
+    fn an_order_violation_fails_unless_the_previous_send_failed() {
+        let mut s = state();
+        s.order_violations
+            .push((b"k".to_vec(), 3, "k #3 early".into()));
+        assert!(!outcome(&s).passed());
+        s.acknowledged_seqs.remove(&(b"k".to_vec(), 2));
+        assert!(outcome(&s).passed());
+    }
+
+    #[test]
+    fn survivors_must_own_every_partition() {
+        let mut s = state();
+        s.members[0].owned.remove(&1);
+        assert!(!outcome(&s).took_over);
     }
 }
