@@ -91,6 +91,12 @@ impl ConsumedRecord {
         self.inner.timestamp
     }
 
+    /// The record's W3C trace context: its last `traceparent` header, if that parses (an invalid
+    /// one is ignored, as the specification asks). Parsed on each call.
+    pub fn traceparent(&self) -> Option<crate::Traceparent> {
+        self.inner.headers.traceparent()
+    }
+
     /// Whose time [`timestamp`](Self::timestamp) is: the producer's (`CreateTime`) or the
     /// broker's (`LogAppendTime`, set by the topic's `message.timestamp.type`).
     pub fn timestamp_type(&self) -> TimestampType {

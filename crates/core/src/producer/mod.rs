@@ -106,6 +106,21 @@ impl ProducerRecord {
         self
     }
 
+    /// Sets the record's W3C `traceparent` header (replacing any), so the consumer's span (and any
+    /// tracing system downstream) continues this trace. Pass the current span's context, or
+    /// [`Traceparent::child`](crate::Traceparent::child) of a consumed record's to relay it.
+    ///
+    /// ```
+    /// use kafkit_core::{ProducerRecord, Traceparent};
+    /// let tp: Traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap();
+    /// let record = ProducerRecord::new("orders", b"v".to_vec()).with_traceparent(tp);
+    /// assert_eq!(record.headers().traceparent(), Some(tp));
+    /// ```
+    pub fn with_traceparent(mut self, traceparent: crate::Traceparent) -> Self {
+        self.headers.set_traceparent(traceparent);
+        self
+    }
+
     /// Replaces the headers.
     pub fn with_headers(mut self, headers: Headers) -> Self {
         self.headers = headers;
