@@ -71,14 +71,13 @@ fn mode(name: &str) -> DispatchMode {
     }
 }
 
-/// Reads `records` records in a new group with a pass-through handler; commits on (every 5 s and at
-/// shutdown). Timed from the assignment to the last record.
-pub(crate) async fn consume(
+/// The consumer of the consume workloads: a new group reading from the start, 1 MiB partition
+/// fetches, commits on (every 5 s and at shutdown). Returns it with its assignment latch.
+async fn consumer(
     bootstrap: &str,
     topic: &str,
-    records: u64,
     dispatch: &str,
-) -> Result<Outcome, Box<dyn std::error::Error>> {
+) -> Result<(kafkit::consumer::Consumer, Arc<Latch>), Box<dyn std::error::Error>> {
     let group = format!("bench-kafkit-{}-{}", dispatch, std::process::id());
     let assigned = Arc::new(Latch::default());
     let consumer = ConsumerBuilder::new(
@@ -91,6 +90,84 @@ pub(crate) async fn consume(
     .listener(Arc::new(Assigned(Arc::clone(&assigned), None)))
     .build()
     .await?;
+    Ok((consumer, assigned))
+}
+
+/// The `stream()` API as its users write the loop: `Unordered { max_in_flight: 1024 }`, each record
+/// acked as it is processed. Timed from the assignment to the last record.
+pub(crate) async fn consume_stream(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let (consumer, assigned) = consumer(bootstrap, topic, "unordered").await?;
+    let mut stream = consumer.stream()?;
+    let (mut count, mut bytes) = (0u64, 0u64);
+    let last = Latch::default();
+    while count < records {
+        let Some(record) = stream.next().await else {
+            break;
+        };
+        count += 1;
+        bytes += record.value().map_or(0, <[u8]>::len) as u64;
+        record.ack();
+    }
+    last.set_once();
+    stream.shutdown().await?;
+    Ok(Outcome {
+        records: count,
+        bytes,
+        secs: last.since(&assigned),
+        latency_us: None,
+    })
+}
+
+/// The batch-handler API (`run_batch`, up to 500 records a call, `Unordered { max_in_flight: 1024 }`)
+/// with a pass-through handler. Timed from the assignment to the last record. (`PartitionOrdered`
+/// batches hold one record of each partition: a partition has one record in flight at a time.)
+pub(crate) async fn consume_batch(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let (consumer, assigned) = consumer(bootstrap, topic, "unordered").await?;
+    let stop = consumer.shutdown_handle();
+    let count = Arc::new(AtomicU64::new(0));
+    let bytes = Arc::new(AtomicU64::new(0));
+    let last = Arc::new(Latch::default());
+    consumer
+        .run_batch(500, {
+            let (count, bytes, last) = (Arc::clone(&count), Arc::clone(&bytes), Arc::clone(&last));
+            move |batch| {
+                let size: usize = batch.iter().map(|r| r.value().map_or(0, <[u8]>::len)).sum();
+                bytes.fetch_add(size as u64, Ordering::Relaxed);
+                let n = count.fetch_add(batch.len() as u64, Ordering::Relaxed) + batch.len() as u64;
+                if n >= records {
+                    last.set_once();
+                    stop.shutdown();
+                }
+                let results = batch.iter().map(|_| Ok::<_, std::io::Error>(())).collect();
+                std::future::ready(results)
+            }
+        })
+        .await?;
+    Ok(Outcome {
+        records: count.load(Ordering::Relaxed),
+        bytes: bytes.load(Ordering::Relaxed),
+        secs: last.since(&assigned),
+        latency_us: None,
+    })
+}
+
+/// Reads `records` records in a new group with a pass-through handler; commits on (every 5 s and at
+/// shutdown). Timed from the assignment to the last record.
+pub(crate) async fn consume(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+    dispatch: &str,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let (consumer, assigned) = consumer(bootstrap, topic, dispatch).await?;
     let stop = consumer.shutdown_handle();
     let count = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
