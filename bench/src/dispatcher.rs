@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kafkit::consumer::DispatchMode;
-use kafkit::consumer::bench::dispatch_in_memory;
+use kafkit_core::consumer::bench::dispatch_in_memory;
 use kafkit::partitioner::partition_for_key;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;

@@ -14,8 +14,8 @@
 //!   (`PartitionOrdered`) or per key (`KeyOrdered`) at a time, a run being one hand-out whose records
 //!   are processed one after another in offset order.
 //! - Once a queue is stopped ([`Dispatcher::stop`]) no record of its tenure starts: the queue is
-//!   emptied, and each lane in flight checks the tenure's stop flag before its next record and hands
-//!   the rest back, which is then dropped.
+//!   emptied, and each lane in flight checks the tenure's stop flag before each of its records (the
+//!   first included) and hands the rest back, which is then dropped.
 //! - Completions carry the tenure's epoch; one from an older tenure changes nothing but the in-flight
 //!   count.
 //! - At most `max_in_flight` hand-outs (records, or runs) are out at once.
@@ -659,6 +659,12 @@ async fn run_lane(
     let report = reporter(done, slot, epoch, key);
     let mut unreported: Vec<i64> = Vec::new();
     let mut records = records.into_iter();
+    // The tenure may have stopped between the dispatch and this task's start: check before the
+    // first record as before every other.
+    if stop.load(Ordering::Acquire) {
+        report(Outcome::Returned(records.collect()));
+        return;
+    }
     while let Some(record) = records.next() {
         let mut processing = std::pin::pin!(failure.process(handler, &record));
         std::future::poll_fn(|cx| {
@@ -798,7 +804,8 @@ async fn run_each_lane(
 /// The dispatcher alone, in memory, for kafkit's benchmark runner: the same queues, dispatch rules,
 /// lanes, failure path (default retry policy and circuit breaker) and completion handling the
 /// consumer uses, fed records directly instead of by fetchers, with a handler that does nothing.
-/// Not a stable API.
+/// Not an API: only built with the `__bench` feature, which only `bench/` turns on.
+#[cfg(feature = "__bench")]
 #[doc(hidden)]
 pub mod bench {
     use std::sync::Arc;
@@ -1064,6 +1071,28 @@ mod tests {
         assert_eq!(started, vec![0, 1]);
         d.dispatch(|_| i64::MAX);
         assert_eq!(d.in_flight(), 0, "a stopped queue hands nothing out");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_stopped_before_its_task_starts_starts_no_record() {
+        let (mut d, log) = dispatcher(DispatchMode::PartitionOrdered, vec![0; 3]);
+        d.open(0, 1);
+        for o in 0..3 {
+            d.push(0, record(o, "k"));
+        }
+        // Dispatched (the task is spawned, not yet run), then stopped.
+        d.dispatch(|_| i64::MAX);
+        d.stop(0);
+        while d.in_flight() > 0 {
+            if let DispatchEvent::Completion(c) = d.next().await {
+                assert!(
+                    matches!(&c.outcome, Outcome::Returned(r) if r.len() == 3),
+                    "{c:?}"
+                );
+                d.apply(c, |_, offset| panic!("{offset} was processed"));
+            }
+        }
+        assert!(log.lock().unwrap().is_empty(), "no record started");
     }
 
     /// Three attempts 10 ms apart.

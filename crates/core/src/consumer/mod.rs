@@ -39,6 +39,7 @@ use kafkit_resilience::{
 use tokio::sync::{mpsc, watch};
 
 pub use dispatcher::BoxError;
+#[cfg(feature = "__bench")]
 #[doc(hidden)]
 pub use dispatcher::bench;
 pub use failure::HandlerPanic;
