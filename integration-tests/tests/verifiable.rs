@@ -676,8 +676,12 @@ async fn bad_arguments_and_an_unreachable_broker_fail_with_one_line_on_stderr() 
                 "localhost:9092",
                 "--group-protocol",
                 "consumer",
+                "--session-timeout",
+                "10000",
             ],
-            "classic",
+            // The broker decides the session timeout under the consumer protocol (Java refuses
+            // session.timeout.ms with group.protocol=consumer too).
+            "session.timeout.ms",
         ),
         (
             &[

@@ -16,14 +16,55 @@ use tracing::{debug, warn};
 use super::ownership::Admitted;
 use super::{CommitReport, GroupMember, OffsetToCommit, Shared, group_id};
 use crate::Result;
-use crate::group::TopicPartition;
 use crate::group::offsets::{self, CommittedOffset};
+use crate::group::{GroupProtocol, TopicPartition};
+use crate::wire::ApiRequest;
 
 impl GroupMember {
-    /// Commits `offsets` with the current generation and member id. Partitions not owned in the current
-    /// generation, and offsets not above this member's last commit for the partition, are not sent and
-    /// are listed in the report. Retriable coordinator errors are retried until the request timeout.
+    /// Commits `offsets` with the current generation (the member epoch under the consumer
+    /// protocol) and member id. Partitions not owned in the current generation, and offsets not
+    /// above this member's last commit for the partition, are not sent and are listed in the
+    /// report. Retriable coordinator errors are retried until the request timeout; so is
+    /// STALE_MEMBER_EPOCH (the member epoch moved on while the commit was on its way: sent again
+    /// with the new epoch, for the partitions still owned under it).
     pub async fn commit(&self, offsets: &[OffsetToCommit]) -> Result<CommitReport> {
+        let shared = &self.shared;
+        let deadline = Instant::now() + shared.config.request_timeout;
+        let mut backoff = shared.config.retry_backoff.start();
+        let mut report = self.commit_once(offsets, deadline).await?;
+        loop {
+            let stale: Vec<TopicPartition> = report
+                .failed
+                .iter()
+                .filter(|(_, e)| e == "StaleMemberEpoch")
+                .map(|(tp, _)| tp.clone())
+                .collect();
+            if stale.is_empty() || Instant::now() >= deadline {
+                return Ok(report);
+            }
+            tokio::time::sleep(backoff.next_delay()).await;
+            debug!(group = %shared.config.group_id, partitions = ?stale, "commit with a stale member epoch: again with the current one");
+            report.failed.retain(|(tp, _)| !stale.contains(tp));
+            let again: Vec<OffsetToCommit> = offsets
+                .iter()
+                .filter(|o| stale.contains(&o.partition))
+                .cloned()
+                .collect();
+            let retried = self.commit_once(&again, deadline).await?;
+            report.committed.extend(retried.committed);
+            report.not_owned.extend(retried.not_owned);
+            report.not_advanced.extend(retried.not_advanced);
+            report.failed.extend(retried.failed);
+        }
+    }
+
+    /// One commit through the gate: admitted offsets sent once (retried on coordinator moves and
+    /// retriable errors until `deadline`).
+    async fn commit_once(
+        &self,
+        offsets: &[OffsetToCommit],
+        deadline: Instant,
+    ) -> Result<CommitReport> {
         let shared = &self.shared;
         let (
             generation,
@@ -85,12 +126,22 @@ impl GroupMember {
                     })
                     .collect(),
             );
-        let deadline = Instant::now() + shared.config.request_timeout;
+        // The classic protocol commits at v8 at most (as before KIP-848); a consumer-protocol member
+        // must use v9+, where the generation field is the member epoch.
+        let max_version = match shared.config.protocol {
+            GroupProtocol::Classic => 8,
+            GroupProtocol::Consumer => <OffsetCommitRequest as ApiRequest>::MAX_VERSION,
+        };
         let mut backoff = shared.config.retry_backoff.start();
         let response = loop {
             let attempt = shared
                 .coordinator
-                .send(&request, shared.config.request_timeout, deadline)
+                .send_at_most(
+                    &request,
+                    max_version,
+                    shared.config.request_timeout,
+                    deadline,
+                )
                 .await;
             match attempt {
                 Ok((conn, response)) => {

@@ -6,8 +6,18 @@
 //! task). A revocation waits for the consumer to finish with the partitions (drain, commit) while
 //! heartbeats keep going, bounded by the rebalance timeout.
 //!
+//! Two membership protocols sit behind the one handle, chosen by [`GroupConfig::protocol`]: the
+//! classic one (`classic`) and KIP-848's consumer protocol (`consumer_protocol`). Each is one task
+//! that owns its protocol's state and talks to the consumer only through the shared hand-off
+//! (`handoff`: [`GroupEvent`]s, revocations waited for while it heartbeats) and the shared
+//! ownership and commit gate (`ownership`); commits, offsets, status and everything above
+//! membership are the same for both.
+//!
 //! # Layout
 //! - `classic`: the classic protocol's loop (join, sync, apply the assignment, heartbeat) and leave.
+//! - `consumer_protocol`: the KIP-848 member's heartbeat loop, reconciliation and leave.
+//! - `reconcile`: the KIP-848 decisions without I/O (revoke/assign plan, heartbeat error
+//!   reactions, topic-id resolution, leave epochs).
 //! - `join`: JoinGroup and SyncGroup, and the leader's assignment.
 //! - `heartbeat`: heartbeating while the assignment holds.
 //! - `reaction`: which coordinator error leads to rejoin, loss, backoff or a fatal stop.
@@ -24,11 +34,13 @@
 
 mod classic;
 mod commit;
+mod consumer_protocol;
 mod handoff;
 mod heartbeat;
 mod join;
 mod ownership;
 mod reaction;
+mod reconcile;
 
 use std::sync::Arc;
 
@@ -39,7 +51,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::coordinator::Coordinator;
-use super::{GroupConfig, TopicPartition};
+use super::{GroupConfig, GroupProtocol, TopicPartition};
 use crate::{ClientConfig, Error, Result};
 use ownership::Ownership;
 
@@ -194,7 +206,16 @@ impl GroupMember {
         });
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let task = tokio::spawn(classic::run(Arc::clone(&shared), events_tx, shutdown_rx));
+        let task = match shared.config.protocol {
+            GroupProtocol::Classic => {
+                tokio::spawn(classic::run(Arc::clone(&shared), events_tx, shutdown_rx))
+            }
+            GroupProtocol::Consumer => tokio::spawn(consumer_protocol::run(
+                Arc::clone(&shared),
+                events_tx,
+                shutdown_rx,
+            )),
+        };
         Ok((
             Self {
                 shared,
