@@ -17,10 +17,10 @@ use kafkit::group::{
     GroupConfig, GroupEvent, GroupMember, GroupProtocol, OffsetToCommit, TopicPartition,
 };
 use kafkit::{ProducerBuilder, ProducerRecord};
-use parking_lot::Mutex;
 use kafkit_integration_tests::kafkit_bin;
 use kafkit_integration_tests::support::{client, eventually, kafka_lag};
 use kafkit_testkit::{create_topic, java_command, kafka_version, random_name, shared};
+use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -31,7 +31,10 @@ const PER_PARTITION: i64 = 10;
 fn skipped() -> bool {
     let old = kafka_version().starts_with("3.");
     if old {
-        eprintln!("skipped: Kafka {} has no GA consumer protocol", kafka_version());
+        eprintln!(
+            "skipped: Kafka {} has no GA consumer protocol",
+            kafka_version()
+        );
     }
     old
 }
@@ -197,9 +200,7 @@ fn track(mut events: tokio::sync::mpsc::UnboundedReceiver<GroupEvent>) -> Arc<Se
         async move {
             while let Some(event) = events.recv().await {
                 match event {
-                    GroupEvent::Assigned { partitions, .. } => {
-                        seen.owned.lock().extend(partitions)
-                    }
+                    GroupEvent::Assigned { partitions, .. } => seen.owned.lock().extend(partitions),
                     GroupEvent::Revoked { partitions, done } => {
                         let mut owned = seen.owned.lock();
                         for p in &partitions {
@@ -299,9 +300,11 @@ async fn a_frozen_member_is_fenced_loses_its_partitions_and_rejoins_and_a_leave_
 
     // Freeze A past the session timeout.
     frozen_rt.spawn(async { std::thread::sleep(Duration::from_secs(14)) });
-    eventually(Duration::from_secs(40), "B owns all 6 while A is frozen", || {
-        *b_seen.owned.lock() == all
-    })
+    eventually(
+        Duration::from_secs(40),
+        "B owns all 6 while A is frozen",
+        || *b_seen.owned.lock() == all,
+    )
     .await;
     eventually(Duration::from_secs(40), "A learns it was fenced", || {
         !a_seen.lost.lock().is_empty()
@@ -318,9 +321,11 @@ async fn a_frozen_member_is_fenced_loses_its_partitions_and_rejoins_and_a_leave_
         lost[0].1.contains("UnknownMemberId") || lost[0].1.contains("FencedMemberEpoch"),
         "{lost:?}"
     );
-    eventually(Duration::from_secs(30), "3 each again after A rejoined", || {
-        split(&a_seen, &b_seen, &all, 3)
-    })
+    eventually(
+        Duration::from_secs(30),
+        "3 each again after A rejoined",
+        || split(&a_seen, &b_seen, &all, 3),
+    )
     .await;
     let after = a.status();
     assert_eq!(after.member_id, before.member_id, "the same member id");
@@ -345,4 +350,46 @@ async fn a_frozen_member_is_fenced_loses_its_partitions_and_rejoins_and_a_leave_
         .unwrap()
         .unwrap();
     frozen_rt.shutdown_background();
+}
+
+/// A regex subscription (ConsumerGroupHeartbeat v1's SubscribedTopicRegex): the broker matches the
+/// topics, and the member resolves the topic ids it was never told the names of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regex_subscription_gets_the_partitions_of_every_matching_topic() {
+    if skipped() {
+        return;
+    }
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let prefix = random_name("kip848re");
+    let (a, b, other) = (
+        format!("{prefix}-a"),
+        format!("{prefix}-b"),
+        format!("{prefix}x-c"),
+    );
+    for (topic, partitions) in [(&a, 2), (&b, 1), (&other, 1)] {
+        create_topic(&bootstrap, topic, partitions, 1)
+            .await
+            .unwrap();
+    }
+    let config = GroupConfig::new(random_name("g848re"), Vec::<String>::new())
+        .protocol(GroupProtocol::Consumer)
+        .topic_regex(format!("{prefix}-.*"));
+    let (member, events) = GroupMember::start(&client(&bootstrap), config).unwrap();
+    let seen = track(events);
+    let expected: BTreeSet<TopicPartition> = [
+        TopicPartition::new(&a, 0),
+        TopicPartition::new(&a, 1),
+        TopicPartition::new(&b, 0),
+    ]
+    .into();
+    eventually(
+        Duration::from_secs(60),
+        "the partitions of both matching topics",
+        || *seen.owned.lock() == expected,
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(30), member.close())
+        .await
+        .unwrap()
+        .unwrap();
 }

@@ -87,6 +87,7 @@ pub struct GroupConfig {
     pub(crate) retry_backoff: BackoffPolicy,
     pub(crate) protocol: GroupProtocol,
     pub(crate) remote_assignor: Option<String>,
+    pub(crate) topic_regex: Option<String>,
     /// The classic-only settings set through their setters (Kafka names), so that `validate` can
     /// refuse them with the consumer protocol as the Java client does.
     classic_only_set: Vec<&'static str>,
@@ -103,6 +104,7 @@ impl std::fmt::Debug for GroupConfig {
             .field("group_instance_id", &self.group_instance_id)
             .field("protocol", &self.protocol)
             .field("remote_assignor", &self.remote_assignor)
+            .field("topic_regex", &self.topic_regex)
             .field(
                 "assignors",
                 &self.assignors.iter().map(|a| a.name()).collect::<Vec<_>>(),
@@ -137,6 +139,7 @@ impl GroupConfig {
             .expect("valid default backoff"),
             protocol: GroupProtocol::Classic,
             remote_assignor: None,
+            topic_regex: None,
             classic_only_set: Vec::new(),
         }
     }
@@ -158,6 +161,16 @@ impl GroupConfig {
     /// (`group.consumer.assignors`, `uniform` by default). Only with [`GroupProtocol::Consumer`].
     pub fn remote_assignor(mut self, name: impl Into<String>) -> Self {
         self.remote_assignor = Some(name.into());
+        self
+    }
+
+    /// Subscribes to every topic whose name matches `pattern` instead of a list of topics (give
+    /// [`new`](Self::new) no topics): the broker matches it (RE2/J syntax, KIP-848's
+    /// `SubscribedTopicRegex`), against topics created later too. Consumer protocol only
+    /// ([`GroupProtocol::Consumer`]), on brokers with ConsumerGroupHeartbeat v1 (Kafka 4.0+). As
+    /// Java's `subscribe(SubscriptionPattern)`. Default none.
+    pub fn topic_regex(mut self, pattern: impl Into<String>) -> Self {
+        self.topic_regex = Some(pattern.into());
         self
     }
 
@@ -289,11 +302,32 @@ impl GroupConfig {
         if self.group_id.trim().is_empty() {
             return err("group.id", "must not be empty".into());
         }
-        if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
-            return err(
-                "topics",
-                "subscribe to at least one topic; names must not be empty".into(),
-            );
+        match &self.topic_regex {
+            None if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) => {
+                return err(
+                    "topics",
+                    "subscribe to at least one topic; names must not be empty".into(),
+                );
+            }
+            None => {}
+            Some(regex) => {
+                if regex.trim().is_empty() {
+                    return err("topic regex", "must not be empty".into());
+                }
+                if !self.topics.is_empty() {
+                    return err(
+                        "topic regex",
+                        "subscribe to a list of topics or to a regex, not both".into(),
+                    );
+                }
+                if self.protocol != GroupProtocol::Consumer {
+                    return err(
+                        "topic regex",
+                        "is only supported when group.protocol=consumer (the broker matches it)"
+                            .into(),
+                    );
+                }
+            }
         }
         if self.session_timeout < Duration::from_millis(1000)
             || self.session_timeout > Duration::from_secs(1800)
@@ -449,6 +483,20 @@ mod tests {
             .group_instance_id("i-1")
             .validate()
             .expect("the settings the consumer protocol uses");
+        GroupConfig::new("g", Vec::<String>::new())
+            .protocol(GroupProtocol::Consumer)
+            .topic_regex("orders-.*")
+            .validate()
+            .expect("a regex instead of topics");
+        for bad in [
+            consumer().topic_regex("orders-.*"),
+            GroupConfig::new("g", Vec::<String>::new())
+                .protocol(GroupProtocol::Consumer)
+                .topic_regex(""),
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains("topic regex"), "{err}");
+        }
         let cases = [
             (
                 consumer().session_timeout(Duration::from_secs(10)),
@@ -463,6 +511,10 @@ mod tests {
                 "partition.assignment.strategy",
             ),
             (consumer().remote_assignor(" "), "group.remote.assignor"),
+            (
+                GroupConfig::new("g", Vec::<String>::new()).topic_regex("t.*"),
+                "group.protocol=consumer",
+            ),
             (
                 GroupConfig::new("g", ["t"]).remote_assignor("uniform"),
                 "group.remote.assignor",

@@ -264,13 +264,14 @@ impl Membership<'_> {
             .with_instance_id(config.group_instance_id.clone().map(StrBytes::from_string))
             .with_rack_id(config.rack_id.clone().map(StrBytes::from_string))
             .with_rebalance_timeout_ms(config.rebalance_timeout.as_millis() as i32)
-            .with_subscribed_topic_names(Some(
+            .with_subscribed_topic_names(config.topic_regex.is_none().then(|| {
                 config
                     .topics
                     .iter()
                     .map(|t| TopicName(StrBytes::from_string(t.clone())))
-                    .collect(),
-            ))
+                    .collect()
+            }))
+            .with_subscribed_topic_regex(config.topic_regex.clone().map(StrBytes::from_string))
             .with_server_assignor(config.remote_assignor.clone().map(StrBytes::from_string))
             .with_topic_partitions(Some(self.owned_by_id(&owned)));
         let deadline = Instant::now() + config.request_timeout;
