@@ -393,3 +393,57 @@ async fn a_regex_subscription_gets_the_partitions_of_every_matching_topic() {
         .unwrap()
         .unwrap();
 }
+
+/// A static member (`group.instance.id`) leaves with epoch -2: the broker keeps its partitions for
+/// it (the other member does not get them), and the same instance coming back gets them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_leaves_with_epoch_minus_two_and_gets_its_partitions_back() {
+    if skipped() {
+        return;
+    }
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("kip848-static");
+    let group = random_name("g848s");
+    create_topic(&bootstrap, &topic, 4, 1).await.unwrap();
+    let all: BTreeSet<TopicPartition> = (0..4).map(|p| TopicPartition::new(&topic, p)).collect();
+    let config = |instance: &str| {
+        GroupConfig::new(&group, [&topic])
+            .protocol(GroupProtocol::Consumer)
+            .group_instance_id(instance)
+    };
+    let (a, a_events) = GroupMember::start(&client(&bootstrap), config("a")).unwrap();
+    let a_seen = track(a_events);
+    let (b, b_events) = GroupMember::start(&client(&bootstrap), config("b")).unwrap();
+    let b_seen = track(b_events);
+    eventually(Duration::from_secs(30), "2 partitions each", || {
+        split(&a_seen, &b_seen, &all, 2)
+    })
+    .await;
+    let a_partitions = a_seen.owned.lock().clone();
+    tokio::time::timeout(Duration::from_secs(30), a.close())
+        .await
+        .unwrap()
+        .unwrap();
+    // Several of B's heartbeats (1 s) later, B still has only its own.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        b_seen.owned.lock().len(),
+        2,
+        "a static member's partitions wait for it"
+    );
+    let (a2, a2_events) = GroupMember::start(&client(&bootstrap), config("a")).unwrap();
+    let a2_seen = track(a2_events);
+    eventually(
+        Duration::from_secs(30),
+        "the same instance gets its partitions back",
+        || *a2_seen.owned.lock() == a_partitions,
+    )
+    .await;
+    assert!(split(&a2_seen, &b_seen, &all, 2));
+    for m in [a2, b] {
+        tokio::time::timeout(Duration::from_secs(30), m.close())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
