@@ -447,3 +447,72 @@ async fn a_static_member_leaves_with_epoch_minus_two_and_gets_its_partitions_bac
             .unwrap();
     }
 }
+
+/// The online upgrade Kafka documents: a classic group whose members restart one by one with
+/// `group.protocol=consumer`. The broker converts the group when the first consumer-protocol member
+/// joins and serves the remaining classic member through the classic protocol meanwhile; at every
+/// step the members split the partitions without overlap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_group_upgrades_online_to_the_consumer_protocol_member_by_member() {
+    if skipped() {
+        return;
+    }
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("kip848-upgrade");
+    let group = random_name("g848u");
+    create_topic(&bootstrap, &topic, 4, 1).await.unwrap();
+    let all: BTreeSet<TopicPartition> = (0..4).map(|p| TopicPartition::new(&topic, p)).collect();
+    let classic = || {
+        GroupConfig::new(&group, [&topic])
+            .session_timeout(Duration::from_secs(10))
+            .heartbeat_interval(Duration::from_millis(500))
+            .rebalance_timeout(Duration::from_secs(20))
+            .assignors(vec![Arc::new(kafkit::group::CooperativeStickyAssignor)])
+    };
+    let consumer = || {
+        GroupConfig::new(&group, [&topic])
+            .protocol(GroupProtocol::Consumer)
+            .rebalance_timeout(Duration::from_secs(20))
+    };
+    let start = |config: GroupConfig| {
+        let (member, events) = GroupMember::start(&client(&bootstrap), config).unwrap();
+        (member, track(events))
+    };
+    let close = |member: GroupMember| async move {
+        tokio::time::timeout(Duration::from_secs(30), member.close())
+            .await
+            .unwrap()
+            .unwrap();
+    };
+
+    let (a, a_seen) = start(classic());
+    let (b, b_seen) = start(classic());
+    eventually(Duration::from_secs(30), "classic: 2 each", || {
+        split(&a_seen, &b_seen, &all, 2)
+    })
+    .await;
+
+    close(a).await;
+    let (a, a_seen) = start(consumer());
+    eventually(
+        Duration::from_secs(40),
+        "consumer-protocol a and classic b: 2 each",
+        || split(&a_seen, &b_seen, &all, 2),
+    )
+    .await;
+    let (description, _) = admin::describe_group_with_lag(&client(&bootstrap), &group)
+        .await
+        .unwrap();
+    assert_eq!(description.group_type, "consumer", "{description:?}");
+
+    close(b).await;
+    let (b, b_seen) = start(consumer());
+    eventually(
+        Duration::from_secs(40),
+        "both on the consumer protocol: 2 each",
+        || split(&a_seen, &b_seen, &all, 2),
+    )
+    .await;
+    close(a).await;
+    close(b).await;
+}

@@ -175,6 +175,10 @@ async fn reconcile(
                 continue;
             }
         }
+        if *shutdown.borrow() {
+            // Leaving: what was revoked is acked by the leave; nothing new starts.
+            break;
+        }
         if !step.assign.is_empty() {
             let epoch = {
                 let mut state = shared.state.lock();
