@@ -317,6 +317,9 @@ impl Membership<'_> {
                     }
                     Beat::Retry(why)
                 }
+                Reaction::Fatal if error == ResponseError::UnsupportedVersion => {
+                    Beat::Fatal(unsupported(&config.group_id, conn.broker()))
+                }
                 Reaction::Fatal => Beat::Fatal(Error::Group {
                     group: config.group_id.clone(),
                     operation: "ConsumerGroupHeartbeat",
@@ -416,23 +419,27 @@ impl Membership<'_> {
     }
 }
 
-/// A broker without the consumer protocol (before Kafka 4.0, or with the new coordinator off)
-/// does not offer ConsumerGroupHeartbeat: say so in the error.
+/// A broker without the consumer protocol (before Kafka 4.0, or with it disabled) either does not
+/// offer ConsumerGroupHeartbeat or answers it UNSUPPORTED_VERSION: say so in the error.
 fn unsupported_hint(group: &str, error: Error) -> Error {
     match &error {
         Error::Connection {
             source: WireError::UnsupportedVersion { broker, .. },
             ..
-        } => Error::Group {
-            group: group.to_owned(),
-            operation: "ConsumerGroupHeartbeat",
-            code: ResponseError::UnsupportedVersion.code(),
-            error: format!(
-                "UnsupportedVersion: broker {broker} does not offer the consumer group protocol \
-                 (group.protocol=consumer needs Apache Kafka 4.0 or newer with the consumer \
-                 protocol enabled); use group.protocol=classic"
-            ),
-        },
+        } => unsupported(group, broker),
         _ => error,
+    }
+}
+
+fn unsupported(group: &str, broker: &str) -> Error {
+    Error::Group {
+        group: group.to_owned(),
+        operation: "ConsumerGroupHeartbeat",
+        code: ResponseError::UnsupportedVersion.code(),
+        error: format!(
+            "UnsupportedVersion: broker {broker} does not offer the consumer group protocol \
+             (group.protocol=consumer needs Apache Kafka 4.0 or newer with the consumer protocol \
+             enabled); use group.protocol=classic"
+        ),
     }
 }
