@@ -107,7 +107,11 @@ pub(super) async fn run(
             _ = tokio::time::sleep_until(next) => {}
             _ = shutdown.changed() => break,
         }
-        match m.beat().await {
+        let beat = tokio::select! {
+            r = m.beat() => r,
+            _ = shutdown.changed() => break,
+        };
+        match beat {
             Ok(()) => {
                 backoff.reset();
                 next = Instant::now() + m.interval;
