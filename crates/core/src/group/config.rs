@@ -149,6 +149,17 @@ impl GroupConfig {
     /// session timeout and heartbeat interval: setting [`session_timeout`](Self::session_timeout),
     /// [`heartbeat_interval`](Self::heartbeat_interval) or [`assignors`](Self::assignors) as well
     /// is refused when the member starts, as the Java client refuses them.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use kafkit_core::group::{GroupConfig, GroupProtocol};
+    ///
+    /// let config = GroupConfig::new("orders-service", ["orders"])
+    ///     .protocol(GroupProtocol::Consumer)
+    ///     .remote_assignor("uniform")
+    ///     .rebalance_timeout(Duration::from_secs(60));
+    /// assert_eq!(config.group_protocol(), GroupProtocol::Consumer);
+    /// ```
     pub fn protocol(mut self, protocol: GroupProtocol) -> Self {
         self.protocol = protocol;
         self

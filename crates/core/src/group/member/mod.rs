@@ -154,13 +154,17 @@ struct Shared {
 /// A point-in-time view of the membership, for health checks and diagnostics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MembershipStatus {
-    /// The member id the coordinator gave this member ("" before the first join).
+    /// The member id: the coordinator's (classic; "" before the first join), or the one this
+    /// member generated (consumer protocol).
     pub member_id: String,
-    /// The current generation, `None` while not in one.
+    /// The current generation (classic) or member epoch (consumer protocol), `None` while not in
+    /// one.
     pub generation: Option<i32>,
-    /// The assignor the group chose.
+    /// The assignor the group chose (classic), or the server-side assignor asked for (consumer
+    /// protocol, `None`: the broker's default).
     pub protocol: Option<String>,
-    /// Whether this member computed the last assignment.
+    /// Whether this member computed the last assignment (classic; never under the consumer
+    /// protocol, where the broker assigns).
     pub leader: bool,
     /// The partitions owned now.
     pub assignment: Vec<TopicPartition>,
