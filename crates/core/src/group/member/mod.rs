@@ -61,7 +61,7 @@ use ownership::Ownership;
 pub enum GroupEvent {
     /// These partitions are now owned by this member in `generation`: start fetching them.
     Assigned {
-        /// The group generation of the assignment.
+        /// The group generation of the assignment (the member epoch under the consumer protocol).
         generation: i32,
         /// The partitions newly owned.
         partitions: Vec<TopicPartition>,
