@@ -173,10 +173,8 @@ fn deliver(out: &mut impl Write, written: &mut Vec<StreamRecord>, progress: &Pro
         written.clear();
         return false;
     }
-    for record in written.drain(..) {
-        record.ack();
-        progress.add();
-    }
+    progress.add_n(written.len() as u64);
+    StreamRecord::ack_all(written.drain(..));
     true
 }
 

@@ -3,9 +3,10 @@
 //! line was acknowledged by the broker (acks=all).
 
 use clap::Args;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use kafkit::{ProducerBuilder, ProducerRecord};
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::task::JoinSet;
 
 use crate::common::ClusterArgs;
 use crate::progress::Progress;
@@ -63,7 +64,9 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), Failure> {
 
     let progress = Progress::start("produced", args.progress);
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut sends = JoinSet::new();
+    // `send` appends the record when called; its future only waits for the acknowledgement, so
+    // the futures are kept here, not spawned as a task each.
+    let mut sends = FuturesUnordered::new();
     let mut failure = None;
     let mut line_no = 0u64;
     loop {
@@ -98,17 +101,17 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), Failure> {
             record = record.partition(p);
         }
         while sends.len() >= args.max_in_flight as usize {
-            if let Some(done) = sends.join_next().await {
+            if let Some(done) = sends.next().await {
                 settle(done, &progress, &mut failure);
             }
         }
         // Called here, not in the task: the record is appended now, so lines keep their order.
-        sends.spawn(producer.send(record));
+        sends.push(producer.send(record));
         if failure.is_some() {
             break;
         }
     }
-    while let Some(done) = sends.join_next().await {
+    while let Some(done) = sends.next().await {
         settle(done, &progress, &mut failure);
     }
     let _ = producer.close().await;
@@ -123,17 +126,14 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), Failure> {
 
 /// Counts an acknowledged send, or keeps the first failure.
 fn settle(
-    done: Result<kafkit::Result<kafkit::Delivery>, tokio::task::JoinError>,
+    done: kafkit::Result<kafkit::Delivery>,
     progress: &Progress,
     failure: &mut Option<Failure>,
 ) {
     match done {
-        Ok(Ok(_)) => progress.add(),
-        Ok(Err(e)) => {
-            failure.get_or_insert(e.into());
-        }
+        Ok(_) => progress.add(),
         Err(e) => {
-            failure.get_or_insert(Failure::runtime(format!("a send task failed: {e}")));
+            failure.get_or_insert(e.into());
         }
     }
 }

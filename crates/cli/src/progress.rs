@@ -45,7 +45,12 @@ impl Progress {
 
     /// One more record.
     pub(crate) fn add(&self) {
-        self.count.fetch_add(1, Ordering::Relaxed);
+        self.add_n(1);
+    }
+
+    /// Counts `n` more.
+    pub(crate) fn add_n(&self, n: u64) {
+        self.count.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Records counted so far.

@@ -140,6 +140,18 @@ impl Headers {
         self.list.iter().filter(move |h| h.is_named(name))
     }
 
+    /// The last `traceparent` header, parsed; `None` if there is none or it is invalid.
+    pub fn traceparent(&self) -> Option<crate::Traceparent> {
+        let value = self.get(crate::Traceparent::HEADER)?.value()?;
+        crate::Traceparent::parse(value).ok()
+    }
+
+    /// Replaces any `traceparent` header with `traceparent`.
+    pub fn set_traceparent(&mut self, traceparent: crate::Traceparent) -> &mut Self {
+        self.remove(crate::Traceparent::HEADER)
+            .add(crate::Traceparent::HEADER, traceparent.to_string())
+    }
+
     /// Removes every header named `name`.
     pub fn remove(&mut self, name: &str) -> &mut Self {
         self.list.retain(|h| !h.is_named(name));

@@ -17,6 +17,8 @@
 //! - `consumer`: [`consumer::Consumer`]: prefetching fetchers, the dispatcher, watermark commits,
 //!   graceful shutdown.
 //! - `headers`: [`Headers`], a record's ordered (name, optional value) list, duplicates kept.
+//! - `trace`: [`Traceparent`] (W3C trace context in record headers) and the per-record span the
+//!   consumer runs each handler call in.
 //! - `error`: the crate's [`Error`] and [`Result`].
 
 pub mod admin;
@@ -29,6 +31,7 @@ pub mod partitioner;
 mod producer;
 pub mod security;
 mod task;
+mod trace;
 mod wire;
 
 pub use config::ClientConfig;
@@ -39,4 +42,5 @@ pub use producer::{Acks, Compression, Delivery, Producer, ProducerBuilder, Produ
 pub use security::{
     Pem, SaslCredentials, SaslMechanism, Secret, Security, SecurityProtocol, TlsSettings,
 };
+pub use trace::{Traceparent, TraceparentError};
 pub use wire::WireError;

@@ -22,12 +22,22 @@
 //! # Features
 //! Default features are pure Rust and build for `x86_64-unknown-linux-musl` without a C compiler.
 //! The consumer decodes and the producer writes every codec (none, gzip, snappy, lz4, zstd) in
-//! every build, all in pure Rust. `tls` is opt-in.
+//! every build, all in pure Rust. Opt-in:
+//! - `tls`: TLS and mutual TLS to brokers (rustls with ring, which needs a C compiler);
+//! - `prometheus-client`: `Metrics::register_prometheus_client`, kafkit's metrics in a
+//!   `prometheus_client` registry, encoded at each scrape;
+//! - `metrics`: `Metrics::spawn_facade_reporter`, kafkit's metrics pushed into the `metrics` facade's
+//!   recorder.
+//!
+//! # Tracing
+//! Each record a handler processes runs in a DEBUG span `kafkit.record` (target `kafkit::record`)
+//! with its topic, partition, offset, key hash and, if it carries one, its W3C trace context; see
+//! [`Traceparent`] for propagation.
 
 pub use kafkit_core::{
     Acks, ClientConfig, Compression, ConfigError, Delivery, Error, Header, Headers, Pem, Producer,
     ProducerBuilder, ProducerRecord, Result, SaslCredentials, SaslMechanism, Secret, Security,
-    SecurityProtocol, TlsSettings, WireError, partitioner,
+    SecurityProtocol, TlsSettings, Traceparent, TraceparentError, WireError, partitioner,
 };
 
 pub use kafkit_core::{admin, consumer, group, security};

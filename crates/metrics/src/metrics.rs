@@ -319,6 +319,22 @@ impl Metrics {
     }
 }
 
+/// A [`Metrics`] that does not keep the statistics alive, for background tasks that should stop
+/// once their last user has gone.
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+pub(crate) struct WeakMetrics(Weak<Shared>);
+
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+impl Metrics {
+    pub(crate) fn downgrade(&self) -> WeakMetrics {
+        WeakMetrics(Arc::downgrade(&self.shared))
+    }
+
+    pub(crate) fn upgrade(weak: &WeakMetrics) -> Option<Metrics> {
+        weak.0.upgrade().map(|shared| Metrics { shared })
+    }
+}
+
 /// The periodic publisher started by [`Metrics::spawn_publisher`]; dropping it stops the task.
 #[derive(Debug)]
 pub struct PublisherTask {

@@ -5,9 +5,9 @@
 //! a gauge per partition and per group. An evicted topic's series disappear, as Prometheus expects of
 //! a label value that is gone; the snapshot's `totals` keep its counts for other consumers.
 //!
-//! Only this format is built in: it is what the health endpoint serves and what every scraper reads. A
-//! `metrics`-facade or OpenTelemetry bridge would be a few lines over [`MetricsSnapshot`]'s public fields
-//! in the application, without making this crate depend on either.
+//! This format is always built in: it is what the health endpoint serves and what every scraper
+//! reads. Services that already expose metrics through the `prometheus-client` crate or the `metrics`
+//! facade turn on this crate's feature of that name instead (see the crate documentation).
 
 use std::fmt::{self, Display, Write};
 use std::time::Duration;
@@ -22,7 +22,7 @@ type TimingSeries = fn(&TopicSnapshot) -> &TimingSnapshot;
 type PartitionField = fn(&PartitionLag) -> i64;
 
 /// Per-topic counter families.
-const TOPIC_COUNTERS: [Family<CounterField>; 11] = [
+pub(crate) const TOPIC_COUNTERS: [Family<CounterField>; 11] = [
     (
         "kafkit_records_produced_total",
         "Records the broker acknowledged to the producer.",
@@ -81,7 +81,7 @@ const TOPIC_COUNTERS: [Family<CounterField>; 11] = [
 ];
 
 /// Per-topic timing families (summaries; the name is also the base of the average gauge's name).
-const TOPIC_TIMINGS: [Family<TimingSeries>; 2] = [
+pub(crate) const TOPIC_TIMINGS: [Family<TimingSeries>; 2] = [
     (
         "kafkit_produce_duration_seconds",
         "Produce latency, from send to broker acknowledgement.",
@@ -91,6 +91,25 @@ const TOPIC_TIMINGS: [Family<TimingSeries>; 2] = [
         "kafkit_process_duration_seconds",
         "Processing time of the application's handler.",
         |t| &t.process_time,
+    ),
+];
+
+/// Per-partition lag families (labels: group, topic, partition).
+pub(crate) const PARTITION_GAUGES: [Family<PartitionField>; 3] = [
+    (
+        "kafkit_consumer_lag",
+        "High watermark minus committed offset of a partition, per group.",
+        |p| p.lag,
+    ),
+    (
+        "kafkit_consumer_committed_offset",
+        "Committed offset of a partition, per group.",
+        |p| p.committed_offset,
+    ),
+    (
+        "kafkit_partition_high_watermark",
+        "Log end offset of a partition from the last fetch.",
+        |p| p.high_watermark,
     ),
 ];
 
@@ -162,24 +181,7 @@ impl MetricsSnapshot {
         )?;
         w.sample("kafkit_topic_stats_evicted_total", &[], self.topics_evicted)?;
 
-        let partition_gauges: [Family<PartitionField>; 3] = [
-            (
-                "kafkit_consumer_lag",
-                "High watermark minus committed offset of a partition, per group.",
-                |p| p.lag,
-            ),
-            (
-                "kafkit_consumer_committed_offset",
-                "Committed offset of a partition, per group.",
-                |p| p.committed_offset,
-            ),
-            (
-                "kafkit_partition_high_watermark",
-                "Log end offset of a partition from the last fetch.",
-                |p| p.high_watermark,
-            ),
-        ];
-        for (name, help, field) in partition_gauges {
+        for (name, help, field) in PARTITION_GAUGES {
             w.family(name, "gauge", help)?;
             for p in &self.partitions {
                 let partition = p.partition.to_string();
@@ -307,16 +309,17 @@ impl<W: Write> Exposition<'_, W> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{CircuitState, Metrics, MetricsConfig};
     use std::collections::{BTreeMap, HashSet};
 
+    /// One parsed sample line (also used by the `prometheus-client` integration's tests).
     #[derive(Debug, PartialEq)]
-    struct Sample {
-        name: String,
-        labels: BTreeMap<String, String>,
-        value: f64,
+    pub(crate) struct Sample {
+        pub(crate) name: String,
+        pub(crate) labels: BTreeMap<String, String>,
+        pub(crate) value: f64,
     }
 
     /// A strict parser of the subset of the text format we emit; panics on anything malformed.
@@ -362,7 +365,7 @@ mod tests {
         (types, samples)
     }
 
-    fn parse_sample(line: &str) -> Sample {
+    pub(crate) fn parse_sample(line: &str) -> Sample {
         let is_name = |c: char, first: bool| {
             c == '_' || c == ':' || c.is_ascii_alphabetic() || (!first && c.is_ascii_digit())
         };
@@ -432,9 +435,13 @@ mod tests {
         }
     }
 
-    type Labels<'a> = &'a [(&'a str, &'a str)];
+    pub(crate) type Labels<'a> = &'a [(&'a str, &'a str)];
 
-    fn find<'s>(samples: &'s [Sample], name: &str, labels: Labels<'_>) -> Option<&'s Sample> {
+    pub(crate) fn find<'s>(
+        samples: &'s [Sample],
+        name: &str,
+        labels: Labels<'_>,
+    ) -> Option<&'s Sample> {
         samples.iter().find(|s| {
             s.name == name
                 && labels

@@ -68,8 +68,10 @@ pub(crate) enum Sink {
     /// Each record runs the handler on its own task through the failure path (retries, breaker,
     /// dead-letter topic).
     Handler(HandlerFn, Arc<FailurePath>),
-    /// Each record is sent to the user's stream and finishes when acked.
-    Stream(mpsc::Sender<StreamRecord>),
+    /// Records are sent to the user's stream, a dispatch's records in one message, and each
+    /// finishes when acked. Unbounded: what is out (in the channel or with the user) is in flight,
+    /// and the in-flight bound (`max_in_flight`, or one record per partition) bounds it.
+    Stream(mpsc::UnboundedSender<Vec<StreamRecord>>),
 }
 
 /// A record finished (or records handed back) by a handler task or a stream user.
@@ -98,7 +100,8 @@ pub(crate) enum Outcome {
     /// run stopped by a revocation or shutdown), in offset order. Ends the hand-out; they are
     /// delivered again unless their partition is going away.
     Returned(Vec<ConsumedRecord>),
-    /// Records of an `Unordered` lane are processed, at these offsets; each was a hand-out of its own.
+    /// Records of an `Unordered` lane, or stream records acked together
+    /// ([`StreamRecord::ack_all`]), are processed, at these offsets; each was a hand-out of its own.
     ProcessedEach(Vec<i64>),
     /// Records of an `Unordered` lane that a stop kept from starting, in offset order; each was a
     /// hand-out of its own.
@@ -121,6 +124,13 @@ impl Outcome {
 /// (`KeyOrdered`) that a handler task processes one after another without a round trip through the
 /// engine. It bounds how many started-but-unprocessed records a stop has to hand back.
 const RUN_MAX: usize = 256;
+
+/// The room an `Unordered` handler dispatch waits for while records are in flight: a quarter of
+/// `max_in_flight`, at most a run. Concurrency stays between three quarters of the bound and the
+/// bound, and each dispatch starts lanes of useful length.
+fn unordered_low_water(max_in_flight: usize) -> usize {
+    (max_in_flight / 4).clamp(1, RUN_MAX)
+}
 
 /// The most processed records a lane holds before reporting them, when its handler never waits.
 const REPORT_MAX: usize = 64;
@@ -169,8 +179,8 @@ struct Queue {
 pub(crate) enum DispatchEvent {
     /// A handler task or stream user reported.
     Completion(Completion),
-    /// The full stream has room again (`true`), or was dropped (`false`).
-    StreamReady(bool),
+    /// The stream was dropped: nobody will process records. Reported once.
+    StreamClosed,
     /// Handler tasks ended. A handler's panic is caught around its attempt and never ends one (see
     /// `failure::catching`); a task that panics anyway (outside the handler) is logged.
     Joined,
@@ -191,8 +201,10 @@ pub(crate) struct Dispatcher {
     batch: Vec<BatchItem>,
     /// Lanes gathered for the next handler task (handler sink only).
     lanes: Vec<Lane>,
-    /// Set while the stream is full: dispatch waits for room.
-    stream_blocked: Option<Pin<Box<dyn Future<Output = bool> + Send>>>,
+    /// Records gathered for the stream (stream sink only), sent together at the end of a dispatch.
+    stream_batch: Vec<StreamRecord>,
+    /// Whether [`DispatchEvent::StreamClosed`] was reported.
+    stream_closed: bool,
 }
 
 impl Dispatcher {
@@ -209,7 +221,8 @@ impl Dispatcher {
             handlers: JoinSet::new(),
             batch: Vec::new(),
             lanes: Vec::new(),
-            stream_blocked: None,
+            stream_batch: Vec::new(),
+            stream_closed: false,
         }
     }
 
@@ -279,10 +292,20 @@ impl Dispatcher {
     /// processed in sequence by one task; a run counts once against `max_in_flight`, since its
     /// records never run at the same time.
     pub(crate) fn dispatch(&mut self, limit_of: impl Fn(usize) -> i64) {
-        if self.stream_blocked.is_some() {
+        if let Sink::Stream(tx) = &self.sink
+            && tx.is_closed()
+        {
             return;
         }
         let limit = self.mode.max_in_flight().unwrap_or(usize::MAX);
+        let each = matches!(self.mode, DispatchMode::Unordered { .. })
+            && matches!(self.sink, Sink::Handler(..));
+        if each && self.in_flight > 0 && limit - self.in_flight < unordered_low_water(limit) {
+            // Wait for room to gather: room handed out as it trickles back (a few records per
+            // completion) would start lanes of a record or two, each a task's share of overhead
+            // and a completion of its own.
+            return;
+        }
         let n = self.queues.len();
         let mut progressed = true;
         while progressed && self.in_flight < limit {
@@ -301,12 +324,12 @@ impl Dispatcher {
                     continue;
                 };
                 let mut records;
-                let each = matches!(self.mode, DispatchMode::Unordered { .. });
-                if matches!(self.sink, Sink::Handler(..)) && each {
-                    // Each record is a hand-out of its own: a fair share of the room the bound
-                    // leaves, so one partition does not take it all in a pass.
-                    let room = ((limit - self.in_flight) / n).clamp(1, RUN_MAX);
-                    records = Vec::with_capacity(room.min(16));
+                if each {
+                    // Each record is a hand-out of its own. The partition takes what room there is,
+                    // up to a run; the next dispatch starts at the next partition, so partitions
+                    // take turns.
+                    let room = (limit - self.in_flight).clamp(1, RUN_MAX);
+                    records = Vec::with_capacity(room.min(1 + q.schedule.queued()));
                     records.push(record);
                     while records.len() < room {
                         let Some((_, r)) = q.schedule.next_below(below, ConsumedRecord::offset)
@@ -326,7 +349,11 @@ impl Dispatcher {
                         &mut records,
                     );
                 } else {
-                    records = vec![record];
+                    // The batch and stream sinks take records one by one.
+                    let epoch = q.epoch;
+                    self.start_one(idx, epoch, key, record);
+                    progressed = true;
+                    continue;
                 }
                 let lane = Lane {
                     slot: idx,
@@ -336,15 +363,14 @@ impl Dispatcher {
                     stop: Arc::clone(&q.stop),
                     each,
                 };
-                if !self.start(lane) {
-                    return;
-                }
+                self.start(lane);
                 progressed = true;
             }
             self.rr = self.rr.wrapping_add(1);
         }
         self.flush_batch();
         self.flush_lanes();
+        self.flush_stream();
     }
 
     /// Applies a completion to the queues, and calls `processed(slot, offset)` for each processed
@@ -408,16 +434,15 @@ impl Dispatcher {
 
     /// Waits for the next completion, room in a full stream, or ended handler tasks. Cancel-safe.
     pub(crate) async fn next(&mut self) -> DispatchEvent {
+        let stream = match &self.sink {
+            Sink::Stream(tx) if !self.stream_closed => Some(tx.clone()),
+            _ => None,
+        };
         tokio::select! {
             biased;
-            ready = async {
-                match self.stream_blocked.as_mut() {
-                    Some(f) => f.await,
-                    None => std::future::pending().await,
-                }
-            }, if self.stream_blocked.is_some() => {
-                self.stream_blocked = None;
-                DispatchEvent::StreamReady(ready)
+            _ = async { stream.as_ref().expect("checked").closed().await }, if stream.is_some() => {
+                self.stream_closed = true;
+                DispatchEvent::StreamClosed
             }
             Some(c) = self.done_rx.recv() => DispatchEvent::Completion(c),
             Some(joined) = self.handlers.join_next(), if !self.handlers.is_empty() => {
@@ -549,65 +574,51 @@ impl Dispatcher {
         });
     }
 
-    /// Hands a lane to the sink (the batch and stream sinks get lanes of one record). Returns false
-    /// when the stream is full (the record is put back).
-    fn start(&mut self, mut lane: Lane) -> bool {
+    /// Hands a lane to the handler sink.
+    fn start(&mut self, lane: Lane) {
+        self.in_flight += if lane.each { lane.records.len() } else { 1 };
+        self.lanes.push(lane);
+        if self.lanes.len() >= LANES_PER_TASK {
+            self.flush_lanes();
+        }
+    }
+
+    /// Hands one record to the batch or stream sink.
+    fn start_one(&mut self, slot: usize, epoch: u64, key: u64, record: ConsumedRecord) {
+        self.in_flight += 1;
         match &self.sink {
-            Sink::Handler(..) => {
-                self.in_flight += if lane.each { lane.records.len() } else { 1 };
-                self.lanes.push(lane);
-                if self.lanes.len() >= LANES_PER_TASK {
-                    self.flush_lanes();
-                }
-                true
-            }
             Sink::Batch { max, .. } => {
                 let max = *max;
-                let record = lane.records.pop().expect("a lane has a record");
                 self.batch.push(BatchItem {
-                    slot: lane.slot,
-                    epoch: lane.epoch,
-                    key: lane.key,
+                    slot,
+                    epoch,
+                    key,
                     record,
                 });
-                self.in_flight += 1;
                 if self.batch.len() >= max {
                     self.flush_batch();
                 }
-                true
             }
-            Sink::Stream(tx) => {
-                let record = lane.records.pop().expect("a lane has a record");
-                match tx.clone().try_reserve_owned() {
-                    Ok(permit) => {
-                        permit.send(StreamRecord {
-                            record,
-                            ack: Some(AckHandle {
-                                slot: lane.slot,
-                                epoch: lane.epoch,
-                                key: lane.key,
-                                done: self.done_tx.clone(),
-                            }),
-                        });
-                        self.in_flight += 1;
-                        true
-                    }
-                    Err(err) => {
-                        let closed = matches!(err, mpsc::error::TrySendError::Closed(_));
-                        let q = self.queues[lane.slot]
-                            .as_mut()
-                            .expect("the lane's queue exists");
-                        // `next_below` counted it in flight; put it back.
-                        q.schedule.push_front(lane.key, record);
-                        let tx = tx.clone();
-                        self.stream_blocked =
-                            Some(Box::pin(
-                                async move { !closed && tx.reserve().await.is_ok() },
-                            ));
-                        false
-                    }
-                }
-            }
+            Sink::Stream(_) => self.stream_batch.push(StreamRecord {
+                record,
+                ack: Some(AckHandle {
+                    slot,
+                    epoch,
+                    key,
+                    done: self.done_tx.clone(),
+                }),
+            }),
+            Sink::Handler(..) => unreachable!("handler records start in lanes"),
+        }
+    }
+
+    /// Sends the gathered records to the stream. If the stream is gone they are dropped, which
+    /// hands them back; [`next`](Self::next) reports the closed stream.
+    fn flush_stream(&mut self) {
+        if let Sink::Stream(tx) = &self.sink
+            && !self.stream_batch.is_empty()
+        {
+            let _ = tx.send(std::mem::take(&mut self.stream_batch));
         }
     }
 }
@@ -988,6 +999,39 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn unordered_waits_for_a_quarter_of_its_bound_before_starting_more() {
+        // Bound 8: eight 10 ms records fill it; each later record starts only once two are done.
+        let delays: Vec<u64> = (0..12)
+            .map(|o| if o < 8 { 10 * (o + 1) } else { 0 })
+            .collect();
+        let (mut d, log) = dispatcher(DispatchMode::Unordered { max_in_flight: 8 }, delays);
+        d.open(0, 1);
+        for o in 0..12 {
+            d.push(0, record(o, "k"));
+        }
+        let start = Instant::now();
+        d.dispatch(|_| i64::MAX);
+        assert_eq!(d.in_flight(), 8);
+        let mut processed = Vec::new();
+        while processed.len() < 12 {
+            if let DispatchEvent::Completion(c) = d.next().await {
+                d.apply(c, |_, offset| processed.push(offset));
+            }
+            assert!(d.in_flight() <= 8);
+            d.dispatch(|_| i64::MAX);
+            if processed.len() == 1 {
+                // One slot free is less than the low-water mark (2): nothing starts.
+                assert_eq!(d.in_flight(), 7, "{processed:?}");
+            }
+        }
+        let log = log.lock().unwrap();
+        let late = log.iter().find(|(o, _)| *o == 8).expect("offset 8 ran").1;
+        // Records 0 (10 ms) and 1 (20 ms) had to finish first.
+        assert_eq!(late - start, Duration::from_millis(20), "{log:?}");
+        assert_eq!(d.in_flight(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_run_keeps_order_and_a_stop_starts_none_of_its_rest() {
         let (mut d, log) = dispatcher(DispatchMode::PartitionOrdered, vec![10; 6]);
         d.open(0, 1);
@@ -1236,9 +1280,40 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn stream_records_come_in_one_message_per_dispatch_and_ack_all_completes_each() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut d = Dispatcher::new(
+            DispatchMode::Unordered { max_in_flight: 64 },
+            Sink::Stream(tx),
+        );
+        push_two_partitions(&mut d);
+        d.dispatch(|_| i64::MAX);
+        let batch = rx.try_recv().expect("a batch");
+        assert_eq!(batch.len(), 24, "one message for the whole dispatch");
+        assert!(rx.try_recv().is_err());
+        assert_eq!(d.in_flight(), 24);
+        StreamRecord::ack_all(batch);
+        // Each partition's acks arrive as one completion that ends its twelve hand-outs.
+        let mut processed = Vec::new();
+        for _ in 0..2 {
+            let c = d.try_completion().expect("a completion per partition");
+            assert!(
+                matches!(&c.outcome, Outcome::ProcessedEach(o) if o.len() == 12),
+                "{c:?}"
+            );
+            d.apply(c, |slot, offset| processed.push((slot, offset)));
+        }
+        assert!(d.try_completion().is_none());
+        assert_eq!(d.in_flight(), 0);
+        processed.sort_unstable();
+        let all: Vec<(usize, i64)> = (0..2).flat_map(|s| (0..12).map(move |o| (s, o))).collect();
+        assert_eq!(processed, all);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_stream_record_dropped_by_a_panicking_task_is_delivered_again() {
-        let (tx, mut rx) = mpsc::channel(8);
+        let (tx, mut rx) = mpsc::unbounded_channel();
         let mut d = Dispatcher::new(DispatchMode::PartitionOrdered, Sink::Stream(tx));
         push_two_partitions(&mut d);
         let seen: Attempts = Attempts::default();
@@ -1248,21 +1323,23 @@ mod tests {
             let seen = Arc::clone(&seen);
             async move {
                 let mut tasks = JoinSet::new();
-                while let Some(r) = rx.recv().await {
-                    let seen = Arc::clone(&seen);
-                    tasks.spawn(async move {
-                        let n = {
-                            let mut seen = seen.lock().unwrap();
-                            let n = seen.entry((r.partition(), r.offset())).or_insert(0);
-                            *n += 1;
-                            *n
-                        };
-                        tokio::time::sleep(Duration::from_millis(5)).await;
-                        if (r.partition(), r.offset(), n) == (0, 3, 1) {
-                            panic!("user boom");
-                        }
-                        r.ack();
-                    });
+                while let Some(batch) = rx.recv().await {
+                    for r in batch {
+                        let seen = Arc::clone(&seen);
+                        tasks.spawn(async move {
+                            let n = {
+                                let mut seen = seen.lock().unwrap();
+                                let n = seen.entry((r.partition(), r.offset())).or_insert(0);
+                                *n += 1;
+                                *n
+                            };
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            if (r.partition(), r.offset(), n) == (0, 3, 1) {
+                                panic!("user boom");
+                            }
+                            r.ack();
+                        });
+                    }
                 }
                 let mut panics = 0;
                 while let Some(joined) = tasks.join_next().await {

@@ -198,9 +198,6 @@ impl Engine {
                     }
                 }
                 _ = sleep_until(next_deadline) => {}
-                // The busy channels come last: `biased` polls in order, so the rarely ready branches
-                // above (group events, shutdown, commit ticks, deadlines) are never starved by a
-                // steady stream of completions and fetches.
                 // The busy branches come last: `biased` polls in order, so the rarely ready branches
                 // above (group events, shutdown, commit ticks, deadlines) are never starved by a
                 // steady stream of completions and fetches. Each takes what else is ready (up to a
@@ -214,12 +211,8 @@ impl Engine {
                             self.on_completion(c);
                         }
                     }
-                    DispatchEvent::StreamReady(ready) => {
-                        if !ready {
-                            // The stream was dropped: nobody will process records; leave.
-                            self.begin_shutdown();
-                        }
-                    }
+                    // Nobody will process records: leave.
+                    DispatchEvent::StreamClosed => self.begin_shutdown(),
                     DispatchEvent::Joined => {}
                 },
                 Some(f) = self.fetched_rx.recv() => {

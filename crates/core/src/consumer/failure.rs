@@ -33,7 +33,7 @@ use kafkit_resilience::{
     RetryDecision, RetryPolicy,
 };
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use super::dispatcher::{BoxError, HandlerFn};
 use super::record::ConsumedRecord;
@@ -177,7 +177,21 @@ impl FailurePath {
 
     /// Like [`process`](Self::process), when the first attempt already ran elsewhere (in a batch)
     /// and failed with `first`.
+    ///
+    /// Every attempt runs in the record's span (`crate::trace::record_span`, the one place it is
+    /// made), which is `Span::none()` unless a subscriber wants DEBUG spans of `kafkit::record`.
     pub(crate) async fn process_from(
+        &self,
+        handler: &HandlerFn,
+        record: &ConsumedRecord,
+        first: Option<HandlerError>,
+    ) {
+        self.attempts(handler, record, first)
+            .instrument(crate::trace::record_span(record))
+            .await;
+    }
+
+    async fn attempts(
         &self,
         handler: &HandlerFn,
         record: &ConsumedRecord,
@@ -521,5 +535,165 @@ mod tests {
         let processing = path.process(&handler, &record);
         let size = std::mem::size_of_val(&processing);
         assert!(size <= 1024, "{size} bytes");
+    }
+}
+
+#[cfg(test)]
+mod span_tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::{Layer, Registry};
+
+    use super::*;
+    use crate::Traceparent;
+    use crate::consumer::record::RecordData;
+
+    /// A span's `target:name` and its fields, as debug strings.
+    type SpanFields = (String, BTreeMap<String, String>);
+
+    /// Keeps the fields of every span, by span id, and which span was current when an event fired.
+    #[derive(Clone, Default)]
+    struct Spans {
+        fields: Arc<Mutex<BTreeMap<u64, SpanFields>>>,
+        event_parents: Arc<Mutex<Vec<Option<u64>>>>,
+    }
+
+    struct Fields<'a>(&'a mut BTreeMap<String, String>);
+
+    impl Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+    }
+
+    impl<S> Layer<S> for Spans
+    where
+        S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    {
+        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, _: Context<'_, S>) {
+            let mut fields = BTreeMap::new();
+            attrs.record(&mut Fields(&mut fields));
+            let name = format!("{}:{}", attrs.metadata().target(), attrs.metadata().name());
+            self.fields.lock().insert(id.into_u64(), (name, fields));
+        }
+
+        fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
+            if let Some((_, fields)) = self.fields.lock().get_mut(&id.into_u64()) {
+                values.record(&mut Fields(fields));
+            }
+        }
+
+        fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+            let parent = ctx.event_span(event).map(|s| s.id().into_u64());
+            self.event_parents.lock().push(parent);
+        }
+    }
+
+    fn record(key: Option<&'static [u8]>, headers: Headers) -> ConsumedRecord {
+        ConsumedRecord::new(RecordData {
+            topic: "orders".into(),
+            partition: 3,
+            offset: 42,
+            key: key.map(bytes::Bytes::from_static),
+            value: Some(bytes::Bytes::from_static(b"v")),
+            headers,
+            timestamp: chrono::Utc::now(),
+            timestamp_type: kafkit_resilience::TimestampType::CreateTime,
+            _budget: None,
+        })
+    }
+
+    fn path() -> FailurePath {
+        FailurePath {
+            retry: RetryPolicy::default(),
+            breaker: None,
+            dead_letter: None,
+            group_id: "g".into(),
+            metrics: None,
+        }
+    }
+
+    /// The handler logs one event; returns the spans seen and the span each event was in.
+    async fn process_with(
+        level: tracing::Level,
+        record: &ConsumedRecord,
+    ) -> (Vec<SpanFields>, Vec<Option<u64>>) {
+        let spans = Spans::default();
+        let subscriber = Registry::default()
+            .with(spans.clone())
+            .with(tracing_subscriber::filter::LevelFilter::from_level(level));
+        let _guard = tracing::subscriber::set_default(subscriber);
+        // The callsites' cached interest was computed for whatever subscriber ran before.
+        tracing::callsite::rebuild_interest_cache();
+        let handler: HandlerFn = Arc::new(|_| {
+            Box::pin(async {
+                tracing::info!("in the handler");
+                Ok(())
+            })
+        });
+        path().process(&handler, record).await;
+        let fields = spans.fields.lock().values().cloned().collect();
+        let parents = spans.event_parents.lock().clone();
+        (fields, parents)
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_debug_subscriber_sees_the_records_span_around_the_handler() {
+        let tp: Traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            .parse()
+            .unwrap();
+        let mut headers = Headers::new();
+        headers.set_traceparent(tp);
+        let traced = record(Some(b"customer-42"), headers);
+        assert_eq!(traced.traceparent(), Some(tp));
+        let (spans, parents) = process_with(tracing::Level::DEBUG, &traced).await;
+        assert_eq!(spans.len(), 1, "{spans:?}");
+        let (name, fields) = &spans[0];
+        assert_eq!(name, "kafkit::record:kafkit.record");
+        let expected = [
+            ("topic", "\"orders\""),
+            ("partition", "3"),
+            ("offset", "42"),
+            ("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736"),
+            ("parent_span_id", "00f067aa0ba902b7"),
+            ("sampled", "true"),
+        ];
+        for (field, value) in expected {
+            assert_eq!(
+                fields.get(field).map(String::as_str),
+                Some(value),
+                "{field}: {fields:?}"
+            );
+        }
+        let hash = crate::partitioner::murmur2(b"customer-42").to_string();
+        assert_eq!(fields.get("key_hash"), Some(&hash));
+        // The handler's event happened inside the span.
+        assert_eq!(parents.len(), 1);
+        assert!(
+            parents[0].is_some(),
+            "the handler ran outside the record's span"
+        );
+
+        // No key, an invalid traceparent: the span has neither key hash nor trace fields.
+        let mut headers = Headers::new();
+        headers.add("traceparent", "00-zz");
+        let (spans, _) = process_with(tracing::Level::DEBUG, &record(None, headers)).await;
+        let (_, fields) = &spans[0];
+        for absent in ["key_hash", "trace_id", "parent_span_id", "sampled"] {
+            assert!(!fields.contains_key(absent), "{absent}: {fields:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_debug_no_span_is_made() {
+        let (spans, parents) =
+            process_with(tracing::Level::INFO, &record(Some(b"k"), Headers::new())).await;
+        assert!(spans.is_empty(), "{spans:?}");
+        assert_eq!(parents, vec![None]);
     }
 }

@@ -606,18 +606,12 @@ impl Consumer {
     /// a task that panics while holding it, is delivered again. Shut down with
     /// [`RecordStream::shutdown`]; dropping the stream stops the consumer without committing.
     pub fn stream(self) -> Result<RecordStream> {
-        let capacity = self
-            .builder
-            .settings
-            .mode
-            .max_in_flight()
-            .unwrap_or(64)
-            .clamp(1, 1024);
-        let (tx, rx) = mpsc::channel(capacity);
+        let (tx, rx) = mpsc::unbounded_channel();
         let shutdown = self.shutdown_handle();
         let task = OwnedTask::spawn(self.start(Sink::Stream(tx))?);
         Ok(RecordStream {
             rx,
+            ready: Vec::new().into_iter(),
             task: Some(task),
             shutdown,
         })
@@ -655,7 +649,11 @@ impl Consumer {
 /// The records of a [`Consumer::stream`]. Implements [`futures::Stream`].
 #[derive(Debug)]
 pub struct RecordStream {
-    rx: mpsc::Receiver<StreamRecord>,
+    /// The dispatcher sends each dispatch's records as one message (one hand-off, not one per
+    /// record); how many are out is bounded by the dispatch mode's in-flight bound.
+    rx: mpsc::UnboundedReceiver<Vec<StreamRecord>>,
+    /// Received and not yet handed to the user.
+    ready: std::vec::IntoIter<StreamRecord>,
     /// Dropping the stream drops (aborts) the engine.
     task: Option<OwnedTask<Result<ShutdownReport>>>,
     shutdown: ShutdownHandle,
@@ -664,7 +662,20 @@ pub struct RecordStream {
 impl RecordStream {
     /// The next record, or `None` once the consumer has stopped.
     pub async fn next(&mut self) -> Option<StreamRecord> {
-        self.rx.recv().await
+        std::future::poll_fn(|cx| self.poll_record(cx)).await
+    }
+
+    fn poll_record(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamRecord>> {
+        loop {
+            if let Some(record) = self.ready.next() {
+                return Poll::Ready(Some(record));
+            }
+            match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => self.ready = batch.into_iter(),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 
     /// A handle to shut the consumer down from elsewhere.
@@ -676,6 +687,8 @@ impl RecordStream {
     /// not received are not committed. Returns what was left uncommitted.
     pub async fn shutdown(mut self) -> Result<ShutdownReport> {
         self.shutdown.shutdown();
+        // Received and never handed out: handed back.
+        self.ready = Vec::new().into_iter();
         let task = self.task.take().expect("task present until shutdown");
         // Keep draining: records arriving now are handed back (dropped) so the engine can finish.
         let mut task = task;
@@ -684,7 +697,7 @@ impl RecordStream {
             tokio::select! {
                 done = &mut task => return done.map_err(|_| Error::Closed { what: "consumer" })?,
                 r = self.rx.recv(), if open => match r {
-                    Some(record) => drop(record),
+                    Some(records) => drop(records),
                     None => open = false,
                 },
             }
@@ -695,6 +708,6 @@ impl RecordStream {
 impl futures::Stream for RecordStream {
     type Item = StreamRecord;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StreamRecord>> {
-        self.rx.poll_recv(cx)
+        self.poll_record(cx)
     }
 }

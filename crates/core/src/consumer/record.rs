@@ -91,6 +91,12 @@ impl ConsumedRecord {
         self.inner.timestamp
     }
 
+    /// The record's W3C trace context: its last `traceparent` header, if that parses (an invalid
+    /// one is ignored, as the specification asks). Parsed on each call.
+    pub fn traceparent(&self) -> Option<crate::Traceparent> {
+        self.inner.headers.traceparent()
+    }
+
     /// Whose time [`timestamp`](Self::timestamp) is: the producer's (`CreateTime`) or the
     /// broker's (`LogAppendTime`, set by the topic's `message.timestamp.type`).
     pub fn timestamp_type(&self) -> TimestampType {
@@ -137,6 +143,33 @@ impl StreamRecord {
                 epoch: h.epoch,
                 key: h.key,
                 outcome: super::dispatcher::Outcome::Done(self.record.offset()),
+            });
+        }
+    }
+
+    /// Acks every record of `records`, as [`ack`](Self::ack) on each would, in one message per
+    /// partition instead of one per record: the way to ack a batch the caller processed together
+    /// (say, lines written and flushed at once).
+    pub fn ack_all(records: impl IntoIterator<Item = StreamRecord>) {
+        // Records of one partition's tenure (and key) end up in one completion; a batch rarely
+        // spans more than a few, so a list beats a map.
+        let mut groups: Vec<(AckHandle, Vec<i64>)> = Vec::new();
+        for mut record in records {
+            let Some(h) = record.ack.take() else { continue };
+            let offset = record.record.offset();
+            match groups.iter_mut().find(|(g, _)| {
+                (g.slot, g.epoch, g.key) == (h.slot, h.epoch, h.key) && g.done.same_channel(&h.done)
+            }) {
+                Some((_, offsets)) => offsets.push(offset),
+                None => groups.push((h, vec![offset])),
+            }
+        }
+        for (h, offsets) in groups {
+            let _ = h.done.send(Completion {
+                slot: h.slot,
+                epoch: h.epoch,
+                key: h.key,
+                outcome: super::dispatcher::Outcome::ProcessedEach(offsets),
             });
         }
     }

@@ -168,12 +168,6 @@ impl<R> PartitionSchedule<R> {
         }
     }
 
-    /// Puts a record that was handed out back at the front of its queue (it will be handed out
-    /// again next). Its key stays ready; call instead of [`finish`](Self::finish).
-    pub(crate) fn push_front(&mut self, key: u64, record: R) {
-        self.finish_run(key, std::iter::once(record));
-    }
-
     /// The next record that may start, marking it in flight.
     #[cfg(test)]
     pub(crate) fn next(&mut self) -> Option<(u64, R)> {
@@ -334,7 +328,6 @@ impl<R> PartitionSchedule<R> {
     }
 
     /// Records waiting (not in flight).
-    #[cfg(test)]
     pub(crate) fn queued(&self) -> usize {
         match &self.state {
             State::Fifo(q) => q.len(),
@@ -415,13 +408,13 @@ mod tests {
     }
 
     #[test]
-    fn push_front_redelivers_before_later_records_of_the_key() {
+    fn a_record_handed_back_is_redelivered_before_later_records_of_the_key() {
         let a = key_hash(Some(b"a"));
         let mut s = PartitionSchedule::new(DispatchMode::KeyOrdered { max_in_flight: 8 });
         s.push(a, 0);
         s.push(a, 1);
         let (k, r) = s.next().unwrap();
-        s.push_front(k, r);
+        s.finish_run(k, std::iter::once(r));
         assert_eq!(s.next(), Some((a, 0)));
     }
 

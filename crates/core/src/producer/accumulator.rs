@@ -140,6 +140,33 @@ pub(super) struct PartitionQueue {
 }
 
 impl PartitionQueue {
+    /// When the front batch may be sent, by lingering alone (a full batch, a flushed one, or a
+    /// retry whose backoff is over: a time already past); `None` while it must wait for what is
+    /// in flight: a retry, and an idempotent partition's first batch under an epoch, go alone,
+    /// and at most `max_in_flight` batches are out.
+    fn sendable_at(
+        &self,
+        limits: &Limits,
+        producer: Option<ProducerIdEpoch>,
+        flush_below: u64,
+    ) -> Option<Instant> {
+        let front = self.queue.front()?;
+        let first = limits.idempotent && (self.stamped != producer || !self.acked);
+        if limits.idempotent && producer.is_none()
+            || (front.attempts > 0 || first) && self.in_flight > 0
+            || self.in_flight >= limits.max_in_flight
+        {
+            return None;
+        }
+        Some(if front.attempts > 0 {
+            front.retry_at.unwrap_or(front.created)
+        } else if front.full || front.id < flush_below {
+            front.created
+        } else {
+            front.created + limits.linger
+        })
+    }
+
     /// Whether nothing is queued or in flight.
     fn is_idle(&self) -> bool {
         self.queue.is_empty() && self.in_flight == 0
@@ -336,14 +363,25 @@ impl Accumulator {
     }
 
     /// Drains for the sender of `node`: at most one batch per partition it leads, in total at most
-    /// `max_bytes` (at least one batch), the ready ones only. Batches past their delivery timeout
-    /// that are not in flight fail here.
+    /// `max_bytes` (at least one batch). Nothing is drained until one batch is ready (full,
+    /// flushed, lingered, or a retry past its backoff); then, as the Java client does, every
+    /// partition's front batch goes in the same request, lingering or not: one request, not one
+    /// per partition as each lingers in turn (with hundreds of partitions, the requests in flight
+    /// would all carry a batch or two). Batches past their delivery timeout that are not in flight
+    /// fail here.
     pub(super) fn drain(&mut self, node: i32, now: Instant, max_bytes: usize) -> Drained {
         let mut drained = Drained::default();
         let mut bytes = 0;
         let limits = &self.limits;
         let producer = self.producer;
+        let flush_below = self.flush_below;
         let mut gap = false;
+        let any_ready = self.partitions.values().any(|part| {
+            part.leader == Some(node)
+                && part
+                    .sendable_at(limits, producer, flush_below)
+                    .is_some_and(|t| t <= now)
+        });
         for (tp, part) in self.partitions.iter_mut() {
             if part.leader != Some(node) || part.queue.is_empty() {
                 continue;
@@ -380,21 +418,11 @@ impl Accumulator {
                     }
                 }
             }
-            let front = part.queue.front().expect("a front batch");
-            if (front.attempts > 0 || (limits.idempotent && !part.acked)) && part.in_flight > 0 {
-                continue; // a retry goes alone, and so does a first batch
-            }
-            if part.in_flight >= limits.max_in_flight {
+            let Some(ready_at) = part.sendable_at(limits, producer, flush_below) else {
                 continue;
-            }
-            let ready_at = if front.attempts > 0 {
-                front.retry_at.unwrap_or(now)
-            } else if front.full || front.id < self.flush_below {
-                now
-            } else {
-                front.created + limits.linger
             };
-            if ready_at > now {
+            let front = part.queue.front().expect("a front batch");
+            if ready_at > now && (front.attempts > 0 || !any_ready) {
                 drained.wake = earliest(drained.wake, Some(ready_at));
                 continue;
             }
@@ -685,6 +713,29 @@ mod tests {
         assert_eq!(drained.batches[0].1.len(), 5);
         let sent = 8 + 8 + 5;
         assert_eq!(sent, 21);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_ready_batch_takes_the_lingering_batches_of_its_broker_along() {
+        let mut acc = Accumulator::new(limits(false));
+        let now = Instant::now();
+        for p in 0..3 {
+            acc.set_leader(&tp(p), if p == 2 { 2 } else { 1 }, 0);
+            let _ = append(&mut acc, &tp(p), 1, 10, now);
+        }
+        // Nothing is ready: nothing goes, and the sender wakes when the first lingers out.
+        let drained = acc.drain(1, now, usize::MAX);
+        assert!(drained.batches.is_empty());
+        assert_eq!(drained.wake, Some(now + Duration::from_millis(5)));
+        // Partition 0 fills a batch: it goes at once, and partition 1's lingering one with it;
+        // partition 2 belongs to another broker.
+        let _ = append(&mut acc, &tp(0), 9, 100, now);
+        let drained = acc.drain(1, now, usize::MAX);
+        assert_eq!(summary(&drained), vec![(0, -1, 9), (1, -1, 1)]);
+        assert!(
+            acc.drain(2, now, usize::MAX).batches.is_empty(),
+            "still lingering"
+        );
     }
 
     #[tokio::test(start_paused = true)]

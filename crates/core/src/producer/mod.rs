@@ -106,6 +106,21 @@ impl ProducerRecord {
         self
     }
 
+    /// Sets the record's W3C `traceparent` header (replacing any), so the consumer's span (and any
+    /// tracing system downstream) continues this trace. Pass the current span's context, or
+    /// [`Traceparent::child`](crate::Traceparent::child) of a consumed record's to relay it.
+    ///
+    /// ```
+    /// use kafkit_core::{ProducerRecord, Traceparent};
+    /// let tp: Traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap();
+    /// let record = ProducerRecord::new("orders", b"v".to_vec()).with_traceparent(tp);
+    /// assert_eq!(record.headers().traceparent(), Some(tp));
+    /// ```
+    pub fn with_traceparent(mut self, traceparent: crate::Traceparent) -> Self {
+        self.headers.set_traceparent(traceparent);
+        self
+    }
+
     /// Replaces the headers.
     pub fn with_headers(mut self, headers: Headers) -> Self {
         self.headers = headers;
@@ -524,6 +539,8 @@ struct Inner {
 struct TopicInfo {
     name: String,
     partitions: i32,
+    /// `(name, p)` for each partition `p`: built once, so a send clones no topic name.
+    tps: Vec<TopicPartition>,
     /// Bytes of unkeyed records sent; `/ batch_size` picks the sticky partition, so unkeyed records
     /// fill one partition's batch before moving to the next (Java's sticky partitioner, lock-free).
     unkeyed_bytes: AtomicU64,
@@ -718,11 +735,12 @@ impl Producer {
         let inner = &self.inner;
         let partition = self.choose_partition(&topic, &record, record.size())?;
         let timestamp = record.timestamp.unwrap_or_else(Utc::now);
-        let tp = TopicPartition::new(topic.name.clone(), partition);
+        // `choose_partition` returns one of the topic's partitions.
+        let tp = &topic.tps[partition as usize];
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
         let appended = inner.shared.acc.lock().append(
-            &tp,
+            tp,
             timestamp.timestamp_millis(),
             record.key.as_deref(),
             record.value.as_deref(),
@@ -897,6 +915,7 @@ impl Producer {
         let fresh = Arc::new(TopicInfo {
             name: name.to_owned(),
             partitions: count,
+            tps: (0..count).map(|p| TopicPartition::new(name, p)).collect(),
             unkeyed_bytes: AtomicU64::new(
                 cached
                     .as_ref()
