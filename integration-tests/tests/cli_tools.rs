@@ -337,6 +337,51 @@ async fn produce_and_consume_round_trip_keys_headers_and_commit_only_what_was_pr
     let lag = kafkit::admin::group_lag(&client, &group).await.unwrap();
     let committed: i64 = lag.iter().filter_map(|p| p.committed).sum();
     assert_eq!(committed, 10, "{lag:?}");
+
+    // The same on KIP-848's consumer protocol (Kafka 4.0+), and the settings it refuses.
+    if !kafkit_testkit::kafka_version().starts_with("3.") {
+        let group = random_name("cli-kip848");
+        let out = kafkit(&[
+            "consume",
+            "--bootstrap-server",
+            b,
+            "--topic",
+            &topic,
+            "--group",
+            &group,
+            "--group-protocol",
+            "consumer",
+            "--group-remote-assignor",
+            "uniform",
+            "--from-beginning",
+            "--max-messages",
+            "10",
+        ])
+        .await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout).lines().count(), 10);
+        let lag = kafkit::admin::group_lag(&client, &group).await.unwrap();
+        let committed: i64 = lag.iter().filter_map(|p| p.committed).sum();
+        assert_eq!(committed, 10, "{lag:?}");
+    }
+    for (flags, needle) in [
+        (&["--group-protocol", "next-gen"][..], "group.protocol"),
+        (
+            &["--group-remote-assignor", "uniform"][..],
+            "group.remote.assignor",
+        ),
+    ] {
+        let mut args = vec!["consume", "--bootstrap-server", b, "--topic", &topic];
+        args.extend_from_slice(flags);
+        let out = kafkit(&args).await;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{flags:?}: {}",
+            text(&out.stderr)
+        );
+        assert!(text(&out.stderr).contains(needle), "{}", text(&out.stderr));
+    }
 }
 
 /// `consume` writes every record it has ready, flushes, then acks the batch (up to 1,024 records).

@@ -9,7 +9,7 @@ use std::time::Duration;
 use kafkit::consumer::{
     ConsumerBuilder, DispatchMode, OffsetReset, ShutdownHandle, ShutdownReport,
 };
-use kafkit::group::{CooperativeStickyAssignor, GroupConfig, TopicPartition};
+use kafkit::group::{CooperativeStickyAssignor, GroupConfig, GroupProtocol, TopicPartition};
 use kafkit::{Producer, ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::history::History;
 use kafkit_integration_tests::support::client;
@@ -49,6 +49,18 @@ async fn member(
         .session_timeout(Duration::from_secs(6))
         .heartbeat_interval(Duration::from_millis(500))
         .rebalance_timeout(Duration::from_secs(30));
+    member_with(bootstrap, config, mode, history, name, latency).await
+}
+
+/// [`member`] with the group settings given.
+async fn member_with(
+    bootstrap: &str,
+    config: GroupConfig,
+    mode: DispatchMode,
+    history: &Arc<History>,
+    name: &str,
+    latency: Latency,
+) -> (ShutdownHandle, Run) {
     let consumer = ConsumerBuilder::new(client(bootstrap), config)
         .dispatch(mode)
         .auto_offset_reset(OffsetReset::Earliest)
@@ -201,6 +213,71 @@ async fn broker_restart_mid_stream_loses_nothing() {
     wait_all_processed(&history, acked, Duration::from_secs(120)).await;
     stop_all(vec![m]).await;
     assert_clean("broker-restart", &history, true, 1_000, acked);
+}
+
+/// The broker restart on KIP-848's consumer protocol (Kafka 4.0+), with two members: they keep
+/// their member ids and epochs across the coordinator's restart (it reloads the group), or are
+/// fenced and rejoin; either way nothing acknowledged is lost and no partition is processed by two
+/// members at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_mid_stream_on_the_consumer_protocol_loses_nothing() {
+    if kafkit_testkit::kafka_version().starts_with("3.") {
+        eprintln!(
+            "skipped: Kafka {} has no GA consumer protocol",
+            kafkit_testkit::kafka_version()
+        );
+        return;
+    }
+    let kafka = LocalKafka::start().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("sc1-848");
+    create_topic(&bootstrap, &topic, 4, 1).await.unwrap();
+    let group = random_name("g");
+    let history = History::new();
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let config = || {
+        GroupConfig::new(&group, [&topic])
+            .protocol(GroupProtocol::Consumer)
+            .remote_assignor("range")
+            .rebalance_timeout(Duration::from_secs(30))
+    };
+    let mut members = Vec::new();
+    for name in ["m1", "m2"] {
+        members.push(
+            member_with(
+                &bootstrap,
+                config(),
+                DispatchMode::KeyOrdered { max_in_flight: 16 },
+                &history,
+                name,
+                up_to::<5>,
+            )
+            .await,
+        );
+    }
+
+    // 1,000 records at 100/s; SIGKILL the broker 3 s in and restart it.
+    let sending = produce_at(producer, &topic, 1_000, 100, &history);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kafka.kill();
+    kafka.restart().await.unwrap();
+    let acked = tokio::time::timeout(Duration::from_secs(180), sending)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(acked, 1_000);
+    wait_all_processed(&history, acked, Duration::from_secs(120)).await;
+    stop_all(members).await;
+    assert_clean(
+        "broker-restart-consumer-protocol",
+        &history,
+        true,
+        1_000,
+        acked,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,8 @@
 //! A mixed group consuming while members come and go: a Java `KafkaConsumer` (commitSync after each
 //! poll) and kafkit `Consumer`s share a keyed 6-partition topic that is being produced to; a kafkit
-//! member leaves, another joins, the Java member leaves. Afterwards:
+//! member leaves, another joins, the Java member leaves. On the classic protocol (range: eager;
+//! cooperative-sticky) and on KIP-848's consumer protocol (Kafka 4.0+, the broker's `uniform`
+//! assignor), where a kafkit member also crashes before the Java member leaves. Afterwards:
 //! - every produced (partition, offset) was consumed by someone (at least once);
 //! - replaying every member's ownership changes and consumed records in time order, no partition was
 //!   owned by two members at once, and no member consumed a record of a partition it did not own;
@@ -21,10 +23,10 @@ use kafkit::consumer::{
     Consumer, ConsumerBuilder, ConsumerListener, DispatchMode, OffsetReset, ShutdownHandle,
     ShutdownReport,
 };
-use kafkit::group::{CooperativeStickyAssignor, GroupConfig, TopicPartition};
+use kafkit::group::{CooperativeStickyAssignor, GroupConfig, GroupProtocol, TopicPartition};
 use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
-use kafkit_integration_tests::support::consumer_groups_describe;
-use kafkit_testkit::{create_topic, java_command, random_name, shared};
+use kafkit_integration_tests::support::{consumer_groups_describe, kafka_lag};
+use kafkit_testkit::{create_topic, java_command, kafka_version, random_name, shared};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinHandle;
@@ -235,6 +237,19 @@ impl KafkitMember {
         }
     }
 
+    /// A crash: the consumer is dropped mid-work (nothing more is consumed or committed, no leave);
+    /// its partitions are released in the journal once nothing of it runs any more.
+    async fn crash(self, journal: &Journal) {
+        self.run.abort();
+        let _ = self.run.await;
+        let at = now_micros();
+        let held = journal.owned().remove(&self.name).unwrap_or_default();
+        for p in held {
+            journal.own(at, &self.name, p, false);
+        }
+        eprintln!("{} crashed", self.name);
+    }
+
     /// Graceful stop: final commit, LeaveGroup.
     async fn stop(self) {
         self.stop.shutdown();
@@ -386,7 +401,49 @@ async fn describe_assignments(
     (members, stdout)
 }
 
-async fn mixed_group_while_consuming(cooperative: bool) {
+/// Kafka 3.x offers the consumer protocol only as a preview, off by default: a kafkit member asking
+/// for it stops at its first heartbeat with an error that says so, and owns nothing.
+async fn consumer_protocol_is_refused_cleanly() {
+    let bootstrap = timeout(Duration::from_secs(180), shared())
+        .await
+        .expect("broker within 180 s")
+        .unwrap()
+        .bootstrap();
+    let topic = random_name("kip848-old");
+    create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
+    let config = GroupConfig::new(random_name("g"), [&topic]).protocol(GroupProtocol::Consumer);
+    let (_member, mut events) =
+        kafkit::group::GroupMember::start(&ClientConfig::new([bootstrap]).unwrap(), config)
+            .unwrap();
+    let event = timeout(Duration::from_secs(30), events.recv())
+        .await
+        .expect("an event within 30 s");
+    match event {
+        Some(kafkit::group::GroupEvent::Failed { error }) => {
+            let text = error.to_string();
+            assert!(text.contains("UnsupportedVersion"), "{text}");
+            eprintln!("Kafka {}: {text}", kafka_version());
+        }
+        other => panic!("expected the member to fail, got {other:?}"),
+    }
+}
+
+/// How the group rebalances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Classic, `range` (eager).
+    Eager,
+    /// Classic, `cooperative-sticky`.
+    Cooperative,
+    /// KIP-848, the broker's `uniform` assignor.
+    Consumer,
+}
+
+async fn mixed_group_while_consuming(protocol: Protocol) {
+    if protocol == Protocol::Consumer && kafka_version().starts_with("3.") {
+        consumer_protocol_is_refused_cleanly().await;
+        return;
+    }
     let bootstrap = timeout(Duration::from_secs(180), shared())
         .await
         .expect("broker within 180 s")
@@ -402,22 +459,30 @@ async fn mixed_group_while_consuming(cooperative: bool) {
     .unwrap()
     .unwrap();
     let config = || {
+        if protocol == Protocol::Consumer {
+            // The broker decides the session timeout and heartbeat interval (the testkit's broker:
+            // 10 s and 1 s).
+            return GroupConfig::new(&group, [&topic])
+                .protocol(GroupProtocol::Consumer)
+                .remote_assignor("uniform")
+                .rebalance_timeout(Duration::from_secs(20));
+        }
         let c = GroupConfig::new(&group, [&topic])
             .session_timeout(Duration::from_secs(10))
             .heartbeat_interval(Duration::from_millis(500))
             .rebalance_timeout(Duration::from_secs(20));
         // Default assignors [range, cooperative-sticky]: with a range-only Java member, the group
         // agrees on range (eager).
-        if cooperative {
+        if protocol == Protocol::Cooperative {
             c.assignors(vec![Arc::new(CooperativeStickyAssignor)])
         } else {
             c
         }
     };
-    let java_assignor = if cooperative {
-        "cooperative-sticky"
-    } else {
-        "range"
+    let java_assignor = match protocol {
+        Protocol::Eager => "range",
+        Protocol::Cooperative => "cooperative-sticky",
+        Protocol::Consumer => "consumer-protocol:uniform",
     };
     let journal = Arc::new(Journal::default());
     let started = Instant::now();
@@ -450,11 +515,14 @@ async fn mixed_group_while_consuming(cooperative: bool) {
     let mut mine: Vec<BTreeSet<i32>> = journal.owned().into_values().collect();
     mine.sort();
     let (mut theirs, mut described) = (Vec::new(), String::new());
-    for _ in 0..3 {
+    for _ in 0..10 {
         (theirs, described) = describe_assignments(&bootstrap, &group, &topic).await;
-        if !theirs.is_empty() {
+        // Classic: empty while rebalancing. Consumer protocol: a member's current assignment
+        // there follows its next heartbeat.
+        if theirs == mine || (protocol != Protocol::Consumer && !theirs.is_empty()) {
             break;
         }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(
         theirs, mine,
@@ -480,12 +548,30 @@ async fn mixed_group_while_consuming(cooperative: bool) {
     .await;
     eprintln!("{:?}: a, c, java {:?}", started.elapsed(), journal.owned());
 
+    // On the consumer protocol, kafkit-a also crashes: the broker gives its partitions to the
+    // others once its session times out, and they read on from its last commit.
+    let mut a = Some(a);
+    let survivors: &[&str] = if protocol == Protocol::Consumer {
+        a.take().unwrap().crash(&journal).await;
+        eventually(
+            Duration::from_secs(40),
+            "3 each after kafkit-a crashed",
+            &journal,
+            || journal.balanced_among(&["java", "kafkit-c"]),
+        )
+        .await;
+        eprintln!("{:?}: c, java {:?}", started.elapsed(), journal.owned());
+        &["kafkit-c"]
+    } else {
+        &["kafkit-a", "kafkit-c"]
+    };
+
     java.close().await;
     eventually(
         Duration::from_secs(30),
-        "3 each after java leaves",
+        "the kafkit members share everything after java leaves",
         &journal,
-        || journal.balanced_among(&["kafkit-a", "kafkit-c"]),
+        || journal.balanced_among(survivors),
     )
     .await;
     let produced = timeout(Duration::from_secs(60), producing)
@@ -500,8 +586,18 @@ async fn mixed_group_while_consuming(cooperative: bool) {
         || journal.consumed_set().is_superset(&produced),
     )
     .await;
-    a.stop().await;
+    if let Some(a) = a {
+        a.stop().await;
+    }
     c.stop().await;
+    if protocol == Protocol::Consumer {
+        // Everything consumed was committed by the members that stopped cleanly.
+        let (rows, raw) = kafka_lag(&bootstrap, &group, &topic).await;
+        assert!(
+            rows.len() == PARTITIONS as usize && rows.values().all(|&(_, _, lag)| lag == 0),
+            "final lag not 0: {raw}"
+        );
+    }
 
     let violations = journal.violations();
     assert!(
@@ -526,12 +622,18 @@ async fn mixed_group_while_consuming(cooperative: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn range_group_of_java_and_kafkit_consumes_everything_while_members_come_and_go() {
-    mixed_group_while_consuming(false).await;
+    mixed_group_while_consuming(Protocol::Eager).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cooperative_group_of_java_and_kafkit_consumes_everything_while_members_come_and_go() {
-    mixed_group_while_consuming(true).await;
+    mixed_group_while_consuming(Protocol::Cooperative).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_protocol_group_of_java_and_kafkit_consumes_everything_while_members_come_go_and_crash()
+ {
+    mixed_group_while_consuming(Protocol::Consumer).await;
 }
 
 /// The replay catches what it is meant to catch (no broker needed).

@@ -267,6 +267,27 @@ fn validate(proc: &Proc) -> Report {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_of_kafkit_processes_killed_restarted_and_stopped_keeps_the_contract() {
+    group_of_verifiable_consumers(false).await;
+}
+
+/// The same contract on KIP-848's consumer protocol (`--group-protocol consumer
+/// --group-remote-assignor uniform`, Kafka 4.0+): the broker assigns, members reconcile one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_group_on_the_consumer_protocol_keeps_the_contract() {
+    if kafkit_testkit::kafka_version().starts_with("3.") {
+        eprintln!(
+            "skipped: Kafka {} has no GA consumer protocol",
+            kafkit_testkit::kafka_version()
+        );
+        return;
+    }
+    group_of_verifiable_consumers(true).await;
+}
+
+/// Three verifiable consumers (partition-ordered, unordered, then a killed one restarted
+/// key-ordered, one stopped by SIGTERM) under Kafka's VerifiableProducer, checked against the
+/// VerifiableConsumer contract.
+async fn group_of_verifiable_consumers(consumer_protocol: bool) {
     let kafka = shared().await.expect("broker");
     let bootstrap = kafka.bootstrap();
     let topic = random_name("verifiable");
@@ -298,11 +319,20 @@ async fn a_group_of_kafkit_processes_killed_restarted_and_stopped_keeps_the_cont
             &topic,
             "--bootstrap-server",
             &bootstrap,
-            "--session-timeout",
-            "6000",
             "--reset-policy",
             "earliest",
         ];
+        if consumer_protocol {
+            // The broker decides the session timeout (10 s in the testkit).
+            args.extend_from_slice(&[
+                "--group-protocol",
+                "consumer",
+                "--group-remote-assignor",
+                "uniform",
+            ]);
+        } else {
+            args.extend_from_slice(&["--session-timeout", "6000"]);
+        }
         args.extend_from_slice(extra);
         Proc::kafkit(name, &args)
     };
@@ -676,8 +706,12 @@ async fn bad_arguments_and_an_unreachable_broker_fail_with_one_line_on_stderr() 
                 "localhost:9092",
                 "--group-protocol",
                 "consumer",
+                "--session-timeout",
+                "10000",
             ],
-            "classic",
+            // The broker decides the session timeout under the consumer protocol (Java refuses
+            // session.timeout.ms with group.protocol=consumer too).
+            "session.timeout.ms",
         ),
         (
             &[

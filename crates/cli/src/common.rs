@@ -5,6 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
+use kafkit::group::{GroupConfig, GroupProtocol};
 use kafkit::resilience::ResilienceConfig;
 use kafkit::{ClientConfig, Security};
 
@@ -101,6 +102,35 @@ impl ClusterArgs {
                 .connect_timeout(Duration::from_millis(self.connect_timeout_ms))
                 .with_security(self.security.security()?)?,
         )
+    }
+}
+
+/// The group protocol of a command that joins a group.
+#[derive(Debug, Args)]
+pub(crate) struct GroupProtocolArgs {
+    /// The consumer-group protocol: classic, or consumer (KIP-848, Kafka 4.0+: the broker
+    /// assigns partitions and members rebalance one by one). Default from KAFKA_GROUP_PROTOCOL,
+    /// else classic.
+    #[arg(long = "group-protocol", value_name = "PROTOCOL")]
+    group_protocol: Option<String>,
+    /// The broker-side assignor with --group-protocol consumer: uniform or range
+    /// (`group.remote.assignor`). Default from KAFKA_GROUP_REMOTE_ASSIGNOR, else the broker's.
+    #[arg(long = "group-remote-assignor", value_name = "ASSIGNOR")]
+    group_remote_assignor: Option<String>,
+}
+
+impl GroupProtocolArgs {
+    /// `group` with the environment's protocol settings, then the flags'. A bad value is exit 2.
+    pub(crate) fn apply(&self, group: GroupConfig) -> Result<GroupConfig, Failure> {
+        let mut group = group.env()?;
+        if let Some(protocol) = &self.group_protocol {
+            let protocol: GroupProtocol = protocol.parse().map_err(kafkit::Error::from)?;
+            group = group.protocol(protocol);
+        }
+        if let Some(assignor) = &self.group_remote_assignor {
+            group = group.remote_assignor(assignor.as_str());
+        }
+        Ok(group)
     }
 }
 

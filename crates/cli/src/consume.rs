@@ -20,7 +20,7 @@ use kafkit::consumer::{
 };
 use kafkit::group::GroupConfig;
 
-use crate::common::ClusterArgs;
+use crate::common::{ClusterArgs, GroupProtocolArgs};
 use crate::progress::Progress;
 use crate::{Failure, shutdown_signal};
 
@@ -35,6 +35,8 @@ pub(crate) struct ConsumeArgs {
     /// The consumer group (default: a new group of its own, `kafkit-consume-<pid>-<time>`).
     #[arg(long)]
     group: Option<String>,
+    #[command(flatten)]
+    group_protocol: GroupProtocolArgs,
     /// With no committed offset, start at the oldest record instead of the next one produced.
     #[arg(long)]
     from_beginning: bool,
@@ -187,7 +189,10 @@ async fn start(args: &ConsumeArgs, client: kafkit::ClientConfig) -> Result<Consu
             chrono::Utc::now().timestamp_millis()
         )
     });
-    let mut builder = ConsumerBuilder::new(client, GroupConfig::new(&group_id, &args.topic))
+    let group = args
+        .group_protocol
+        .apply(GroupConfig::new(&group_id, &args.topic))?;
+    let mut builder = ConsumerBuilder::new(client, group)
         .dispatch(DispatchMode::Unordered {
             max_in_flight: IN_FLIGHT,
         })

@@ -17,13 +17,14 @@ use kafkit::consumer::{
     ConsumedRecord, ConsumerBuilder, ConsumerListener, DispatchMode, OffsetReset,
 };
 use kafkit::group::{
-    Assignor, CommitReport, CooperativeStickyAssignor, GroupConfig, OffsetToCommit, RangeAssignor,
-    RoundRobinAssignor, TopicPartition,
+    Assignor, CommitReport, CooperativeStickyAssignor, GroupConfig, GroupProtocol, OffsetToCommit,
+    RangeAssignor, RoundRobinAssignor, TopicPartition,
 };
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use crate::common::GroupProtocolArgs;
 use crate::events::{NoFields, emit};
 use crate::{Failure, properties, shutdown_signal};
 
@@ -94,17 +95,11 @@ pub(crate) struct ConsumerArgs {
     #[arg(long)]
     verbose: bool,
 
-    /// The group protocol: only `classic` is supported (kafkit does not speak KIP-848's `consumer`).
-    #[arg(
-        long = "group-protocol",
-        value_name = "GROUP_PROTOCOL",
-        default_value = "classic"
-    )]
-    group_protocol: String,
-
-    /// Only used with --group-protocol consumer, which kafkit does not support.
-    #[arg(long = "group-remote-assignor", value_name = "ASSIGNOR", hide = true)]
-    group_remote_assignor: Option<String>,
+    /// --group-protocol classic|consumer and --group-remote-assignor uniform|range. With the
+    /// consumer protocol the broker decides the session timeout, heartbeat interval and
+    /// assignment: --session-timeout and --assignment-strategy are refused then, as Java does.
+    #[command(flatten)]
+    group_protocol: GroupProtocolArgs,
 
     /// Consumer settings as a Java properties file; command-line options take precedence.
     #[arg(long = "consumer.config", value_name = "CONFIG_FILE")]
@@ -238,13 +233,6 @@ fn reset_policy(name: &str) -> Result<OffsetReset, String> {
 
 /// Builds the consumer, runs it until the message limit or a signal, and prints the events.
 pub(crate) async fn run(args: ConsumerArgs) -> Result<(), Failure> {
-    if !args.group_protocol.eq_ignore_ascii_case("classic") {
-        return Err(format!(
-            "--group-protocol {} is not supported: kafkit speaks only the classic consumer-group protocol (use --group-protocol classic)",
-            args.group_protocol
-        )
-        .into());
-    }
     let file = file_settings(args.consumer_config.as_ref())?;
     let bootstrap = args
         .bootstrap_server
@@ -260,24 +248,36 @@ pub(crate) async fn run(args: ConsumerArgs) -> Result<(), Failure> {
         client = client.client_id(id.as_str());
     }
 
-    let session = Duration::from_millis(
-        args.session_timeout
-            .or(file.session_timeout)
-            .unwrap_or(30_000),
-    );
-    let heartbeat = file
-        .heartbeat_interval
-        .map(Duration::from_millis)
-        .unwrap_or_else(|| Duration::from_secs(3).min(session / 3));
-    let strategy = args
-        .assignment_strategy
-        .clone()
-        .or(file.strategy.clone())
-        .unwrap_or_else(|| "org.apache.kafka.clients.consumer.RangeAssignor".to_owned());
-    let mut group = GroupConfig::new(args.group_id.as_str(), [args.topic.as_str()])
-        .session_timeout(session)
-        .heartbeat_interval(heartbeat)
-        .assignors(assignors(&strategy)?);
+    let mut group = args.group_protocol.apply(GroupConfig::new(
+        args.group_id.as_str(),
+        [args.topic.as_str()],
+    ))?;
+    let session_set = args.session_timeout.or(file.session_timeout);
+    let strategy_set = args.assignment_strategy.clone().or(file.strategy.clone());
+    if group.group_protocol() == GroupProtocol::Classic {
+        let session = Duration::from_millis(session_set.unwrap_or(30_000));
+        let heartbeat = file
+            .heartbeat_interval
+            .map(Duration::from_millis)
+            .unwrap_or_else(|| Duration::from_secs(3).min(session / 3));
+        let strategy = strategy_set
+            .unwrap_or_else(|| "org.apache.kafka.clients.consumer.RangeAssignor".to_owned());
+        group = group
+            .session_timeout(session)
+            .heartbeat_interval(heartbeat)
+            .assignors(assignors(&strategy)?);
+    } else {
+        // The broker decides these; set explicitly, the group settings refuse them by name.
+        if let Some(ms) = session_set {
+            group = group.session_timeout(Duration::from_millis(ms));
+        }
+        if let Some(ms) = file.heartbeat_interval {
+            group = group.heartbeat_interval(Duration::from_millis(ms));
+        }
+        if let Some(strategy) = strategy_set {
+            group = group.assignors(assignors(&strategy)?);
+        }
+    }
     if let Some(ms) = file.max_poll_interval {
         group = group.rebalance_timeout(Duration::from_millis(ms));
     }

@@ -267,6 +267,7 @@ mod tests {
         resilience: ResilienceConfig,
         metrics: MetricsConfig,
         security: Security,
+        group: GroupConfig,
     }
 
     /// Builds every component the way an application does, from `vars` only (the same readers
@@ -280,7 +281,8 @@ mod tests {
         let client = ClientConfig::new(["localhost:9092"])
             .unwrap()
             .resilience(&resilience);
-        let consumer = ConsumerBuilder::new(client.clone(), GroupConfig::new("g", ["t"]))
+        let group = GroupConfig::new("g", ["t"]).env_lookup(lookup).unwrap();
+        let consumer = ConsumerBuilder::new(client.clone(), group.clone())
             .resilience(&resilience)
             .unwrap()
             .effective_resilience();
@@ -291,6 +293,7 @@ mod tests {
             resilience,
             metrics,
             security,
+            group,
         }
     }
 
@@ -353,6 +356,9 @@ mod tests {
             ("KAFKA_MOVING_AVERAGE_WINDOW", "25", |e| {
                 e.metrics.moving_average_window() == 25
             }),
+            ("KAFKA_GROUP_PROTOCOL", "consumer", |e| {
+                e.group.group_protocol() == crate::group::GroupProtocol::Consumer
+            }),
         ];
         let defaults = effective(&[]);
         for (name, value, check) in cases {
@@ -367,6 +373,13 @@ mod tests {
         // Variables that only make sense together.
         #[allow(unused_mut)]
         let mut pairs: Vec<(&[(&str, &str)], Check)> = vec![
+            (
+                &[
+                    ("KAFKA_GROUP_PROTOCOL", "consumer"),
+                    ("KAFKA_GROUP_REMOTE_ASSIGNOR", "range"),
+                ],
+                |e| e.group.remote_assignor.as_deref() == Some("range"),
+            ),
             (
                 &[
                     ("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT"),

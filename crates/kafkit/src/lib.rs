@@ -15,9 +15,9 @@
 //! # Supported brokers
 //! Apache Kafka 3.9 to 4.4 (KRaft). The whole test suite runs against a real 4.4 broker, and the
 //! version-sensitive tests (API negotiation, groups with Java members, fetch, produce, admin, the
-//! tools) against 3.9 too. Consumer groups use the classic protocol; groups of the KIP-848
-//! consumer protocol (Java consumers with `group.protocol=consumer`) are described and listed by
-//! [`admin`]. The minimum supported Rust version is in `Cargo.toml` (`rust-version`), checked in CI.
+//! tools) against 3.9 too. Consumer groups use the classic protocol by default, or KIP-848's
+//! consumer protocol on Kafka 4.0+ (`group::GroupConfig::protocol`); groups of either protocol
+//! are described and listed by [`admin`]. The minimum supported Rust version is in `Cargo.toml` (`rust-version`), checked in CI.
 //!
 //! # Features
 //! Default features are pure Rust and build for `x86_64-unknown-linux-musl` without a C compiler.

@@ -762,6 +762,13 @@ fn server_properties(
         ("group.initial.rebalance.delay.ms", "0".into()),
         // Lets tests use short session timeouts (the broker default minimum is 6 s).
         ("group.min.session.timeout.ms", "1000".into()),
+        // Consumer-protocol (KIP-848) groups, whose session and heartbeat the broker decides:
+        // a crashed member is noticed within 10 s (default 45 s) and members heartbeat every
+        // second (default 5 s), so tests of rebalances take seconds.
+        ("group.consumer.min.session.timeout.ms", "1000".into()),
+        ("group.consumer.session.timeout.ms", "10000".into()),
+        ("group.consumer.min.heartbeat.interval.ms", "500".into()),
+        ("group.consumer.heartbeat.interval.ms", "1000".into()),
         // Tests create every topic they use; a typo must fail, not create a topic.
         ("auto.create.topics.enable", "false".into()),
         ("num.partitions", "1".into()),

@@ -8,6 +8,69 @@ use kafkit_resilience::{BackoffPolicy, ConfigError};
 use super::{Assignor, CooperativeStickyAssignor, RangeAssignor, RebalanceProtocol};
 use crate::Result;
 
+/// Which consumer-group protocol a member speaks. Corresponds to `group.protocol`.
+///
+/// - [`Classic`](Self::Classic) (the default): JoinGroup / SyncGroup / Heartbeat; one member (the
+///   leader) runs the client-side assignor; every rebalance is a group-wide barrier (eager) or two
+///   (cooperative).
+/// - [`Consumer`](Self::Consumer): KIP-848, Kafka 4.0+ brokers. Members only heartbeat
+///   (ConsumerGroupHeartbeat); the broker computes each member's target assignment with its
+///   `group.remote.assignor` and each member reconciles on its own, partition by partition, with no
+///   group-wide barrier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum GroupProtocol {
+    /// The classic protocol.
+    #[default]
+    Classic,
+    /// The KIP-848 consumer protocol.
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// The name Kafka's `group.protocol` uses: `classic` or `consumer`.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+}
+
+impl std::fmt::Display for GroupProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for GroupProtocol {
+    type Err = ConfigError;
+
+    /// `classic` or `consumer`, in any case, as Java reads `group.protocol`.
+    fn from_str(s: &str) -> std::result::Result<Self, ConfigError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "classic" => Ok(GroupProtocol::Classic),
+            "consumer" => Ok(GroupProtocol::Consumer),
+            _ => Err(ConfigError::new(
+                "group.protocol",
+                format!("must be `classic` or `consumer`, got `{s}`"),
+            )),
+        }
+    }
+}
+
+/// The settings the consumer protocol leaves to the broker (Java's `ConsumerConfig` refuses the same).
+const CLASSIC_ONLY: [&str; 3] = [
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+];
+
+/// The environment variable [`GroupConfig::env`] reads for `group.protocol`.
+const GROUP_PROTOCOL_ENV: &str = "KAFKA_GROUP_PROTOCOL";
+/// The environment variable [`GroupConfig::env`] reads for `group.remote.assignor`.
+const GROUP_REMOTE_ASSIGNOR_ENV: &str = "KAFKA_GROUP_REMOTE_ASSIGNOR";
+
 /// How this member joins its group. Build with [`GroupConfig::new`] and the chained setters; checked
 /// when the member starts.
 #[derive(Clone)]
@@ -22,6 +85,12 @@ pub struct GroupConfig {
     pub(crate) rack_id: Option<String>,
     pub(crate) assignors: Vec<Arc<dyn Assignor>>,
     pub(crate) retry_backoff: BackoffPolicy,
+    pub(crate) protocol: GroupProtocol,
+    pub(crate) remote_assignor: Option<String>,
+    pub(crate) topic_regex: Option<String>,
+    /// The classic-only settings set through their setters (Kafka names), so that `validate` can
+    /// refuse them with the consumer protocol as the Java client does.
+    classic_only_set: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for GroupConfig {
@@ -33,6 +102,9 @@ impl std::fmt::Debug for GroupConfig {
             .field("heartbeat_interval", &self.heartbeat_interval)
             .field("rebalance_timeout", &self.rebalance_timeout)
             .field("group_instance_id", &self.group_instance_id)
+            .field("protocol", &self.protocol)
+            .field("remote_assignor", &self.remote_assignor)
+            .field("topic_regex", &self.topic_regex)
             .field(
                 "assignors",
                 &self.assignors.iter().map(|a| a.name()).collect::<Vec<_>>(),
@@ -65,20 +137,96 @@ impl GroupConfig {
                 0.2,
             )
             .expect("valid default backoff"),
+            protocol: GroupProtocol::Classic,
+            remote_assignor: None,
+            topic_regex: None,
+            classic_only_set: Vec::new(),
         }
+    }
+
+    /// The group protocol. Corresponds to `group.protocol`. Default [`GroupProtocol::Classic`].
+    /// With [`GroupProtocol::Consumer`] (Kafka 4.0+), the broker assigns partitions and decides the
+    /// session timeout and heartbeat interval: setting [`session_timeout`](Self::session_timeout),
+    /// [`heartbeat_interval`](Self::heartbeat_interval) or [`assignors`](Self::assignors) as well
+    /// is refused when the member starts, as the Java client refuses them.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use kafkit_core::group::{GroupConfig, GroupProtocol};
+    ///
+    /// let config = GroupConfig::new("orders-service", ["orders"])
+    ///     .protocol(GroupProtocol::Consumer)
+    ///     .remote_assignor("uniform")
+    ///     .rebalance_timeout(Duration::from_secs(60));
+    /// assert_eq!(config.group_protocol(), GroupProtocol::Consumer);
+    /// ```
+    pub fn protocol(mut self, protocol: GroupProtocol) -> Self {
+        self.protocol = protocol;
+        self
+    }
+
+    /// The server-side assignor the broker runs for this member's group under the consumer
+    /// protocol: `uniform` or `range` on Apache Kafka (a broker may offer others; an unknown name
+    /// is answered UNSUPPORTED_ASSIGNOR, which stops the member). Corresponds to
+    /// `group.remote.assignor`. Default none: the broker's first configured assignor
+    /// (`group.consumer.assignors`, `uniform` by default). Only with [`GroupProtocol::Consumer`].
+    pub fn remote_assignor(mut self, name: impl Into<String>) -> Self {
+        self.remote_assignor = Some(name.into());
+        self
+    }
+
+    /// Subscribes to every topic whose name matches `pattern` instead of a list of topics (give
+    /// [`new`](Self::new) no topics): the broker matches it (RE2/J syntax, KIP-848's
+    /// `SubscribedTopicRegex`), against topics created later too. Consumer protocol only
+    /// ([`GroupProtocol::Consumer`]), on brokers with ConsumerGroupHeartbeat v1 (Kafka 4.0+). As
+    /// Java's `subscribe(SubscriptionPattern)`. Default none.
+    pub fn topic_regex(mut self, pattern: impl Into<String>) -> Self {
+        self.topic_regex = Some(pattern.into());
+        self
+    }
+
+    /// Applies `KAFKA_GROUP_PROTOCOL` (`classic` or `consumer`: `group.protocol`) and
+    /// `KAFKA_GROUP_REMOTE_ASSIGNOR` (`group.remote.assignor`) from the process environment, in
+    /// the style of kafkit's other `KAFKA_*` variables: unset or blank keeps what is set, a bad
+    /// value is an error naming the variable.
+    pub fn env(self) -> Result<Self> {
+        self.env_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`env`](Self::env) through `lookup` (variable name to value), without process-global state.
+    pub fn env_lookup(mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        if let Some(v) = get(GROUP_PROTOCOL_ENV) {
+            self.protocol = v.parse().map_err(|_| {
+                ConfigError::new(
+                    GROUP_PROTOCOL_ENV,
+                    format!("must be `classic` or `consumer`, got `{v}`"),
+                )
+            })?;
+        }
+        if let Some(v) = get(GROUP_REMOTE_ASSIGNOR_ENV) {
+            self.remote_assignor = Some(v.trim().to_owned());
+        }
+        Ok(self)
     }
 
     /// How long the coordinator waits without a heartbeat before it expels this member.
     /// Corresponds to `session.timeout.ms`. Default 45 s.
+    /// Classic protocol only: under the consumer protocol the broker's
+    /// `group.consumer.session.timeout.ms` applies.
     pub fn session_timeout(mut self, timeout: Duration) -> Self {
         self.session_timeout = timeout;
+        self.classic_only_set.push("session.timeout.ms");
         self
     }
 
     /// How often heartbeats are sent. Corresponds to `heartbeat.interval.ms`. Default 3 s; must be
     /// below the session timeout (a third of it or less is wise).
+    /// Classic protocol only: under the consumer protocol the broker says how often to heartbeat
+    /// (`group.consumer.heartbeat.interval.ms`).
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.heartbeat_interval = interval;
+        self.classic_only_set.push("heartbeat.interval.ms");
         self
     }
 
@@ -117,8 +265,11 @@ impl GroupConfig {
     /// `partition.assignment.strategy`. Default `[range, cooperative-sticky]`, the Java default, so a
     /// kafkit member can share a group with Java consumers on their defaults. The member follows the
     /// cooperative protocol only when every assignor offered is cooperative.
+    /// Classic protocol only: under the consumer protocol the broker assigns
+    /// ([`remote_assignor`](Self::remote_assignor)).
     pub fn assignors(mut self, assignors: Vec<Arc<dyn Assignor>>) -> Self {
         self.assignors = assignors;
+        self.classic_only_set.push("partition.assignment.strategy");
         self
     }
 
@@ -139,7 +290,13 @@ impl GroupConfig {
         &self.topics
     }
 
-    /// The rebalance protocol this member follows: cooperative only if every assignor is.
+    /// The group protocol (`group.protocol`).
+    pub fn group_protocol(&self) -> GroupProtocol {
+        self.protocol
+    }
+
+    /// The rebalance protocol this member follows under the classic group protocol: cooperative
+    /// only if every assignor is. (The consumer protocol is always incremental.)
     pub fn rebalance_protocol(&self) -> RebalanceProtocol {
         if self.assignors.iter().all(|a| {
             a.supported_protocols()
@@ -156,11 +313,32 @@ impl GroupConfig {
         if self.group_id.trim().is_empty() {
             return err("group.id", "must not be empty".into());
         }
-        if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) {
-            return err(
-                "topics",
-                "subscribe to at least one topic; names must not be empty".into(),
-            );
+        match &self.topic_regex {
+            None if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) => {
+                return err(
+                    "topics",
+                    "subscribe to at least one topic; names must not be empty".into(),
+                );
+            }
+            None => {}
+            Some(regex) => {
+                if regex.trim().is_empty() {
+                    return err("topic regex", "must not be empty".into());
+                }
+                if !self.topics.is_empty() {
+                    return err(
+                        "topic regex",
+                        "subscribe to a list of topics or to a regex, not both".into(),
+                    );
+                }
+                if self.protocol != GroupProtocol::Consumer {
+                    return err(
+                        "topic regex",
+                        "is only supported when group.protocol=consumer (the broker matches it)"
+                            .into(),
+                    );
+                }
+            }
         }
         if self.session_timeout < Duration::from_millis(1000)
             || self.session_timeout > Duration::from_secs(1800)
@@ -220,6 +398,42 @@ impl GroupConfig {
         {
             return err("group.instance.id", "must not be empty when set".into());
         }
+        match self.protocol {
+            GroupProtocol::Consumer => {
+                if let Some(setting) = self.classic_only_set.first() {
+                    return err(
+                        setting,
+                        format!(
+                            "is not supported when group.protocol=consumer: the broker decides it \
+                             (set it on the broker, or use group.protocol=classic); not supported \
+                             with the consumer protocol: {}",
+                            CLASSIC_ONLY.join(", ")
+                        ),
+                    );
+                }
+                if self
+                    .remote_assignor
+                    .as_deref()
+                    .is_some_and(|a| a.trim().is_empty())
+                {
+                    return err(
+                        "group.remote.assignor",
+                        "must not be empty with group.protocol=consumer (e.g. `uniform` or `range`)"
+                            .into(),
+                    );
+                }
+            }
+            GroupProtocol::Classic => {
+                if self.remote_assignor.is_some() {
+                    return err(
+                        "group.remote.assignor",
+                        "is only supported when group.protocol=consumer; the classic protocol \
+                         assigns with partition.assignment.strategy"
+                            .into(),
+                    );
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -268,6 +482,106 @@ mod tests {
         GroupConfig::new("g", ["t"])
             .validate()
             .expect("defaults are valid");
+    }
+
+    #[test]
+    fn the_consumer_protocol_refuses_the_settings_the_broker_decides() {
+        let consumer = || GroupConfig::new("g", ["t"]).protocol(GroupProtocol::Consumer);
+        consumer().validate().expect("defaults are valid");
+        consumer()
+            .remote_assignor("uniform")
+            .rebalance_timeout(Duration::from_secs(60))
+            .group_instance_id("i-1")
+            .validate()
+            .expect("the settings the consumer protocol uses");
+        GroupConfig::new("g", Vec::<String>::new())
+            .protocol(GroupProtocol::Consumer)
+            .topic_regex("orders-.*")
+            .validate()
+            .expect("a regex instead of topics");
+        for bad in [
+            consumer().topic_regex("orders-.*"),
+            GroupConfig::new("g", Vec::<String>::new())
+                .protocol(GroupProtocol::Consumer)
+                .topic_regex(""),
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains("topic regex"), "{err}");
+        }
+        let cases = [
+            (
+                consumer().session_timeout(Duration::from_secs(10)),
+                "session.timeout.ms",
+            ),
+            (
+                consumer().heartbeat_interval(Duration::from_secs(1)),
+                "heartbeat.interval.ms",
+            ),
+            (
+                consumer().assignors(vec![Arc::new(RangeAssignor)]),
+                "partition.assignment.strategy",
+            ),
+            (consumer().remote_assignor(" "), "group.remote.assignor"),
+            (
+                GroupConfig::new("g", Vec::<String>::new()).topic_regex("t.*"),
+                "group.protocol=consumer",
+            ),
+            (
+                GroupConfig::new("g", ["t"]).remote_assignor("uniform"),
+                "group.remote.assignor",
+            ),
+        ];
+        for (config, setting) in cases {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(setting), "{setting}: {err}");
+            assert!(err.contains("group.protocol"), "{setting}: {err}");
+        }
+    }
+
+    #[test]
+    fn protocol_and_remote_assignor_from_the_environment() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let base = GroupConfig::new("g", ["t"]);
+        let c = base.clone().env_lookup(env(&[])).unwrap();
+        assert_eq!(c.group_protocol(), GroupProtocol::Classic);
+        let c = base
+            .clone()
+            .env_lookup(env(&[
+                ("KAFKA_GROUP_PROTOCOL", "Consumer"),
+                ("KAFKA_GROUP_REMOTE_ASSIGNOR", "range"),
+            ]))
+            .unwrap();
+        assert_eq!(c.group_protocol(), GroupProtocol::Consumer);
+        assert_eq!(c.remote_assignor.as_deref(), Some("range"));
+        c.validate().unwrap();
+        let blank = base
+            .clone()
+            .protocol(GroupProtocol::Consumer)
+            .env_lookup(env(&[("KAFKA_GROUP_PROTOCOL", "  ")]))
+            .unwrap();
+        assert_eq!(
+            blank.group_protocol(),
+            GroupProtocol::Consumer,
+            "blank keeps"
+        );
+        let err = base
+            .env_lookup(env(&[("KAFKA_GROUP_PROTOCOL", "next-gen")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("KAFKA_GROUP_PROTOCOL") && err.contains("next-gen"),
+            "{err}"
+        );
+        assert_eq!(
+            "CLASSIC".parse::<GroupProtocol>().unwrap(),
+            GroupProtocol::Classic
+        );
     }
 
     #[test]

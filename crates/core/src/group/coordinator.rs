@@ -63,8 +63,20 @@ impl Coordinator {
         timeout: Duration,
         deadline: Instant,
     ) -> Result<(Arc<Connection>, R::Response)> {
+        self.send_at_most(request, R::MAX_VERSION, timeout, deadline)
+            .await
+    }
+
+    /// [`send`](Self::send) at a version no newer than `max`.
+    pub(crate) async fn send_at_most<R: ApiRequest>(
+        &self,
+        request: &R,
+        max: i16,
+        timeout: Duration,
+        deadline: Instant,
+    ) -> Result<(Arc<Connection>, R::Response)> {
         let conn = self.connection(deadline).await?;
-        match conn.send(request, timeout).await {
+        match conn.send_at_most(request, max, timeout).await {
             Ok(response) => Ok((conn, response)),
             Err(source) => {
                 if source.is_retriable() {
@@ -233,6 +245,26 @@ impl Coordinator {
             }
         }
         Ok(leaders)
+    }
+
+    /// The topic ids of `topics` (`None`: every topic) from one Metadata request on the any-broker
+    /// connection; topics the broker does not know are absent.
+    pub(crate) async fn topic_ids(
+        &self,
+        topics: Option<&[String]>,
+    ) -> Result<Vec<(String, uuid::Uuid)>> {
+        let request = metadata_request(topics);
+        let response = self
+            .send_any(&request, || {
+                format!("group `{}`: Metadata for topic ids", self.group)
+            })
+            .await?;
+        Ok(response
+            .topics
+            .into_iter()
+            .filter(|t| t.error_code == 0)
+            .filter_map(|t| t.name.map(|n| (n.0.to_string(), t.topic_id)))
+            .collect())
     }
 
     /// How to connect to brokers: client id and security.

@@ -14,9 +14,11 @@
 //!   member and the member ordering Java's built-in assignors share.
 //! - `range`, `round_robin`, `cooperative_sticky`: the built-in assignors, wire-compatible with
 //!   Java's `range`, `roundrobin` and `cooperative-sticky`.
-//! - `config`: [`GroupConfig`], the member's settings, named and defaulted like Java's.
+//! - `config`: [`GroupConfig`], the member's settings, named and defaulted like Java's, and
+//!   [`GroupProtocol`] (classic or KIP-848's consumer protocol).
 //! - `coordinator`: finding the group coordinator and keeping a connection to it.
-//! - `member`: [`GroupMember`], the join / sync / heartbeat state machine on its own task, with
+//! - `member`: [`GroupMember`], the membership state machine (classic join / sync / heartbeat, or the
+//!   KIP-848 heartbeat and reconciliation) on its own task, with
 //!   commits and offset fetches; ownership changes reach the consumer as [`GroupEvent`]s.
 //! - `offsets`: reading committed offsets ([`committed_offsets`] without joining the group).
 //! - `error`: [`GroupError`], what can go wrong reading or writing the protocol.
@@ -33,7 +35,7 @@ mod range;
 mod round_robin;
 
 pub use assignor::{Assignor, GroupAssignment, MemberId, MemberSubscription, RebalanceProtocol};
-pub use config::GroupConfig;
+pub use config::{GroupConfig, GroupProtocol};
 pub use cooperative_sticky::CooperativeStickyAssignor;
 pub use error::GroupError;
 pub use member::{

@@ -8,12 +8,13 @@ use kafka_protocol::messages::TopicName;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, ConsumerGroupDescribeRequest,
-    ConsumerGroupDescribeResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest,
-    FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
-    HeartbeatResponse, InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest,
-    JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
-    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse,
+    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
+    DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest, FetchResponse,
+    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
+    InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse,
+    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
+    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
     ProduceRequest, ProduceResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
     SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest, SyncGroupResponse,
@@ -66,8 +67,9 @@ api! {
     SyncGroupRequest => SyncGroupResponse, SyncGroup, 5;
     HeartbeatRequest => HeartbeatResponse, Heartbeat, 4;
     LeaveGroupRequest => LeaveGroupResponse, LeaveGroup, 5;
-    // v9 is for the KIP-848 protocol (member epochs); classic groups use up to v8.
-    OffsetCommitRequest => OffsetCommitResponse, OffsetCommit, 8;
+    // v9 is for the KIP-848 protocol (member epochs; its members must use it); the classic member
+    // caps its commits at v8 (`group::member::commit`). v10 names topics by id.
+    OffsetCommitRequest => OffsetCommitResponse, OffsetCommit, 9;
     // v8+ batch several groups per request; kafkit fetches for one group.
     OffsetFetchRequest => OffsetFetchResponse, OffsetFetch, 7;
     // v5 names each group's type (classic, consumer, share, ...).
@@ -76,6 +78,10 @@ api! {
     // Groups of the KIP-848 consumer protocol, which DescribeGroups does not describe; v1 only adds
     // each member's type (classic or consumer) during an online upgrade.
     ConsumerGroupDescribeRequest => ConsumerGroupDescribeResponse, ConsumerGroupDescribe, 1;
+    // The KIP-848 member's only group request (Kafka 4.0+; 3.7 to 3.9 offer v0 as a preview). v1
+    // requires a client-generated member id (which kafkit sends at v0 too) and adds the
+    // broker-side regex subscription.
+    ConsumerGroupHeartbeatRequest => ConsumerGroupHeartbeatResponse, ConsumerGroupHeartbeat, 1;
     ListOffsetsRequest => ListOffsetsResponse, ListOffsets, 7;
     MetadataRequest => MetadataResponse, Metadata, 12;
     // v13+ name topics by id; v12 is the last by name (flexible, no fetch session needed).

@@ -429,6 +429,17 @@ impl Connection {
         self.send_version(request, version, timeout).await
     }
 
+    /// Sends `request` at the negotiated version but no newer than `max`.
+    pub(crate) async fn send_at_most<R: ApiRequest>(
+        &self,
+        request: &R,
+        max: i16,
+        timeout: Duration,
+    ) -> Result<R::Response, WireError> {
+        let version = self.version_for::<R>()?.min(max);
+        self.send_version(request, version, timeout).await
+    }
+
     /// Writes `request` at the negotiated version and does not wait for an answer: for a
     /// ProduceRequest with acks=0, which the broker never answers.
     pub(crate) async fn send_unanswered<R: ApiRequest>(
