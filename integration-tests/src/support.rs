@@ -185,3 +185,65 @@ pub async fn committed(
         .filter_map(|(tp, c)| c.map(|c| (tp.partition, c.offset)))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn eventually_every_returns_once_the_check_holds() {
+        let mut calls = 0;
+        eventually_every(
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || unreachable!("it holds before the limit"),
+            || {
+                calls += 1;
+                calls == 3
+            },
+        )
+        .await;
+        assert_eq!(calls, 3);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "timed out after 20ms: only 0 of 1")]
+    async fn eventually_every_fails_with_the_current_state() {
+        eventually_every(
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+            || format!("only {} of 1", 0),
+            || false,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn eventually_async_returns_the_value_of_the_first_ok() {
+        let mut calls = 0;
+        let value = eventually_async(Duration::from_secs(5), Duration::from_millis(1), || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n < 3 {
+                    Err(format!("{n}"))
+                } else {
+                    Ok(n * 10)
+                }
+            }
+        })
+        .await;
+        assert_eq!(value, 30);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "timed out after 20ms: last seen 7")]
+    async fn eventually_async_fails_with_the_last_error() {
+        eventually_async::<(), _, _>(
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+            || async { Err("last seen 7".to_owned()) },
+        )
+        .await;
+    }
+}
