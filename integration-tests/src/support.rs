@@ -22,15 +22,49 @@ pub fn test_group(group: &str, topic: &str) -> GroupConfig {
         .rebalance_timeout(Duration::from_secs(30))
 }
 
-/// Waits until `check` holds, polling every 100 ms, or panics with `what` after `limit`.
-pub async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+/// How often [`eventually`] checks: often enough for a test, rarely enough not to load the broker.
+pub const POLL: Duration = Duration::from_millis(100);
+
+/// Waits until `check` holds, checking every [`POLL`] (100 ms); panics with "timed out after
+/// {limit}: {what}" once `limit` has passed.
+pub async fn eventually(limit: Duration, what: &str, check: impl FnMut() -> bool) {
+    eventually_every(limit, POLL, || what.to_owned(), check).await;
+}
+
+/// Waits until `check` holds, checking every `poll` (a short one, such as 5 ms, stops close to an
+/// exact count); panics with "timed out after {limit}: {message()}" once `limit` has passed.
+/// `message` is called only then, so it can show the current state ("only 17 of 20 consumed").
+pub async fn eventually_every(
+    limit: Duration,
+    poll: Duration,
+    message: impl FnOnce() -> String,
+    mut check: impl FnMut() -> bool,
+) {
     let deadline = Instant::now() + limit;
     while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if Instant::now() >= deadline {
+            panic!("timed out after {limit:?}: {}", message());
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// Waits for a check that has to await (a broker query, a tool run): calls `check` every `poll`
+/// until it returns `Ok`, and returns that value; once `limit` has passed, panics with "timed out
+/// after {limit}: {e}", `e` being the `Err` of the last call (say what was seen, not only what was
+/// wanted). A call in progress at the limit is not cut short.
+pub async fn eventually_async<T, F, Fut>(limit: Duration, poll: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(e) if Instant::now() >= deadline => panic!("timed out after {limit:?}: {e}"),
+            Err(_) => tokio::time::sleep(poll).await,
+        }
     }
 }
 
@@ -150,4 +184,66 @@ pub async fn committed(
         .into_iter()
         .filter_map(|(tp, c)| c.map(|c| (tp.partition, c.offset)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn eventually_every_returns_once_the_check_holds() {
+        let mut calls = 0;
+        eventually_every(
+            Duration::from_secs(5),
+            Duration::from_millis(1),
+            || unreachable!("it holds before the limit"),
+            || {
+                calls += 1;
+                calls == 3
+            },
+        )
+        .await;
+        assert_eq!(calls, 3);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "timed out after 20ms: only 0 of 1")]
+    async fn eventually_every_fails_with_the_current_state() {
+        eventually_every(
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+            || format!("only {} of 1", 0),
+            || false,
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn eventually_async_returns_the_value_of_the_first_ok() {
+        let mut calls = 0;
+        let value = eventually_async(Duration::from_secs(5), Duration::from_millis(1), || {
+            calls += 1;
+            let n = calls;
+            async move {
+                if n < 3 {
+                    Err(format!("{n}"))
+                } else {
+                    Ok(n * 10)
+                }
+            }
+        })
+        .await;
+        assert_eq!(value, 30);
+    }
+
+    #[tokio::test]
+    #[should_panic(expected = "timed out after 20ms: last seen 7")]
+    async fn eventually_async_fails_with_the_last_error() {
+        eventually_async::<(), _, _>(
+            Duration::from_millis(20),
+            Duration::from_millis(5),
+            || async { Err("last seen 7".to_owned()) },
+        )
+        .await;
+    }
 }

@@ -10,7 +10,8 @@ use kafkit::consumer::{ConsumedRecord, Consumer, ConsumerBuilder, DispatchMode, 
 use kafkit::group::TopicPartition;
 use kafkit::{ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::support::{
-    client, committed, connections_to, eventually, test_group,
+    POLL, client, committed, connections_to, consumer_groups_describe, eventually,
+    eventually_async, eventually_every, test_group,
 };
 use kafkit_testkit::{create_topic, random_name, shared};
 use parking_lot::Mutex;
@@ -194,15 +195,13 @@ async fn hundred_thousand_keyed_records_keep_per_key_order_and_commit_to_the_end
             }
         })
     });
-    let deadline = Instant::now() + Duration::from_secs(240);
-    while count.load(Ordering::Relaxed) < 100_000 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} processed",
-            count.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_every(
+        Duration::from_secs(240),
+        POLL,
+        || format!("only {} processed", count.load(Ordering::Relaxed)),
+        || count.load(Ordering::Relaxed) >= 100_000,
+    )
+    .await;
     stop.shutdown();
     let report = tokio::time::timeout(Duration::from_secs(60), run)
         .await
@@ -253,15 +252,14 @@ async fn consume_until(
             }
         })
     });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while count.load(Ordering::Relaxed) < stop_after {
-        assert!(
-            Instant::now() < deadline,
-            "stalled at {}",
-            count.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Polled often, to stop close to `stop_after`.
+    eventually_every(
+        Duration::from_secs(120),
+        Duration::from_millis(5),
+        || format!("stalled at {}", count.load(Ordering::Relaxed)),
+        || count.load(Ordering::Relaxed) >= stop_after,
+    )
+    .await;
     if graceful {
         stop.shutdown();
         tokio::time::timeout(Duration::from_secs(60), run)
@@ -312,20 +310,18 @@ async fn restart_scenario(graceful: bool) {
                 }
             })
         });
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
+        let ever_processed = || {
             let mut all = values(&seen);
             all.extend(values(&second));
-            if all.len() == n {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "gap: {} of {n} records ever processed",
-                all.len()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            all.len()
+        };
+        eventually_every(
+            Duration::from_secs(120),
+            Duration::from_millis(50),
+            || format!("gap: {} of {n} records ever processed", ever_processed()),
+            || ever_processed() == n,
+        )
+        .await;
         stop.shutdown();
         tokio::time::timeout(Duration::from_secs(60), run)
             .await
@@ -393,26 +389,23 @@ async fn a_second_member_joining_with_records_in_flight_loses_nothing() {
         }
     };
     let (stop_a, run_a) = start(Arc::clone(&seen)).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.lock().values().map(Vec::len).sum::<usize>() < 500 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let processed = || seen.lock().values().map(Vec::len).sum::<usize>();
+    eventually_every(
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+        || format!("only {} of 500 processed by the first member", processed()),
+        || processed() >= 500,
+    )
+    .await;
     // 64 records are in flight now (5 ms each); a second member joins.
     let (stop_b, run_b) = start(Arc::clone(&seen)).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let distinct = values(&seen);
-        if distinct.len() == n {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "lost records: {} of {n}",
-            distinct.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_every(
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        || format!("lost records: {} of {n}", values(&seen).len()),
+        || values(&seen).len() == n,
+    )
+    .await;
     stop_a.shutdown();
     stop_b.shutdown();
     run_a.await.unwrap().unwrap();
@@ -465,29 +458,14 @@ async fn a_handler_slower_than_the_session_timeout_keeps_the_member_and_shutdown
         "the other records flowed past the slow one"
     );
     // Still a member after 10 s with a 6 s session timeout: heartbeats do not wait for handlers.
-    let described = kafkit_testkit::java_tool(
-        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-        &[
-            "--bootstrap-server",
-            &bootstrap,
-            "--describe",
-            "--group",
-            &group_id,
-            "--members",
-        ],
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
+    let described = consumer_groups_describe(&bootstrap, &group_id, &["--members"]).await;
     assert!(
         described
-            .stdout
             .lines()
             .filter(|l| l.starts_with(group_id.as_str()))
             .count()
             == 1,
-        "{}",
-        described.stdout
+        "{described}"
     );
 
     let stopping = Instant::now();
@@ -563,20 +541,19 @@ async fn a_failing_record_in_a_batch_does_not_fail_the_others() {
             }
         }
     }));
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while calls.lock().len() < 2_000
-        || calls
-            .lock()
-            .iter()
-            .any(|(v, n)| v.is_multiple_of(97) && *n < 2)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{} records seen",
-            calls.lock().len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_every(
+        Duration::from_secs(120),
+        Duration::from_millis(50),
+        || format!("{} records seen", calls.lock().len()),
+        || {
+            calls.lock().len() >= 2_000
+                && !calls
+                    .lock()
+                    .iter()
+                    .any(|(v, n)| v.is_multiple_of(97) && *n < 2)
+        },
+    )
+    .await;
     stop.shutdown();
     let report = tokio::time::timeout(Duration::from_secs(60), run)
         .await
@@ -618,14 +595,20 @@ async fn a_reset_to_latest_is_pinned_so_records_produced_while_down_are_not_skip
     let consumer = latest(bootstrap.clone(), group_id.clone(), topic.clone()).await;
     let stop = consumer.shutdown_handle();
     let run = tokio::spawn(consumer.run(|_r| async { Ok::<_, std::io::Error>(()) }));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while committed(&bootstrap, &group_id, &topic, 2).await.len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the reset position was never committed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually_async(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let commits = committed(&bootstrap, &group_id, &topic, 2).await;
+            if commits.len() < 2 {
+                return Err(format!(
+                    "the reset position was never committed: {commits:?}"
+                ));
+            }
+            Ok(())
+        },
+    )
+    .await;
     stop.shutdown();
     run.await.unwrap().unwrap();
 
@@ -644,15 +627,13 @@ async fn a_reset_to_latest_is_pinned_so_records_produced_while_down_are_not_skip
             }
         }
     }));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while seen.load(Ordering::Relaxed) < 20 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of 20 consumed",
-            seen.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_every(
+        Duration::from_secs(30),
+        POLL,
+        || format!("only {} of 20 consumed", seen.load(Ordering::Relaxed)),
+        || seen.load(Ordering::Relaxed) >= 20,
+    )
+    .await;
     stop.shutdown();
     run.await.unwrap().unwrap();
     assert_eq!(
@@ -762,24 +743,27 @@ async fn a_stuck_record_holds_its_partition_within_the_offset_map_span() {
     );
     // The commit names the stuck offset and carries the map of what is finished above it.
     let tp = TopicPartition::new(&topic, 0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let metadata = loop {
-        let c = kafkit::group::committed_offsets(
-            &client(&bootstrap),
-            &group_id,
-            std::slice::from_ref(&tp),
-        )
-        .await
-        .unwrap();
-        if let Some(Some(c)) = c.get(&tp)
-            && let Some(m) = &c.metadata
-        {
-            assert_eq!(c.offset, 0, "the watermark is the stuck record");
-            break m.clone();
-        }
-        assert!(Instant::now() < deadline, "no commit with a map");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let metadata = eventually_async(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let c = kafkit::group::committed_offsets(
+                &client(&bootstrap),
+                &group_id,
+                std::slice::from_ref(&tp),
+            )
+            .await
+            .unwrap();
+            if let Some(Some(c)) = c.get(&tp)
+                && let Some(m) = &c.metadata
+            {
+                assert_eq!(c.offset, 0, "the watermark is the stuck record");
+                return Ok(m.clone());
+            }
+            Err(format!("no commit with a map: {c:?}"))
+        },
+    )
+    .await;
     assert!(
         metadata.starts_with("kk1:0:") && metadata.len() <= 4096,
         "{} bytes",
@@ -787,15 +771,13 @@ async fn a_stuck_record_holds_its_partition_within_the_offset_map_span() {
     );
 
     release.notify_one();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while processed.load(Ordering::Relaxed) < 40_000 {
-        assert!(
-            Instant::now() < deadline,
-            "{} of 40000",
-            processed.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_every(
+        Duration::from_secs(60),
+        POLL,
+        || format!("{} of 40000", processed.load(Ordering::Relaxed)),
+        || processed.load(Ordering::Relaxed) >= 40_000,
+    )
+    .await;
     stop.shutdown();
     let report = tokio::time::timeout(Duration::from_secs(60), run)
         .await

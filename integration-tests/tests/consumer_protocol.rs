@@ -18,7 +18,7 @@ use kafkit::group::{
 };
 use kafkit::{ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::kafkit_bin;
-use kafkit_integration_tests::support::{client, eventually, kafka_lag};
+use kafkit_integration_tests::support::{client, eventually, eventually_async, kafka_lag};
 use kafkit_testkit::{create_topic, java_command, kafka_version, random_name, shared};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -104,18 +104,18 @@ async fn a_consumer_protocol_group_is_described_and_listed_as_kafka_does() {
     )
     .await;
     // Its commit follows each poll: wait until Kafka's tool shows every partition caught up.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let java_rows = loop {
-        let (rows, raw) = kafka_lag(&bootstrap, &group, &topic).await;
-        if rows.len() == PARTITIONS as usize && rows.values().all(|&(_, _, lag)| lag == 0) {
-            break rows;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "kafka-consumer-groups never showed lag 0: {raw}"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    let java_rows = eventually_async(
+        Duration::from_secs(30),
+        Duration::from_millis(300),
+        || async {
+            let (rows, raw) = kafka_lag(&bootstrap, &group, &topic).await;
+            if rows.len() == PARTITIONS as usize && rows.values().all(|&(_, _, lag)| lag == 0) {
+                return Ok(rows);
+            }
+            Err(format!("kafka-consumer-groups never showed lag 0: {raw}"))
+        },
+    )
+    .await;
 
     let (description, lag) = admin::describe_group_with_lag(&client(&bootstrap), &group)
         .await

@@ -15,7 +15,9 @@ use kafkit::consumer::{ConsumerBuilder, CorruptBatchPolicy, DispatchMode, Offset
 use kafkit::metrics::Metrics;
 use kafkit::resilience::HealthStatus;
 use kafkit::{Error, ProducerBuilder, ProducerRecord};
-use kafkit_integration_tests::support::{client, committed, eventually, test_group};
+use kafkit_integration_tests::support::{
+    client, committed, eventually, eventually_async, test_group,
+};
 use kafkit_testkit::{TestKafka, create_topic, random_name, shared};
 use parking_lot::Mutex;
 
@@ -122,15 +124,16 @@ async fn a_corrupt_batch_is_skipped_counted_and_reported_and_the_partition_moves
         seen.lock().len() == RECORDS as usize - 1
     })
     .await;
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while committed(&bootstrap, &group, &topic, 1).await.get(&0) != Some(&RECORDS) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never committed past the corrupt batch: {:?}",
-            committed(&bootstrap, &group, &topic, 1).await
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually_async(LIMIT, Duration::from_millis(200), || async {
+        let commits = committed(&bootstrap, &group, &topic, 1).await;
+        if commits.get(&0) != Some(&RECORDS) {
+            return Err(format!(
+                "never committed past the corrupt batch: {commits:?}"
+            ));
+        }
+        Ok(())
+    })
+    .await;
     let expected: BTreeSet<i64> = (0..RECORDS).filter(|&o| o != CORRUPT).collect();
     assert_eq!(*seen.lock(), expected, "every record but the corrupt one");
 

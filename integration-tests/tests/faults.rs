@@ -12,10 +12,9 @@ use kafkit::consumer::{
 use kafkit::group::{CooperativeStickyAssignor, GroupConfig, GroupProtocol, TopicPartition};
 use kafkit::{Producer, ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::history::History;
-use kafkit_integration_tests::support::client;
+use kafkit_integration_tests::support::{POLL, client, eventually_async, eventually_every};
 use kafkit_testkit::{BrokerOptions, LocalCluster, LocalKafka, create_topic, random_name, shared};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
 type Run = JoinHandle<kafkit::Result<ShutdownReport>>;
 
@@ -135,16 +134,19 @@ fn produce_at(
 }
 
 async fn wait_all_processed(history: &History, acked: usize, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while history.acked_unprocessed() > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {acked} acknowledged records not processed; {}",
-            history.acked_unprocessed(),
-            history.check(false)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_every(
+        limit,
+        POLL,
+        || {
+            format!(
+                "{} of {acked} acknowledged records not processed; {}",
+                history.acked_unprocessed(),
+                history.check(false)
+            )
+        },
+        || history.acked_unprocessed() == 0,
+    )
+    .await;
 }
 
 async fn stop_all(members: Vec<(ShutdownHandle, Run)>) {
@@ -309,11 +311,13 @@ async fn consumer_restart_after_forty_percent_leaves_no_gap() {
         up_to::<10>,
     )
     .await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while history.processed_count() < 400 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_every(
+        Duration::from_secs(60),
+        Duration::from_millis(10),
+        || format!("only {} of 400 processed", history.processed_count()),
+        || history.processed_count() >= 400,
+    )
+    .await;
     stop_all(vec![first]).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let second = member(
@@ -742,22 +746,24 @@ async fn churn_chain(mode: DispatchMode, ordered: bool, cooperative: bool) {
             _ => None,
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let values = loop {
-        let values = read_values(&bootstrap, &output, 6).await;
-        let distinct: std::collections::BTreeSet<&String> =
-            values.iter().map(|(_, _, v)| v).collect();
-        if expected.iter().all(|v| distinct.contains(v)) {
-            break values;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "chain lost records: {} of {} input records reached the output",
-            expected.iter().filter(|v| distinct.contains(v)).count(),
-            expected.len()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let values = eventually_async(
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || async {
+            let values = read_values(&bootstrap, &output, 6).await;
+            let distinct: std::collections::BTreeSet<&String> =
+                values.iter().map(|(_, _, v)| v).collect();
+            if expected.iter().all(|v| distinct.contains(v)) {
+                return Ok(values);
+            }
+            Err(format!(
+                "chain lost records: {} of {} input records reached the output",
+                expected.iter().filter(|v| distinct.contains(v)).count(),
+                expected.len()
+            ))
+        },
+    )
+    .await;
     let mut stops = relays;
     stops.push(sink);
     stop_all(stops).await;

@@ -25,7 +25,9 @@ use kafkit::consumer::{
 };
 use kafkit::group::{CooperativeStickyAssignor, GroupConfig, GroupProtocol, TopicPartition};
 use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
-use kafkit_integration_tests::support::{consumer_groups_describe, kafka_lag};
+use kafkit_integration_tests::support::{
+    POLL, consumer_groups_describe, eventually_every, kafka_lag,
+};
 use kafkit_testkit::{create_topic, java_command, kafka_version, random_name, shared};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -334,15 +336,8 @@ impl JavaMember {
 
 /// Waits until `check` holds, polling every 100 ms, or panics with `what` (and the ownership) after `limit`.
 async fn eventually(limit: Duration, what: &str, journal: &Journal, check: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for: {what}; ownership now {:?}",
-            journal.owned()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let message = || format!("{what}; ownership now {:?}", journal.owned());
+    eventually_every(limit, POLL, message, check).await;
 }
 
 /// Produces keyed records in paced batches and returns every (partition, offset) acknowledged.

@@ -10,7 +10,9 @@ use std::time::Duration;
 use kafkit::admin;
 use kafkit::consumer::{ConsumerBuilder, OffsetReset};
 use kafkit::{ProducerBuilder, ProducerRecord};
-use kafkit_integration_tests::support::{client, connections_to, eventually, test_group};
+use kafkit_integration_tests::support::{
+    client, connections_to, eventually, eventually_async, test_group,
+};
 use kafkit_testkit::{BrokerOptions, LocalCluster, create_topic, random_name};
 use tokio::sync::watch;
 
@@ -45,16 +47,17 @@ async fn a_consumer_reads_from_the_replica_in_its_rack_while_the_leader_is_froze
             .unwrap();
         let stop = first.shutdown_handle();
         let run = tokio::spawn(first.run(|_| async { Ok::<_, std::convert::Infallible>(()) }));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let coordinator = loop {
-            match admin::describe_group(&client(&bootstrap), &group).await {
-                Ok(g) if !g.members.is_empty() => break g.coordinator,
-                _ if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+        let coordinator = eventually_async(
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || async {
+                match admin::describe_group(&client(&bootstrap), &group).await {
+                    Ok(g) if !g.members.is_empty() => Ok(g.coordinator),
+                    other => Err(format!("the first member never joined: {other:?}")),
                 }
-                other => panic!("the first member never joined: {other:?}"),
-            }
-        };
+            },
+        )
+        .await;
         stop.shutdown();
         run.await.unwrap().unwrap();
         coordinator

@@ -19,7 +19,7 @@ use kafkit::{
     TlsSettings,
 };
 use kafkit_integration_tests::kafkit_bin;
-use kafkit_integration_tests::support::test_group;
+use kafkit_integration_tests::support::{POLL, eventually_every, test_group};
 use kafkit_testkit::{BrokerOptions, LocalKafka, random_name};
 use tokio::sync::OnceCell;
 
@@ -135,15 +135,13 @@ async fn produce_consume_commit(client: &ClientConfig, n: usize) {
             Ok::<_, std::io::Error>(())
         }
     }));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while seen.load(Ordering::SeqCst) < n {
-        assert!(
-            Instant::now() < deadline,
-            "consumed {} of {n}",
-            seen.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually_every(
+        Duration::from_secs(60),
+        POLL,
+        || format!("consumed {} of {n}", seen.load(Ordering::SeqCst)),
+        || seen.load(Ordering::SeqCst) >= n,
+    )
+    .await;
     stop.shutdown();
     run.await.unwrap().unwrap();
     let lag = admin::group_lag(client, &group).await.unwrap();

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use kafkit::consumer::{ConsumerBuilder, DispatchMode, OffsetReset};
 use kafkit_integration_tests::kafkit_bin;
-use kafkit_integration_tests::support::{client, eventually, kafka_lag, test_group};
+use kafkit_integration_tests::support::{
+    client, eventually, eventually_async, kafka_lag, test_group,
+};
 use kafkit_testkit::{create_topic, java_source, random_name, shared};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -84,22 +86,20 @@ async fn consume_to_the_end(
     .await;
 
     // Kafka's own view: every partition committed at its log end offset, lag 0.
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
+    eventually_async(LIMIT, Duration::from_millis(500), || async {
         let (rows, raw) = kafka_lag(bootstrap, group, topic).await;
         let at_end = rows.len() == PARTITIONS as usize
             && rows
                 .values()
                 .all(|&(committed, end, lag)| committed == end && lag == 0);
         if at_end {
-            break;
+            return Ok(());
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
+        Err(format!(
             "{mode:?}: the group never reached lag 0 (Kafka's view):\n{raw}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+        ))
+    })
+    .await;
 
     // kafkit's view of the same group.
     let out = tokio::process::Command::new(kafkit_bin())

@@ -17,6 +17,7 @@ use std::time::Duration;
 use kafkit::ClientConfig;
 use kafkit::group::{GroupConfig, GroupMember};
 use kafkit_integration_tests::kafkit_bin;
+use kafkit_integration_tests::support::eventually_every;
 use kafkit_integration_tests::verifiable::{
     self, Options, Report, Stream, TopicPartition, check_group, consumed_offsets,
 };
@@ -28,7 +29,7 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
-use tokio::time::{Instant, sleep, timeout};
+use tokio::time::{sleep, timeout};
 
 /// A child process whose stdout and stderr are collected as they arrive.
 struct Proc {
@@ -158,16 +159,11 @@ fn owned(stream: &Stream) -> BTreeSet<TopicPartition> {
     owned
 }
 
-async fn eventually(limit: Duration, what: &str, procs: &[&Proc], mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}\n{}",
-            diagnostics(procs)
-        );
-        sleep(Duration::from_millis(200)).await;
-    }
+/// Waits until `check` holds, polling every 200 ms, or panics with `what` and the processes'
+/// diagnostics after `limit`.
+async fn eventually(limit: Duration, what: &str, procs: &[&Proc], check: impl FnMut() -> bool) {
+    let message = || format!("{what}\n{}", diagnostics(procs));
+    eventually_every(limit, Duration::from_millis(200), message, check).await;
 }
 
 /// The log end offset of each partition.
