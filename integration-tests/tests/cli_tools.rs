@@ -551,10 +551,29 @@ async fn diag_says_ok_on_a_healthy_broker_and_names_each_problem_otherwise() {
         report.contains("16 of the 16 kafkit uses are supported"),
         "{report}"
     );
+    // Kafka 4.0 made the consumer protocol (KIP-848) generally available.
+    let consumer_protocol = !kafkit_testkit::kafka_version().starts_with("3.");
+    let protocols = report
+        .lines()
+        .find_map(|l| l.strip_prefix("Group protocols: "))
+        .unwrap_or_else(|| panic!("no group protocols line: {report}"));
+    assert!(protocols.starts_with("classic"), "{report}");
+    assert_eq!(
+        protocols.contains("consumer"),
+        consumer_protocol,
+        "{report}"
+    );
 
     let doc = json(&kafkit(&["diag", "--bootstrap-server", b, "--json", "--api-versions"]).await);
     assert_eq!(doc["healthy"], true);
     assert_eq!(doc["controller"], 1);
+    let offered = doc["group_protocols"].as_array().unwrap();
+    assert!(offered.contains(&Value::from("classic")), "{offered:?}");
+    assert_eq!(
+        offered.contains(&Value::from("consumer")),
+        consumer_protocol,
+        "{offered:?}"
+    );
     assert_eq!(doc["brokers"][0]["reachable"], true);
     let topic_doc = doc["topics"]
         .as_array()

@@ -38,6 +38,25 @@ const NEEDED_APIS: &[&str] = &[
     "DeleteTopics",
 ];
 
+/// The group protocols a cluster can run, each with the key of the API its members speak
+/// (JoinGroup, ConsumerGroupHeartbeat, ShareGroupHeartbeat, StreamsGroupHeartbeat): what the broker
+/// advertises in ApiVersions (a broker leaves out the APIs of a protocol it does not run).
+const GROUP_PROTOCOLS: &[(&str, i16)] = &[
+    ("classic", 11),
+    ("consumer", 68),
+    ("share", 76),
+    ("streams", 88),
+];
+
+/// The group protocols `cluster` offers (see [`GROUP_PROTOCOLS`]).
+fn group_protocols(cluster: &ClusterDescription) -> Vec<&'static str> {
+    GROUP_PROTOCOLS
+        .iter()
+        .filter(|(_, key)| cluster.api_versions.iter().any(|v| v.key == *key))
+        .map(|(protocol, _)| *protocol)
+        .collect()
+}
+
 /// `kafkit diag`.
 #[derive(Debug, Args)]
 pub(crate) struct DiagArgs {
@@ -253,6 +272,10 @@ fn report_text(
         cluster.api_versions.len(),
         NEEDED_APIS.len()
     ));
+    out.push_str(&format!(
+        "Group protocols: {} (kafkit runs classic, and consumer with GroupConfig::protocol)\n",
+        group_protocols(cluster).join(", ")
+    ));
     if api_versions {
         out.push('\n');
         out.push_str(&table(
@@ -370,6 +393,7 @@ fn report_json(
         "cluster_id": cluster.cluster_id,
         "answered_by": cluster.answered_by,
         "controller": cluster.controller,
+        "group_protocols": group_protocols(cluster),
         "bootstrap": bootstrap.iter().map(reach).collect::<Vec<_>>(),
         "brokers": cluster.brokers.iter().zip(brokers).map(|(b, r)| {
             let mut v = reach(r);

@@ -8,8 +8,8 @@
 //!   describe, lag, offset resets);
 //! - [`consumer`] and [`group`] re-export the consumer (dispatch modes, ack-driven commits, graceful
 //!   shutdown) and consumer-group membership of `kafkit-core`;
-//! - [`resilience`] re-exports `kafkit-resilience` (backoff, and the breaker, retry and dead-letter
-//!   policies as they land);
+//! - [`resilience`] re-exports `kafkit-resilience` (backoff, the circuit breaker, retry and
+//!   dead-letter policies, health);
 //! - [`metrics`] re-exports `kafkit-metrics`.
 //!
 //! # Supported brokers

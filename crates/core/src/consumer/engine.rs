@@ -666,10 +666,10 @@ impl Engine {
             let Some(t) = s.tracker.as_ref() else {
                 continue;
             };
+            // The tracker's watermark never moves back within a tenure; that no commit goes below
+            // what was committed, and none for a partition not owned, is the member's to enforce,
+            // in one place (`group::member::ownership::Ownership::admit`).
             let watermark = t.watermark();
-            if s.committed.is_some_and(|c| watermark < c) {
-                continue;
-            }
             let metadata = if offset_map {
                 // Only offsets within the span the map may cover: gaps (offsets with no record) can lie
                 // further ahead, and leaving them out only means re-reading nothing.
@@ -734,7 +734,6 @@ impl Engine {
                 for (tp, offset) in &report.committed {
                     if let Some(&i) = self.by_partition.get(tp)
                         && let Some(s) = self.slots[i].as_mut()
-                        && s.committed.is_none_or(|c| c <= *offset)
                     {
                         s.committed = Some(*offset);
                         s.committed_metadata = self.commit_metadata.remove(tp).flatten();
