@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kafkit::consumer::DispatchMode;
-use kafkit_core::consumer::bench::dispatch_in_memory;
 use kafkit::partitioner::partition_for_key;
+use kafkit_core::consumer::bench::dispatch_in_memory;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 

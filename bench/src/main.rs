@@ -12,6 +12,7 @@
 //! - `kafkit_side`, `rdkafka_side`, `java_side`: the library contenders.
 //! - `cli_side`: the command-line contenders, `kafkit consume` / `kafkit produce` and kcat.
 //! - `ceiling`: the raw multi-partition fetch loop.
+//! - `rebalance`: the rebalance benchmark (in the runner's process: members as tasks).
 //! - this file: the runner, the child entry point, and the report.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -22,6 +23,7 @@ mod dispatcher;
 mod java_side;
 mod kafkit_side;
 mod rdkafka_side;
+mod rebalance;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -48,7 +50,8 @@ struct Cli {
     /// Counted rounds per contender (after one warm-up round).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
-    /// Only run benchmarks whose name contains this (`produce`, `consume`, `latency`, `A-12`, ...).
+    /// Only run benchmarks whose name contains this (`produce`, `consume`, `latency`, `rebalance`,
+    /// `A-12`, ...).
     #[arg(long)]
     only: Option<String>,
     /// Leave out the command-line contenders (`kafkit consume` / `produce` against kcat).
@@ -393,7 +396,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let consume_name = |&(w, _, _, p): &(&str, u64, usize, i32)| format!("consume {w}-{p}");
     let throughput_wanted = produce_runs.iter().map(produce_name).any(|n| wanted(&n))
         || consume_runs.iter().map(consume_name).any(|n| wanted(&n));
-    let needs_broker = throughput_wanted || wanted("latency");
+    let needs_broker = throughput_wanted || wanted("latency") || wanted("rebalance");
     let needs_cli = throughput_wanted && !cli.no_cli;
     let (kafkit_cli, kcat) = if needs_cli {
         (cli_side::kafkit_bin()?, Some(cli_side::kcat_version()?))
@@ -613,6 +616,12 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         report.push_str(&latency_table(records, rate, &runs));
+    }
+
+    if wanted("rebalance") {
+        // No warm-up round: each group's own start comes before its first event. At most 3 rounds,
+        // as for latency: a round of every protocol and size takes minutes of mostly waiting.
+        report.push_str(&rebalance::run(&client, &bootstrap, cli.rounds.min(3)).await?);
     }
     let _ = writeln!(
         report,
