@@ -2,7 +2,9 @@
 //! poll) and kafkit `Consumer`s share a keyed 6-partition topic that is being produced to; a kafkit
 //! member leaves, another joins, the Java member leaves. On the classic protocol (range: eager;
 //! cooperative-sticky) and on KIP-848's consumer protocol (Kafka 4.0+, the broker's `uniform`
-//! assignor), where a kafkit member also crashes before the Java member leaves. Afterwards:
+//! assignor), where a kafkit member also crashes before the Java member leaves; and, on a broker
+//! of its own, a consumer-protocol group of Java and kafkit through a broker SIGKILL and restart
+//! and a kafkit member killed and restarted. Afterwards:
 //! - every produced (partition, offset) was consumed by someone (at least once);
 //! - replaying every member's ownership changes and consumed records in time order, no partition was
 //!   owned by two members at once, and no member consumed a record of a partition it did not own;
@@ -28,7 +30,7 @@ use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::support::{
     POLL, consumer_groups_describe, eventually_every, kafka_lag,
 };
-use kafkit_testkit::{create_topic, java_command, kafka_version, random_name, shared};
+use kafkit_testkit::{LocalKafka, create_topic, java_command, kafka_version, random_name, shared};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::task::JoinHandle;
@@ -629,6 +631,121 @@ async fn cooperative_group_of_java_and_kafkit_consumes_everything_while_members_
 async fn consumer_protocol_group_of_java_and_kafkit_consumes_everything_while_members_come_go_and_crash()
  {
     mixed_group_while_consuming(Protocol::Consumer).await;
+}
+
+/// KIP-848 with a Java member in the group through a broker SIGKILL and restart, then a kafkit
+/// member killed and restarted, while the topic is produced to; on a broker of its own (the other
+/// tests share one). The same checks: everything consumed, never two owners, final lag 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_protocol_group_of_java_and_kafkit_survives_a_broker_kill_and_a_member_restart() {
+    if kafka_version().starts_with("3.") {
+        // Refused cleanly, as the test above checks.
+        return;
+    }
+    let kafka = timeout(Duration::from_secs(180), LocalKafka::start())
+        .await
+        .expect("broker within 180 s")
+        .unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("mixed-kill");
+    let group = random_name("g");
+    timeout(
+        Duration::from_secs(30),
+        create_topic(&bootstrap, &topic, PARTITIONS, 1),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let config = || {
+        GroupConfig::new(&group, [&topic])
+            .protocol(GroupProtocol::Consumer)
+            .remote_assignor("uniform")
+            .rebalance_timeout(Duration::from_secs(20))
+    };
+    let journal = Arc::new(Journal::default());
+    let started = Instant::now();
+    let a = KafkitMember::start("kafkit-a", &bootstrap, config(), &journal).await;
+    let java = JavaMember::start(
+        &bootstrap,
+        &group,
+        &topic,
+        "consumer-protocol:uniform",
+        &journal,
+    );
+    let producing = tokio::spawn(produce(bootstrap.clone(), topic.clone()));
+    eventually(
+        Duration::from_secs(40),
+        "kafkit-a and java 3 each",
+        &journal,
+        || journal.balanced_among(&["java", "kafkit-a"]),
+    )
+    .await;
+
+    kafka.kill();
+    kafka.restart().await.unwrap();
+    eprintln!("{:?}: broker restarted", started.elapsed());
+    // Both members carry on (or rejoin, if the restarted coordinator fenced them) and read what is
+    // produced from now on as well.
+    let producing_after = tokio::spawn(produce(bootstrap.clone(), topic.clone()));
+    eventually(
+        Duration::from_secs(60),
+        "kafkit-a and java 3 each after the broker restart",
+        &journal,
+        || journal.balanced_among(&["java", "kafkit-a"]),
+    )
+    .await;
+    eprintln!(
+        "{:?}: after the restart {:?}",
+        started.elapsed(),
+        journal.owned()
+    );
+
+    // kafkit-a is killed and started again: its partitions move once its session times out.
+    a.crash(&journal).await;
+    let a = KafkitMember::start("kafkit-a", &bootstrap, config(), &journal).await;
+    eventually(
+        Duration::from_secs(60),
+        "kafkit-a (restarted) and java 3 each",
+        &journal,
+        || journal.balanced_among(&["java", "kafkit-a"]),
+    )
+    .await;
+    eprintln!(
+        "{:?}: kafkit-a restarted {:?}",
+        started.elapsed(),
+        journal.owned()
+    );
+
+    let mut produced = BTreeSet::new();
+    for producing in [producing, producing_after] {
+        let acked = timeout(Duration::from_secs(180), producing)
+            .await
+            .expect("production ends")
+            .unwrap();
+        assert_eq!(acked.len(), BATCHES * BATCH);
+        produced.extend(acked);
+    }
+    eventually(
+        Duration::from_secs(60),
+        "every produced record consumed",
+        &journal,
+        || journal.consumed_set().is_superset(&produced),
+    )
+    .await;
+    java.close().await;
+    a.stop().await;
+    let (rows, raw) = kafka_lag(&bootstrap, &group, &topic).await;
+    assert!(
+        rows.len() == PARTITIONS as usize && rows.values().all(|&(_, _, lag)| lag == 0),
+        "final lag not 0: {raw}"
+    );
+    let violations = journal.violations();
+    assert!(
+        violations.is_empty(),
+        "{} violations, first: {:#?}",
+        violations.len(),
+        &violations[..violations.len().min(20)]
+    );
 }
 
 /// The replay catches what it is meant to catch (no broker needed).
