@@ -93,6 +93,49 @@ async fn consumer(
     Ok((consumer, assigned))
 }
 
+/// Records and value bytes a consumer contender has seen, and when it saw the last of `target`.
+struct Tally {
+    target: u64,
+    count: AtomicU64,
+    bytes: AtomicU64,
+    last: Latch,
+}
+
+impl Tally {
+    fn new(target: u64) -> Arc<Self> {
+        Arc::new(Self {
+            target,
+            count: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            last: Latch::default(),
+        })
+    }
+
+    /// Counts `records` records of `bytes` value bytes; true once the target is reached.
+    fn add(&self, records: u64, bytes: usize) -> bool {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        let n = self.count.fetch_add(records, Ordering::Relaxed) + records;
+        if n >= self.target {
+            self.last.set_once();
+        }
+        n >= self.target
+    }
+
+    /// The outcome, timed from `assigned` to the last record.
+    fn outcome(&self, assigned: &Latch) -> Outcome {
+        Outcome {
+            records: self.count.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            secs: self.last.since(assigned),
+            latency_us: None,
+        }
+    }
+}
+
+fn value_len(record: &kafkit::consumer::ConsumedRecord) -> usize {
+    record.value().map_or(0, <[u8]>::len)
+}
+
 /// The `stream()` API as its users write the loop: `Unordered { max_in_flight: 1024 }`, each record
 /// acked as it is processed. Timed from the assignment to the last record.
 pub(crate) async fn consume_stream(
@@ -102,24 +145,16 @@ pub(crate) async fn consume_stream(
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
     let (consumer, assigned) = consumer(bootstrap, topic, "unordered").await?;
     let mut stream = consumer.stream()?;
-    let (mut count, mut bytes) = (0u64, 0u64);
-    let last = Latch::default();
-    while count < records {
-        let Some(record) = stream.next().await else {
-            break;
-        };
-        count += 1;
-        bytes += record.value().map_or(0, <[u8]>::len) as u64;
+    let tally = Tally::new(records);
+    while let Some(record) = stream.next().await {
+        let reached = tally.add(1, value_len(&record));
         record.ack();
+        if reached {
+            break;
+        }
     }
-    last.set_once();
     stream.shutdown().await?;
-    Ok(Outcome {
-        records: count,
-        bytes,
-        secs: last.since(&assigned),
-        latency_us: None,
-    })
+    Ok(tally.outcome(&assigned))
 }
 
 /// The batch-handler API (`run_batch`, up to 500 records a call, `Unordered { max_in_flight: 1024 }`)
@@ -132,18 +167,13 @@ pub(crate) async fn consume_batch(
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
     let (consumer, assigned) = consumer(bootstrap, topic, "unordered").await?;
     let stop = consumer.shutdown_handle();
-    let count = Arc::new(AtomicU64::new(0));
-    let bytes = Arc::new(AtomicU64::new(0));
-    let last = Arc::new(Latch::default());
+    let tally = Tally::new(records);
     consumer
         .run_batch(500, {
-            let (count, bytes, last) = (Arc::clone(&count), Arc::clone(&bytes), Arc::clone(&last));
+            let tally = Arc::clone(&tally);
             move |batch| {
-                let size: usize = batch.iter().map(|r| r.value().map_or(0, <[u8]>::len)).sum();
-                bytes.fetch_add(size as u64, Ordering::Relaxed);
-                let n = count.fetch_add(batch.len() as u64, Ordering::Relaxed) + batch.len() as u64;
-                if n >= records {
-                    last.set_once();
+                let size = batch.iter().map(value_len).sum();
+                if tally.add(batch.len() as u64, size) {
                     stop.shutdown();
                 }
                 let results = batch.iter().map(|_| Ok::<_, std::io::Error>(())).collect();
@@ -151,12 +181,7 @@ pub(crate) async fn consume_batch(
             }
         })
         .await?;
-    Ok(Outcome {
-        records: count.load(Ordering::Relaxed),
-        bytes: bytes.load(Ordering::Relaxed),
-        secs: last.since(&assigned),
-        latency_us: None,
-    })
+    Ok(tally.outcome(&assigned))
 }
 
 /// Reads `records` records in a new group with a pass-through handler; commits on (every 5 s and at
@@ -169,32 +194,19 @@ pub(crate) async fn consume(
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
     let (consumer, assigned) = consumer(bootstrap, topic, dispatch).await?;
     let stop = consumer.shutdown_handle();
-    let count = Arc::new(AtomicU64::new(0));
-    let bytes = Arc::new(AtomicU64::new(0));
-    let last = Arc::new(Latch::default());
+    let tally = Tally::new(records);
     consumer
         .run({
-            let (count, bytes, last) = (Arc::clone(&count), Arc::clone(&bytes), Arc::clone(&last));
+            let tally = Arc::clone(&tally);
             move |record| {
-                let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-                bytes.fetch_add(
-                    record.value().map_or(0, <[u8]>::len) as u64,
-                    Ordering::Relaxed,
-                );
-                if n == records {
-                    last.set_once();
+                if tally.add(1, value_len(&record)) {
                     stop.shutdown();
                 }
                 std::future::ready(Ok::<_, std::io::Error>(()))
             }
         })
         .await?;
-    Ok(Outcome {
-        records: count.load(Ordering::Relaxed),
-        bytes: bytes.load(Ordering::Relaxed),
-        secs: last.since(&assigned),
-        latency_us: None,
-    })
+    Ok(tally.outcome(&assigned))
 }
 
 /// Consumes `records` records produced while it runs and reports end-to-end latency: now minus the
