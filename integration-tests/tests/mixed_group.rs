@@ -342,6 +342,48 @@ async fn eventually(limit: Duration, what: &str, journal: &Journal, check: impl 
     eventually_every(limit, POLL, message, check).await;
 }
 
+/// A new topic of `PARTITIONS` partitions named after `prefix`, and a new group id.
+async fn topic_and_group(bootstrap: &str, prefix: &str) -> (String, String) {
+    let topic = random_name(prefix);
+    timeout(
+        Duration::from_secs(30),
+        create_topic(bootstrap, &topic, PARTITIONS, 1),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    (topic, random_name("g"))
+}
+
+/// A kafkit member's group settings on the consumer protocol: the broker decides the session
+/// timeout and heartbeat interval (the testkit's broker: 10 s and 1 s).
+fn consumer_protocol(group: &str, topic: &str) -> GroupConfig {
+    GroupConfig::new(group, [topic])
+        .protocol(GroupProtocol::Consumer)
+        .remote_assignor("uniform")
+        .rebalance_timeout(Duration::from_secs(20))
+}
+
+/// Everything consumed was committed: every partition's lag is 0, as Kafka's tool reports it.
+async fn assert_final_lag_zero(bootstrap: &str, group: &str, topic: &str) {
+    let (rows, raw) = kafka_lag(bootstrap, group, topic).await;
+    assert!(
+        rows.len() == PARTITIONS as usize && rows.values().all(|&(_, _, lag)| lag == 0),
+        "final lag not 0: {raw}"
+    );
+}
+
+/// No partition had two owners and nobody consumed a partition it did not own.
+fn assert_no_violations(journal: &Journal) {
+    let violations = journal.violations();
+    assert!(
+        violations.is_empty(),
+        "{} violations, first: {:#?}",
+        violations.len(),
+        &violations[..violations.len().min(20)]
+    );
+}
+
 /// Produces keyed records in paced batches and returns every (partition, offset) acknowledged.
 async fn produce(bootstrap: String, topic: String) -> BTreeSet<(i32, i64)> {
     let producer = ProducerBuilder::new(ClientConfig::new([bootstrap]).unwrap())
@@ -446,23 +488,10 @@ async fn mixed_group_while_consuming(protocol: Protocol) {
         .expect("broker within 180 s")
         .unwrap()
         .bootstrap();
-    let topic = random_name("mixed-consume");
-    let group = random_name("g");
-    timeout(
-        Duration::from_secs(30),
-        create_topic(&bootstrap, &topic, PARTITIONS, 1),
-    )
-    .await
-    .unwrap()
-    .unwrap();
+    let (topic, group) = topic_and_group(&bootstrap, "mixed-consume").await;
     let config = || {
         if protocol == Protocol::Consumer {
-            // The broker decides the session timeout and heartbeat interval (the testkit's broker:
-            // 10 s and 1 s).
-            return GroupConfig::new(&group, [&topic])
-                .protocol(GroupProtocol::Consumer)
-                .remote_assignor("uniform")
-                .rebalance_timeout(Duration::from_secs(20));
+            return consumer_protocol(&group, &topic);
         }
         let c = GroupConfig::new(&group, [&topic])
             .session_timeout(Duration::from_secs(10))
@@ -589,20 +618,9 @@ async fn mixed_group_while_consuming(protocol: Protocol) {
     c.stop().await;
     if protocol == Protocol::Consumer {
         // Everything consumed was committed by the members that stopped cleanly.
-        let (rows, raw) = kafka_lag(&bootstrap, &group, &topic).await;
-        assert!(
-            rows.len() == PARTITIONS as usize && rows.values().all(|&(_, _, lag)| lag == 0),
-            "final lag not 0: {raw}"
-        );
+        assert_final_lag_zero(&bootstrap, &group, &topic).await;
     }
-
-    let violations = journal.violations();
-    assert!(
-        violations.is_empty(),
-        "{} violations, first: {:#?}",
-        violations.len(),
-        &violations[..violations.len().min(20)]
-    );
+    assert_no_violations(&journal);
     let consumed = journal.consumed.lock();
     let mut by_member: BTreeMap<&str, usize> = BTreeMap::new();
     for (_, m, _, _) in consumed.iter() {
@@ -647,21 +665,8 @@ async fn consumer_protocol_group_of_java_and_kafkit_survives_a_broker_kill_and_a
         .expect("broker within 180 s")
         .unwrap();
     let bootstrap = kafka.bootstrap();
-    let topic = random_name("mixed-kill");
-    let group = random_name("g");
-    timeout(
-        Duration::from_secs(30),
-        create_topic(&bootstrap, &topic, PARTITIONS, 1),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let config = || {
-        GroupConfig::new(&group, [&topic])
-            .protocol(GroupProtocol::Consumer)
-            .remote_assignor("uniform")
-            .rebalance_timeout(Duration::from_secs(20))
-    };
+    let (topic, group) = topic_and_group(&bootstrap, "mixed-kill").await;
+    let config = || consumer_protocol(&group, &topic);
     let journal = Arc::new(Journal::default());
     let started = Instant::now();
     let a = KafkitMember::start("kafkit-a", &bootstrap, config(), &journal).await;
@@ -734,18 +739,8 @@ async fn consumer_protocol_group_of_java_and_kafkit_survives_a_broker_kill_and_a
     .await;
     java.close().await;
     a.stop().await;
-    let (rows, raw) = kafka_lag(&bootstrap, &group, &topic).await;
-    assert!(
-        rows.len() == PARTITIONS as usize && rows.values().all(|&(_, _, lag)| lag == 0),
-        "final lag not 0: {raw}"
-    );
-    let violations = journal.violations();
-    assert!(
-        violations.is_empty(),
-        "{} violations, first: {:#?}",
-        violations.len(),
-        &violations[..violations.len().min(20)]
-    );
+    assert_final_lag_zero(&bootstrap, &group, &topic).await;
+    assert_no_violations(&journal);
 }
 
 /// The replay catches what it is meant to catch (no broker needed).
