@@ -816,8 +816,13 @@ pub mod bench {
     use super::{DRAIN_MAX, DispatchEvent, Dispatcher, HandlerFn, Sink};
     use crate::consumer::DispatchMode;
     use crate::consumer::failure::FailurePath;
-    use crate::consumer::record::{ConsumedRecord, RecordData};
+    use crate::consumer::record::{ConsumedRecord, RecordChunk};
     use crate::consumer::watermark::WatermarkTracker;
+    use crate::wire::records::FetchedRecord;
+
+    /// Records per chunk: about what a 1 MiB fetch response holds of one partition's 100-byte
+    /// records.
+    const CHUNK: usize = 8_192;
 
     /// Pushes `records` (partition, key) with `value_size`-byte values through a dispatcher in
     /// `mode` and waits until every one is processed and its partition's watermark passed it.
@@ -849,28 +854,53 @@ pub mod bench {
                 })
                 .collect::<Vec<u8>>(),
         );
+        // Records come in chunks of consecutive records of one partition, as the engine makes
+        // them of each partition's part of a fetch response.
         let mut at = 0;
-        let built: Vec<(usize, ConsumedRecord)> = records
+        let mut fetched: Vec<Vec<FetchedRecord>> = vec![Vec::new(); partitions];
+        let order: Vec<(usize, i64)> = records
             .iter()
             .map(|(p, key)| {
                 let offset = next_offset[*p];
                 next_offset[*p] += 1;
                 let key_at = at;
                 at += key.len() + value_size;
-                let record = ConsumedRecord::new(RecordData {
-                    topic: Arc::clone(&topic),
-                    partition: *p as i32,
+                fetched[*p].push(FetchedRecord {
                     offset,
                     key: Some(frame.slice(key_at..key_at + key.len())),
                     value: Some(frame.slice(key_at + key.len()..at)),
                     headers: crate::Headers::new(),
-                    timestamp: chrono::DateTime::UNIX_EPOCH,
+                    timestamp_ms: 0,
                     timestamp_type: kafkit_resilience::TimestampType::CreateTime,
-                    _budget: None,
                 });
-                (*p, record)
+                (*p, offset)
             })
             .collect();
+        let chunks: Vec<Vec<Arc<RecordChunk>>> = fetched
+            .into_iter()
+            .enumerate()
+            .map(|(p, records)| {
+                records
+                    .chunks(CHUNK)
+                    .map(|c| {
+                        Arc::new(RecordChunk {
+                            topic: Arc::clone(&topic),
+                            partition: p as i32,
+                            records: c.to_vec(),
+                            _budget: None,
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let built: Vec<(usize, ConsumedRecord)> = order
+            .into_iter()
+            .map(|(p, offset)| {
+                let i = offset as usize;
+                (p, ConsumedRecord::of(&chunks[p][i / CHUNK], i % CHUNK))
+            })
+            .collect();
+        drop(chunks);
 
         let started = Instant::now();
         let mut dispatcher = Dispatcher::new(mode, Sink::Handler(handler, failure));
@@ -916,20 +946,10 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::consumer::record::RecordData;
+    use crate::wire::records::FetchedRecord;
 
     fn record(offset: i64, key: &str) -> ConsumedRecord {
-        ConsumedRecord::new(RecordData {
-            topic: Arc::from("t"),
-            partition: 0,
-            offset,
-            key: Some(bytes::Bytes::copy_from_slice(key.as_bytes())),
-            value: None,
-            headers: crate::Headers::new(),
-            timestamp: chrono::DateTime::UNIX_EPOCH,
-            timestamp_type: kafkit_resilience::TimestampType::CreateTime,
-            _budget: None,
-        })
+        record_of(0, offset, key)
     }
 
     /// Which offsets the handler started, and when.
@@ -1118,17 +1138,18 @@ mod tests {
     }
 
     fn record_of(partition: i32, offset: i64, key: &str) -> ConsumedRecord {
-        ConsumedRecord::new(RecordData {
-            topic: Arc::from("t"),
+        ConsumedRecord::single(
+            Arc::from("t"),
             partition,
-            offset,
-            key: Some(bytes::Bytes::copy_from_slice(key.as_bytes())),
-            value: None,
-            headers: crate::Headers::new(),
-            timestamp: chrono::DateTime::UNIX_EPOCH,
-            timestamp_type: kafkit_resilience::TimestampType::CreateTime,
-            _budget: None,
-        })
+            FetchedRecord {
+                offset,
+                key: Some(bytes::Bytes::copy_from_slice(key.as_bytes())),
+                value: None,
+                headers: crate::Headers::new(),
+                timestamp_ms: 0,
+                timestamp_type: kafkit_resilience::TimestampType::CreateTime,
+            },
+        )
     }
 
     /// Two partitions (slots 0 and 1) of 12 records each, keys `k0`..`k2` by offset.
