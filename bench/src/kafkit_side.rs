@@ -157,15 +157,15 @@ pub(crate) async fn consume_stream(
     Ok(tally.outcome(&assigned))
 }
 
-/// The batch-handler API (`run_batch`, up to 500 records a call, `Unordered { max_in_flight: 1024 }`)
-/// with a pass-through handler. Timed from the assignment to the last record. (`PartitionOrdered`
-/// batches hold one record of each partition: a partition has one record in flight at a time.)
+/// The batch-handler API (`run_batch`, up to 500 records a call, `PartitionOrdered`: each batch
+/// holds runs of consecutive records of a partition) with a pass-through handler. Timed from the
+/// assignment to the last record.
 pub(crate) async fn consume_batch(
     bootstrap: &str,
     topic: &str,
     records: u64,
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
-    let (consumer, assigned) = consumer(bootstrap, topic, "unordered").await?;
+    let (consumer, assigned) = consumer(bootstrap, topic, "partition").await?;
     let stop = consumer.shutdown_handle();
     let tally = Tally::new(records);
     consumer
