@@ -867,6 +867,7 @@ pub mod bench {
                     timestamp: chrono::DateTime::UNIX_EPOCH,
                     timestamp_type: kafkit_resilience::TimestampType::CreateTime,
                     _budget: None,
+                    delivery_count: None,
                 });
                 (*p, record)
             })
@@ -929,6 +930,7 @@ mod tests {
             timestamp: chrono::DateTime::UNIX_EPOCH,
             timestamp_type: kafkit_resilience::TimestampType::CreateTime,
             _budget: None,
+            delivery_count: None,
         })
     }
 
@@ -1128,6 +1130,7 @@ mod tests {
             timestamp: chrono::DateTime::UNIX_EPOCH,
             timestamp_type: kafkit_resilience::TimestampType::CreateTime,
             _budget: None,
+            delivery_count: None,
         })
     }
 

@@ -451,6 +451,7 @@ impl Engine {
                             .unwrap_or(chrono::DateTime::UNIX_EPOCH),
                         timestamp_type: r.timestamp_type,
                         _budget: budget.clone(),
+                        delivery_count: None,
                     });
                     self.dispatcher.push(slot, record);
                 }

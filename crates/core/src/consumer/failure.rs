@@ -144,6 +144,19 @@ where
         .map_err(HandlerPanic::from_payload)
 }
 
+/// What became of a share-group record on the failure path ([`FailurePath::settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The handler succeeded (or the policy skips a record that failed in a dead-letter topic).
+    Succeeded,
+    /// Poison, written to the dead-letter topic.
+    DeadLettered,
+    /// Give it back for redelivery.
+    Release,
+    /// Poison and no dead-letter topic: never deliver it again.
+    Reject,
+}
+
 /// Dead-lettering: where to, and the producer that writes there.
 #[derive(Clone)]
 pub(crate) struct DeadLetter {
@@ -280,6 +293,127 @@ impl FailurePath {
                     attempt = 0;
                 }
             }
+        }
+    }
+
+    /// The share consumer's failure path: like [`process_from`](Self::process_from), but a record
+    /// is never kept. Retries run locally (breaker waits do not count, as above) until `deadline`
+    /// (the record's acquisition lock), and the record's fate is returned instead:
+    /// - it succeeded: [`Verdict::Succeeded`];
+    /// - a retriable error used up the attempts, or the next attempt would start after `deadline`:
+    ///   [`Verdict::Release`] (the broker delivers it again, up to its delivery-count limit);
+    /// - a non-retriable error (poison): dead-lettered then [`Verdict::DeadLettered`] when a
+    ///   dead-letter topic is set (and the record did not come from one), else [`Verdict::Reject`].
+    pub(crate) async fn settle(
+        &self,
+        handler: &HandlerFn,
+        record: &ConsumedRecord,
+        first: Option<HandlerError>,
+        deadline: Instant,
+    ) -> Verdict {
+        self.settle_attempts(handler, record, first, deadline)
+            .instrument(crate::trace::record_span(record))
+            .await
+    }
+
+    async fn settle_attempts(
+        &self,
+        handler: &HandlerFn,
+        record: &ConsumedRecord,
+        mut first: Option<HandlerError>,
+        deadline: Instant,
+    ) -> Verdict {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let (permit, result) = match first.take() {
+                Some(error) => (None, Err(error)),
+                None => {
+                    let Ok(permit) = tokio::time::timeout_at(deadline, self.admit()).await else {
+                        return Verdict::Release;
+                    };
+                    let started = self.metrics.as_ref().map(|_| Instant::now());
+                    let result = catching(|| handler(record.clone()))
+                        .await
+                        .unwrap_or_else(|panic| Err(panic.into()));
+                    if let (Some(m), Some(started)) = (&self.metrics, started) {
+                        m.record_processed(record.topic(), started.elapsed());
+                    }
+                    (permit, result)
+                }
+            };
+            let error = match result {
+                Ok(()) => {
+                    if let Some(p) = permit {
+                        p.success();
+                    }
+                    return Verdict::Succeeded;
+                }
+                Err(e) => e,
+            };
+            let retriable = self.retry.is_retriable(&*error.source);
+            if let Some(p) = permit {
+                if retriable {
+                    p.failure();
+                } else {
+                    drop(p);
+                }
+            }
+            if let Some(m) = &self.metrics {
+                m.record_failed(record.topic());
+            }
+            if retriable && self.downstream_down() {
+                attempt -= 1;
+                continue;
+            }
+            match self.retry.decide(attempt, &*error.source) {
+                RetryDecision::RetryAfter(delay) if Instant::now() + delay < deadline => {
+                    warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), attempt, error = %error, ?delay, "handler failed; retrying");
+                    if let Some(m) = &self.metrics {
+                        m.record_retried(record.topic());
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+                RetryDecision::RetryAfter(_) => {
+                    warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), attempt, error = %error, "handler failed and its acquisition lock ends before the next attempt; releasing it");
+                    return Verdict::Release;
+                }
+                RetryDecision::GiveUp { reason } if retriable => {
+                    warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), %reason, error = %error, "handler failed; releasing the record for redelivery");
+                    return Verdict::Release;
+                }
+                RetryDecision::GiveUp { reason } => {
+                    return Box::pin(self.give_up_shared(record, &error, attempt, reason)).await;
+                }
+            }
+        }
+    }
+
+    /// A poison record of a share group: dead-lettered when a dead-letter topic is set, else
+    /// rejected. One that failed again in a dead-letter topic is rejected (`Halt`: no loop, and
+    /// nothing to keep it for) or accepted (`Skip`).
+    async fn give_up_shared(
+        &self,
+        record: &ConsumedRecord,
+        error: &HandlerError,
+        attempts: u32,
+        reason: GiveUpReason,
+    ) -> Verdict {
+        let Some(dlt) = &self.dead_letter else {
+            warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), %reason, error = %error, "record failed; rejecting it");
+            return Verdict::Reject;
+        };
+        match dlt.policy.route(record.topic(), record.headers().pairs()) {
+            DeadLetterRoute::Produce { topic } => {
+                self.produce_dead_letter(dlt, &topic, record, error, attempts)
+                    .await;
+                Verdict::DeadLettered
+            }
+            DeadLetterRoute::Stop {
+                action: DltFailureAction::Skip,
+                ..
+            } => Verdict::Succeeded,
+            _ => Verdict::Reject,
         }
     }
 
@@ -430,6 +564,7 @@ mod tests {
             timestamp: chrono::Utc::now(),
             timestamp_type: kafkit_resilience::TimestampType::CreateTime,
             _budget: None,
+            delivery_count: None,
         })
     }
 
@@ -605,6 +740,7 @@ mod span_tests {
             timestamp: chrono::Utc::now(),
             timestamp_type: kafkit_resilience::TimestampType::CreateTime,
             _budget: None,
+            delivery_count: None,
         })
     }
 

@@ -32,6 +32,9 @@ pub(crate) struct RecordData {
     /// The buffer budget of the fetch response this record shares with the others from it; the
     /// last of them to finish gives it back (the fetcher's memory bound).
     pub(crate) _budget: Option<Arc<super::fetcher::BudgetShare>>,
+    /// How many times a share group has delivered this record, this delivery included; `None`
+    /// for a consumer group's records.
+    pub(crate) delivery_count: Option<i16>,
 }
 
 impl fmt::Debug for ConsumedRecord {
@@ -101,6 +104,13 @@ impl ConsumedRecord {
     /// broker's (`LogAppendTime`, set by the topic's `message.timestamp.type`).
     pub fn timestamp_type(&self) -> TimestampType {
         self.inner.timestamp_type
+    }
+
+    /// How many times the share group has delivered this record, this delivery included (1 the
+    /// first time; more after a release or a lock that ran out). `None` for records of a consumer
+    /// group, which has no delivery count.
+    pub fn delivery_count(&self) -> Option<i16> {
+        self.inner.delivery_count
     }
 }
 

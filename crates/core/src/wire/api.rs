@@ -17,7 +17,9 @@ use kafka_protocol::messages::{
     ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
     OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
     ProduceRequest, ProduceResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
-    SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest, SyncGroupResponse,
+    SaslHandshakeRequest, SaslHandshakeResponse, ShareAcknowledgeRequest, ShareAcknowledgeResponse,
+    ShareFetchRequest, ShareFetchResponse, ShareGroupDescribeRequest, ShareGroupDescribeResponse,
+    ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, StrBytes};
 
@@ -100,4 +102,11 @@ api! {
     SaslHandshakeRequest => SaslHandshakeResponse, SaslHandshake, 1;
     // v1 adds the session lifetime, v2 flexible encoding; kafkit reads neither.
     SaslAuthenticateRequest => SaslAuthenticateResponse, SaslAuthenticate, 2;
+    // Share groups (KIP-932). v1 is the first stable version (Kafka 4.1+; v0 was 4.0's early
+    // access, which brokers no longer offer); v2 (4.2) adds the RENEW acknowledgement and record-
+    // limited acquisition, which kafkit does not use.
+    ShareGroupHeartbeatRequest => ShareGroupHeartbeatResponse, ShareGroupHeartbeat, 1;
+    ShareFetchRequest => ShareFetchResponse, ShareFetch, 1;
+    ShareAcknowledgeRequest => ShareAcknowledgeResponse, ShareAcknowledge, 1;
+    ShareGroupDescribeRequest => ShareGroupDescribeResponse, ShareGroupDescribe, 1;
 }
