@@ -40,7 +40,7 @@ pub use kafkit_core::{
     SecurityProtocol, TlsSettings, Traceparent, TraceparentError, WireError, partitioner,
 };
 
-pub use kafkit_core::{admin, consumer, group, security};
+pub use kafkit_core::{admin, consumer, group, security, share};
 
 /// Backoff, circuit breaker, retry and dead-letter policies.
 pub mod resilience {

@@ -186,7 +186,12 @@ impl Round {
     /// unsettled is released if `release_unsettled` (shutdown) and the lock still holds; otherwise
     /// it is left to its lock. Returns how many records are not acknowledged for their lock (late
     /// outcomes, and unsettled records not released).
-    pub(crate) fn finish(self, now: Instant, release_unsettled: bool, pending: &mut Pending) -> u64 {
+    pub(crate) fn finish(
+        self,
+        now: Instant,
+        release_unsettled: bool,
+        pending: &mut Pending,
+    ) -> u64 {
         let mut expired = self.late;
         let live = now < self.deadline;
         for (tp, offset, outcome) in self.slots {
@@ -200,7 +205,10 @@ impl Round {
                     continue;
                 }
             };
-            pending.entry(tp).or_default().insert(offset, (ack, self.deadline));
+            pending
+                .entry(tp)
+                .or_default()
+                .insert(offset, (ack, self.deadline));
         }
         for (tp, offset) in self.gaps {
             pending
@@ -219,7 +227,10 @@ pub(crate) fn gaps(acquired: &[(i64, i64)], records: &[i64]) -> Vec<i64> {
     let mut out = Vec::new();
     for &(first, last) in acquired {
         let start = records.partition_point(|&o| o < first);
-        let mut have = records[start..].iter().take_while(|&&o| o <= last).peekable();
+        let mut have = records[start..]
+            .iter()
+            .take_while(|&&o| o <= last)
+            .peekable();
         for offset in first..=last {
             if have.peek() == Some(&&offset) {
                 have.next();
@@ -254,15 +265,28 @@ mod tests {
         let cases: &[(&[(i64, AckType)], &[(i64, i64, AckType)])] = &[
             (&[], &[]),
             (&[(5, Accept)], &[(5, 5, Accept)]),
-            (
-                &[(1, Accept), (2, Accept), (3, Accept)],
-                &[(1, 3, Accept)],
-            ),
+            (&[(1, Accept), (2, Accept), (3, Accept)], &[(1, 3, Accept)]),
             // A hole splits a run: the missing offset is not acknowledged.
-            (&[(1, Accept), (3, Accept)], &[(1, 1, Accept), (3, 3, Accept)]),
             (
-                &[(1, Accept), (2, Release), (3, Release), (4, Accept), (5, Gap), (6, Reject)],
-                &[(1, 1, Accept), (2, 3, Release), (4, 4, Accept), (5, 5, Gap), (6, 6, Reject)],
+                &[(1, Accept), (3, Accept)],
+                &[(1, 1, Accept), (3, 3, Accept)],
+            ),
+            (
+                &[
+                    (1, Accept),
+                    (2, Release),
+                    (3, Release),
+                    (4, Accept),
+                    (5, Gap),
+                    (6, Reject),
+                ],
+                &[
+                    (1, 1, Accept),
+                    (2, 3, Release),
+                    (4, 4, Accept),
+                    (5, 5, Gap),
+                    (6, 6, Reject),
+                ],
             ),
         ];
         for (settled, want) in cases {
@@ -321,9 +345,21 @@ mod tests {
             }
         );
         let want = vec![
-            AckBatch { first: 10, last: 10, ack: AckType::Accept },
-            AckBatch { first: 11, last: 11, ack: AckType::Reject },
-            AckBatch { first: 13, last: 13, ack: AckType::Gap },
+            AckBatch {
+                first: 10,
+                last: 10,
+                ack: AckType::Accept,
+            },
+            AckBatch {
+                first: 11,
+                last: 11,
+                ack: AckType::Reject,
+            },
+            AckBatch {
+                first: 13,
+                last: 13,
+                ack: AckType::Gap,
+            },
         ];
         assert_eq!(sent[&tp()], want);
     }
@@ -350,7 +386,11 @@ mod tests {
         let (sent, tally) = take_due(&mut pending, None, start + Duration::from_secs(15));
         assert_eq!(
             sent[&tp()],
-            vec![AckBatch { first: 2, last: 2, ack: AckType::Accept }]
+            vec![AckBatch {
+                first: 2,
+                last: 2,
+                ack: AckType::Accept
+            }]
         );
         assert_eq!((tally.accepted, tally.lock_expired), (1, 1));
     }

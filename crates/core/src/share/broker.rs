@@ -387,7 +387,9 @@ impl BrokerTask {
                             debug!(broker = %self.address, partition = %tp, ?error, "leader moved; looking it up again");
                             let _ = self.ctx.refresh.send(());
                         }
-                        _ => warn!(broker = %self.address, partition = %tp, ?error, "share fetch of a partition failed"),
+                        _ => {
+                            warn!(broker = %self.address, partition = %tp, ?error, "share fetch of a partition failed")
+                        }
                     }
                     continue;
                 }
@@ -596,7 +598,10 @@ impl Processor {
                         };
                         let (handler, failure) = (Arc::clone(handler), Arc::clone(failure));
                         running.push(async move {
-                            (slot, failure.settle(&handler, &record, None, deadline).await)
+                            (
+                                slot,
+                                failure.settle(&handler, &record, None, deadline).await,
+                            )
                         });
                     }
                     if running.is_empty() {

@@ -278,7 +278,9 @@ impl Member {
             Ok((_, r)) if r.error_code == 0 => {
                 info!(group = %s.group_id, member_id = %self.member_id, "left the share group")
             }
-            Ok((_, r)) => warn!(group = %s.group_id, code = r.error_code, "leave heartbeat rejected"),
+            Ok((_, r)) => {
+                warn!(group = %s.group_id, code = r.error_code, "leave heartbeat rejected")
+            }
             Err(e) => {
                 warn!(group = %s.group_id, error = %e, "leave heartbeat failed; the session timeout will expel the member")
             }

@@ -46,7 +46,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use kafkit_metrics::Metrics;
-use kafkit_resilience::{BackoffPolicy, CircuitBreaker, CircuitBreakerPolicy, DeadLetterPolicy, RetryPolicy};
+use kafkit_resilience::{
+    BackoffPolicy, CircuitBreaker, CircuitBreakerPolicy, DeadLetterPolicy, RetryPolicy,
+};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -57,12 +59,12 @@ use broker::{BrokerContext, BrokerTask, StreamAck};
 use membership::{MemberSettings, MemberView};
 
 use crate::consumer::BoxError;
+use crate::consumer::ConsumedRecord;
 use crate::consumer::dispatcher::{BatchFn, HandlerFn};
 use crate::consumer::failure::{DeadLetter, FailurePath, HandlerError};
 use crate::group::TopicPartition;
 use crate::group::coordinator::Coordinator;
 use crate::task::OwnedTask;
-use crate::consumer::ConsumedRecord;
 use crate::{ClientConfig, ConfigError, Error, Result};
 
 /// Settings every task of one share consumer reads.
