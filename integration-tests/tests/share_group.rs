@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kafkit::admin;
 use kafkit::resilience::{BackoffPolicy, RetryPolicy};
 use kafkit::share::{ShareConsumer, ShareConsumerBuilder, ShareCounters};
 use kafkit::{ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::support::{client, eventually};
-use kafkit_testkit::{create_topic, java_tool, kafka_version, random_name, shared};
+use kafkit_testkit::{create_topic, kafka_version, random_name, shared};
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
@@ -19,26 +20,13 @@ fn old_broker() -> bool {
     kafka_version().starts_with("3.")
 }
 
-/// Sets share-group configs on `group` (before its members join): Kafka's `kafka-configs`.
-async fn configure_group(bootstrap: &str, group: &str, configs: &str) {
-    let out = java_tool(
-        "org.apache.kafka.tools.ConfigCommand",
-        &[
-            "--bootstrap-server",
-            bootstrap,
-            "--alter",
-            "--entity-type",
-            "groups",
-            "--entity-name",
-            group,
-            "--add-config",
-            configs,
-        ],
-        Duration::from_secs(60),
-    )
-    .await
-    .unwrap();
-    assert!(out.success, "kafka-configs failed: {}", out.stderr);
+/// Sets share-group configs on `group` before its members join (`kafka-configs --entity-type
+/// groups`), e.g. `share.auto.offset.reset=earliest` (the default, latest, would skip the records
+/// produced before the group exists).
+async fn configure_group(bootstrap: &str, group: &str, configs: &[(&str, &str)]) {
+    admin::alter_group_configs(&client(bootstrap), group, configs)
+        .await
+        .unwrap();
 }
 
 async fn produce(bootstrap: &str, topic: &str, partitions: i32, count: usize) {
@@ -53,6 +41,8 @@ async fn produce(bootstrap: &str, topic: &str, partitions: i32, count: usize) {
             .unwrap();
     }
 }
+
+const EARLIEST: (&str, &str) = ("share.auto.offset.reset", "earliest");
 
 fn not_poison(e: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
     !e.to_string().contains("poison")
@@ -109,7 +99,7 @@ async fn more_members_than_partitions_all_get_work_and_each_record_ends_as_the_h
     let topic = random_name("share");
     let group = random_name("sg");
     create_topic(&bootstrap, &topic, 2, 1).await.unwrap();
-    configure_group(&bootstrap, &group, "share.auto.offset.reset=earliest").await;
+    configure_group(&bootstrap, &group, &[EARLIEST]).await;
     const N: usize = 300;
     produce(&bootstrap, &topic, 2, N).await;
 
@@ -188,7 +178,7 @@ async fn records_of_a_member_that_dies_holding_them_go_to_another_member() {
     configure_group(
         &bootstrap,
         &group,
-        "share.auto.offset.reset=earliest,share.record.lock.duration.ms=3000",
+        &[EARLIEST, ("share.record.lock.duration.ms", "3000")],
     )
     .await;
     const N: usize = 20;
@@ -247,7 +237,7 @@ async fn a_record_settled_after_its_lock_is_not_acknowledged_and_comes_back() {
     configure_group(
         &bootstrap,
         &group,
-        "share.auto.offset.reset=earliest,share.record.lock.duration.ms=1500",
+        &[EARLIEST, ("share.record.lock.duration.ms", "1500")],
     )
     .await;
     produce(&bootstrap, &topic, 1, 1).await;
@@ -298,7 +288,7 @@ async fn records_over_the_delivery_count_limit_are_archived() {
     configure_group(
         &bootstrap,
         &group,
-        "share.auto.offset.reset=earliest,share.delivery.count.limit=2",
+        &[EARLIEST, ("share.delivery.count.limit", "2")],
     )
     .await;
     produce(&bootstrap, &topic, 1, 3).await;
