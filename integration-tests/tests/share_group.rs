@@ -344,3 +344,181 @@ async fn a_broker_without_share_groups_gets_a_clear_error() {
     .to_string();
     assert!(error.contains("does not offer share groups"), "{error}");
 }
+
+/// A child process whose stdout is collected line by line as it arrives.
+struct Child {
+    child: tokio::process::Child,
+    stdout: Arc<Mutex<String>>,
+    reader: JoinHandle<()>,
+}
+
+impl Child {
+    fn spawn(mut cmd: tokio::process::Command) -> Child {
+        use tokio::io::AsyncBufReadExt;
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().expect("starting a consumer process");
+        let stdout: Arc<Mutex<String>> = Arc::default();
+        let pipe = child.stdout.take().unwrap();
+        let into = Arc::clone(&stdout);
+        let reader = tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(pipe).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut text = into.lock();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        Child {
+            child,
+            stdout,
+            reader,
+        }
+    }
+
+    fn events(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lock()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// SIGTERM, then the exit; returns every event printed.
+    async fn stop(mut self) -> Vec<serde_json::Value> {
+        let pid = self.child.id().expect("still running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        tokio::time::timeout(Duration::from_secs(40), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap();
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.reader).await;
+        self.events()
+    }
+}
+
+/// (partition, offset) of every event `name` (`records_consumed`, or `offsets_acknowledged` with
+/// success true).
+fn offsets_of(events: &[serde_json::Value], name: &str) -> Vec<(i64, i64)> {
+    events
+        .iter()
+        .filter(|e| e["name"] == name && e.get("success").is_none_or(|s| s == true))
+        .flat_map(|e| e["partitions"].as_array().cloned().unwrap_or_default())
+        .flat_map(|p| {
+            let partition = p["partition"].as_i64().unwrap();
+            p["offsets"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |o| (partition, o.as_i64().unwrap()))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafkit_and_java_verifiable_share_consumers_share_one_group() {
+    if old_broker() {
+        return;
+    }
+    let kafka = shared().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("share-java");
+    let group = random_name("sg-java");
+    create_topic(&bootstrap, &topic, 2, 1).await.unwrap();
+    let args = [
+        "--bootstrap-server",
+        &bootstrap,
+        "--topic",
+        &topic,
+        "--group-id",
+        &group,
+        "--offset-reset-strategy",
+        "earliest",
+        "--acknowledgement-mode",
+        "sync",
+        "--ack-pattern",
+        "accept,accept,accept,reject",
+    ];
+    let mut cmd = tokio::process::Command::new(kafkit_integration_tests::kafkit_bin());
+    cmd.arg("verifiable-share-consumer")
+        .args(args)
+        .args(["--processing-time-ms", "2"]);
+    let kafkit = Child::spawn(cmd);
+    let mut cmd = kafkit_testkit::java_command().unwrap();
+    cmd.arg("org.apache.kafka.tools.VerifiableShareConsumer")
+        .args(args);
+    let java = Child::spawn(cmd);
+
+    // Both are members (the share group as ShareGroupDescribe has it), then the records come in
+    // waves so that both fetch some.
+    let c = client(&bootstrap);
+    let mut described = None;
+    for _ in 0..300 {
+        if let Ok(d) = admin::describe_group(&c, &group).await
+            && d.members.len() == 2
+        {
+            described = Some(d);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let described = described.expect("both consumers join the share group within 30 s");
+    assert_eq!(described.group_type, "share");
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    const N: i64 = 400;
+    for i in 0..N {
+        producer
+            .send(ProducerRecord::new(&topic, i.to_string()).partition((i % 2) as i32))
+            .await
+            .unwrap();
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let all: std::collections::BTreeSet<(i64, i64)> = (0..N).map(|i| (i % 2, i / 2)).collect();
+    let acked = || {
+        let mut a = offsets_of(&kafkit.events(), "offsets_acknowledged");
+        a.extend(offsets_of(&java.events(), "offsets_acknowledged"));
+        a
+    };
+    eventually(Duration::from_secs(45), "every record acknowledged", || {
+        acked()
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+            == all.len()
+    })
+    .await;
+    let (k, j) = tokio::join!(kafkit.stop(), java.stop());
+    let k_consumed = offsets_of(&k, "records_consumed");
+    let j_consumed = offsets_of(&j, "records_consumed");
+    assert!(!k_consumed.is_empty(), "kafkit got no records");
+    assert!(!j_consumed.is_empty(), "Java got no records");
+    // Each record acknowledged once, by the member that consumed it.
+    let k_acked = offsets_of(&k, "offsets_acknowledged");
+    let j_acked = offsets_of(&j, "offsets_acknowledged");
+    let mut seen = std::collections::BTreeSet::new();
+    for o in k_acked.iter().chain(&j_acked) {
+        assert!(seen.insert(*o), "{o:?} acknowledged twice");
+    }
+    assert_eq!(seen, all);
+    let k_set: std::collections::BTreeSet<_> = k_consumed.iter().copied().collect();
+    assert!(k_acked.iter().all(|o| k_set.contains(o)));
+    for e in [
+        "startup_complete",
+        "offset_reset_strategy_set",
+        "shutdown_complete",
+    ] {
+        assert!(k.iter().any(|v| v["name"] == e), "kafkit printed no {e}");
+    }
+}

@@ -759,6 +759,8 @@ fn server_properties(
             rf.to_string(),
         ),
         ("share.coordinator.state.topic.min.isr", min_isr.to_string()),
+        // Few share-state partitions too: the topic is created on first share-group use (50 by default).
+        ("share.coordinator.state.topic.num.partitions", "4".into()),
         ("group.initial.rebalance.delay.ms", "0".into()),
         // Lets tests use short session timeouts (the broker default minimum is 6 s).
         ("group.min.session.timeout.ms", "1000".into()),

@@ -16,7 +16,7 @@ use crate::group::TopicPartition;
 
 /// How a record is acknowledged, with its code in ShareFetch / ShareAcknowledge v1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum AckType {
+pub enum AckType {
     /// An offset of an acquired range that holds no record for the client (a transaction marker,
     /// a compacted or aborted record): nothing to process, but the broker wants it acknowledged.
     Gap = 0,
@@ -262,7 +262,9 @@ mod tests {
     #[test]
     fn batches_merge_consecutive_offsets_of_one_type() {
         use AckType::*;
-        let cases: &[(&[(i64, AckType)], &[(i64, i64, AckType)])] = &[
+        // (settled offsets, expected batches as (first, last, type))
+        type Case<'a> = (&'a [(i64, AckType)], &'a [(i64, i64, AckType)]);
+        let cases: &[Case<'_>] = &[
             (&[], &[]),
             (&[(5, Accept)], &[(5, 5, Accept)]),
             (&[(1, Accept), (2, Accept), (3, Accept)], &[(1, 3, Accept)]),
@@ -301,7 +303,9 @@ mod tests {
 
     #[test]
     fn gaps_are_acquired_offsets_without_a_record() {
-        let cases: &[(&[(i64, i64)], &[i64], &[i64])] = &[
+        // (acquired ranges, record offsets, expected gaps)
+        type Case<'a> = (&'a [(i64, i64)], &'a [i64], &'a [i64]);
+        let cases: &[Case<'_>] = &[
             (&[(0, 3)], &[0, 1, 2, 3], &[]),
             (&[(0, 3)], &[0, 2], &[1, 3]),
             // Records outside the ranges (the rest of a returned batch) do not count.

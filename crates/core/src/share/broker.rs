@@ -37,7 +37,7 @@ use uuid::Uuid;
 use super::acks::{self, AckBatch, AckType, Pending, Round, Tally};
 use super::membership::MemberView;
 use super::session::{CLOSE_EPOCH, SessionPlan, ShareSession};
-use super::{Processor, ShareRecord, ShareSettings, ShareStats};
+use super::{Acknowledged, Processor, ShareListener, ShareRecord, ShareSettings, ShareStats};
 use crate::consumer::failure::Verdict;
 use crate::consumer::record::{ConsumedRecord, RecordData};
 use crate::group::TopicPartition;
@@ -57,6 +57,7 @@ pub(super) struct BrokerContext {
     pub(super) refresh: mpsc::UnboundedSender<()>,
     /// A fatal error for the whole consumer.
     pub(super) fatal: mpsc::UnboundedSender<Error>,
+    pub(super) listener: Option<Arc<dyn ShareListener>>,
 }
 
 /// One broker task's state.
@@ -224,7 +225,9 @@ impl BrokerTask {
             }
             Err(e) => {
                 self.count_unsent(tally);
-                return Err(self.broken(&e));
+                let why = self.broken(&e);
+                self.report(&acks, &HashMap::new(), Some(&why));
+                return Err(why);
             }
         };
         if let Some(error) = ResponseError::try_from_code(response.error_code) {
@@ -234,6 +237,7 @@ impl BrokerTask {
                 plan.epoch,
                 response.error_message.as_deref().unwrap_or("")
             );
+            self.report(&acks, &HashMap::new(), Some(&why));
             match error {
                 ResponseError::ShareSessionNotFound | ResponseError::InvalidShareSessionEpoch => {
                     info!(broker = %self.address, reason = %why, "share session lost; opening a new one");
@@ -249,6 +253,21 @@ impl BrokerTask {
         self.backoff.reset();
         self.session.succeeded(&plan);
         self.ctx.stats.add_acknowledged(tally);
+        let refused: HashMap<TopicPartition, String> = response
+            .responses
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t.topic_id, p)))
+            .filter(|(_, p)| p.acknowledge_error_code != 0)
+            .filter_map(|(id, p)| {
+                let name = self.names.get(&id)?;
+                let error = ResponseError::try_from_code(p.acknowledge_error_code)
+                    .map_or(format!("error code {}", p.acknowledge_error_code), |e| {
+                        format!("{e:?}")
+                    });
+                Some((TopicPartition::new(&**name, p.partition_index), error))
+            })
+            .collect();
+        self.report(&acks, &refused, None);
         if response.acquisition_lock_timeout_ms > 0 {
             self.lock = Duration::from_millis(response.acquisition_lock_timeout_ms as u64);
         }
@@ -279,6 +298,49 @@ impl BrokerTask {
                 .fetch_add(expired, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    /// Tells the listener (if any) what the broker answered for `acks`: refused per partition
+    /// (`refused`), or all of them (`failed`, the request as a whole). Refused acknowledgements are
+    /// counted as failures.
+    fn report(
+        &self,
+        acks: &BTreeMap<TopicPartition, Vec<AckBatch>>,
+        refused: &HashMap<TopicPartition, String>,
+        failed: Option<&str>,
+    ) {
+        let partitions: Vec<Acknowledged> = acks
+            .iter()
+            .map(|(tp, batches)| Acknowledged {
+                partition: tp.clone(),
+                offsets: batches
+                    .iter()
+                    .filter(|b| b.ack != AckType::Gap)
+                    .flat_map(|b| (b.first..=b.last).map(move |o| (o, b.ack)))
+                    .collect(),
+                error: failed
+                    .map(str::to_owned)
+                    .or_else(|| refused.get(tp).cloned()),
+            })
+            .filter(|a| !a.offsets.is_empty())
+            .collect();
+        let refused_offsets: usize = partitions
+            .iter()
+            .filter(|a| a.error.is_some() && failed.is_none())
+            .map(|a| a.offsets.len())
+            .sum();
+        if refused_offsets > 0 {
+            debug!(broker = %self.address, records = refused_offsets, "acknowledgements refused");
+            self.ctx
+                .stats
+                .ack_failures
+                .fetch_add(refused_offsets as u64, Ordering::Relaxed);
+        }
+        if let Some(listener) = &self.ctx.listener
+            && !partitions.is_empty()
+        {
+            listener.acknowledged(&partitions);
+        }
     }
 
     fn count_unsent(&self, tally: Tally) {
@@ -373,10 +435,6 @@ impl BrokerTask {
             };
             for p in topic.partitions {
                 let tp = TopicPartition::new(&*name, p.partition_index);
-                if let Some(error) = ResponseError::try_from_code(p.acknowledge_error_code) {
-                    debug!(broker = %self.address, partition = %tp, ?error, "acknowledgement refused");
-                    self.ctx.stats.ack_failures.fetch_add(1, Ordering::Relaxed);
-                }
                 if let Some(error) = ResponseError::try_from_code(p.error_code) {
                     match error {
                         ResponseError::NotLeaderOrFollower
@@ -495,8 +553,8 @@ impl BrokerTask {
         };
         let member_id = self.ctx.member.borrow().member_id.clone();
         let mut topics: Vec<AcknowledgeTopic> = Vec::new();
-        for (tp, batches) in acks {
-            let Some(&id) = self.ids.get(&tp) else {
+        for (tp, batches) in &acks {
+            let Some(&id) = self.ids.get(tp) else {
                 continue;
             };
             let partition = AcknowledgePartition::default()
@@ -528,31 +586,37 @@ impl BrokerTask {
             .with_topics(topics);
         match conn.send(&request, self.ctx.settings.request_timeout).await {
             Ok(r) if r.error_code == 0 => {
-                let refused: usize = r
+                self.ctx.stats.add_acknowledged(tally);
+                let refused: HashMap<TopicPartition, String> = r
                     .responses
                     .iter()
-                    .flat_map(|t| &t.partitions)
-                    .filter(|p| p.error_code != 0)
-                    .count();
-                if refused > 0 {
-                    debug!(broker = %self.address, partitions = refused, "acknowledgements refused");
-                    self.ctx
-                        .stats
-                        .ack_failures
-                        .fetch_add(refused as u64, Ordering::Relaxed);
-                }
-                self.ctx.stats.add_acknowledged(tally);
+                    .flat_map(|t| t.partitions.iter().map(move |p| (t.topic_id, p)))
+                    .filter(|(_, p)| p.error_code != 0)
+                    .filter_map(|(id, p)| {
+                        let name = self.names.get(&id)?;
+                        let error = ResponseError::try_from_code(p.error_code)
+                            .map_or(format!("error code {}", p.error_code), |e| format!("{e:?}"));
+                        Some((TopicPartition::new(&**name, p.partition_index), error))
+                    })
+                    .collect();
+                self.report(&acks, &refused, None);
                 true
             }
             Ok(r) => {
-                debug!(broker = %self.address, code = r.error_code, epoch, "ShareAcknowledge refused");
+                let why = format!(
+                    "ShareAcknowledge at session epoch {epoch}: error code {}",
+                    r.error_code
+                );
+                debug!(broker = %self.address, reason = %why, "ShareAcknowledge refused");
                 self.count_unsent(tally);
+                self.report(&acks, &HashMap::new(), Some(&why));
                 self.session.reset();
                 false
             }
             Err(e) => {
                 self.count_unsent(tally);
-                self.broken(&e);
+                let why = self.broken(&e);
+                self.report(&acks, &HashMap::new(), Some(&why));
                 false
             }
         }

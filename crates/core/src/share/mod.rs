@@ -54,7 +54,8 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-pub(crate) use acks::AckType;
+pub use acks::AckType as AcknowledgeType;
+use acks::AckType;
 use broker::{BrokerContext, BrokerTask, StreamAck};
 use membership::{MemberSettings, MemberView};
 
@@ -150,6 +151,26 @@ pub struct ShareCounters {
     pub deliveries: [u64; 5],
 }
 
+/// Told what the broker answered for this consumer's acknowledgements (as the Java client's
+/// `AcknowledgementCommitCallback`). Called from the consumer's tasks: return quickly.
+pub trait ShareListener: Send + Sync + 'static {
+    /// One response's acknowledgements, by partition.
+    fn acknowledged(&self, partitions: &[Acknowledged]);
+}
+
+/// One partition's acknowledgements in one request, and how the broker took them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Acknowledged {
+    /// The partition.
+    pub partition: TopicPartition,
+    /// Each record's offset and how it was acknowledged, in offset order (gaps left out).
+    pub offsets: Vec<(i64, AcknowledgeType)>,
+    /// `None` when the broker took them; else why not (the records then come back when their
+    /// lock runs out).
+    pub error: Option<String>,
+}
+
 /// Where a share consumer's records go.
 pub(crate) enum Processor {
     Handler {
@@ -193,6 +214,13 @@ pub struct ShareConsumerBuilder {
     breaker: Option<CircuitBreakerPolicy>,
     dead_letter: Option<DeadLetter>,
     metrics: Option<Metrics>,
+    listener: Option<Arc<dyn ShareListener>>,
+}
+
+impl std::fmt::Debug for dyn ShareListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShareListener")
+    }
 }
 
 impl ShareConsumerBuilder {
@@ -219,7 +247,14 @@ impl ShareConsumerBuilder {
             breaker: None,
             dead_letter: None,
             metrics: None,
+            listener: None,
         }
+    }
+
+    /// Told of every acknowledgement the broker answers. Default none.
+    pub fn listener(mut self, listener: Arc<dyn ShareListener>) -> Self {
+        self.listener = Some(listener);
+        self
     }
 
     /// The most records one ShareFetch acquires (the broker may exceed it to keep a batch whole).
@@ -315,7 +350,7 @@ impl ShareConsumerBuilder {
         if s.request_timeout.is_zero() {
             return Err(ConfigError::new("request.timeout.ms", "must be above 0").into());
         }
-        let breaker = self.breaker.clone().map(CircuitBreaker::new);
+        let breaker = self.breaker.map(CircuitBreaker::new);
         let (shutdown, _) = watch::channel(false);
         Ok(ShareConsumer {
             builder: self,
@@ -509,6 +544,7 @@ impl ShareConsumer {
             member: view.clone(),
             refresh: refresh_tx,
             fatal: fatal_tx,
+            listener: b.listener.clone(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut brokers: HashMap<i32, Broker> = HashMap::new();
@@ -613,18 +649,15 @@ async fn route(
                     }
                 }
                 for (&node, partitions) in &by_node {
-                    if !brokers.contains_key(&node) {
+                    brokers.entry(node).or_insert_with(|| {
                         let address = leaders.brokers[&node].clone();
                         let (tx, rx) = watch::channel(partitions.clone());
                         let task = BrokerTask::new(Arc::clone(ctx), address, rx, stop.clone());
-                        brokers.insert(
-                            node,
-                            Broker {
-                                partitions: tx,
-                                task: OwnedTask::spawn(task.run()),
-                            },
-                        );
-                    }
+                        Broker {
+                            partitions: tx,
+                            task: OwnedTask::spawn(task.run()),
+                        }
+                    });
                 }
             }
             Err(e) => {
@@ -741,6 +774,17 @@ impl ShareStream {
         }
     }
 
+    /// The records of the next fetch, together (as the Java client's `poll` returns them); `None`
+    /// once the consumer has stopped. Records taken one by one with [`next`](Self::next) and not
+    /// yet returned come first.
+    pub async fn next_batch(&mut self) -> Option<Vec<ShareRecord>> {
+        let held: Vec<ShareRecord> = self.ready.by_ref().collect();
+        if !held.is_empty() {
+            return Some(held);
+        }
+        self.rx.recv().await
+    }
+
     /// A handle that starts the shutdown (then `next` returns what is left, and `None`).
     pub fn shutdown_handle(&self) -> ShareShutdownHandle {
         self.shutdown.clone()
@@ -759,11 +803,11 @@ impl ShareStream {
         loop {
             tokio::select! {
                 r = &mut task => {
-                    return r.unwrap_or_else(|_| Err(Error::Closed { what: "share consumer" }));
+                    return r.unwrap_or(Err(Error::Closed { what: "share consumer" }));
                 }
                 batch = self.rx.recv() => {
                     if batch.is_none() {
-                        return task.await.unwrap_or_else(|_| Err(Error::Closed { what: "share consumer" }));
+                        return task.await.unwrap_or(Err(Error::Closed { what: "share consumer" }));
                     }
                 }
             }

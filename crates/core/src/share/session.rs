@@ -102,7 +102,8 @@ mod tests {
         let mut s = ShareSession::default();
         assert!(!s.is_open());
         // (wanted, expected epoch, added, forgotten)
-        let steps: &[(&[i32], i32, &[i32], &[i32])] = &[
+        type Step<'a> = (&'a [i32], i32, &'a [i32], &'a [i32]);
+        let steps: &[Step<'_>] = &[
             (&[0, 1], 0, &[0, 1], &[]),
             (&[0, 1], 1, &[], &[]),
             (&[0, 1, 2], 2, &[2], &[]),
