@@ -471,6 +471,7 @@ async fn kafkit_and_java_verifiable_share_consumers_share_one_group() {
     }
     let described = described.expect("both consumers join the share group within 30 s");
     assert_eq!(described.group_type, "share");
+    check_cli_against_kafka_share_groups(&bootstrap, &group).await;
     let producer = ProducerBuilder::new(client(&bootstrap))
         .build()
         .await
@@ -520,5 +521,94 @@ async fn kafkit_and_java_verifiable_share_consumers_share_one_group() {
         "shutdown_complete",
     ] {
         assert!(k.iter().any(|v| v["name"] == e), "kafkit printed no {e}");
+    }
+}
+
+/// `kafkit group describe` and `list` on a share group with two members, against what Kafka's
+/// `kafka-share-groups --describe --members` reports.
+async fn check_cli_against_kafka_share_groups(bootstrap: &str, group: &str) {
+    let kafkit = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(kafkit_integration_tests::kafkit_bin());
+        cmd.args(args)
+            .args(["--bootstrap-server", bootstrap, "--json"]);
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    // Members get their partitions a heartbeat after joining.
+    let mut described = serde_json::Value::Null;
+    for _ in 0..100 {
+        described = kafkit(&["group", "describe", "--group-id", group]);
+        let members = described["members"].as_array().cloned().unwrap_or_default();
+        if members.len() == 2
+            && members
+                .iter()
+                .all(|m| !m["assignment"].as_array().unwrap().is_empty())
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(described["group_type"], "share");
+    assert_eq!(described["state"], "Stable");
+    let members = described["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2);
+    let listed = kafkit(&["group", "list"]);
+    let listing = listed["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group_id"] == group)
+        .expect("the share group is listed")
+        .clone();
+    assert_eq!(listing["group_type"], "share");
+    let java = kafkit_testkit::java_tool(
+        "org.apache.kafka.tools.consumer.group.ShareGroupCommand",
+        &[
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--members",
+            "--group",
+            group,
+        ],
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert!(java.success, "{}", java.stderr);
+    for m in members {
+        let id = m["member_id"].as_str().unwrap();
+        // GROUP CONSUMER-ID HOST CLIENT-ID #PARTITIONS ASSIGNMENT (`topic:0,1`)
+        let line = java
+            .stdout
+            .lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_else(|| {
+                panic!(
+                    "kafka-share-groups does not list member {id}:\n{}",
+                    java.stdout
+                )
+            });
+        let columns: Vec<&str> = line.split_whitespace().collect();
+        let ours: Vec<i64> = m["assignment"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|tp| tp["partition"].as_i64().unwrap())
+            .collect();
+        assert_eq!(columns[4], ours.len().to_string(), "member {id}: `{line}`");
+        let theirs: Vec<i64> = columns[5]
+            .rsplit_once(':')
+            .unwrap()
+            .1
+            .split(',')
+            .map(|p| p.parse().unwrap())
+            .collect();
+        assert_eq!(theirs, ours, "member {id}: `{line}`");
     }
 }
