@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kafkit::admin;
+use kafkit::metrics::{Metrics, MetricsConfig};
 use kafkit::resilience::{BackoffPolicy, RetryPolicy};
 use kafkit::share::{ShareConsumer, ShareConsumerBuilder, ShareCounters};
 use kafkit::{ProducerBuilder, ProducerRecord};
@@ -242,7 +243,11 @@ async fn a_record_settled_after_its_lock_is_not_acknowledged_and_comes_back() {
     .await;
     produce(&bootstrap, &topic, 1, 1).await;
     let seen: Seen = Arc::default();
-    let consumer = member(&bootstrap, &group, &topic).build().unwrap();
+    let metrics = Metrics::new(MetricsConfig::default());
+    let consumer = member(&bootstrap, &group, &topic)
+        .metrics(metrics.clone())
+        .build()
+        .unwrap();
     let counters = consumer.counters();
     let stop = consumer.shutdown_handle();
     let calls = Arc::clone(&seen);
@@ -273,6 +278,22 @@ async fn a_record_settled_after_its_lock_is_not_acknowledged_and_comes_back() {
     assert_eq!(c.lock_expired, 1, "{c:?}");
     assert_eq!(c.redelivered, 1, "{c:?}");
     assert_eq!(seen.lock()[&(0, 0)], vec![1, 2]);
+    // The same in the metrics snapshot and its Prometheus text.
+    let snapshot = metrics.publish();
+    let m = snapshot.topic(&topic).unwrap().counters;
+    assert_eq!(
+        (
+            m.share_acquired,
+            m.share_redelivered,
+            m.share_accepted,
+            m.share_lock_expired
+        ),
+        (2, 1, 1, 1)
+    );
+    assert_eq!(m.share_deliveries, [1, 1, 0, 0, 0]);
+    let text = snapshot.to_prometheus();
+    let line = format!("kafkit_share_lock_expired_total{{topic=\"{topic}\"}} 1");
+    assert!(text.contains(&line), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

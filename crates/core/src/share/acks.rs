@@ -64,15 +64,23 @@ pub(crate) fn batches(settled: &BTreeMap<i64, AckType>) -> Vec<AckBatch> {
 /// Settled offsets waiting to be sent, by partition, each with the end of its lock.
 pub(crate) type Pending = BTreeMap<TopicPartition, BTreeMap<i64, (AckType, Instant)>>;
 
+/// Records not acknowledged because their lock ran out, by topic.
+pub(crate) type Expired = BTreeMap<String, u64>;
+
+/// The number of records in `expired`.
+pub(crate) fn total(expired: &Expired) -> u64 {
+    expired.values().sum()
+}
+
 /// What a set of acknowledgements held, by type (gaps not counted).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct Tally {
     pub(crate) accepted: u64,
     pub(crate) released: u64,
     pub(crate) rejected: u64,
     /// Settled after the lock ran out, never settled before it ran out, or not sent before it
     /// ran out: not acknowledged.
-    pub(crate) lock_expired: u64,
+    pub(crate) lock_expired: Expired,
 }
 
 /// Takes the pending acknowledgements of `partitions` (all when `None`) that can still be sent at
@@ -97,7 +105,7 @@ pub(crate) fn take_due(
         for (offset, (ack, deadline)) in offsets {
             if now >= deadline {
                 if ack != AckType::Gap {
-                    tally.lock_expired += 1;
+                    *tally.lock_expired.entry(tp.topic.clone()).or_default() += 1;
                 }
                 continue;
             }
@@ -128,7 +136,7 @@ pub(crate) struct Round {
     gaps: Vec<(TopicPartition, i64)>,
     unsettled: usize,
     /// Outcomes that came at or after the deadline.
-    late: u64,
+    late: Expired,
 }
 
 impl Round {
@@ -138,7 +146,7 @@ impl Round {
             slots: Vec::new(),
             gaps: Vec::new(),
             unsettled: 0,
-            late: 0,
+            late: Expired::new(),
         }
     }
 
@@ -166,7 +174,7 @@ impl Round {
     /// Settles slot `slot` with `ack` at `now`. A second outcome for one slot is ignored; one
     /// that comes at or after the deadline is dropped and counted as a lock expiry.
     pub(crate) fn settle(&mut self, slot: usize, ack: AckType, now: Instant) {
-        let Some((_, _, outcome)) = self.slots.get_mut(slot) else {
+        let Some((tp, _, outcome)) = self.slots.get_mut(slot) else {
             return;
         };
         if outcome.is_some() {
@@ -176,7 +184,7 @@ impl Round {
         if now >= self.deadline {
             // Marked settled so that it is not counted twice; never acknowledged.
             *outcome = Some(AckType::Gap);
-            self.late += 1;
+            *self.late.entry(tp.topic.clone()).or_default() += 1;
             return;
         }
         *outcome = Some(ack);
@@ -184,14 +192,14 @@ impl Round {
 
     /// Ends the round at `now`: the settled outcomes (and gaps) go into `pending`. A record still
     /// unsettled is released if `release_unsettled` (shutdown) and the lock still holds; otherwise
-    /// it is left to its lock. Returns how many records are not acknowledged for their lock (late
-    /// outcomes, and unsettled records not released).
+    /// it is left to its lock. Returns the records not acknowledged for their lock (late outcomes,
+    /// and unsettled records not released).
     pub(crate) fn finish(
         self,
         now: Instant,
         release_unsettled: bool,
         pending: &mut Pending,
-    ) -> u64 {
+    ) -> Expired {
         let mut expired = self.late;
         let live = now < self.deadline;
         for (tp, offset, outcome) in self.slots {
@@ -201,7 +209,7 @@ impl Round {
                 Some(ack) => ack,
                 None if live && release_unsettled => AckType::Release,
                 None => {
-                    expired += 1;
+                    *expired.entry(tp.topic.clone()).or_default() += 1;
                     continue;
                 }
             };
@@ -337,7 +345,11 @@ mod tests {
         round.settle(c, AckType::Accept, deadline);
         assert!(round.is_done());
         let mut pending = Pending::new();
-        assert_eq!(round.finish(start, false, &mut pending), 1, "c came late");
+        assert_eq!(
+            round.finish(start, false, &mut pending),
+            Expired::from([("t".to_owned(), 1)]),
+            "c came late"
+        );
         let (sent, tally) = take_due(&mut pending, None, start);
         assert!(pending.is_empty());
         assert_eq!(
@@ -396,7 +408,7 @@ mod tests {
                 ack: AckType::Accept
             }]
         );
-        assert_eq!((tally.accepted, tally.lock_expired), (1, 1));
+        assert_eq!((tally.accepted, total(&tally.lock_expired)), (1, 1));
     }
 
     #[test]
@@ -413,7 +425,10 @@ mod tests {
             round.push(tp(), 2);
             round.settle(a, AckType::Accept, start);
             let mut pending = Pending::new();
-            assert_eq!(round.finish(at, release, &mut pending), want_expired);
+            assert_eq!(
+                total(&round.finish(at, release, &mut pending)),
+                want_expired
+            );
             let released = pending[&tp()].get(&2).map(|(ack, _)| *ack);
             assert_eq!(released == Some(AckType::Release), want_release_sent);
         }

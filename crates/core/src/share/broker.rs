@@ -58,6 +58,7 @@ pub(super) struct BrokerContext {
     /// A fatal error for the whole consumer.
     pub(super) fatal: mpsc::UnboundedSender<Error>,
     pub(super) listener: Option<Arc<dyn ShareListener>>,
+    pub(super) metrics: Option<kafkit_metrics::Metrics>,
 }
 
 /// One broker task's state.
@@ -252,7 +253,8 @@ impl BrokerTask {
         }
         self.backoff.reset();
         self.session.succeeded(&plan);
-        self.ctx.stats.add_acknowledged(tally);
+        self.ctx.stats.add_acknowledged(&tally);
+        self.expired_metrics(&tally.lock_expired);
         let refused: HashMap<TopicPartition, String> = response
             .responses
             .iter()
@@ -274,6 +276,7 @@ impl BrokerTask {
         let mut round = Round::new(sent + self.lock);
         let records = self.acquired(response, &mut round);
         if records.is_empty() {
+            // Only gaps (if anything): acknowledged with the next request.
             round.finish(Instant::now(), false, &mut self.pending);
             return Ok(());
         }
@@ -290,12 +293,14 @@ impl BrokerTask {
             .await;
         let stopping = *self.stop.borrow();
         let expired = round.finish(Instant::now(), stopping, &mut self.pending);
-        if expired > 0 {
-            warn!(broker = %self.address, records = expired, lock = ?self.lock, "records not settled within their acquisition lock; not acknowledged (the broker redelivers them)");
+        let count = acks::total(&expired);
+        if count > 0 {
+            warn!(broker = %self.address, records = count, lock = ?self.lock, "records not settled within their acquisition lock; not acknowledged (the broker redelivers them)");
             self.ctx
                 .stats
                 .lock_expired
-                .fetch_add(expired, Ordering::Relaxed);
+                .fetch_add(count, Ordering::Relaxed);
+            self.expired_metrics(&expired);
         }
         Ok(())
     }
@@ -336,6 +341,18 @@ impl BrokerTask {
                 .ack_failures
                 .fetch_add(refused_offsets as u64, Ordering::Relaxed);
         }
+        if let Some(m) = &self.ctx.metrics {
+            for a in partitions.iter().filter(|a| a.error.is_none()) {
+                let count =
+                    |t: AckType| a.offsets.iter().filter(|(_, ack)| *ack == t).count() as u64;
+                m.record_share_acknowledged(
+                    &a.partition.topic,
+                    count(AckType::Accept),
+                    count(AckType::Release),
+                    count(AckType::Reject),
+                );
+            }
+        }
         if let Some(listener) = &self.ctx.listener
             && !partitions.is_empty()
         {
@@ -356,7 +373,16 @@ impl BrokerTask {
         self.ctx
             .stats
             .lock_expired
-            .fetch_add(tally.lock_expired, Ordering::Relaxed);
+            .fetch_add(acks::total(&tally.lock_expired), Ordering::Relaxed);
+        self.expired_metrics(&tally.lock_expired);
+    }
+
+    fn expired_metrics(&self, expired: &acks::Expired) {
+        if let Some(m) = &self.ctx.metrics {
+            for (topic, &records) in expired {
+                m.record_share_lock_expired(topic, records);
+            }
+        }
     }
 
     fn fetch_request(
@@ -482,6 +508,10 @@ impl BrokerTask {
                     offsets.push(r.offset);
                     let count = delivery(r.offset);
                     self.ctx.stats.acquired(count);
+                    if let Some(m) = &self.ctx.metrics {
+                        m.record_consumed(&name, 1);
+                        m.record_share_acquired(&name, count.max(1) as u16);
+                    }
                     round.push(tp.clone(), r.offset);
                     out.push(ConsumedRecord::new(RecordData {
                         topic: Arc::clone(&name),
@@ -586,7 +616,8 @@ impl BrokerTask {
             .with_topics(topics);
         match conn.send(&request, self.ctx.settings.request_timeout).await {
             Ok(r) if r.error_code == 0 => {
-                self.ctx.stats.add_acknowledged(tally);
+                self.ctx.stats.add_acknowledged(&tally);
+                self.expired_metrics(&tally.lock_expired);
                 let refused: HashMap<TopicPartition, String> = r
                     .responses
                     .iter()

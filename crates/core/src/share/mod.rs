@@ -104,12 +104,12 @@ impl ShareStats {
         self.deliveries[bucket].fetch_add(1, Ordering::Relaxed);
     }
 
-    fn add_acknowledged(&self, tally: acks::Tally) {
+    fn add_acknowledged(&self, tally: &acks::Tally) {
         self.accepted.fetch_add(tally.accepted, Ordering::Relaxed);
         self.released.fetch_add(tally.released, Ordering::Relaxed);
         self.rejected.fetch_add(tally.rejected, Ordering::Relaxed);
         self.lock_expired
-            .fetch_add(tally.lock_expired, Ordering::Relaxed);
+            .fetch_add(acks::total(&tally.lock_expired), Ordering::Relaxed);
     }
 
     fn snapshot(&self) -> ShareCounters {
@@ -323,7 +323,8 @@ impl ShareConsumerBuilder {
         self
     }
 
-    /// Handler timings and failures go to `metrics`. Default none.
+    /// Handler timings and failures, and the share counters (acquired, accepted, released,
+    /// rejected, redelivered, lock expiries, deliveries by count) go to `metrics`. Default none.
     pub fn metrics(mut self, metrics: Metrics) -> Self {
         self.metrics = Some(metrics);
         self
@@ -545,7 +546,9 @@ impl ShareConsumer {
             refresh: refresh_tx,
             fatal: fatal_tx,
             listener: b.listener.clone(),
+            metrics: b.metrics.clone(),
         });
+        let active = b.metrics.as_ref().map(Metrics::consumer_active);
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut brokers: HashMap<i32, Broker> = HashMap::new();
         let mut shutdown = self.shutdown.subscribe();
@@ -588,6 +591,7 @@ impl ShareConsumer {
         {
             debug!(group = %settings.group_id, error = %e, "membership ended with an error");
         }
+        drop(active);
         result.map(|()| self.stats.snapshot())
     }
 }
