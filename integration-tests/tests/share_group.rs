@@ -108,6 +108,7 @@ async fn more_members_than_partitions_all_get_work_and_each_record_ends_as_the_h
     let mut members = Vec::new();
     let mut counters = Vec::new();
     let mut shutdowns = Vec::new();
+    let mut health = Vec::new();
     for _ in 0..3 {
         // Small fetches, so that the records spread over the members.
         let consumer = member(&bootstrap, &group, &topic)
@@ -115,6 +116,7 @@ async fn more_members_than_partitions_all_get_work_and_each_record_ends_as_the_h
             .build()
             .unwrap();
         counters.push(consumer.counters());
+        health.push(consumer.health_handle());
         shutdowns.push(consumer.shutdown_handle());
         let seen = Arc::clone(&seen);
         members.push(spawn_member(consumer, seen, is_poison));
@@ -132,6 +134,12 @@ async fn more_members_than_partitions_all_get_work_and_each_record_ends_as_the_h
         settled() >= N as u64
     })
     .await;
+    // Every member is healthy: joined, and assigned partitions (shared: 3 members, 2 partitions).
+    for h in &health {
+        let report = h.report();
+        assert!(report.healthy && report.member_epoch > 0, "{report:?}");
+        assert!(!report.assigned.is_empty(), "{report:?}");
+    }
     for s in &shutdowns {
         s.shutdown();
     }

@@ -285,6 +285,8 @@ impl Member {
                 warn!(group = %s.group_id, error = %e, "leave heartbeat failed; the session timeout will expel the member")
             }
         }
+        self.epoch = -1;
+        self.publish(BTreeMap::new());
     }
 }
 
