@@ -49,8 +49,9 @@ pub(crate) async fn run(
     let _ = writeln!(
         section,
         "## Share groups (KIP-932): {records} records of 100 B, {PARTITIONS} partitions\n\n\
-         Records/s from the members' start until every record was acquired (and accepted), \
-         median of {rounds} rounds after a warm-up (min–max).\n\n\
+         Records/s from the members' start (joining included) until every record was acquired: \
+         kafkit's handler accepts each, Java's tool counts the records its polls returned \
+         (implicitly accepted). Median of {rounds} rounds after a warm-up (min–max).\n\n\
          | members | kafkit | Java ShareConsumerPerformance | kafkit / Java |\n| --- | --- | --- | --- |"
     );
     for members in MEMBERS {

@@ -641,3 +641,54 @@ async fn check_cli_against_kafka_share_groups(bootstrap: &str, group: &str) {
         assert_eq!(theirs, ours, "member {id}: `{line}`");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn share_consume_prints_and_accepts_or_releases() {
+    if old_broker() {
+        return;
+    }
+    let kafka = shared().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("share-cli");
+    let group = random_name("sg-cli");
+    create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
+    produce(&bootstrap, &topic, 1, 5).await;
+    let share_consume = |ack: &str| {
+        let mut cmd = tokio::process::Command::new(kafkit_integration_tests::kafkit_bin());
+        cmd.args(["share-consume", "--bootstrap-server", &bootstrap])
+            .args(["--topic", &topic, "--group", &group, "--from-beginning"])
+            .args(["--max-messages", "5", "--print-offset", "--ack", ack])
+            .kill_on_drop(true);
+        async move {
+            let out = tokio::time::timeout(Duration::from_secs(40), cmd.output())
+                .await
+                .expect("share-consume ends after 5 records")
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap()
+        }
+    };
+    // Released: the same records come again, one delivery later.
+    let first = share_consume("release").await;
+    let lines: Vec<&str> = first.lines().collect();
+    assert_eq!(lines.len(), 5, "{first}");
+    assert!(
+        lines.iter().all(|l| l.split('\t').nth(2) == Some("1")),
+        "{first}"
+    );
+    let second = share_consume("accept").await;
+    let offsets = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(|l| l.split('\t').nth(1).unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(offsets(&second), offsets(&first));
+    assert!(
+        second.lines().all(|l| l.split('\t').nth(2) == Some("2")),
+        "{second}"
+    );
+}
