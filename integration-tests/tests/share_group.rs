@@ -692,3 +692,87 @@ async fn share_consume_prints_and_accepts_or_releases() {
         "{second}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_handler_s_poison_records_are_dead_lettered_then_accepted() {
+    if old_broker() {
+        return;
+    }
+    let kafka = shared().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("share-batch");
+    let dlt = format!("{topic}-dlt");
+    let group = random_name("sg-batch");
+    create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
+    create_topic(&bootstrap, &dlt, 1, 1).await.unwrap();
+    configure_group(&bootstrap, &group, &[EARLIEST]).await;
+    const N: usize = 20;
+    produce(&bootstrap, &topic, 1, N).await;
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let consumer = member(&bootstrap, &group, &topic)
+        .dead_letter(kafkit::resilience::DeadLetterPolicy::default(), producer)
+        .build()
+        .unwrap();
+    let counters = consumer.counters();
+    let stop = consumer.shutdown_handle();
+    let batches: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let sizes = Arc::clone(&batches);
+    let task = tokio::spawn(consumer.run_batch(4, move |records| {
+        sizes.lock().push(records.len());
+        async move {
+            records
+                .iter()
+                .map(|r| {
+                    let value = String::from_utf8_lossy(r.value().unwrap_or_default()).into_owned();
+                    if is_poison(&value) {
+                        Err(std::io::Error::other("poison"))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .collect::<Vec<_>>()
+        }
+    }));
+    eventually(Duration::from_secs(30), "every record accepted", || {
+        counters.get().accepted >= N as u64
+    })
+    .await;
+    stop.shutdown();
+    let c = task.await.unwrap().unwrap();
+    assert_eq!(
+        (c.accepted, c.rejected, c.released),
+        (N as u64, 0, 0),
+        "{c:?}"
+    );
+    assert!(batches.lock().iter().all(|&n| (1..=4).contains(&n)));
+    // The poison records (values ending in 7: offsets 7 and 17) are in the dead-letter topic, with
+    // their origin in Spring's headers.
+    let dlt_group = random_name("sg-dlt");
+    configure_group(&bootstrap, &dlt_group, &[EARLIEST]).await;
+    let reader = member(&bootstrap, &dlt_group, &dlt).build().unwrap();
+    let reader_counters = reader.counters();
+    let reader_stop = reader.shutdown_handle();
+    let origins: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let seen = Arc::clone(&origins);
+    let reading = tokio::spawn(reader.run(move |record| {
+        let offset = record
+            .headers()
+            .iter()
+            .find(|h| h.name() == "kafka_dlt-original-offset")
+            .and_then(|h| h.value().map(|v| i64::from_be_bytes(v.try_into().unwrap())));
+        seen.lock().push(offset.unwrap_or(-1));
+        async { Ok::<_, std::io::Error>(()) }
+    }));
+    eventually(Duration::from_secs(30), "both dead letters read", || {
+        reader_counters.get().accepted >= 2
+    })
+    .await;
+    reader_stop.shutdown();
+    reading.await.unwrap().unwrap();
+    let mut origins = origins.lock().clone();
+    origins.sort_unstable();
+    assert_eq!(origins, vec![7, 17]);
+}
