@@ -633,6 +633,94 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_secs(60));
     }
 
+    fn poison() -> HandlerFn {
+        Arc::new(|_| {
+            Box::pin(async {
+                Err(HandlerError {
+                    type_name: "Poison",
+                    source: "poison".into(),
+                })
+            })
+        })
+    }
+
+    fn not_poison(e: &(dyn StdError + Send + Sync + 'static)) -> bool {
+        e.to_string() != "poison"
+    }
+
+    /// A share-group record's handler in [`a_share_record_is_settled_never_kept`].
+    enum Behaves {
+        /// Fails with a retriable error until this much (tokio) time has passed.
+        DownFor(Duration),
+        /// Fails with a non-retriable error.
+        Poison,
+    }
+
+    /// The share consumer's verdicts, table-style: (case, handler, lock left, verdict, calls).
+    #[tokio::test(start_paused = true)]
+    async fn a_share_record_is_settled_never_kept() {
+        use Behaves::*;
+        let far = Duration::from_secs(3600);
+        let always = Duration::from_secs(60);
+        let cases = [
+            (
+                "succeeds at once",
+                DownFor(Duration::ZERO),
+                far,
+                Verdict::Succeeded,
+                1,
+            ),
+            // Three attempts 10 ms apart, all failing: released for redelivery, not kept.
+            (
+                "retriable, attempts used up",
+                DownFor(always),
+                far,
+                Verdict::Release,
+                3,
+            ),
+            // The next attempt would start after the lock ends: released after the first.
+            (
+                "retriable, lock ends",
+                DownFor(always),
+                Duration::from_millis(5),
+                Verdict::Release,
+                1,
+            ),
+            ("poison", Poison, far, Verdict::Reject, 1),
+            (
+                "recovers on the second attempt",
+                DownFor(Duration::from_millis(5)),
+                far,
+                Verdict::Succeeded,
+                2,
+            ),
+        ];
+        for (name, behaves, lock, want, want_calls) in cases {
+            let calls = Arc::new(AtomicU32::new(0));
+            let handler = match behaves {
+                DownFor(outage) => flaky(outage, Arc::clone(&calls)),
+                Poison => {
+                    let inner = poison();
+                    let c = Arc::clone(&calls);
+                    Arc::new(move |r| {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        inner(r)
+                    })
+                }
+            };
+            let mut failure = path(None);
+            failure.retry = failure.retry.retriable_if(not_poison);
+            let started = Instant::now();
+            let verdict = failure
+                .settle(&handler, &record(), None, Instant::now() + lock)
+                .await;
+            assert_eq!(verdict, want, "{name}");
+            assert_eq!(calls.load(Ordering::Relaxed), want_calls, "{name}");
+            // Never parked for the minute the consumer group's path waits.
+            assert!(started.elapsed() < Duration::from_secs(1), "{name}");
+        }
+    }
+
     #[tokio::test]
     async fn a_panic_in_the_call_or_in_its_future_is_caught_as_a_handler_error() {
         let sync = catching(|| -> std::future::Ready<()> { panic!("in the call") }).await;
