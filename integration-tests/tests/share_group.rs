@@ -568,15 +568,17 @@ async fn check_cli_against_kafka_share_groups(bootstrap: &str, group: &str) {
         );
         serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
     };
-    // Members get their partitions a heartbeat after joining.
+    // Members get their partitions a heartbeat or two after joining.
     let mut described = serde_json::Value::Null;
     for _ in 0..100 {
         described = kafkit(&["group", "describe", "--group-id", group]);
         let members = described["members"].as_array().cloned().unwrap_or_default();
+        // Settled: both assigned, at the group's epoch (the assignment no longer moves).
         if members.len() == 2
-            && members
-                .iter()
-                .all(|m| !m["assignment"].as_array().unwrap().is_empty())
+            && members.iter().all(|m| {
+                !m["assignment"].as_array().unwrap().is_empty()
+                    && m["member_epoch"] == described["group_epoch"]
+            })
         {
             break;
         }
@@ -687,8 +689,12 @@ async fn share_consume_prints_and_accepts_or_releases() {
             .collect()
     };
     assert_eq!(offsets(&second), offsets(&first));
+    // Delivered again: 2, or 3 when the first run's last ShareFetch (which carried the releases)
+    // acquired them once more before it shut down and released them again.
     assert!(
-        second.lines().all(|l| l.split('\t').nth(2) == Some("2")),
+        second
+            .lines()
+            .all(|l| matches!(l.split('\t').nth(2), Some("2" | "3"))),
         "{second}"
     );
 }

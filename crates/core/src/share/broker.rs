@@ -80,6 +80,8 @@ pub(super) struct BrokerTask {
     backoff: kafkit_resilience::Backoff,
     /// Round numbers, so a stream acknowledgement of an earlier round is recognised as late.
     round_id: u64,
+    /// Set by [`acquired`](Self::acquired) when a partition's answer was an error.
+    partition_errors: bool,
     /// Where [`ShareRecord`]s of this task's rounds send their outcomes (stream style).
     acks_tx: mpsc::UnboundedSender<StreamAck>,
     acks_rx: mpsc::UnboundedReceiver<StreamAck>,
@@ -112,6 +114,7 @@ impl BrokerTask {
             lock: Duration::from_secs(30),
             backoff,
             round_id: 0,
+            partition_errors: false,
         }
     }
 
@@ -274,10 +277,15 @@ impl BrokerTask {
             self.lock = Duration::from_millis(response.acquisition_lock_timeout_ms as u64);
         }
         let mut round = Round::new(sent + self.lock);
+        self.partition_errors = false;
         let records = self.acquired(response, &mut round);
         if records.is_empty() {
             // Only gaps (if anything): acknowledged with the next request.
             round.finish(Instant::now(), false, &mut self.pending);
+            if self.partition_errors {
+                // The broker answers errors at once: back off rather than ask again right away.
+                return Err("partition errors in the ShareFetch response".into());
+            }
             return Ok(());
         }
         self.round_id += 1;
@@ -462,6 +470,7 @@ impl BrokerTask {
             for p in topic.partitions {
                 let tp = TopicPartition::new(&*name, p.partition_index);
                 if let Some(error) = ResponseError::try_from_code(p.error_code) {
+                    self.partition_errors = true;
                     match error {
                         ResponseError::NotLeaderOrFollower
                         | ResponseError::FencedLeaderEpoch
