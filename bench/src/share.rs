@@ -109,7 +109,8 @@ async fn kafkit_run(
     let mut stops = Vec::new();
     let mut counters = Vec::new();
     for _ in 0..members {
-        let consumer = ShareConsumerBuilder::new(client.clone(), group.as_str(), [topic]).build()?;
+        let consumer =
+            ShareConsumerBuilder::new(client.clone(), group.as_str(), [topic]).build()?;
         stops.push(consumer.shutdown_handle());
         counters.push(consumer.counters());
         tasks.push(tokio::spawn(
@@ -119,7 +120,11 @@ async fn kafkit_run(
     let acquired = || counters.iter().map(|c| c.get().acquired).sum::<u64>();
     while acquired() < records {
         if started.elapsed() > RUN_TIMEOUT {
-            return Err(format!("kafkit: {} of {records} records in {RUN_TIMEOUT:?}", acquired()).into());
+            return Err(format!(
+                "kafkit: {} of {records} records in {RUN_TIMEOUT:?}",
+                acquired()
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -144,8 +149,20 @@ async fn java_run(
 ) -> Result<f64, Box<dyn std::error::Error>> {
     let group = fresh_group(client, "java", members, round).await?;
     let out = crate::java_side::java("org.apache.kafka.tools.ShareConsumerPerformance")?
-        .args(["--bootstrap-server", bootstrap, "--topic", topic, "--group", &group])
-        .args(["--num-records", &records.to_string(), "--threads", &members.to_string()])
+        .args([
+            "--bootstrap-server",
+            bootstrap,
+            "--topic",
+            topic,
+            "--group",
+            &group,
+        ])
+        .args([
+            "--num-records",
+            &records.to_string(),
+            "--threads",
+            &members.to_string(),
+        ])
         .args(["--timeout", "30000"])
         .output()
         .await?;
