@@ -39,7 +39,7 @@ use super::membership::MemberView;
 use super::session::{CLOSE_EPOCH, SessionPlan, ShareSession};
 use super::{Acknowledged, Processor, ShareListener, ShareRecord, ShareSettings, ShareStats};
 use crate::consumer::failure::Verdict;
-use crate::consumer::record::{ConsumedRecord, RecordData};
+use crate::consumer::record::{ConsumedRecord, RecordChunk};
 use crate::group::TopicPartition;
 use crate::group::member::group_id;
 use crate::wire::records::decode_records;
@@ -510,6 +510,8 @@ impl BrokerTask {
                     warn!(partition = %tp, offset = corrupt.offset, reason = %corrupt.reason, "undecodable batch; its acquired records are left to their lock");
                 }
                 let mut offsets = Vec::new();
+                let mut mine = Vec::new();
+                let mut counts = Vec::new();
                 for r in decoded.records {
                     if !acks::is_acquired(&ranges, r.offset) {
                         continue;
@@ -522,20 +524,18 @@ impl BrokerTask {
                         m.record_share_acquired(&name, count.max(1) as u16);
                     }
                     round.push(tp.clone(), r.offset);
-                    out.push(ConsumedRecord::new(RecordData {
-                        topic: Arc::clone(&name),
-                        partition: tp.partition,
-                        offset: r.offset,
-                        key: r.key,
-                        value: r.value,
-                        headers: r.headers,
-                        timestamp: chrono::DateTime::from_timestamp_millis(r.timestamp_ms)
-                            .unwrap_or_default(),
-                        timestamp_type: r.timestamp_type,
-                        _budget: None,
-                        delivery_count: Some(count),
-                    }));
+                    mine.push(r);
+                    counts.push(count);
                 }
+                // One chunk per partition and response, as the consumer's records are.
+                let chunk = Arc::new(RecordChunk {
+                    topic: Arc::clone(&name),
+                    partition: tp.partition,
+                    records: mine,
+                    _budget: None,
+                    delivery_counts: counts,
+                });
+                out.extend((0..chunk.records.len()).map(|i| ConsumedRecord::of(&chunk, i)));
                 if decoded.corrupt.is_none() {
                     for offset in acks::gaps(&ranges, &offsets) {
                         round.gap(tp.clone(), offset);
