@@ -11,7 +11,9 @@ use crate::{Latency, Outcome};
 
 /// `java <main class>` on the broker's classpath, with the JVM's defaults for a client that runs
 /// long enough to warm up (full JIT, default GC) and a 1 GiB heap.
-fn java(main_class: &str) -> Result<tokio::process::Command, Box<dyn std::error::Error>> {
+pub(crate) fn java(
+    main_class: &str,
+) -> Result<tokio::process::Command, Box<dyn std::error::Error>> {
     let mut cmd = tokio::process::Command::new("java");
     cmd.args(["-Xms1g", "-Xmx1g"])
         .arg("-Dorg.slf4j.simpleLogger.defaultLogLevel=warn")

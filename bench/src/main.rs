@@ -13,6 +13,7 @@
 //! - `cli_side`: the command-line contenders, `kafkit consume` / `kafkit produce` and kcat.
 //! - `ceiling`: the raw multi-partition fetch loop.
 //! - `rebalance`: the rebalance benchmark (in the runner's process: members as tasks).
+//! - `share`: the share-group benchmark (1, 4, 8 share consumers against ShareConsumerPerformance).
 //! - this file: the runner, the child entry point, and the report.
 
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -24,6 +25,7 @@ mod java_side;
 mod kafkit_side;
 mod rdkafka_side;
 mod rebalance;
+mod share;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -458,7 +460,8 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     let consume_name = |&(w, _, _, p): &(&str, u64, usize, i32)| format!("consume {w}-{p}");
     let throughput_wanted = produce_runs.iter().map(produce_name).any(|n| wanted(&n))
         || consume_runs.iter().map(consume_name).any(|n| wanted(&n));
-    let needs_broker = throughput_wanted || wanted("latency") || wanted("rebalance");
+    let needs_broker =
+        throughput_wanted || wanted("latency") || wanted("rebalance") || wanted("share");
     let needs_cli = throughput_wanted && !cli.no_cli;
     let (kafkit_cli, kcat) = if needs_cli {
         (cli_side::kafkit_bin()?, Some(cli_side::kcat_version()?))
@@ -706,6 +709,11 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         // No warm-up round: each group's own start comes before its first event. At most 3 rounds,
         // as for latency: a round of every protocol and size takes minutes of mostly waiting.
         report.push_str(&rebalance::run(&client, &bootstrap, cli.rounds.min(3)).await?);
+    }
+    if wanted("share") {
+        // 200,000 records at full scale: each of the 2 x 3 x (rounds + 1) runs reads them all.
+        let records = ((200_000.0 * cli.scale) as u64).max(1_000);
+        report.push_str(&share::run(&client, &bootstrap, records, cli.rounds.min(3)).await?);
     }
     let _ = writeln!(
         report,

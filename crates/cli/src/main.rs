@@ -3,6 +3,8 @@
 //! # Layout
 //! - `consumer`: `kafkit verifiable-consumer`, Apache Kafka's VerifiableConsumer contract.
 //! - `producer`: `kafkit verifiable-producer`, Apache Kafka's VerifiableProducer contract.
+//! - `share`: `kafkit verifiable-share-consumer` (Apache Kafka's VerifiableShareConsumer contract) and
+//!   `kafkit share-consume`: share groups (KIP-932).
 //! - `diag`: `kafkit diag`: reachability, brokers, controller, API versions, topic health, a verdict.
 //! - `topics`: `kafkit topics list / describe / create / delete`.
 //! - `produce` / `consume`: lines of stdin to a topic, records of topics to stdout.
@@ -28,6 +30,7 @@ mod produce;
 mod producer;
 mod progress;
 mod properties;
+mod share;
 mod topics;
 
 use std::process::ExitCode;
@@ -51,6 +54,11 @@ enum Command {
     VerifiableConsumer(consumer::ConsumerArgs),
     /// Produce increasing integers and print each acknowledgement as JSON (Kafka's VerifiableProducer).
     VerifiableProducer(producer::ProducerArgs),
+    /// Consume in a share group and print share consumer events as JSON lines (Kafka's
+    /// VerifiableShareConsumer).
+    VerifiableShareConsumer(share::VerifiableShareConsumerArgs),
+    /// Records of a share group to stdout, each accepted (or released / rejected) once printed.
+    ShareConsume(share::ShareConsumeArgs),
     /// Check a cluster: reachability, brokers, controller, API versions, topic health; a verdict.
     Diag(diag::DiagArgs),
     /// Manage topics: `list`, `describe`, `create`, `delete`.
@@ -186,6 +194,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::VerifiableConsumer(args) => consumer::run(args).await,
             Command::VerifiableProducer(args) => producer::run(args).await,
+            Command::VerifiableShareConsumer(args) => share::run_verifiable(args).await,
+            Command::ShareConsume(args) => share::run_consume(args).await,
             Command::Diag(args) => diag::run(args).await,
             Command::Topics(args) => topics::run(args).await,
             Command::Produce(args) => produce::run(args).await,

@@ -16,6 +16,8 @@
 //!   Java-compatible `range`, `roundrobin` and `cooperative-sticky` assignors.
 //! - `consumer`: [`consumer::Consumer`]: prefetching fetchers, the dispatcher, watermark commits,
 //!   graceful shutdown.
+//! - `share`: [`share::ShareConsumer`]: share groups (KIP-932), records acquired under a lock and
+//!   acknowledged one by one (accept, release, reject).
 //! - `headers`: [`Headers`], a record's ordered (name, optional value) list, duplicates kept.
 //! - `trace`: [`Traceparent`] (W3C trace context in record headers) and the per-record span the
 //!   consumer runs each handler call in.
@@ -30,6 +32,7 @@ mod headers;
 pub mod partitioner;
 mod producer;
 pub mod security;
+pub mod share;
 mod task;
 mod trace;
 mod wire;

@@ -8,6 +8,8 @@
 //!   describe, lag, offset resets);
 //! - [`consumer`] and [`group`] re-export the consumer (dispatch modes, ack-driven commits, graceful
 //!   shutdown) and consumer-group membership of `kafkit-core`;
+//! - [`share`] re-exports the share-group consumer (KIP-932, Kafka 4.2+): more members than
+//!   partitions, each record accepted, released or rejected within its acquisition lock;
 //! - [`resilience`] re-exports `kafkit-resilience` (backoff, the circuit breaker, retry and
 //!   dead-letter policies, health);
 //! - [`metrics`] re-exports `kafkit-metrics`.
@@ -17,7 +19,8 @@
 //! version-sensitive tests (API negotiation, groups with Java members, fetch, produce, admin, the
 //! tools) against 3.9 too. Consumer groups use the classic protocol by default, or KIP-848's
 //! consumer protocol on Kafka 4.0+ (`group::GroupConfig::protocol`); groups of either protocol
-//! are described and listed by [`admin`]. The minimum supported Rust version is in `Cargo.toml` (`rust-version`), checked in CI.
+//! are described and listed by [`admin`]. Share groups need Kafka 4.2+ (4.1 with the
+//! `share.version` feature); on older brokers the share consumer fails with an error that says so. The minimum supported Rust version is in `Cargo.toml` (`rust-version`), checked in CI.
 //!
 //! # Features
 //! Default features are pure Rust and build for `x86_64-unknown-linux-musl` without a C compiler.
@@ -40,7 +43,7 @@ pub use kafkit_core::{
     SecurityProtocol, TlsSettings, Traceparent, TraceparentError, WireError, partitioner,
 };
 
-pub use kafkit_core::{admin, consumer, group, security};
+pub use kafkit_core::{admin, consumer, group, security, share};
 
 /// Backoff, circuit breaker, retry and dead-letter policies.
 pub mod resilience {

@@ -17,7 +17,9 @@ use std::borrow::Cow;
 
 use crate::MetricsSnapshot;
 use crate::gauges::CIRCUIT_STATES;
-use crate::prometheus::{PARTITION_GAUGES, TOPIC_COUNTERS, TOPIC_TIMINGS};
+use crate::prometheus::{
+    PARTITION_GAUGES, SHARE_DELIVERIES, TOPIC_COUNTERS, TOPIC_TIMINGS, share_deliveries,
+};
 
 /// Whether a family only grows (a counter) or is an instantaneous value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +89,15 @@ impl MetricsSnapshot {
             }
             out.push(family);
         }
+        let mut deliveries = Family::new(SHARE_DELIVERIES.0, SHARE_DELIVERIES.1, Kind::Counter);
+        for t in &self.topics {
+            for (delivery, count) in share_deliveries(&t.counters) {
+                let mut labels = topic(&t.topic);
+                labels.push(("delivery", Cow::Borrowed(delivery)));
+                deliveries = deliveries.with(labels, Value::U64(count));
+            }
+        }
+        out.push(deliveries);
         for (name, help, series) in TOPIC_TIMINGS {
             let base = name.trim_end_matches("_duration_seconds");
             let mut quantiles = Family::new(name, help, Kind::Gauge);

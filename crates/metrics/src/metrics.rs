@@ -188,6 +188,42 @@ impl Metrics {
             .with(topic, |s| TopicStats::bump(&s.dead_lettered, 1));
     }
 
+    /// Share groups: one record of `topic` was acquired, on its `delivery_count`th delivery.
+    pub fn record_share_acquired(&self, topic: &str, delivery_count: u16) {
+        self.shared.topics.with(topic, |s| {
+            TopicStats::bump(&s.share_acquired, 1);
+            if delivery_count > 1 {
+                TopicStats::bump(&s.share_redelivered, 1);
+            }
+            let bucket = usize::from(delivery_count.clamp(1, 5)) - 1;
+            TopicStats::bump(&s.share_deliveries[bucket], 1);
+        });
+    }
+
+    /// Share groups: the broker took acknowledgements of `topic`: so many accepted, released and
+    /// rejected records.
+    pub fn record_share_acknowledged(
+        &self,
+        topic: &str,
+        accepted: u64,
+        released: u64,
+        rejected: u64,
+    ) {
+        self.shared.topics.with(topic, |s| {
+            TopicStats::bump(&s.share_accepted, accepted);
+            TopicStats::bump(&s.share_released, released);
+            TopicStats::bump(&s.share_rejected, rejected);
+        });
+    }
+
+    /// Share groups: `records` records of `topic` were not acknowledged because their acquisition
+    /// lock ran out first.
+    pub fn record_share_lock_expired(&self, topic: &str, records: u64) {
+        self.shared
+            .topics
+            .with(topic, |s| TopicStats::bump(&s.share_lock_expired, records));
+    }
+
     /// Offsets of `topic` were committed.
     pub fn record_commit(&self, topic: &str) {
         self.shared

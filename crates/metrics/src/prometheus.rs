@@ -22,7 +22,7 @@ type TimingSeries = fn(&TopicSnapshot) -> &TimingSnapshot;
 type PartitionField = fn(&PartitionLag) -> i64;
 
 /// Per-topic counter families.
-pub(crate) const TOPIC_COUNTERS: [Family<CounterField>; 11] = [
+pub(crate) const TOPIC_COUNTERS: [Family<CounterField>; 17] = [
     (
         "kafkit_records_produced_total",
         "Records the broker acknowledged to the producer.",
@@ -78,7 +78,56 @@ pub(crate) const TOPIC_COUNTERS: [Family<CounterField>; 11] = [
         "Failed offset commits.",
         |c| c.commit_failures,
     ),
+    (
+        "kafkit_share_records_acquired_total",
+        "Share groups: records acquired under a lock.",
+        |c| c.share_acquired,
+    ),
+    (
+        "kafkit_share_records_redelivered_total",
+        "Share groups: acquired records delivered before.",
+        |c| c.share_redelivered,
+    ),
+    (
+        "kafkit_share_records_accepted_total",
+        "Share groups: records acknowledged as accepted.",
+        |c| c.share_accepted,
+    ),
+    (
+        "kafkit_share_records_released_total",
+        "Share groups: records acknowledged as released.",
+        |c| c.share_released,
+    ),
+    (
+        "kafkit_share_records_rejected_total",
+        "Share groups: records acknowledged as rejected.",
+        |c| c.share_rejected,
+    ),
+    (
+        "kafkit_share_lock_expired_total",
+        "Share groups: records not acknowledged because their acquisition lock ran out.",
+        |c| c.share_lock_expired,
+    ),
 ];
+
+/// The share groups' delivery-count distribution: a counter per topic and delivery count
+/// (`delivery` label `1` to `4`, and `5+`), exported only for topics a share consumer read.
+pub(crate) const SHARE_DELIVERIES: (&str, &str) = (
+    "kafkit_share_deliveries_total",
+    "Share groups: records acquired, by delivery count (label delivery: 1, 2, 3, 4, 5+).",
+);
+
+/// The `delivery` label and count of each bucket of [`SHARE_DELIVERIES`]; none for a topic no
+/// share consumer acquired records of.
+pub(crate) fn share_deliveries(c: &Counters) -> Vec<(&'static str, u64)> {
+    if c.share_acquired == 0 {
+        return Vec::new();
+    }
+    ["1", "2", "3", "4", "5+"]
+        .into_iter()
+        .zip(c.share_deliveries)
+        .collect()
+}
 
 /// Per-topic timing families (summaries; the name is also the base of the average gauge's name).
 pub(crate) const TOPIC_TIMINGS: [Family<TimingSeries>; 2] = [
@@ -130,6 +179,16 @@ impl MetricsSnapshot {
             w.family(name, "counter", help)?;
             for t in &self.topics {
                 w.sample(name, &[("topic", &t.topic)], field(&t.counters))?;
+            }
+        }
+        w.family(SHARE_DELIVERIES.0, "counter", SHARE_DELIVERIES.1)?;
+        for t in &self.topics {
+            for (delivery, count) in share_deliveries(&t.counters) {
+                w.sample(
+                    SHARE_DELIVERIES.0,
+                    &[("topic", &t.topic), ("delivery", delivery)],
+                    count,
+                )?;
             }
         }
         for (name, help, series) in TOPIC_TIMINGS {
@@ -313,6 +372,43 @@ pub(crate) mod tests {
     use super::*;
     use crate::{CircuitState, Metrics, MetricsConfig};
     use std::collections::{BTreeMap, HashSet};
+
+    #[test]
+    fn share_group_counters_and_the_delivery_distribution_are_exported() {
+        let m = Metrics::new(MetricsConfig::default());
+        for delivery in [1, 1, 2, 7] {
+            m.record_share_acquired("jobs", delivery);
+        }
+        m.record_share_acknowledged("jobs", 2, 1, 0);
+        m.record_share_lock_expired("jobs", 1);
+        // A consumer-group topic gets no delivery distribution.
+        m.record_consumed("orders", 1);
+        let snapshot = m.publish();
+        let c = snapshot.topic("jobs").unwrap().counters;
+        assert_eq!(
+            (
+                c.share_acquired,
+                c.share_redelivered,
+                c.share_accepted,
+                c.share_released
+            ),
+            (4, 2, 2, 1)
+        );
+        assert_eq!((c.share_rejected, c.share_lock_expired), (0, 1));
+        assert_eq!(c.share_deliveries, [2, 1, 0, 0, 1]);
+        assert_eq!(snapshot.totals.share_acquired, 4);
+        let text = snapshot.to_prometheus();
+        for line in [
+            "kafkit_share_records_acquired_total{topic=\"jobs\"} 4",
+            "kafkit_share_records_accepted_total{topic=\"jobs\"} 2",
+            "kafkit_share_lock_expired_total{topic=\"jobs\"} 1",
+            "kafkit_share_deliveries_total{topic=\"jobs\",delivery=\"1\"} 2",
+            "kafkit_share_deliveries_total{topic=\"jobs\",delivery=\"5+\"} 1",
+        ] {
+            assert!(text.contains(line), "missing `{line}` in:\n{text}");
+        }
+        assert!(!text.contains("kafkit_share_deliveries_total{topic=\"orders\""));
+    }
 
     /// One parsed sample line (also used by the `prometheus-client` integration's tests).
     #[derive(Debug, PartialEq)]

@@ -38,6 +38,20 @@ pub struct Counters {
     /// Fetched record batches that could not be decoded and were skipped (their records never
     /// reached `consumed`).
     pub corrupt_batches: u64,
+    /// Share groups: records acquired (handed to this member under a lock).
+    pub share_acquired: u64,
+    /// Share groups: acquired records delivered before (delivery count above 1).
+    pub share_redelivered: u64,
+    /// Share groups: records acknowledged as accepted (the broker took it).
+    pub share_accepted: u64,
+    /// Share groups: records acknowledged as released (to be delivered again).
+    pub share_released: u64,
+    /// Share groups: records acknowledged as rejected (never delivered again).
+    pub share_rejected: u64,
+    /// Share groups: records not acknowledged because their acquisition lock ran out first.
+    pub share_lock_expired: u64,
+    /// Share groups: acquired records by delivery count: 1, 2, 3, 4, and 5 or more.
+    pub share_deliveries: [u64; 5],
 }
 
 impl Counters {
@@ -54,6 +68,19 @@ impl Counters {
         self.commits = self.commits.saturating_add(other.commits);
         self.commit_failures = self.commit_failures.saturating_add(other.commit_failures);
         self.corrupt_batches = self.corrupt_batches.saturating_add(other.corrupt_batches);
+        self.share_acquired = self.share_acquired.saturating_add(other.share_acquired);
+        self.share_redelivered = self
+            .share_redelivered
+            .saturating_add(other.share_redelivered);
+        self.share_accepted = self.share_accepted.saturating_add(other.share_accepted);
+        self.share_released = self.share_released.saturating_add(other.share_released);
+        self.share_rejected = self.share_rejected.saturating_add(other.share_rejected);
+        self.share_lock_expired = self
+            .share_lock_expired
+            .saturating_add(other.share_lock_expired);
+        for (mine, theirs) in self.share_deliveries.iter_mut().zip(other.share_deliveries) {
+            *mine = mine.saturating_add(theirs);
+        }
     }
 }
 

@@ -55,6 +55,14 @@ pub(crate) struct TopicStats {
     pub(crate) commits: AtomicU64,
     pub(crate) commit_failures: AtomicU64,
     pub(crate) corrupt_batches: AtomicU64,
+    pub(crate) share_acquired: AtomicU64,
+    pub(crate) share_redelivered: AtomicU64,
+    pub(crate) share_accepted: AtomicU64,
+    pub(crate) share_released: AtomicU64,
+    pub(crate) share_rejected: AtomicU64,
+    pub(crate) share_lock_expired: AtomicU64,
+    /// Acquired records by delivery count: 1, 2, 3, 4, 5 or more.
+    pub(crate) share_deliveries: [AtomicU64; 5],
     // parking_lot, not std: no poisoning to handle on the hot path, and an uncontended lock is one CAS.
     // A mutex, not atomics: the ring buffer slot and the running sum must change together. Taken by the
     // recording thread for a few ns per sample and by the publisher once per publish.
@@ -78,6 +86,13 @@ impl TopicStats {
             commits: AtomicU64::new(0),
             commit_failures: AtomicU64::new(0),
             corrupt_batches: AtomicU64::new(0),
+            share_acquired: AtomicU64::new(0),
+            share_redelivered: AtomicU64::new(0),
+            share_accepted: AtomicU64::new(0),
+            share_released: AtomicU64::new(0),
+            share_rejected: AtomicU64::new(0),
+            share_lock_expired: AtomicU64::new(0),
+            share_deliveries: Default::default(),
             produce_time: Mutex::new(Timing::new(timing)),
             process_time: Mutex::new(Timing::new(timing)),
         }
@@ -105,6 +120,15 @@ impl TopicStats {
 
     /// The counters, read later stage first (see the type's doc).
     pub(crate) fn counters(&self) -> Counters {
+        // Share groups: acknowledged (and expired) after acquired, so read first.
+        let share_lock_expired = self.share_lock_expired.load(Ordering::Acquire);
+        let share_rejected = self.share_rejected.load(Ordering::Acquire);
+        let share_released = self.share_released.load(Ordering::Acquire);
+        let share_accepted = self.share_accepted.load(Ordering::Acquire);
+        let share_redelivered = self.share_redelivered.load(Ordering::Acquire);
+        let share_deliveries =
+            std::array::from_fn(|i| self.share_deliveries[i].load(Ordering::Acquire));
+        let share_acquired = self.share_acquired.load(Ordering::Acquire);
         let dead_lettered = self.dead_lettered.load(Ordering::Acquire);
         let retried = self.retried.load(Ordering::Acquire);
         let panicked = self.panicked.load(Ordering::Acquire);
@@ -128,6 +152,13 @@ impl TopicStats {
             commits,
             commit_failures,
             corrupt_batches,
+            share_acquired,
+            share_redelivered,
+            share_accepted,
+            share_released,
+            share_rejected,
+            share_lock_expired,
+            share_deliveries,
         }
     }
 

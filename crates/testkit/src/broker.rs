@@ -759,6 +759,8 @@ fn server_properties(
             rf.to_string(),
         ),
         ("share.coordinator.state.topic.min.isr", min_isr.to_string()),
+        // Few share-state partitions too: the topic is created on first share-group use (50 by default).
+        ("share.coordinator.state.topic.num.partitions", "4".into()),
         ("group.initial.rebalance.delay.ms", "0".into()),
         // Lets tests use short session timeouts (the broker default minimum is 6 s).
         ("group.min.session.timeout.ms", "1000".into()),
@@ -769,6 +771,14 @@ fn server_properties(
         ("group.consumer.session.timeout.ms", "10000".into()),
         ("group.consumer.min.heartbeat.interval.ms", "500".into()),
         ("group.consumer.heartbeat.interval.ms", "1000".into()),
+        // Share groups (KIP-932; on by default from Kafka 4.2): the same quick heartbeats and
+        // crash detection, and acquisition locks a test may shorten to a second on its group
+        // (`share.record.lock.duration.ms`; the broker's minimum is 15 s by default).
+        ("group.share.min.session.timeout.ms", "1000".into()),
+        ("group.share.session.timeout.ms", "10000".into()),
+        ("group.share.min.heartbeat.interval.ms", "500".into()),
+        ("group.share.heartbeat.interval.ms", "1000".into()),
+        ("group.share.min.record.lock.duration.ms", "1000".into()),
         // Tests create every topic they use; a typo must fail, not create a topic.
         ("auto.create.topics.enable", "false".into()),
         ("num.partitions", "1".into()),

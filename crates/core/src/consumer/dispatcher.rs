@@ -972,6 +972,7 @@ pub mod bench {
                             partition: p as i32,
                             records: c.to_vec(),
                             _budget: None,
+                            delivery_counts: Vec::new(),
                         })
                     })
                     .collect()

@@ -437,6 +437,7 @@ impl Engine {
                     partition: s.tp.partition,
                     records,
                     _budget: budget,
+                    delivery_counts: Vec::new(),
                 });
                 for (i, r) in chunk.records.iter().enumerate() {
                     if !tracker.track(r.offset) {

@@ -144,6 +144,19 @@ where
         .map_err(HandlerPanic::from_payload)
 }
 
+/// What became of a share-group record on the failure path ([`FailurePath::settle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The handler succeeded (or the policy skips a record that failed in a dead-letter topic).
+    Succeeded,
+    /// Poison, written to the dead-letter topic.
+    DeadLettered,
+    /// Give it back for redelivery.
+    Release,
+    /// Poison and no dead-letter topic: never deliver it again.
+    Reject,
+}
+
 /// Dead-lettering: where to, and the producer that writes there.
 #[derive(Clone)]
 pub(crate) struct DeadLetter {
@@ -280,6 +293,127 @@ impl FailurePath {
                     attempt = 0;
                 }
             }
+        }
+    }
+
+    /// The share consumer's failure path: like [`process_from`](Self::process_from), but a record
+    /// is never kept. Retries run locally (breaker waits do not count, as above) until `deadline`
+    /// (the record's acquisition lock), and the record's fate is returned instead:
+    /// - it succeeded: [`Verdict::Succeeded`];
+    /// - a retriable error used up the attempts, or the next attempt would start after `deadline`:
+    ///   [`Verdict::Release`] (the broker delivers it again, up to its delivery-count limit);
+    /// - a non-retriable error (poison): dead-lettered then [`Verdict::DeadLettered`] when a
+    ///   dead-letter topic is set (and the record did not come from one), else [`Verdict::Reject`].
+    pub(crate) async fn settle(
+        &self,
+        handler: &HandlerFn,
+        record: &ConsumedRecord,
+        first: Option<HandlerError>,
+        deadline: Instant,
+    ) -> Verdict {
+        self.settle_attempts(handler, record, first, deadline)
+            .instrument(crate::trace::record_span(record))
+            .await
+    }
+
+    async fn settle_attempts(
+        &self,
+        handler: &HandlerFn,
+        record: &ConsumedRecord,
+        mut first: Option<HandlerError>,
+        deadline: Instant,
+    ) -> Verdict {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let (permit, result) = match first.take() {
+                Some(error) => (None, Err(error)),
+                None => {
+                    let Ok(permit) = tokio::time::timeout_at(deadline, self.admit()).await else {
+                        return Verdict::Release;
+                    };
+                    let started = self.metrics.as_ref().map(|_| Instant::now());
+                    let result = catching(|| handler(record.clone()))
+                        .await
+                        .unwrap_or_else(|panic| Err(panic.into()));
+                    if let (Some(m), Some(started)) = (&self.metrics, started) {
+                        m.record_processed(record.topic(), started.elapsed());
+                    }
+                    (permit, result)
+                }
+            };
+            let error = match result {
+                Ok(()) => {
+                    if let Some(p) = permit {
+                        p.success();
+                    }
+                    return Verdict::Succeeded;
+                }
+                Err(e) => e,
+            };
+            let retriable = self.retry.is_retriable(&*error.source);
+            if let Some(p) = permit {
+                if retriable {
+                    p.failure();
+                } else {
+                    drop(p);
+                }
+            }
+            if let Some(m) = &self.metrics {
+                m.record_failed(record.topic());
+            }
+            if retriable && self.downstream_down() {
+                attempt -= 1;
+                continue;
+            }
+            match self.retry.decide(attempt, &*error.source) {
+                RetryDecision::RetryAfter(delay) if Instant::now() + delay < deadline => {
+                    warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), attempt, error = %error, ?delay, "handler failed; retrying");
+                    if let Some(m) = &self.metrics {
+                        m.record_retried(record.topic());
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+                RetryDecision::RetryAfter(_) => {
+                    warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), attempt, error = %error, "handler failed and its acquisition lock ends before the next attempt; releasing it");
+                    return Verdict::Release;
+                }
+                RetryDecision::GiveUp { reason } if retriable => {
+                    warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), %reason, error = %error, "handler failed; releasing the record for redelivery");
+                    return Verdict::Release;
+                }
+                RetryDecision::GiveUp { reason } => {
+                    return Box::pin(self.give_up_shared(record, &error, attempt, reason)).await;
+                }
+            }
+        }
+    }
+
+    /// A poison record of a share group: dead-lettered when a dead-letter topic is set, else
+    /// rejected. One that failed again in a dead-letter topic is rejected (`Halt`: no loop, and
+    /// nothing to keep it for) or accepted (`Skip`).
+    async fn give_up_shared(
+        &self,
+        record: &ConsumedRecord,
+        error: &HandlerError,
+        attempts: u32,
+        reason: GiveUpReason,
+    ) -> Verdict {
+        let Some(dlt) = &self.dead_letter else {
+            warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), %reason, error = %error, "record failed; rejecting it");
+            return Verdict::Reject;
+        };
+        match dlt.policy.route(record.topic(), record.headers().pairs()) {
+            DeadLetterRoute::Produce { topic } => {
+                self.produce_dead_letter(dlt, &topic, record, error, attempts)
+                    .await;
+                Verdict::DeadLettered
+            }
+            DeadLetterRoute::Stop {
+                action: DltFailureAction::Skip,
+                ..
+            } => Verdict::Succeeded,
+            _ => Verdict::Reject,
         }
     }
 
@@ -497,6 +631,94 @@ mod tests {
         // Three attempts, given up, kept; tried again a minute later, when the outage is over.
         assert_eq!(calls.load(Ordering::Relaxed), 4);
         assert!(started.elapsed() >= Duration::from_secs(60));
+    }
+
+    fn poison() -> HandlerFn {
+        Arc::new(|_| {
+            Box::pin(async {
+                Err(HandlerError {
+                    type_name: "Poison",
+                    source: "poison".into(),
+                })
+            })
+        })
+    }
+
+    fn not_poison(e: &(dyn StdError + Send + Sync + 'static)) -> bool {
+        e.to_string() != "poison"
+    }
+
+    /// A share-group record's handler in [`a_share_record_is_settled_never_kept`].
+    enum Behaves {
+        /// Fails with a retriable error until this much (tokio) time has passed.
+        DownFor(Duration),
+        /// Fails with a non-retriable error.
+        Poison,
+    }
+
+    /// The share consumer's verdicts, table-style: (case, handler, lock left, verdict, calls).
+    #[tokio::test(start_paused = true)]
+    async fn a_share_record_is_settled_never_kept() {
+        use Behaves::*;
+        let far = Duration::from_secs(3600);
+        let always = Duration::from_secs(60);
+        let cases = [
+            (
+                "succeeds at once",
+                DownFor(Duration::ZERO),
+                far,
+                Verdict::Succeeded,
+                1,
+            ),
+            // Three attempts 10 ms apart, all failing: released for redelivery, not kept.
+            (
+                "retriable, attempts used up",
+                DownFor(always),
+                far,
+                Verdict::Release,
+                3,
+            ),
+            // The next attempt would start after the lock ends: released after the first.
+            (
+                "retriable, lock ends",
+                DownFor(always),
+                Duration::from_millis(5),
+                Verdict::Release,
+                1,
+            ),
+            ("poison", Poison, far, Verdict::Reject, 1),
+            (
+                "recovers on the second attempt",
+                DownFor(Duration::from_millis(5)),
+                far,
+                Verdict::Succeeded,
+                2,
+            ),
+        ];
+        for (name, behaves, lock, want, want_calls) in cases {
+            let calls = Arc::new(AtomicU32::new(0));
+            let handler = match behaves {
+                DownFor(outage) => flaky(outage, Arc::clone(&calls)),
+                Poison => {
+                    let inner = poison();
+                    let c = Arc::clone(&calls);
+                    Arc::new(move |r| {
+                        c.fetch_add(1, Ordering::Relaxed);
+                        inner(r)
+                    })
+                }
+            };
+            let mut failure = path(None);
+            failure.retry = failure.retry.retriable_if(not_poison);
+            let started = Instant::now();
+            let verdict = failure
+                .settle(&handler, &record(), None, Instant::now() + lock)
+                .await;
+            assert_eq!(verdict, want, "{name}");
+            assert_eq!(calls.load(Ordering::Relaxed), want_calls, "{name}");
+            // Never parked for the minute the consumer group's path waits.
+            assert!(started.elapsed() < Duration::from_secs(1), "{name}");
+        }
     }
 
     #[tokio::test]

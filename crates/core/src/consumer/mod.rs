@@ -15,12 +15,12 @@
 //! - `status`: what the engine observes, for [`HealthHandle`] reports.
 //! - `record`: [`ConsumedRecord`] and the acknowledgeable [`StreamRecord`].
 
-mod dispatcher;
+pub(crate) mod dispatcher;
 mod engine;
-mod failure;
+pub(crate) mod failure;
 mod fetcher;
 mod offset_map;
-mod record;
+pub(crate) mod record;
 mod scheduler;
 mod status;
 mod watermark;

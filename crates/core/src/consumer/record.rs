@@ -31,6 +31,9 @@ pub(crate) struct RecordChunk {
     /// The buffer budget of the fetch response these records came in; given back when the last
     /// of them finishes (the fetcher's memory bound).
     pub(crate) _budget: Option<Arc<super::fetcher::BudgetShare>>,
+    /// Share groups: how many times the group has delivered each record, this delivery included,
+    /// in `records` order. Empty for a consumer group's records.
+    pub(crate) delivery_counts: Vec<i16>,
 }
 
 impl fmt::Debug for ConsumedRecord {
@@ -63,6 +66,7 @@ impl ConsumedRecord {
             partition,
             records: vec![record],
             _budget: None,
+            delivery_counts: Vec::new(),
         });
         Self::of(&chunk, 0)
     }
@@ -116,6 +120,13 @@ impl ConsumedRecord {
     /// broker's (`LogAppendTime`, set by the topic's `message.timestamp.type`).
     pub fn timestamp_type(&self) -> TimestampType {
         self.data().timestamp_type
+    }
+
+    /// How many times the share group has delivered this record, this delivery included (1 the
+    /// first time; more after a release or a lock that ran out). `None` for records of a consumer
+    /// group, which has no delivery count.
+    pub fn delivery_count(&self) -> Option<i16> {
+        self.chunk.delivery_counts.get(self.index as usize).copied()
     }
 }
 

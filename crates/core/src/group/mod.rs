@@ -26,9 +26,9 @@
 mod assignor;
 mod config;
 mod cooperative_sticky;
-mod coordinator;
+pub(crate) mod coordinator;
 mod error;
-mod member;
+pub(crate) mod member;
 mod offsets;
 mod protocol;
 mod range;

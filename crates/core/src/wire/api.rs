@@ -12,12 +12,15 @@ use kafka_protocol::messages::{
     CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
     DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest, FetchResponse,
     FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
-    InitProducerIdRequest, InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse,
-    LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse,
-    ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
-    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
-    ProduceRequest, ProduceResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
-    SaslHandshakeRequest, SaslHandshakeResponse, SyncGroupRequest, SyncGroupResponse,
+    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, InitProducerIdRequest,
+    InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
+    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
+    ShareAcknowledgeRequest, ShareAcknowledgeResponse, ShareFetchRequest, ShareFetchResponse,
+    ShareGroupDescribeRequest, ShareGroupDescribeResponse, ShareGroupHeartbeatRequest,
+    ShareGroupHeartbeatResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, StrBytes};
 
@@ -94,10 +97,19 @@ api! {
     // PRODUCER_FENCED. v5 is for transactions v2 (KIP-890).
     InitProducerIdRequest => InitProducerIdResponse, InitProducerId, 4;
     CreateTopicsRequest => CreateTopicsResponse, CreateTopics, 7;
+    // v1: flexible. Group configs (resource type GROUP, Kafka 4.0+) set share-group settings.
+    IncrementalAlterConfigsRequest => IncrementalAlterConfigsResponse, IncrementalAlterConfigs, 1;
     // v6 names topics by name or id in a new structure; names alone are enough for kafkit.
     DeleteTopicsRequest => DeleteTopicsResponse, DeleteTopics, 5;
     // v1: the mechanism's tokens travel in SaslAuthenticate requests (v0 sent them raw).
     SaslHandshakeRequest => SaslHandshakeResponse, SaslHandshake, 1;
     // v1 adds the session lifetime, v2 flexible encoding; kafkit reads neither.
     SaslAuthenticateRequest => SaslAuthenticateResponse, SaslAuthenticate, 2;
+    // Share groups (KIP-932). v1 is the first stable version (Kafka 4.1+; v0 was 4.0's early
+    // access, which brokers no longer offer); v2 (4.2) adds the RENEW acknowledgement and record-
+    // limited acquisition, which kafkit does not use.
+    ShareGroupHeartbeatRequest => ShareGroupHeartbeatResponse, ShareGroupHeartbeat, 1;
+    ShareFetchRequest => ShareFetchResponse, ShareFetch, 1;
+    ShareAcknowledgeRequest => ShareAcknowledgeResponse, ShareAcknowledge, 1;
+    ShareGroupDescribeRequest => ShareGroupDescribeResponse, ShareGroupDescribe, 1;
 }

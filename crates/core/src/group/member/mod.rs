@@ -40,7 +40,7 @@ mod heartbeat;
 mod join;
 mod ownership;
 mod reaction;
-mod reconcile;
+pub(crate) mod reconcile;
 
 use std::sync::Arc;
 
@@ -277,6 +277,6 @@ impl GroupMember {
     }
 }
 
-fn group_id(group: &str) -> GroupId {
+pub(crate) fn group_id(group: &str) -> GroupId {
     GroupId(StrBytes::from_string(group.to_owned()))
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::group::TopicPartition;
 
 /// The member epoch a member joins with (and rejoins with after being fenced).
-pub(super) const JOIN_EPOCH: i32 = 0;
+pub(crate) const JOIN_EPOCH: i32 = 0;
 
 /// One reconciliation step: revoke first (drained and committed, as a cooperative revocation),
 /// then assign. Partitions in both the owned set and the target stay untouched.
@@ -40,7 +40,7 @@ pub(super) fn plan(owned: &BTreeSet<TopicPartition>, target: &BTreeSet<TopicPart
 
 /// What the member does about an error code on a ConsumerGroupHeartbeat response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Reaction {
+pub(crate) enum Reaction {
     /// The broker no longer knows this member at its epoch: every owned partition is lost (no
     /// commit: another member may own it already), then the member rejoins at epoch 0 with the
     /// same member id, at once.
@@ -62,7 +62,7 @@ pub(super) enum Reaction {
 ///
 /// Java treats an unexpected retriable code in a response as fatal too; kafkit backs off on it
 /// (as its classic member does), which only matters for codes the broker does not send today.
-pub(super) fn react(error: ResponseError) -> Reaction {
+pub(crate) fn react(error: ResponseError) -> Reaction {
     match error {
         ResponseError::FencedMemberEpoch | ResponseError::UnknownMemberId => Reaction::Fenced,
         ResponseError::NotCoordinator | ResponseError::CoordinatorNotAvailable => Reaction::Retry {
@@ -84,7 +84,7 @@ pub(super) fn leave_epoch(static_member: bool) -> i32 {
 
 /// A target assignment by topic id, as partitions: those whose topic id `names` knows, and the ids
 /// it does not know yet (the caller looks them up and resolves again).
-pub(super) fn resolve(
+pub(crate) fn resolve(
     target: &[(Uuid, Vec<i32>)],
     names: &HashMap<Uuid, String>,
 ) -> (BTreeSet<TopicPartition>, Vec<Uuid>) {
@@ -104,7 +104,7 @@ pub(super) fn resolve(
 /// A member id as the Java client makes one (KIP-1082: the client generates it, a random UUID in
 /// Kafka's URL-safe base64 form), so that a member that retries its join after a lost response is
 /// the same member to the broker.
-pub(super) fn new_member_id() -> String {
+pub(crate) fn new_member_id() -> String {
     use base64::Engine;
     use std::hash::{BuildHasher, Hasher};
     let mut bytes = [0u8; 16];
