@@ -214,56 +214,18 @@ impl FailurePath {
         let mut parked_delays = self.retry.backoff().start();
         loop {
             attempt += 1;
-            let (permit, result) = match first.take() {
-                Some(error) => (None, Err(error)),
-                None => {
-                    let permit = self.admit().await;
-                    // The clock is read only when someone keeps the timings.
-                    let started = self.metrics.as_ref().map(|_| Instant::now());
-                    let result = catching(|| handler(record.clone()))
-                        .await
-                        .unwrap_or_else(|panic| Err(panic.into()));
-                    if let (Some(m), Some(started)) = (&self.metrics, started) {
-                        m.record_processed(record.topic(), started.elapsed());
-                    }
-                    (permit, result)
-                }
+            let permit = match first {
+                Some(_) => None,
+                None => self.admit().await,
             };
-            let error = match result {
-                Ok(()) => {
-                    if let Some(p) = permit {
-                        p.success();
-                    }
-                    return;
-                }
-                Err(e) => e,
+            let Err((error, retriable)) = self
+                .attempt(handler, record, first.take(), permit, attempt)
+                .await
+            else {
+                return;
             };
-            let retriable = self.retry.is_retriable(&*error.source);
-            if let Some(p) = permit {
-                if retriable {
-                    p.failure();
-                } else {
-                    drop(p);
-                }
-            }
-            if let Some(m) = &self.metrics {
-                m.record_failed(record.topic());
-            }
-            if error.is_panic() {
-                warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), attempt, panic = %error, "handler panicked; it goes through the failure path as a handler error");
-                if let Some(m) = &self.metrics {
-                    m.record_panicked(record.topic());
-                }
-            }
-            if retriable && self.downstream_down() {
-                // The breaker is open (this failure may have opened it) or probing: the downstream is
-                // down, not the record. The attempt does not count, or a record that happens to
-                // draw the probe a few times in one outage would be dead-lettered for it.
+            if retriable && self.waits_for_breaker(record, &error) {
                 attempt -= 1;
-                debug!(topic = record.topic(), partition = record.partition(), offset = record.offset(), error = %error, "handler failed while the circuit breaker is open; waiting for it");
-                if let Some(m) = &self.metrics {
-                    m.record_retried(record.topic());
-                }
                 continue;
             }
             match self.retry.decide(attempt, &*error.source) {
@@ -326,43 +288,21 @@ impl FailurePath {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
-            let (permit, result) = match first.take() {
-                Some(error) => (None, Err(error)),
-                None => {
-                    let Ok(permit) = tokio::time::timeout_at(deadline, self.admit()).await else {
-                        return Verdict::Release;
-                    };
-                    let started = self.metrics.as_ref().map(|_| Instant::now());
-                    let result = catching(|| handler(record.clone()))
-                        .await
-                        .unwrap_or_else(|panic| Err(panic.into()));
-                    if let (Some(m), Some(started)) = (&self.metrics, started) {
-                        m.record_processed(record.topic(), started.elapsed());
-                    }
-                    (permit, result)
-                }
+            let permit = match first {
+                Some(_) => None,
+                // The breaker's wait is bounded by the lock: past it the record is released.
+                None => match tokio::time::timeout_at(deadline, self.admit()).await {
+                    Ok(permit) => permit,
+                    Err(_) => return Verdict::Release,
+                },
             };
-            let error = match result {
-                Ok(()) => {
-                    if let Some(p) = permit {
-                        p.success();
-                    }
-                    return Verdict::Succeeded;
-                }
-                Err(e) => e,
+            let Err((error, retriable)) = self
+                .attempt(handler, record, first.take(), permit, attempt)
+                .await
+            else {
+                return Verdict::Succeeded;
             };
-            let retriable = self.retry.is_retriable(&*error.source);
-            if let Some(p) = permit {
-                if retriable {
-                    p.failure();
-                } else {
-                    drop(p);
-                }
-            }
-            if let Some(m) = &self.metrics {
-                m.record_failed(record.topic());
-            }
-            if retriable && self.downstream_down() {
+            if retriable && self.waits_for_breaker(record, &error) {
                 attempt -= 1;
                 continue;
             }
@@ -415,6 +355,76 @@ impl FailurePath {
             } => Verdict::Succeeded,
             _ => Verdict::Reject,
         }
+    }
+
+    /// One attempt of `handler` on `record`, admitted by the breaker with `permit` (or `first`, the
+    /// error of an attempt that already ran elsewhere, in a batch), with what every attempt gets:
+    /// the breaker told of its outcome, the timing and failure counted, a panic logged and counted.
+    /// A failure comes back with whether the retry policy calls it retriable.
+    async fn attempt(
+        &self,
+        handler: &HandlerFn,
+        record: &ConsumedRecord,
+        first: Option<HandlerError>,
+        permit: Option<kafkit_resilience::BreakerPermit>,
+        attempt: u32,
+    ) -> std::result::Result<(), (HandlerError, bool)> {
+        let result = match first {
+            Some(error) => Err(error),
+            None => {
+                // The clock is read only when someone keeps the timings.
+                let started = self.metrics.as_ref().map(|_| Instant::now());
+                let result = catching(|| handler(record.clone()))
+                    .await
+                    .unwrap_or_else(|panic| Err(panic.into()));
+                if let (Some(m), Some(started)) = (&self.metrics, started) {
+                    m.record_processed(record.topic(), started.elapsed());
+                }
+                result
+            }
+        };
+        let error = match result {
+            Ok(()) => {
+                if let Some(p) = permit {
+                    p.success();
+                }
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        let retriable = self.retry.is_retriable(&*error.source);
+        if let Some(p) = permit {
+            if retriable {
+                p.failure();
+            } else {
+                drop(p);
+            }
+        }
+        if let Some(m) = &self.metrics {
+            m.record_failed(record.topic());
+        }
+        if error.is_panic() {
+            warn!(topic = record.topic(), partition = record.partition(), offset = record.offset(), attempt, panic = %error, "handler panicked; it goes through the failure path as a handler error");
+            if let Some(m) = &self.metrics {
+                m.record_panicked(record.topic());
+            }
+        }
+        Err((error, retriable))
+    }
+
+    /// After a retriable failure: whether the breaker is open (this failure may have opened it) or
+    /// probing. Then the downstream is down, not the record, and the attempt does not count, or a
+    /// record that happens to draw the probe a few times in one outage would be dead-lettered (or
+    /// released) for it.
+    fn waits_for_breaker(&self, record: &ConsumedRecord, error: &HandlerError) -> bool {
+        if !self.downstream_down() {
+            return false;
+        }
+        debug!(topic = record.topic(), partition = record.partition(), offset = record.offset(), error = %error, "handler failed while the circuit breaker is open; waiting for it");
+        if let Some(m) = &self.metrics {
+            m.record_retried(record.topic());
+        }
+        true
     }
 
     /// Whether the breaker (if any) is anything but closed.
