@@ -117,6 +117,13 @@ pub trait ConsumerListener: Send + Sync + 'static {
         let _ = partitions;
     }
 
+    /// A revocation of these partitions begins: their records stop being handed out, and the
+    /// consumer waits (up to `revoke_timeout`) for those in flight before committing and releasing
+    /// them. The exactly-once mode ([`Consumer::run_transform`]) aborts its open transaction here.
+    fn revoking(&self, partitions: &[TopicPartition]) {
+        let _ = partitions;
+    }
+
     /// Partitions released after a revocation, once their final commit was attempted.
     fn revoked(&self, partitions: &[TopicPartition]) {
         let _ = partitions;

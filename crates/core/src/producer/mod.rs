@@ -787,7 +787,41 @@ impl Producer {
             })?
             .map_err(|_| Error::Closed { what: "producer" })?;
         let topic = self.topic(&record.topic).await?;
+        if let Some(txn) = &inner.shared.txn {
+            // The record joins the transaction open now, which must be the one it was sent in:
+            // commit and abort wait for waiting sends before they end it.
+            txn.check_send()?;
+        }
         self.append(topic, record, permit)
+    }
+
+    /// Waits until every send called so far that had to wait (metadata, buffer room) has appended
+    /// its record (or failed), so a commit or an abort covers it. Up to `max.block.ms`.
+    async fn sends_appended(&self, operation: &'static str, id: &str) -> Result<()> {
+        let inner = &self.inner;
+        let issued = inner.gate.lock().issued;
+        let wait = async {
+            loop {
+                let moved = inner.gate_moved.notified();
+                tokio::pin!(moved);
+                moved.as_mut().enable();
+                if inner.gate.lock().done >= issued {
+                    return;
+                }
+                moved.await;
+            }
+        };
+        tokio::time::timeout(inner.settings.max_block, wait)
+            .await
+            .map_err(|_| Error::Transaction {
+                transactional_id: id.to_owned(),
+                operation,
+                kind: TransactionErrorKind::Timeout,
+                reason: format!(
+                    "sends called before it were still waiting to append their records after                      max.block.ms ({:?}): await or spawn the futures `send` returned",
+                    inner.settings.max_block
+                ),
+            })
     }
 
     /// Appends `record` to its partition's batch.
@@ -930,24 +964,25 @@ impl Producer {
             .await
     }
 
-    /// Commits the open transaction: flushes, and once every record is acknowledged ends the
-    /// transaction (EndTxn). If a record failed, nothing is committed and the error is
+    /// Commits the open transaction: waits for the sends called before it to append their records
+    /// (a send that found no metadata or buffer room appends when its future runs: await or spawn
+    /// it), flushes, and once every record is acknowledged ends the transaction (EndTxn). If a record failed, nothing is committed and the error is
     /// [`TransactionErrorKind::Abortable`]: call [`abort_transaction`](Self::abort_transaction).
     /// A [`TransactionErrorKind::Timeout`] may be retried by calling this again. Java's
     /// `commitTransaction`.
     pub async fn commit_transaction(&self) -> Result<()> {
-        self.transactions("commit_transaction")?
-            .commit(&self.inner.shared)
-            .await
+        let txn = self.transactions("commit_transaction")?;
+        self.sends_appended("commit_transaction", txn.id()).await?;
+        txn.commit(&self.inner.shared).await
     }
 
-    /// Aborts the open transaction: records not yet sent fail (their `send` returns an abortable
-    /// error), records in flight are waited for, then the coordinator writes the abort markers;
+    /// Aborts the open transaction: once the sends called before it appended their records (as
+    /// for a commit), records not yet sent fail (their `send` returns an abortable error), records in flight are waited for, then the coordinator writes the abort markers;
     /// read_committed consumers skip every record of it. Java's `abortTransaction`.
     pub async fn abort_transaction(&self) -> Result<()> {
-        self.transactions("abort_transaction")?
-            .abort(&self.inner.shared)
-            .await
+        let txn = self.transactions("abort_transaction")?;
+        self.sends_appended("abort_transaction", txn.id()).await?;
+        txn.abort(&self.inner.shared).await
     }
 
     /// The `transactional.id`, if the producer is transactional.

@@ -1,0 +1,418 @@
+//! The transactional producer against a real broker: read_committed readers (kafkit's consumer
+//! and Java's) see committed transactions whole and aborted ones not at all, read_uncommitted
+//! readers see both and no control record as a record; a second producer with the same
+//! transactional id fences the first; offsets sent to a transaction count only if it commits.
+//! Transaction version 2 (KIP-890) is used where the broker finalizes it (Kafka 4.x), version 1
+//! otherwise (`KAFKIT_KAFKA_VERSION=3.9.1`).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafkit::consumer::{ConsumerBuilder, OffsetReset};
+use kafkit::group::{ConsumerGroupMetadata, TopicPartition};
+use kafkit::{Error, Producer, ProducerBuilder, ProducerRecord, TransactionErrorKind};
+use kafkit_integration_tests::support::{client, committed, eventually, test_group};
+use kafkit_testkit::{create_topic, java_source, random_name, shared};
+use parking_lot::Mutex;
+
+const LIMIT: Duration = Duration::from_secs(60);
+const PARTITIONS: i32 = 3;
+
+/// kafkit's warnings (or what RUST_LOG asks for) in the output of a failing test.
+fn logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("kafkit_core=warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+async fn transactional(bootstrap: &str, id: &str) -> Producer {
+    logs();
+    let producer = ProducerBuilder::new(client(bootstrap))
+        .transactional_id(id)
+        .max_block(Duration::from_secs(20))
+        .build()
+        .await
+        .expect("producer connects");
+    tokio::time::timeout(LIMIT, producer.init_transactions())
+        .await
+        .expect("init_transactions in time")
+        .expect("init_transactions");
+    producer
+}
+
+/// Sends `values` (keyed by their index, so they spread over the partitions) in the open
+/// transaction, each send on its own task (running, as a send must before the commit waits for
+/// it); returns the tasks.
+fn send_all(
+    producer: &Producer,
+    topic: &str,
+    values: Vec<String>,
+) -> Vec<tokio::task::JoinHandle<kafkit::Result<kafkit::Delivery>>> {
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            tokio::spawn(producer.send(ProducerRecord::new(topic, v).key(format!("k-{i}"))))
+        })
+        .collect()
+}
+
+fn values(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+/// The values Java's consumer reads from `topic` with `isolation` (read_committed or
+/// read_uncommitted), from the beginning to the end.
+async fn java_read(bootstrap: &str, topic: &str, isolation: &str) -> Vec<String> {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("java/IsolatedRead.java");
+    let out = java_source(
+        &source,
+        &[bootstrap, topic, isolation],
+        Duration::from_secs(120),
+    )
+    .await
+    .expect("java runs");
+    assert!(
+        out.success,
+        "IsolatedRead {isolation} failed: {}",
+        out.stderr
+    );
+    let mut lines: Vec<&str> = out.stdout.lines().collect();
+    let last = lines.pop().unwrap_or_default();
+    let count: usize = last
+        .strip_prefix("read ")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected IsolatedRead output: {}", out.stdout));
+    let values: Vec<String> = lines
+        .iter()
+        .map(|l| l.splitn(3, ' ').nth(2).unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(values.len(), count);
+    values
+}
+
+/// The values kafkit's consumer (read_committed) hands out from `topic`, once `expected` arrived
+/// and a further second brought nothing more.
+async fn kafkit_read(bootstrap: &str, topic: &str, expected: usize) -> Vec<String> {
+    let group = random_name("txn-reader");
+    let consumer = ConsumerBuilder::new(client(bootstrap), test_group(&group, topic))
+        .auto_offset_reset(OffsetReset::Earliest)
+        .revoke_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let handled = Arc::clone(&seen);
+    let run = tokio::spawn(consumer.run(move |record| {
+        let handled = Arc::clone(&handled);
+        async move {
+            let value = String::from_utf8_lossy(record.value().unwrap_or_default()).into_owned();
+            handled.lock().push(value);
+            Ok::<_, std::io::Error>(())
+        }
+    }));
+    eventually(LIMIT, &format!("{expected} records read"), || {
+        seen.lock().len() >= expected
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.shutdown();
+    tokio::time::timeout(LIMIT, run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let seen = seen.lock().clone();
+    seen
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_transactions_are_read_whole_and_aborted_ones_only_read_uncommitted() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("txn-visibility");
+    create_topic(&bootstrap, &topic, PARTITIONS, 1)
+        .await
+        .unwrap();
+    let producer = transactional(&bootstrap, &random_name("txn-id")).await;
+
+    // 1: committed. Sends resolve once the commit's flush has them acknowledged.
+    producer.begin_transaction().await.unwrap();
+    let sends = send_all(&producer, &topic, values("committed-1", 30));
+    producer.commit_transaction().await.unwrap();
+    for send in sends {
+        send.await
+            .unwrap()
+            .expect("a committed record is acknowledged");
+    }
+
+    // 2: written (flushed), then aborted: in the log, but under an ABORT marker.
+    producer.begin_transaction().await.unwrap();
+    let sends = send_all(&producer, &topic, values("aborted-2", 30));
+    producer.flush().await.unwrap();
+    producer.abort_transaction().await.unwrap();
+    for send in sends {
+        send.await
+            .unwrap()
+            .expect("flushed before the abort: written");
+    }
+
+    // 3: aborted at once: records not yet sent fail as aborted, the others were written.
+    producer.begin_transaction().await.unwrap();
+    let sends = send_all(&producer, &topic, values("aborted-3", 30));
+    producer.abort_transaction().await.unwrap();
+    let mut written_3 = Vec::new();
+    for (i, send) in sends.into_iter().enumerate() {
+        match send.await.unwrap() {
+            Ok(_) => written_3.push(format!("aborted-3-{i}")),
+            Err(e) => assert_eq!(
+                e.transaction_kind(),
+                Some(TransactionErrorKind::Abortable),
+                "{e}"
+            ),
+        }
+    }
+
+    // 4: committed.
+    producer.begin_transaction().await.unwrap();
+    let sends = send_all(&producer, &topic, values("committed-4", 30));
+    producer.commit_transaction().await.unwrap();
+    for send in sends {
+        send.await.unwrap().unwrap();
+    }
+    producer.close().await.unwrap();
+
+    let committed: Vec<String> = sorted(
+        values("committed-1", 30)
+            .into_iter()
+            .chain(values("committed-4", 30))
+            .collect(),
+    );
+    let everything_written = sorted(
+        committed
+            .iter()
+            .cloned()
+            .chain(values("aborted-2", 30))
+            .chain(written_3)
+            .collect(),
+    );
+    assert_eq!(
+        sorted(java_read(&bootstrap, &topic, "read_committed").await),
+        committed,
+        "Java read_committed: the committed transactions, whole"
+    );
+    assert_eq!(
+        sorted(java_read(&bootstrap, &topic, "read_uncommitted").await),
+        everything_written,
+        "Java read_uncommitted: every record written, no control record"
+    );
+    assert_eq!(
+        sorted(kafkit_read(&bootstrap, &topic, committed.len()).await),
+        committed,
+        "kafkit (read_committed) agrees with Java"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_producer_with_the_same_transactional_id_fences_the_first() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("txn-fencing");
+    create_topic(&bootstrap, &topic, PARTITIONS, 1)
+        .await
+        .unwrap();
+    let id = random_name("txn-id");
+    let first = transactional(&bootstrap, &id).await;
+    first.begin_transaction().await.unwrap();
+    let sends = send_all(&first, &topic, values("first-committed", 10));
+    first.commit_transaction().await.unwrap();
+    for send in sends {
+        send.await.unwrap().unwrap();
+    }
+
+    // The first producer opens a transaction and writes; then the second one initializes.
+    first.begin_transaction().await.unwrap();
+    let zombie = send_all(&first, &topic, values("zombie", 10));
+    first.flush().await.unwrap();
+    let second = transactional(&bootstrap, &id).await;
+
+    let error = tokio::time::timeout(LIMIT, first.commit_transaction())
+        .await
+        .expect("commit answers in time")
+        .expect_err("the fenced producer cannot commit");
+    assert_eq!(
+        error.transaction_kind(),
+        Some(TransactionErrorKind::Fenced),
+        "{error}"
+    );
+    assert!(error.to_string().contains("fenced"), "{error}");
+    // Fatal: every later call fails the same way.
+    let again = first.begin_transaction().await.unwrap_err();
+    assert_eq!(again.transaction_kind(), Some(TransactionErrorKind::Fenced));
+    assert!(matches!(
+        first.send(ProducerRecord::new(&topic, "late")).await,
+        Err(Error::Transaction { .. })
+    ));
+    for send in zombie {
+        // Flushed before the fencing: written, then aborted by the coordinator.
+        send.await.unwrap().unwrap();
+    }
+
+    second.begin_transaction().await.unwrap();
+    let sends = send_all(&second, &topic, values("second-committed", 10));
+    second.commit_transaction().await.unwrap();
+    for send in sends {
+        send.await.unwrap().unwrap();
+    }
+
+    let expected = sorted(
+        values("first-committed", 10)
+            .into_iter()
+            .chain(values("second-committed", 10))
+            .collect(),
+    );
+    assert_eq!(
+        sorted(kafkit_read(&bootstrap, &topic, expected.len()).await),
+        expected,
+        "the zombie's transaction was aborted"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_sent_to_a_transaction_are_committed_only_when_it_commits() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("txn-offsets");
+    let output = random_name("txn-offsets-out");
+    create_topic(&bootstrap, &topic, PARTITIONS, 1)
+        .await
+        .unwrap();
+    create_topic(&bootstrap, &output, 1, 1).await.unwrap();
+    let group = random_name("txn-offsets-g");
+    let metadata = ConsumerGroupMetadata::standalone(&group);
+    let producer = transactional(&bootstrap, &random_name("txn-id")).await;
+    let tp = |p| TopicPartition::new(&topic, p);
+
+    producer.begin_transaction().await.unwrap();
+    let _ = send_all(&producer, &output, values("out-aborted", 3));
+    producer
+        .send_offsets_to_transaction([(tp(0), 5), (tp(1), 6)], &metadata)
+        .await
+        .unwrap();
+    producer.abort_transaction().await.unwrap();
+    assert_eq!(
+        committed(&bootstrap, &group, &topic, PARTITIONS).await,
+        BTreeMap::new(),
+        "an aborted transaction commits no offsets"
+    );
+
+    producer.begin_transaction().await.unwrap();
+    let sends = send_all(&producer, &output, values("out-committed", 3));
+    producer
+        .send_offsets_to_transaction([(tp(0), 7), (tp(2), 9)], &metadata)
+        .await
+        .unwrap();
+    producer.commit_transaction().await.unwrap();
+    for send in sends {
+        send.await.unwrap().unwrap();
+    }
+    assert_eq!(
+        committed(&bootstrap, &group, &topic, PARTITIONS).await,
+        BTreeMap::from([(0, 7), (2, 9)]),
+        "a committed transaction commits its offsets"
+    );
+
+    // Offsets alone (no record) are a transaction too.
+    producer.begin_transaction().await.unwrap();
+    producer
+        .send_offsets_to_transaction([(tp(1), 3)], &metadata)
+        .await
+        .unwrap();
+    producer.commit_transaction().await.unwrap();
+    assert_eq!(
+        committed(&bootstrap, &group, &topic, PARTITIONS).await,
+        BTreeMap::from([(0, 7), (1, 3), (2, 9)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_out_of_order_and_bad_settings_get_clear_errors() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("txn-misuse");
+    create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
+
+    let refused = ProducerBuilder::new(client(&bootstrap))
+        .transactional_id("t")
+        .idempotence(false)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("enable.idempotence"),
+        "{refused}"
+    );
+    let refused = ProducerBuilder::new(client(&bootstrap))
+        .transactional_id("t")
+        .transaction_timeout(Duration::ZERO)
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("transaction.timeout.ms"),
+        "{refused}"
+    );
+
+    let plain = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let error = plain.begin_transaction().await.unwrap_err();
+    assert_eq!(
+        error.transaction_kind(),
+        Some(TransactionErrorKind::InvalidState)
+    );
+    assert!(error.to_string().contains("no transactional.id"), "{error}");
+
+    let producer = ProducerBuilder::new(client(&bootstrap))
+        .transactional_id(random_name("txn-id"))
+        .build()
+        .await
+        .unwrap();
+    let before_init = producer.begin_transaction().await.unwrap_err();
+    assert!(
+        before_init.to_string().contains("init_transactions"),
+        "{before_init}"
+    );
+    producer.init_transactions().await.unwrap();
+    let outside = producer
+        .send(ProducerRecord::new(&topic, "outside"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        outside.transaction_kind(),
+        Some(TransactionErrorKind::InvalidState)
+    );
+    assert!(
+        outside.to_string().contains("begin_transaction"),
+        "{outside}"
+    );
+    let commit_outside = producer.commit_transaction().await.unwrap_err();
+    assert_eq!(
+        commit_outside.transaction_kind(),
+        Some(TransactionErrorKind::InvalidState)
+    );
+    // An empty transaction commits without asking the coordinator anything.
+    producer.begin_transaction().await.unwrap();
+    producer.commit_transaction().await.unwrap();
+    assert!(producer.transactional_id().is_some());
+    assert_eq!(plain.transactional_id(), None);
+}
