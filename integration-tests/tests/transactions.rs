@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kafkit::consumer::{ConsumerBuilder, OffsetReset};
+use kafkit::consumer::{ConsumerBuilder, OffsetReset, TransformConfig};
 use kafkit::group::{ConsumerGroupMetadata, TopicPartition};
 use kafkit::{Error, Producer, ProducerBuilder, ProducerRecord, TransactionErrorKind};
 use kafkit_integration_tests::support::{client, committed, eventually, test_group};
@@ -415,4 +415,159 @@ async fn calls_out_of_order_and_bad_settings_get_clear_errors() {
     producer.commit_transaction().await.unwrap();
     assert!(producer.transactional_id().is_some());
     assert_eq!(plain.transactional_id(), None);
+}
+
+/// One exactly-once member: consumes `input` in `group`, writes "<partition>-<offset>" of each
+/// input record to `output` in transactions of transactional id `id`. Counts handled records in
+/// `handled`. Returns its shutdown handle and task (abort the task to kill it: no leave, no abort).
+async fn eos_member(
+    bootstrap: &str,
+    group: &str,
+    input: &str,
+    output: &str,
+    id: &str,
+    handled: Arc<std::sync::atomic::AtomicUsize>,
+) -> (
+    kafkit::consumer::ShutdownHandle,
+    tokio::task::JoinHandle<kafkit::Result<kafkit::consumer::ShutdownReport>>,
+) {
+    let producer = ProducerBuilder::new(client(bootstrap))
+        .transactional_id(id)
+        .transaction_timeout(Duration::from_secs(10))
+        .max_block(Duration::from_secs(20))
+        .build()
+        .await
+        .unwrap();
+    let consumer = ConsumerBuilder::new(client(bootstrap), test_group(group, input))
+        .auto_offset_reset(OffsetReset::Earliest)
+        .revoke_timeout(Duration::from_secs(10))
+        .build()
+        .await
+        .unwrap();
+    let stop = consumer.shutdown_handle();
+    let output = output.to_owned();
+    let config = TransformConfig::new(producer).max_records(50);
+    let task = tokio::spawn(consumer.run_transform(config, move |records| {
+        let output = output.clone();
+        let handled = Arc::clone(&handled);
+        async move {
+            handled.fetch_add(records.len(), std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, std::io::Error>(
+                records
+                    .iter()
+                    .map(|r| {
+                        ProducerRecord::new(&output, format!("{}-{}", r.partition(), r.offset()))
+                    })
+                    .collect(),
+            )
+        }
+    }));
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_through_a_member_kill_and_rebalances() {
+    logs();
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let input = random_name("eos-in");
+    let output = random_name("eos-out");
+    create_topic(&bootstrap, &input, 4, 1).await.unwrap();
+    create_topic(&bootstrap, &output, 2, 1).await.unwrap();
+    const N: usize = 800;
+    let plain = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let sends: Vec<_> = (0..N)
+        .map(|i| plain.send(ProducerRecord::new(&input, format!("in-{i}")).key(format!("k-{i}"))))
+        .collect();
+    let mut expected = Vec::new();
+    for d in futures::future::join_all(sends).await {
+        let d = d.unwrap();
+        expected.push(format!("{}-{}", d.partition, d.offset));
+    }
+
+    let group = random_name("eos-g");
+    let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = || handled.load(std::sync::atomic::Ordering::Relaxed);
+    let (_a_stop, a) = eos_member(
+        &bootstrap,
+        &group,
+        &input,
+        &output,
+        "eos-a",
+        Arc::clone(&handled),
+    )
+    .await;
+    let (b_stop, b) = eos_member(
+        &bootstrap,
+        &group,
+        &input,
+        &output,
+        "eos-b",
+        Arc::clone(&handled),
+    )
+    .await;
+
+    // Kill A mid-stream (no leave, transaction left open), then restart it under the same id,
+    // which fences the dead one and aborts its transaction.
+    eventually(LIMIT, "a quarter handled", || progress() >= N / 4).await;
+    a.abort();
+    let _ = a.await;
+    let (a_stop, a) = eos_member(
+        &bootstrap,
+        &group,
+        &input,
+        &output,
+        "eos-a",
+        Arc::clone(&handled),
+    )
+    .await;
+
+    // A third member joins and leaves: two more rebalances.
+    eventually(LIMIT, "half handled", || progress() >= N / 2).await;
+    let (c_stop, c) = eos_member(
+        &bootstrap,
+        &group,
+        &input,
+        &output,
+        "eos-c",
+        Arc::clone(&handled),
+    )
+    .await;
+    eventually(LIMIT, "three quarters handled", || progress() >= 3 * N / 4).await;
+    c_stop.shutdown();
+    tokio::time::timeout(LIMIT, c)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    let seen = kafkit_read(&bootstrap, &output, N).await;
+    a_stop.shutdown();
+    b_stop.shutdown();
+    for task in [a, b] {
+        tokio::time::timeout(LIMIT, task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in &seen {
+        *counts.entry(v.as_str()).or_default() += 1;
+    }
+    let duplicates: Vec<_> = counts.iter().filter(|&(_, &n)| n > 1).collect();
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|e| !counts.contains_key(e.as_str()))
+        .collect();
+    assert!(duplicates.is_empty(), "outputs seen twice: {duplicates:?}");
+    assert!(missing.is_empty(), "inputs without output: {missing:?}");
+    assert_eq!(seen.len(), N);
+    assert!(
+        progress() >= N,
+        "handled {} for {N} inputs (more: retried or aborted batches)",
+        progress()
+    );
 }

@@ -119,7 +119,10 @@ impl ConsumerListener for Listener {
         }
     }
     fn revoking(&self, partitions: &[TopicPartition]) {
-        self.gone.partitions.lock().extend(partitions.iter().cloned());
+        self.gone
+            .partitions
+            .lock()
+            .extend(partitions.iter().cloned());
         if let Some(u) = &self.user {
             u.revoking(partitions);
         }
@@ -130,7 +133,10 @@ impl ConsumerListener for Listener {
         }
     }
     fn lost(&self, partitions: &[TopicPartition]) {
-        self.gone.partitions.lock().extend(partitions.iter().cloned());
+        self.gone
+            .partitions
+            .lock()
+            .extend(partitions.iter().cloned());
         if let Some(u) = &self.user {
             u.lost(partitions);
         }
@@ -234,7 +240,11 @@ where
             let tp = TopicPartition::new(r.topic(), r.partition());
             if gone.contains(&tp) {
                 drop(record); // handed back: the partition's next owner reads it
-            } else if self.done_up_to.get(&tp).is_some_and(|&done| r.offset() < done) {
+            } else if self
+                .done_up_to
+                .get(&tp)
+                .is_some_and(|&done| r.offset() < done)
+            {
                 duplicates.push(record);
             } else {
                 keep.push(record);
@@ -242,7 +252,10 @@ where
         }
         drop(gone);
         if !duplicates.is_empty() {
-            debug!(records = duplicates.len(), "records already committed by this consumer: acked");
+            debug!(
+                records = duplicates.len(),
+                "records already committed by this consumer: acked"
+            );
             StreamRecord::ack_all(duplicates);
         }
         keep
