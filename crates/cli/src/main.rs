@@ -3,6 +3,7 @@
 //! # Layout
 //! - `consumer`: `kafkit verifiable-consumer`, Apache Kafka's VerifiableConsumer contract.
 //! - `producer`: `kafkit verifiable-producer`, Apache Kafka's VerifiableProducer contract.
+//! - `copier`: `kafkit transactional-message-copier`, Apache Kafka's TransactionalMessageCopier.
 //! - `diag`: `kafkit diag`: reachability, brokers, controller, API versions, topic health, a verdict.
 //! - `topics`: `kafkit topics list / describe / create / delete`.
 //! - `produce` / `consume`: lines of stdin to a topic, records of topics to stdout.
@@ -21,6 +22,7 @@
 mod common;
 mod consume;
 mod consumer;
+mod copier;
 mod diag;
 mod events;
 mod group;
@@ -51,6 +53,9 @@ enum Command {
     VerifiableConsumer(consumer::ConsumerArgs),
     /// Produce increasing integers and print each acknowledgement as JSON (Kafka's VerifiableProducer).
     VerifiableProducer(producer::ProducerArgs),
+    /// Copy a topic to another in transactions with the consumed offsets (Kafka's
+    /// TransactionalMessageCopier).
+    TransactionalMessageCopier(copier::CopierArgs),
     /// Check a cluster: reachability, brokers, controller, API versions, topic health; a verdict.
     Diag(diag::DiagArgs),
     /// Manage topics: `list`, `describe`, `create`, `delete`.
@@ -186,6 +191,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::VerifiableConsumer(args) => consumer::run(args).await,
             Command::VerifiableProducer(args) => producer::run(args).await,
+            Command::TransactionalMessageCopier(args) => copier::run(args).await,
             Command::Diag(args) => diag::run(args).await,
             Command::Topics(args) => topics::run(args).await,
             Command::Produce(args) => produce::run(args).await,
