@@ -5,7 +5,7 @@
 //! Transaction version 2 (KIP-890) is used where the broker finalizes it (Kafka 4.x), version 1
 //! otherwise (`KAFKIT_KAFKA_VERSION=3.9.1`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -570,4 +570,147 @@ async fn exactly_once_through_a_member_kill_and_rebalances() {
         "handled {} for {N} inputs (more: retried or aborted batches)",
         progress()
     );
+}
+
+/// A `kafkit transactional-message-copier` process; its stdout lines are collected.
+struct Copier {
+    child: tokio::process::Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Copier {
+    fn start(bootstrap: &str, group: &str, input: &str, output: &str, id: &str) -> Copier {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+        let mut child = tokio::process::Command::new(kafkit_integration_tests::kafkit_bin())
+            .args([
+                "transactional-message-copier",
+                "--broker-list",
+                bootstrap,
+                "--input-topic",
+                input,
+                "--input-partition",
+                "0",
+                "--output-topic",
+                output,
+                "--transactional-id",
+                id,
+                "--consumer-group",
+                group,
+                "--transaction-size",
+                "50",
+                "--transaction-timeout",
+                "10000",
+                "--group-mode",
+                "--use-group-metadata",
+                "--enable-random-aborts",
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the kafkit binary starts");
+        let lines: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stderr: Arc<Mutex<String>> = Arc::default();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let into = Arc::clone(&lines);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = out.next_line().await {
+                into.lock().push(line);
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let into = Arc::clone(&stderr);
+        tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text).await;
+            into.lock().push_str(&text);
+        });
+        Copier {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// `totalProcessed` of the last progress line.
+    fn processed(&self) -> u64 {
+        self.lines
+            .lock()
+            .iter()
+            .rev()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .and_then(|v| v["totalProcessed"].as_u64())
+            .unwrap_or(0)
+    }
+
+    async fn kill(mut self) {
+        self.child.start_kill().unwrap();
+        let _ = self.child.wait().await;
+    }
+
+    async fn finish(mut self) -> Vec<String> {
+        let status = tokio::time::timeout(LIMIT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the copier did not finish: {}", self.stderr.lock()))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(status.success(), "copier failed: {}", self.stderr.lock());
+        self.lines.lock().clone()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_copiers_killed_and_restarted_copy_every_record_once() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let input = random_name("copier-in");
+    let output = random_name("copier-out");
+    create_topic(&bootstrap, &input, 3, 1).await.unwrap();
+    create_topic(&bootstrap, &output, 3, 1).await.unwrap();
+    const N: usize = 600;
+    let plain = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let sends: Vec<_> = (0..N)
+        .map(|i| plain.send(ProducerRecord::new(&input, format!("in-{i}")).key(format!("k-{i}"))))
+        .collect();
+    for d in futures::future::join_all(sends).await {
+        d.unwrap();
+    }
+    let group = random_name("copier-g");
+    let start = |id: &str| Copier::start(&bootstrap, &group, &input, &output, id);
+
+    let c0 = start("copier-0");
+    let c1 = start("copier-1");
+    eventually(LIMIT, "copier-0 copied 100", || c0.processed() >= 100).await;
+    c0.kill().await;
+    let c0 = start("copier-0");
+    eventually(LIMIT, "copier-1 copied 100", || c1.processed() >= 100).await;
+    c1.kill().await;
+    let c1 = start("copier-1");
+
+    let lines = c0.finish().await;
+    c1.finish().await;
+    let events: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let stages: BTreeSet<&str> = events.iter().filter_map(|e| e["stage"].as_str()).collect();
+    assert!(
+        stages.contains("ProcessLoop") && stages.contains("ShutdownComplete"),
+        "{stages:?}"
+    );
+    for e in &events {
+        assert_eq!(e["transactionalId"], "copier-0", "{e}");
+        for field in ["time", "totalProcessed", "consumed", "remaining"] {
+            assert!(!e[field].is_null(), "{field} missing: {e}");
+        }
+    }
+    assert_eq!(events.last().unwrap()["remaining"], 0);
+
+    let seen = sorted(kafkit_read(&bootstrap, &output, N).await);
+    let expected = sorted((0..N).map(|i| format!("in-{i}")).collect());
+    assert_eq!(seen, expected, "every input record copied exactly once");
 }
