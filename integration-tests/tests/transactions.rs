@@ -668,7 +668,7 @@ async fn two_copiers_killed_and_restarted_copy_every_record_once() {
     let output = random_name("copier-out");
     create_topic(&bootstrap, &input, 3, 1).await.unwrap();
     create_topic(&bootstrap, &output, 3, 1).await.unwrap();
-    const N: usize = 600;
+    const N: usize = 300;
     let plain = ProducerBuilder::new(client(&bootstrap))
         .build()
         .await
@@ -684,10 +684,10 @@ async fn two_copiers_killed_and_restarted_copy_every_record_once() {
 
     let c0 = start("copier-0");
     let c1 = start("copier-1");
-    eventually(LIMIT, "copier-0 copied 100", || c0.processed() >= 100).await;
+    eventually(LIMIT, "copier-0 copied 50", || c0.processed() >= 50).await;
     c0.kill().await;
     let c0 = start("copier-0");
-    eventually(LIMIT, "copier-1 copied 100", || c1.processed() >= 100).await;
+    eventually(LIMIT, "copier-1 copied 50", || c1.processed() >= 50).await;
     c1.kill().await;
     let c1 = start("copier-1");
 

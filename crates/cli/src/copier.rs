@@ -18,6 +18,7 @@ use std::time::Duration;
 use clap::Args;
 use kafkit::consumer::{ConsumerBuilder, ConsumerListener, OffsetReset, TransformConfig};
 use kafkit::group::{GroupConfig, TopicPartition};
+use kafkit::resilience::BackoffPolicy;
 use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord, admin};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -249,7 +250,18 @@ pub(crate) async fn run(args: CopierArgs) -> Result<(), Failure> {
     let output = args.output_topic.clone();
     let random_aborts = args.enable_random_aborts;
     let counted = Arc::clone(&progress);
-    let config = TransformConfig::new(producer).max_records(args.transaction_size);
+    // A random abort runs its batch again at once, as the Java tool's does (it only resets the
+    // consumer's position): a short, flat backoff.
+    let retry = BackoffPolicy::new(
+        Duration::from_millis(10),
+        Duration::from_millis(50),
+        2.0,
+        0.2,
+    )
+    .map_err(kafkit::Error::from)?;
+    let config = TransformConfig::new(producer)
+        .max_records(args.transaction_size)
+        .retry_backoff(retry);
     let mut run = tokio::spawn(consumer.run_transform(config, move |records| {
         let output = output.clone();
         let counted = Arc::clone(&counted);
