@@ -850,6 +850,9 @@ impl Producer {
         if appended.wake {
             inner.shared.wake(appended.leader);
         }
+        if let Some(txn) = &inner.shared.txn {
+            txn.note_appended();
+        }
         Ok(Appended {
             topic,
             partition,

@@ -610,10 +610,14 @@ fn outcome(
             reason: reason(),
         },
         // A batch of an epoch the partition has left: it gets the new epoch when it is retried.
-        Some(ResponseError::InvalidProducerEpoch) => Outcome::Retry {
-            leader_moved: false,
-            reason: reason(),
-        },
+        // CONCURRENT_TRANSACTIONS: under transaction version 2 the partition is being added while
+        // the coordinator still completes the previous transaction; retried, as Java does.
+        Some(ResponseError::InvalidProducerEpoch | ResponseError::ConcurrentTransactions) => {
+            Outcome::Retry {
+                leader_moved: false,
+                reason: reason(),
+            }
+        }
         Some(e) if e.is_retriable() => Outcome::Retry {
             leader_moved: false,
             reason: reason(),

@@ -93,7 +93,8 @@ impl Op {
 struct Machine {
     id: String,
     state: State,
-    /// Something was sent or offsets were added in the open transaction: EndTxn is needed.
+    /// The coordinator knows of the open transaction (a partition or the offsets were added,
+    /// explicitly under version 1, by a record appended under version 2): EndTxn is needed.
     started: bool,
 }
 
@@ -154,9 +155,6 @@ impl Machine {
             }
             (State::Aborting, _) => return Err(invalid("aborting (repeat abort_transaction)")),
         };
-        if op == Op::Send || op == Op::SendOffsets {
-            self.started = true;
-        }
         self.state = next;
         Ok(())
     }
@@ -311,6 +309,19 @@ impl Transactions {
     /// Whether a record may be sent now (the open transaction takes it).
     pub(super) fn check_send(&self) -> Result<()> {
         self.machine.lock().start(Op::Send)
+    }
+
+    /// A record was appended to the open transaction: under version 2 its ProduceRequest adds
+    /// the partition, so the coordinator will know of the transaction.
+    pub(super) fn note_appended(&self) {
+        if self.tv2() {
+            self.machine.lock().started = true;
+        }
+    }
+
+    /// The coordinator added a partition or a group to the open transaction.
+    fn note_added(&self) {
+        self.machine.lock().started = true;
     }
 
     /// A failure outside a call (a partition that could not be added): ends the transaction or
@@ -523,6 +534,7 @@ impl Transactions {
             .await;
         match result {
             Ok(_) => {
+                self.note_added();
                 debug!(transactional_id = %self.settings.id, partitions = ?tps, "partitions added to the transaction");
                 Ok(())
             }
@@ -576,6 +588,7 @@ impl Transactions {
                     |r| r.error_code,
                 )
                 .await?;
+                self.note_added();
             }
             let mut topics: std::collections::BTreeMap<&str, Vec<TxnOffsetCommitRequestPartition>> =
                 Default::default();
@@ -622,6 +635,8 @@ impl Transactions {
                 },
             )
             .await?;
+            // Under version 2 the commit itself added the group.
+            self.note_added();
             debug!(transactional_id = %self.settings.id, group = %group.group_id,
                 generation = group.generation_id, partitions = offsets.len(), "offsets added to the transaction");
             Ok(())
