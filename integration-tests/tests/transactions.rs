@@ -129,8 +129,7 @@ async fn kafkit_read(bootstrap: &str, topic: &str, expected: usize) -> Vec<Strin
         .unwrap()
         .unwrap()
         .unwrap();
-    let seen = seen.lock().clone();
-    seen
+    seen.lock().clone()
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
