@@ -713,3 +713,70 @@ async fn two_copiers_killed_and_restarted_copy_every_record_once() {
     let expected = sorted((0..N).map(|i| format!("in-{i}")).collect());
     assert_eq!(seen, expected, "every input record copied exactly once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_through_a_broker_crash() {
+    logs();
+    // A broker of its own: this one is SIGKILLed.
+    let kafka = kafkit_testkit::LocalKafka::start().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let input = random_name("eos-crash-in");
+    let output = random_name("eos-crash-out");
+    create_topic(&bootstrap, &input, 4, 1).await.unwrap();
+    create_topic(&bootstrap, &output, 2, 1).await.unwrap();
+    const N: usize = 600;
+    let plain = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let sends: Vec<_> = (0..N)
+        .map(|i| plain.send(ProducerRecord::new(&input, format!("in-{i}")).key(format!("k-{i}"))))
+        .collect();
+    let mut expected = Vec::new();
+    for d in futures::future::join_all(sends).await {
+        let d = d.unwrap();
+        expected.push(format!("{}-{}", d.partition, d.offset));
+    }
+    drop(plain);
+
+    let group = random_name("eos-crash-g");
+    let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = || handled.load(std::sync::atomic::Ordering::Relaxed);
+    let (a_stop, a) = eos_member(
+        &bootstrap,
+        &group,
+        &input,
+        &output,
+        "eos-crash-a",
+        Arc::clone(&handled),
+    )
+    .await;
+    let (b_stop, b) = eos_member(
+        &bootstrap,
+        &group,
+        &input,
+        &output,
+        "eos-crash-b",
+        Arc::clone(&handled),
+    )
+    .await;
+    eventually(LIMIT, "a third handled", || progress() >= N / 3).await;
+    kafka.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    kafka.restart().await.unwrap();
+
+    let seen = kafkit_read(&bootstrap, &output, N).await;
+    a_stop.shutdown();
+    b_stop.shutdown();
+    for task in [a, b] {
+        tokio::time::timeout(LIMIT, task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+    }
+    let distinct: BTreeSet<&String> = seen.iter().collect();
+    let missing: Vec<_> = expected.iter().filter(|e| !distinct.contains(e)).collect();
+    assert!(missing.is_empty(), "inputs without output: {missing:?}");
+    assert_eq!(seen.len(), N, "no output twice");
+}

@@ -13,6 +13,8 @@
 //!   aborts and its records are handed back before the engine releases the partition.
 //! - A handler failure aborts the transaction and runs the same batch again (after the retry
 //!   backoff) in a new one: the batch starts at the partitions' last committed positions.
+//! - A commit that timed out is repeated (it cannot be aborted: it may have ended the
+//!   transaction); only its final failure aborts.
 //! - A record below what this consumer already committed for its partition (a new tenure
 //!   starting from the committed offset, again) is acked without being handled.
 
@@ -347,11 +349,24 @@ where
         if self.any_gone(batch) {
             return Err(Failed::Revoked);
         }
-        producer
-            .commit_transaction()
-            .await
-            .map_err(Failed::Transaction)?;
+        commit(producer).await.map_err(Failed::Transaction)?;
         Ok(offsets)
+    }
+}
+
+/// Commits the open transaction. A commit that timed out (the coordinator unreachable for
+/// `max.block.ms`, a broker restarting) may or may not have ended the transaction and cannot be
+/// aborted: it is repeated, as the Java client requires, up to three more times.
+async fn commit(producer: &Producer) -> Result<()> {
+    let mut tries = 0;
+    loop {
+        match producer.commit_transaction().await {
+            Err(e) if e.transaction_kind() == Some(TransactionErrorKind::Timeout) && tries < 3 => {
+                tries += 1;
+                warn!(error = %e, "commit did not finish; trying again");
+            }
+            result => return result,
+        }
     }
 }
 
