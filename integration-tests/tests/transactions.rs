@@ -20,6 +20,10 @@ use parking_lot::Mutex;
 const LIMIT: Duration = Duration::from_secs(60);
 const PARTITIONS: i32 = 3;
 
+/// Held by the tests that kill members, copiers or a broker: on two cores, two of them at once
+/// (with a second broker) starve each other past their time limits.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// kafkit's warnings (or what RUST_LOG asks for) in the output of a failing test.
 fn logs() {
     let _ = tracing_subscriber::fmt()
@@ -466,6 +470,7 @@ async fn eos_member(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_through_a_member_kill_and_rebalances() {
+    let _heavy = HEAVY.lock().await;
     logs();
     let bootstrap = shared().await.unwrap().bootstrap();
     let input = random_name("eos-in");
@@ -580,7 +585,7 @@ struct Copier {
 
 impl Copier {
     fn start(bootstrap: &str, group: &str, input: &str, output: &str, id: &str) -> Copier {
-        use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+        use tokio::io::{AsyncBufReadExt, BufReader};
         let mut child = tokio::process::Command::new(kafkit_integration_tests::kafkit_bin())
             .args([
                 "transactional-message-copier",
@@ -619,12 +624,14 @@ impl Copier {
                 into.lock().push(line);
             }
         });
-        let mut err = child.stderr.take().unwrap();
+        let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
         let into = Arc::clone(&stderr);
         tokio::spawn(async move {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text).await;
-            into.lock().push_str(&text);
+            while let Ok(Some(line)) = err.next_line().await {
+                let mut text = into.lock();
+                text.push_str(&line);
+                text.push('\n');
+            }
         });
         Copier {
             child,
@@ -642,6 +649,16 @@ impl Copier {
             .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .and_then(|v| v["totalProcessed"].as_u64())
             .unwrap_or(0)
+    }
+
+    /// `what`, with the copier's last lines of output, for a failure message.
+    fn tail(&self, what: &str) -> String {
+        let lines = self.lines.lock();
+        format!(
+            "{what}; last progress: {:?}; stderr: {}",
+            lines.last(),
+            self.stderr.lock()
+        )
     }
 
     async fn kill(mut self) {
@@ -662,6 +679,7 @@ impl Copier {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_copiers_killed_and_restarted_copy_every_record_once() {
+    let _heavy = HEAVY.lock().await;
     let bootstrap = shared().await.unwrap().bootstrap();
     let input = random_name("copier-in");
     let output = random_name("copier-out");
@@ -683,10 +701,22 @@ async fn two_copiers_killed_and_restarted_copy_every_record_once() {
 
     let c0 = start("copier-0");
     let c1 = start("copier-1");
-    eventually(LIMIT, "copier-0 copied 50", || c0.processed() >= 50).await;
+    kafkit_integration_tests::support::eventually_every(
+        LIMIT,
+        Duration::from_millis(100),
+        || c0.tail("copier-0 copied 50"),
+        || c0.processed() >= 50,
+    )
+    .await;
     c0.kill().await;
     let c0 = start("copier-0");
-    eventually(LIMIT, "copier-1 copied 50", || c1.processed() >= 50).await;
+    kafkit_integration_tests::support::eventually_every(
+        LIMIT,
+        Duration::from_millis(100),
+        || c1.tail("copier-1 copied 50"),
+        || c1.processed() >= 50,
+    )
+    .await;
     c1.kill().await;
     let c1 = start("copier-1");
 
@@ -716,6 +746,7 @@ async fn two_copiers_killed_and_restarted_copy_every_record_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exactly_once_through_a_broker_crash() {
+    let _heavy = HEAVY.lock().await;
     logs();
     // A broker of its own: this one is SIGKILLed.
     let kafka = kafkit_testkit::LocalKafka::start().await.unwrap();

@@ -28,6 +28,9 @@ use crate::{EXIT_USAGE, Failure, shutdown_signal};
 /// How often progress is printed (the Java tool prints once per 200 ms poll).
 const TICK: Duration = Duration::from_millis(200);
 
+/// How long nothing must remain, with nothing copied, before the copier calls an input empty.
+const EMPTY_INPUT: Duration = Duration::from_secs(5);
+
 /// Copies an input topic to an output topic transactionally, committing the consumed offsets with
 /// the copies, like Apache Kafka's TransactionalMessageCopier.
 #[derive(Debug, Args)]
@@ -299,6 +302,7 @@ pub(crate) async fn run(args: CopierArgs) -> Result<(), Failure> {
     tokio::pin!(signal);
     let mut tick = tokio::time::interval(TICK);
     let mut last_remaining = i64::MAX;
+    let mut zero_since: Option<tokio::time::Instant> = None;
     let result = loop {
         tokio::select! {
             done = &mut run => break done,
@@ -315,7 +319,16 @@ pub(crate) async fn run(args: CopierArgs) -> Result<(), Failure> {
                     print(&id, "RebalanceComplete", &progress, last_remaining);
                 }
                 print(&id, "ProcessLoop", &progress, last_remaining);
-                let copied_all = !owned.is_empty() && last_remaining == 0;
+                // Done once nothing remains and something was copied; with nothing to copy at all
+                // (an empty input), once nothing remained for a while: right after a rebalance the
+                // group's view can say 0 before the first copies.
+                let zero = !owned.is_empty() && last_remaining == 0;
+                let since = if zero { *zero_since.get_or_insert_with(tokio::time::Instant::now) } else {
+                    zero_since = None;
+                    tokio::time::Instant::now()
+                };
+                let copied_all = zero
+                    && (progress.total.load(Ordering::Relaxed) > 0 || since.elapsed() >= EMPTY_INPUT);
                 let at_limit = limit.is_some_and(|l| progress.total.load(Ordering::Relaxed) >= l);
                 if copied_all || at_limit {
                     stop.shutdown();
