@@ -105,7 +105,7 @@ pub(crate) async fn run(
         records: seen,
         bytes,
         secs,
-        latency_us: None,
+        latency: None,
     })
 }
 

@@ -234,7 +234,7 @@ pub(crate) async fn consume(
             // Values only, as the other consumers count.
             bytes: bytes - lines,
             secs,
-            latency_us: None,
+            latency: None,
         },
         cpu_secs,
         max_rss_kb,
@@ -299,7 +299,7 @@ pub(crate) async fn produce(
             records,
             bytes: records * size as u64,
             secs,
-            latency_us: None,
+            latency: None,
         },
         cpu_secs,
         max_rss_kb,

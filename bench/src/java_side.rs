@@ -1,10 +1,13 @@
 //! The Java client's own performance tools from the kafka-tools jar (the broker's version):
 //! `ProducerPerformance` and `ConsumerPerformance`, run through kafkit-testkit's JVM launcher. Both
-//! report their own timing, which excludes JVM start-up and (for the consumer) the group join.
+//! report their own timing, which excludes JVM start-up and (for the consumer) the group join. And
+//! the latency probe, a `KafkaConsumer` program of the bench's own.
 
 use std::process::Stdio;
 
-use crate::Outcome;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::{Latency, Outcome};
 
 /// `java <main class>` on the broker's classpath, with the JVM's defaults for a client that runs
 /// long enough to warm up (full JIT, default GC) and a 1 GiB heap.
@@ -71,7 +74,7 @@ pub(crate) async fn produce(
         records,
         bytes: records * size as u64,
         secs: records as f64 / rate,
-        latency_us: None,
+        latency: None,
     })
 }
 
@@ -115,6 +118,55 @@ pub(crate) async fn consume(
         records: consumed as u64,
         bytes: (mb * 1024.0 * 1024.0) as u64,
         secs: fetch_ms / 1000.0,
-        latency_us: None,
+        latency: None,
     })
+}
+
+/// The Java client's latency probe (`bench/java/LatencyProbe.java`, run from source): a
+/// `KafkaConsumer` with the same fetch wait as the other probes, its latencies taken as records
+/// come out of `poll`.
+pub(crate) async fn latency(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("java/LatencyProbe.java");
+    let group = format!("bench-java-latency-{}", std::process::id());
+    let mut child = java(&source.to_string_lossy())?
+        .args([bootstrap, topic, &records.to_string(), &group])
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut result = None;
+    while let Some(line) = lines.next_line().await? {
+        if line == "ready" {
+            crate::announce_ready();
+        } else if let Some(rest) = line.strip_prefix("result ") {
+            let v: Vec<u64> = rest
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<_, _>>()?;
+            if v.len() != 7 {
+                return Err(format!("LatencyProbe: unexpected result line {line:?}").into());
+            }
+            result = Some(Outcome {
+                records: v[0],
+                bytes: 0,
+                secs: 0.0,
+                latency: Some(Latency {
+                    end_to_end: [v[1], v[2], v[3]],
+                    consumer: [v[4], v[5], v[6]],
+                    producer: [0; 3],
+                }),
+            });
+        }
+    }
+    let out = child.wait_with_output().await?;
+    if !out.status.success() {
+        return Err(format!(
+            "LatencyProbe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(result.ok_or("LatencyProbe printed no result")?)
 }

@@ -10,7 +10,7 @@ use kafkit::group::{GroupConfig, TopicPartition};
 use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
 use tokio::sync::Notify;
 
-use crate::{Latch, Outcome, payload, percentiles, value_micros};
+use crate::{Latch, LatencySamples, Outcome, payload};
 
 /// Sends `records` records of `size` bytes, keyed round-robin over 1,000 keys, and waits for every
 /// acknowledgement (acks=all).
@@ -42,7 +42,7 @@ pub(crate) async fn produce(
         records,
         bytes: records * size as u64,
         secs,
-        latency_us: None,
+        latency: None,
     })
 }
 
@@ -127,7 +127,7 @@ impl Tally {
             records: self.count.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             secs: self.last.since(assigned),
-            latency_us: None,
+            latency: None,
         }
     }
 }
@@ -157,15 +157,15 @@ pub(crate) async fn consume_stream(
     Ok(tally.outcome(&assigned))
 }
 
-/// The batch-handler API (`run_batch`, up to 500 records a call, `Unordered { max_in_flight: 1024 }`)
-/// with a pass-through handler. Timed from the assignment to the last record. (`PartitionOrdered`
-/// batches hold one record of each partition: a partition has one record in flight at a time.)
+/// The batch-handler API (`run_batch`, up to 500 records a call, `PartitionOrdered`: each batch
+/// holds runs of consecutive records of a partition) with a pass-through handler. Timed from the
+/// assignment to the last record.
 pub(crate) async fn consume_batch(
     bootstrap: &str,
     topic: &str,
     records: u64,
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
-    let (consumer, assigned) = consumer(bootstrap, topic, "unordered").await?;
+    let (consumer, assigned) = consumer(bootstrap, topic, "partition").await?;
     let stop = consumer.shutdown_handle();
     let tally = Tally::new(records);
     consumer
@@ -235,13 +235,16 @@ pub(crate) async fn latency(
         ready.notified().await;
         crate::announce_ready();
     });
-    let mut samples = Vec::with_capacity(records as usize);
+    let mut samples = LatencySamples::with_capacity(records as usize);
     let started = Instant::now();
     while (samples.len() as u64) < records {
         let Some(record) = stream.next().await else {
             break;
         };
-        samples.push(value_micros(record.value().unwrap_or_default()));
+        samples.record(
+            record.value().unwrap_or_default(),
+            record.timestamp().timestamp_millis(),
+        );
         record.ack();
     }
     let secs = started.elapsed().as_secs_f64();
@@ -251,6 +254,6 @@ pub(crate) async fn latency(
         records: samples.len() as u64,
         bytes: 0,
         secs,
-        latency_us: Some(percentiles(&mut samples)),
+        latency: Some(samples.finish()),
     })
 }

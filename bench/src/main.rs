@@ -29,7 +29,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::Stdio;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
@@ -57,6 +57,9 @@ struct Cli {
     /// Leave out the command-line contenders (`kafkit consume` / `produce` against kcat).
     #[arg(long)]
     no_cli: bool,
+    /// Send rates (records/s) of the latency benchmark.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000u64, 10_000, 50_000])]
+    latency_rates: Vec<u64>,
     /// Where to write the markdown report.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest.md"))]
     out: String,
@@ -89,8 +92,63 @@ pub(crate) struct Outcome {
     pub(crate) records: u64,
     pub(crate) bytes: u64,
     pub(crate) secs: f64,
-    /// End-to-end latency (p50, p99) in microseconds, for the latency runs.
-    pub(crate) latency_us: Option<(u64, u64)>,
+    /// Latency percentiles, for the latency runs.
+    pub(crate) latency: Option<Latency>,
+}
+
+/// Latency percentiles in microseconds: p50, p99 and p99.9.
+pub(crate) type Percentiles = [u64; 3];
+
+/// What a latency probe measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Latency {
+    /// From the producer's send call to the consumer's hand-off of the record.
+    pub(crate) end_to_end: Percentiles,
+    /// From the broker's append (the topic's `LogAppendTime` timestamps, milliseconds) to the hand-off:
+    /// the consumer's own part, which the producer's linger and batching do not touch.
+    pub(crate) consumer: Percentiles,
+    /// The runner's producer in the same run: from the send call to its acknowledgement.
+    pub(crate) producer: Percentiles,
+}
+
+/// A latency probe's samples, one pair per record.
+#[derive(Debug, Default)]
+pub(crate) struct LatencySamples {
+    end_to_end: Vec<u64>,
+    consumer: Vec<u64>,
+}
+
+impl LatencySamples {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self {
+            end_to_end: Vec::with_capacity(n),
+            consumer: Vec::with_capacity(n),
+        }
+    }
+
+    /// Records one record's latencies, taken now: `value` starts with its send time (µs since
+    /// the epoch, big-endian) and `appended_ms` is the broker's append time.
+    pub(crate) fn record(&mut self, value: &[u8], appended_ms: i64) {
+        let now = now_micros();
+        let sent = value
+            .get(..8)
+            .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
+        self.end_to_end.push(now.saturating_sub(sent));
+        self.consumer
+            .push(now.saturating_sub(u64::try_from(appended_ms).unwrap_or(0) * 1000));
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.end_to_end.len()
+    }
+
+    pub(crate) fn finish(mut self) -> Latency {
+        Latency {
+            end_to_end: percentiles(&mut self.end_to_end),
+            consumer: percentiles(&mut self.consumer),
+            producer: [0; 3],
+        }
+    }
 }
 
 /// A run's outcome with the process's CPU time and peak RSS.
@@ -130,22 +188,14 @@ fn now_micros() -> u64 {
         .map_or(0, |d| d.as_micros() as u64)
 }
 
-/// Latency of a value whose first 8 bytes are its send time (µs since the epoch, big-endian).
-pub(crate) fn value_micros(value: &[u8]) -> u64 {
-    let sent = value
-        .get(..8)
-        .map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")));
-    now_micros().saturating_sub(sent)
-}
-
-/// p50 and p99 of `samples`.
-pub(crate) fn percentiles(samples: &mut [u64]) -> (u64, u64) {
+/// p50, p99 and p99.9 of `samples`.
+fn percentiles(samples: &mut [u64]) -> Percentiles {
     if samples.is_empty() {
-        return (0, 0);
+        return [0; 3];
     }
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.50), at(0.99))
+    [at(0.50), at(0.99), at(0.999)]
 }
 
 /// Tells the runner this latency probe is assigned and reading.
@@ -198,6 +248,7 @@ async fn child(a: ChildArgs) -> Result<(), Box<dyn std::error::Error>> {
         "consume-ceiling" => ceiling::run(b, t, a.partitions, n, 1024 * 1024).await?,
         "latency-kafkit" => kafkit_side::latency(b, t, n).await?,
         "latency-rdkafka" => rdkafka_side::latency(b, t, n).await?,
+        "latency-java" => java_side::latency(b, t, n).await?,
         other => return Err(format!("unknown role {other}").into()),
     };
     if outcome.records < n {
@@ -207,7 +258,7 @@ async fn child(a: ChildArgs) -> Result<(), Box<dyn std::error::Error>> {
         "records": outcome.records,
         "bytes": outcome.bytes,
         "secs": outcome.secs,
-        "latency_us": outcome.latency_us.map(|(p50, p99)| json!([p50, p99])),
+        "latency": outcome.latency.map(|l| json!({"end_to_end": l.end_to_end, "consumer": l.consumer})),
     });
     println!("{doc}");
     Ok(())
@@ -307,9 +358,20 @@ where
             records: doc["records"].as_u64().unwrap_or(0),
             bytes: doc["bytes"].as_u64().unwrap_or(0),
             secs: doc["secs"].as_f64().unwrap_or(0.0),
-            latency_us: doc["latency_us"]
-                .as_array()
-                .map(|a| (a[0].as_u64().unwrap_or(0), a[1].as_u64().unwrap_or(0))),
+            latency: doc["latency"].as_object().map(|l| {
+                let read = |key: &str| -> Percentiles {
+                    let mut out = [0; 3];
+                    for (o, v) in out.iter_mut().zip(l[key].as_array().into_iter().flatten()) {
+                        *o = v.as_u64().unwrap_or(0);
+                    }
+                    out
+                };
+                Latency {
+                    end_to_end: read("end_to_end"),
+                    consumer: read("consumer"),
+                    producer: [0; 3],
+                }
+            }),
         },
         cpu_secs,
         max_rss_kb,
@@ -360,7 +422,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                             records,
                             bytes: records * dispatcher::VALUE as u64,
                             secs: elapsed.as_secs_f64(),
-                            latency_us: None,
+                            latency: None,
                         },
                         cpu_secs: None,
                         max_rss_kb: None,
@@ -581,41 +643,63 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     if wanted("latency") {
-        let rate = 10_000u64;
-        let records = scaled(100_000);
         let producer = ProducerBuilder::new(client.clone())
             .linger(Duration::from_millis(1))
             .build()
             .await?;
-        let contenders = ["latency-kafkit", "latency-rdkafka"];
-        let mut runs = Runs::new();
-        for round in 0..=cli.rounds.min(3) {
-            for i in 0..contenders.len() {
-                let role = contenders[(i + round) % contenders.len()];
-                // A fresh topic per run: the probe reads from the start and sees only this run.
-                let topic = format!("bench-latency-{}", kafkit_testkit::random_name("l"));
-                admin::create_topics(
-                    &client,
-                    &[NewTopic::new(&topic).partitions(12).replication_factor(1)],
-                )
-                .await?;
-                let (producer, topic2) = (producer.clone(), topic.clone());
-                let paced = move || paced_produce(producer, topic2, records, rate);
-                let m = run_child(
-                    role,
-                    &args(&bootstrap, &topic, records, 100, 12),
-                    Some(paced),
-                )
-                .await?;
-                admin::delete_topics(&client, &[topic]).await?;
-                let (p50, p99) = m.outcome.latency_us.unwrap_or_default();
-                eprintln!("latency round {round} {role}: p50 {p50} µs, p99 {p99} µs");
-                if round > 0 {
-                    runs.entry(role.to_owned()).or_default().push(m);
+        let contenders = ["latency-kafkit", "latency-rdkafka", "latency-java"];
+        for &rate in &cli.latency_rates {
+            // 20 s of sending at full scale.
+            let records = scaled(rate * 20);
+            let mut runs = Runs::new();
+            for round in 0..=cli.rounds.min(3) {
+                for i in 0..contenders.len() {
+                    let role = contenders[(i + round) % contenders.len()];
+                    // A fresh topic per run: the probe reads from the start and sees only this
+                    // run. The broker stamps each record as it appends it, so the consumer's part
+                    // of the latency is measured apart from the producer's.
+                    let topic = format!("bench-latency-{}", kafkit_testkit::random_name("l"));
+                    admin::create_topics(
+                        &client,
+                        &[NewTopic::new(&topic)
+                            .partitions(12)
+                            .replication_factor(1)
+                            .config("message.timestamp.type", "LogAppendTime")],
+                    )
+                    .await?;
+                    let (producer, topic2) = (producer.clone(), topic.clone());
+                    let acked = Arc::new(std::sync::Mutex::new(None));
+                    let slot = Arc::clone(&acked);
+                    let paced = move || paced_produce(producer, topic2, records, rate, slot);
+                    let mut m = run_child(
+                        role,
+                        &args(&bootstrap, &topic, records, 100, 12),
+                        Some(paced),
+                    )
+                    .await?;
+                    admin::delete_topics(&client, &[topic]).await?;
+                    if let Some(l) = m.outcome.latency.as_mut() {
+                        l.producer = acked
+                            .lock()
+                            .expect("not poisoned")
+                            .take()
+                            .unwrap_or_default();
+                    }
+                    let l = m.outcome.latency.unwrap_or_default();
+                    eprintln!(
+                        "latency {rate}/s round {round} {role}: end to end {:?} µs, consumer {:?} µs, producer's acks {:?} µs (p50, p99, p99.9), CPU {:.2} s",
+                        l.end_to_end,
+                        l.consumer,
+                        l.producer,
+                        m.cpu_secs.unwrap_or(0.0)
+                    );
+                    if round > 0 {
+                        runs.entry(role.to_owned()).or_default().push(m);
+                    }
                 }
             }
+            report.push_str(&latency_table(records, rate, &runs));
         }
-        report.push_str(&latency_table(records, rate, &runs));
     }
 
     if wanted("rebalance") {
@@ -678,12 +762,14 @@ async fn preload(
     Ok(())
 }
 
-/// Produces `records` records at `rate` per second, each value stamped with its send time.
+/// Produces `records` records at `rate` per second, each value stamped with its send time, and
+/// puts the percentiles of its send-to-acknowledgement times in `acked`.
 async fn paced_produce(
     producer: kafkit::Producer,
     topic: String,
     records: u64,
     rate: u64,
+    acked: Arc<std::sync::Mutex<Option<Percentiles>>>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let per_tick = rate / 1000;
     let mut tick = tokio::time::interval(Duration::from_millis(1));
@@ -697,13 +783,21 @@ async fn paced_produce(
             value.resize(100, b'x');
             let record = ProducerRecord::new(&topic, value).key(format!("key-{}", sent % 1000));
             let producer = producer.clone();
-            tasks.spawn(async move { producer.send(record).await });
+            tasks.spawn(async move {
+                let started = Instant::now();
+                producer
+                    .send(record)
+                    .await
+                    .map(|_| started.elapsed().as_micros() as u64)
+            });
             sent += 1;
         }
     }
+    let mut samples = Vec::with_capacity(records as usize);
     while let Some(done) = tasks.join_next().await {
-        done??;
+        samples.push(done??);
     }
+    *acked.lock().expect("not poisoned") = Some(percentiles(&mut samples));
     Ok(())
 }
 
@@ -788,24 +882,35 @@ fn throughput_table(
 
 fn latency_table(records: u64, rate: u64, runs: &Runs) -> String {
     let mut out = format!(
-        "### end-to-end latency: {records} records at {rate}/s (send to handler, 12 partitions)\n\n| contender | p50 µs (median of runs) | p99 µs (median of runs) | p99 min–max |\n| --- | ---: | ---: | ---: |\n"
+        "### latency at {rate} records/s: {records} x 100 B, 12 partitions\n\n\
+         End to end: from the send call to the consumer's hand-off. Consumer: from the broker's \
+         append (LogAppendTime, ms) to the hand-off. Producer: the runner's kafkit producer in the \
+         same runs, from the send call to the acknowledgement (acks=all, 1 ms linger). Medians of \
+         the runs, µs.\n\n\
+         | contender | end to end p50 | p99 | p99.9 | consumer p50 | p99 | p99.9 | producer p50 | p99 | p99.9 | end-to-end p99 min–max |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     );
     for (role, ms) in runs {
-        let p50: Vec<f64> = ms
-            .iter()
-            .filter_map(|m| m.outcome.latency_us.map(|l| l.0 as f64))
-            .collect();
-        let p99: Vec<f64> = ms
-            .iter()
-            .filter_map(|m| m.outcome.latency_us.map(|l| l.1 as f64))
-            .collect();
+        let series = |pick: fn(&Latency) -> u64| -> Vec<f64> {
+            ms.iter()
+                .filter_map(|m| m.outcome.latency.as_ref().map(|l| pick(l) as f64))
+                .collect()
+        };
+        let p99 = series(|l| l.end_to_end[1]);
         let min = p99.iter().copied().fold(f64::INFINITY, f64::min);
         let max = p99.iter().copied().fold(0.0, f64::max);
         let _ = writeln!(
             out,
-            "| {role} | {:.0} | {:.0} | {min:.0}–{max:.0} |",
-            median(p50),
-            median(p99.clone())
+            "| {role} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {min:.0}–{max:.0} |",
+            median(series(|l| l.end_to_end[0])),
+            median(p99.clone()),
+            median(series(|l| l.end_to_end[2])),
+            median(series(|l| l.consumer[0])),
+            median(series(|l| l.consumer[1])),
+            median(series(|l| l.consumer[2])),
+            median(series(|l| l.producer[0])),
+            median(series(|l| l.producer[1])),
+            median(series(|l| l.producer[2])),
         );
     }
     out.push('\n');

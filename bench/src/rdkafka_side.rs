@@ -20,7 +20,7 @@ use rdkafka::producer::{
 };
 use rdkafka::util::Timeout;
 
-use crate::{Latch, Outcome, payload, percentiles, value_micros};
+use crate::{Latch, LatencySamples, Outcome, payload};
 
 /// The producers' settings: acks=all, 5 ms linger, 1 MiB batches, room for a workload of small
 /// records in the queue, and the Java client's key hash (the same partitions as kafkit's).
@@ -63,7 +63,7 @@ pub(crate) async fn produce(
         records,
         bytes: records * size as u64,
         secs,
-        latency_us: None,
+        latency: None,
     })
 }
 
@@ -129,7 +129,7 @@ pub(crate) fn produce_base(
         records: context.ok.load(Ordering::Relaxed),
         bytes: records * size as u64,
         secs,
-        latency_us: None,
+        latency: None,
     })
 }
 
@@ -195,7 +195,7 @@ pub(crate) async fn consume(
         records: count,
         bytes,
         secs,
-        latency_us: None,
+        latency: None,
     })
 }
 
@@ -211,14 +211,17 @@ pub(crate) async fn latency(
     let mut stream = consumer.stream();
     // Poll until the group assigned partitions and positions are known.
     let mut announced = false;
-    let mut samples = Vec::with_capacity(records as usize);
+    let mut samples = LatencySamples::with_capacity(records as usize);
     let started = Instant::now();
     while (samples.len() as u64) < records {
         if !announced {
             match tokio::time::timeout(Duration::from_millis(100), stream.next()).await {
                 Ok(Some(message)) => {
                     let message = message?;
-                    samples.push(value_micros(message.payload().unwrap_or_default()));
+                    samples.record(
+                        message.payload().unwrap_or_default(),
+                        message.timestamp().to_millis().unwrap_or(0),
+                    );
                     consumer.store_offset_from_message(&message)?;
                 }
                 Ok(None) => break,
@@ -234,7 +237,10 @@ pub(crate) async fn latency(
             break;
         };
         let message = message?;
-        samples.push(value_micros(message.payload().unwrap_or_default()));
+        samples.record(
+            message.payload().unwrap_or_default(),
+            message.timestamp().to_millis().unwrap_or(0),
+        );
         consumer.store_offset_from_message(&message)?;
     }
     let secs = started.elapsed().as_secs_f64();
@@ -242,6 +248,6 @@ pub(crate) async fn latency(
         records: samples.len() as u64,
         bytes: 0,
         secs,
-        latency_us: Some(percentiles(&mut samples)),
+        latency: Some(samples.finish()),
     })
 }

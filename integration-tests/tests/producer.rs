@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use kafkit::partitioner::partition_for_key;
 use kafkit::{ClientConfig, Error, Producer, ProducerBuilder, ProducerRecord};
-use kafkit_integration_tests::support::{client, connections_to, eventually_every};
+use kafkit_integration_tests::support::{POLL, client, connections_to, eventually_every};
 use kafkit_testkit::{
     BrokerOptions, LocalCluster, LocalKafka, create_topic, java_source, random_name, shared,
 };
@@ -124,6 +124,15 @@ async fn producing_to_512_partitions_uses_one_connection_per_broker() {
     let port: u16 = bootstrap.rsplit(':').next().unwrap().parse().unwrap();
     let topic = random_name("cold");
     create_topic(&bootstrap, &topic, 512, 1).await.unwrap();
+    // The topic's admin client closes its sockets in the background: wait for them, so the sampler
+    // counts the producer's connections only.
+    eventually_every(
+        Duration::from_secs(10),
+        POLL,
+        || format!("{} admin connections still open", connections_to(port)),
+        || connections_to(port) == 0,
+    )
+    .await;
     let producer = producer(&bootstrap).await;
 
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -58,8 +58,8 @@ pub(crate) type BatchFn = Arc<
 
 /// Where dispatched records go.
 pub(crate) enum Sink {
-    /// Up to `max` records at a time go to one batch handler call; each record's failure is isolated
-    /// and goes through the failure path alone.
+    /// Up to `max` records at a time go to one batch handler call, as runs (see [`BatchRun`]); a
+    /// failed record goes through the failure path alone.
     Batch {
         handler: BatchFn,
         failure: Arc<FailurePath>,
@@ -159,12 +159,25 @@ struct Lane {
     each: bool,
 }
 
-/// One record of a batch and where its completion goes.
-struct BatchItem {
+/// Records gathered for one batch handler call: the runs' records, run after run.
+#[derive(Default)]
+struct Batch {
+    records: Vec<ConsumedRecord>,
+    runs: Vec<BatchRun>,
+}
+
+/// A hand-out in a batch: `len` records of the batch, from where the previous run ends. In
+/// `PartitionOrdered` and `KeyOrdered` mode a run is a partition's or a key's records in offset
+/// order (`ordered`), as a handler lane's run; when one fails, the ones before it are processed, it
+/// goes through the failure path alone, and the ones after it are handed back and delivered again
+/// after it (the handler saw them, but their effects would otherwise precede the failed record's).
+/// In `Unordered` mode each record is a run of its own.
+struct BatchRun {
     slot: usize,
     epoch: u64,
     key: u64,
-    record: ConsumedRecord,
+    len: usize,
+    ordered: bool,
 }
 
 /// One partition's tenure, as the dispatcher sees it.
@@ -198,7 +211,7 @@ pub(crate) struct Dispatcher {
     done_rx: mpsc::UnboundedReceiver<Completion>,
     handlers: JoinSet<()>,
     /// Records gathered for the next batch handler call (batch sink only).
-    batch: Vec<BatchItem>,
+    batch: Batch,
     /// Lanes gathered for the next handler task (handler sink only).
     lanes: Vec<Lane>,
     /// Records gathered for the stream (stream sink only), sent together at the end of a dispatch.
@@ -219,7 +232,7 @@ impl Dispatcher {
             done_tx,
             done_rx,
             handlers: JoinSet::new(),
-            batch: Vec::new(),
+            batch: Batch::default(),
             lanes: Vec::new(),
             stream_batch: Vec::new(),
             stream_closed: false,
@@ -348,8 +361,32 @@ impl Dispatcher {
                         RUN_MAX,
                         &mut records,
                     );
+                } else if let Sink::Batch { max, .. } = &self.sink
+                    && !matches!(self.mode, DispatchMode::Unordered { .. })
+                {
+                    // A run, as for a handler, up to what the batch has room for.
+                    let room = max.saturating_sub(self.batch.records.len()).max(1);
+                    let start = self.batch.records.len();
+                    self.batch.records.push(record);
+                    q.schedule.extend_run(
+                        key,
+                        below,
+                        ConsumedRecord::offset,
+                        start + room,
+                        &mut self.batch.records,
+                    );
+                    let run = BatchRun {
+                        slot: idx,
+                        epoch: q.epoch,
+                        key,
+                        len: self.batch.records.len() - start,
+                        ordered: true,
+                    };
+                    self.start_batch_run(run);
+                    progressed = true;
+                    continue;
                 } else {
-                    // The batch and stream sinks take records one by one.
+                    // `Unordered` batches and the stream take records one by one.
                     let epoch = q.epoch;
                     self.start_one(idx, epoch, key, record);
                     progressed = true;
@@ -495,9 +532,9 @@ impl Dispatcher {
         });
     }
 
-    /// Hands the gathered records to one batch handler call. Successes complete together; each
-    /// failure then goes through the failure path on its own (retried as a batch of one), so one bad
-    /// record never fails the others.
+    /// Hands the gathered records to one batch handler call. Successes complete together; a failure
+    /// goes through the failure path on its own (retried as a batch of one), so one bad record never
+    /// fails the records of other runs; see [`BatchRun`] for the rest of its own run.
     fn flush_batch(&mut self) {
         let Sink::Batch {
             handler, failure, ..
@@ -505,30 +542,21 @@ impl Dispatcher {
         else {
             return;
         };
-        if self.batch.is_empty() {
+        if self.batch.runs.is_empty() {
             return;
         }
-        let items = std::mem::take(&mut self.batch);
+        let Batch { records, runs } = std::mem::take(&mut self.batch);
         let handler = Arc::clone(handler);
         let failure = Arc::clone(failure);
         let done = self.done_tx.clone();
         self.handlers.spawn(async move {
-            let complete = |item: &BatchItem| {
-                let _ = done.send(Completion {
-                    slot: item.slot,
-                    epoch: item.epoch,
-                    key: item.key,
-                    outcome: Outcome::Done(item.record.offset()),
-                });
-            };
             let permit = failure.admit().await;
-            let records: Vec<ConsumedRecord> = items.iter().map(|i| i.record.clone()).collect();
             let count = records.len();
             // A batch handler that panics failed every record of the batch, as if it had returned
             // the panic as each one's error.
-            let mut results = catching(|| handler(records)).await.unwrap_or_else(|panic| {
-                (0..count).map(|_| Err(panic.clone().into())).collect()
-            });
+            let mut results = catching(|| handler(records.clone()))
+                .await
+                .unwrap_or_else(|panic| (0..count).map(|_| Err(panic.clone().into())).collect());
             // A handler that returns the wrong number of results fails the records it left out.
             results.resize_with(count, || {
                 Err(HandlerError {
@@ -536,15 +564,12 @@ impl Dispatcher {
                     source: format!("the batch handler returned fewer results than the {count} records it was given").into(),
                 })
             });
-            let mut failed = Vec::new();
-            for (item, result) in items.into_iter().zip(results) {
-                match result {
-                    Ok(()) => complete(&item),
-                    Err(e) => failed.push((item, e)),
-                }
-            }
+            results.truncate(count);
             if let Some(p) = permit {
-                if failed.iter().any(|(_, e)| failure.retry.is_retriable(&*e.source)) {
+                if results
+                    .iter()
+                    .any(|r| r.as_ref().is_err_and(|e| failure.retry.is_retriable(&*e.source)))
+                {
                     p.failure();
                 } else {
                     p.success();
@@ -561,16 +586,17 @@ impl Dispatcher {
                     })
                 })
             });
-            let retries = failed.into_iter().map(|(item, error)| {
-                let failure = &failure;
-                let single = &single;
-                let complete = &complete;
-                async move {
-                    failure.process_from(single, &item.record, Some(error)).await;
-                    complete(&item);
-                }
-            });
-            futures::future::join_all(retries).await;
+            let mut records = records.into_iter();
+            let mut results = results.into_iter();
+            let finishing: Vec<_> = runs
+                .into_iter()
+                .map(|run| {
+                    let records: Vec<ConsumedRecord> = records.by_ref().take(run.len).collect();
+                    let results: Vec<_> = results.by_ref().take(run.len).collect();
+                    finish_batch_run(run, records, results, &single, &failure, &done)
+                })
+                .collect();
+            futures::future::join_all(finishing).await;
         });
     }
 
@@ -583,21 +609,36 @@ impl Dispatcher {
         }
     }
 
+    /// Adds an ordered run to the batch (see [`BatchRun`]); one hand-out.
+    fn start_batch_run(&mut self, run: BatchRun) {
+        self.in_flight += 1;
+        self.batch.runs.push(run);
+        self.flush_full_batch();
+    }
+
+    /// Calls the batch handler once the batch holds `max` records.
+    fn flush_full_batch(&mut self) {
+        if let Sink::Batch { max, .. } = &self.sink
+            && self.batch.records.len() >= *max
+        {
+            self.flush_batch();
+        }
+    }
+
     /// Hands one record to the batch or stream sink.
     fn start_one(&mut self, slot: usize, epoch: u64, key: u64, record: ConsumedRecord) {
         self.in_flight += 1;
         match &self.sink {
-            Sink::Batch { max, .. } => {
-                let max = *max;
-                self.batch.push(BatchItem {
+            Sink::Batch { .. } => {
+                self.batch.records.push(record);
+                self.batch.runs.push(BatchRun {
                     slot,
                     epoch,
                     key,
-                    record,
+                    len: 1,
+                    ordered: false,
                 });
-                if self.batch.len() >= max {
-                    self.flush_batch();
-                }
+                self.flush_full_batch();
             }
             Sink::Stream(_) => self.stream_batch.push(StreamRecord {
                 record,
@@ -637,6 +678,49 @@ fn reporter(
             key,
             outcome,
         });
+    }
+}
+
+/// Completes a batch's run from the handler's `results` for its `records` (see [`BatchRun`]).
+async fn finish_batch_run(
+    run: BatchRun,
+    records: Vec<ConsumedRecord>,
+    results: Vec<Result<(), HandlerError>>,
+    single: &HandlerFn,
+    failure: &FailurePath,
+    done: &mpsc::UnboundedSender<Completion>,
+) {
+    let report = reporter(done, run.slot, run.epoch, run.key);
+    let Some(failed) = results.iter().position(Result::is_err) else {
+        let offsets = records.iter().map(ConsumedRecord::offset).collect();
+        report(Outcome::Processed {
+            offsets,
+            ends: true,
+        });
+        return;
+    };
+    let error = results.into_iter().nth(failed).and_then(Result::err);
+    let mut records = records.into_iter();
+    if failed > 0 {
+        let offsets = records.by_ref().take(failed).map(|r| r.offset()).collect();
+        report(Outcome::Processed {
+            offsets,
+            ends: false,
+        });
+    }
+    let record = records.next().expect("the failed record is in the run");
+    failure.process_from(single, &record, error).await;
+    let rest: Vec<ConsumedRecord> = if run.ordered {
+        records.collect()
+    } else {
+        Vec::new()
+    };
+    report(Outcome::Processed {
+        offsets: vec![record.offset()],
+        ends: rest.is_empty(),
+    });
+    if !rest.is_empty() {
+        report(Outcome::Returned(rest));
     }
 }
 
@@ -816,8 +900,13 @@ pub mod bench {
     use super::{DRAIN_MAX, DispatchEvent, Dispatcher, HandlerFn, Sink};
     use crate::consumer::DispatchMode;
     use crate::consumer::failure::FailurePath;
-    use crate::consumer::record::{ConsumedRecord, RecordData};
+    use crate::consumer::record::{ConsumedRecord, RecordChunk};
     use crate::consumer::watermark::WatermarkTracker;
+    use crate::wire::records::FetchedRecord;
+
+    /// Records per chunk: about what a 1 MiB fetch response holds of one partition's 100-byte
+    /// records.
+    const CHUNK: usize = 8_192;
 
     /// Pushes `records` (partition, key) with `value_size`-byte values through a dispatcher in
     /// `mode` and waits until every one is processed and its partition's watermark passed it.
@@ -849,28 +938,53 @@ pub mod bench {
                 })
                 .collect::<Vec<u8>>(),
         );
+        // Records come in chunks of consecutive records of one partition, as the engine makes
+        // them of each partition's part of a fetch response.
         let mut at = 0;
-        let built: Vec<(usize, ConsumedRecord)> = records
+        let mut fetched: Vec<Vec<FetchedRecord>> = vec![Vec::new(); partitions];
+        let order: Vec<(usize, i64)> = records
             .iter()
             .map(|(p, key)| {
                 let offset = next_offset[*p];
                 next_offset[*p] += 1;
                 let key_at = at;
                 at += key.len() + value_size;
-                let record = ConsumedRecord::new(RecordData {
-                    topic: Arc::clone(&topic),
-                    partition: *p as i32,
+                fetched[*p].push(FetchedRecord {
                     offset,
                     key: Some(frame.slice(key_at..key_at + key.len())),
                     value: Some(frame.slice(key_at + key.len()..at)),
                     headers: crate::Headers::new(),
-                    timestamp: chrono::DateTime::UNIX_EPOCH,
+                    timestamp_ms: 0,
                     timestamp_type: kafkit_resilience::TimestampType::CreateTime,
-                    _budget: None,
                 });
-                (*p, record)
+                (*p, offset)
             })
             .collect();
+        let chunks: Vec<Vec<Arc<RecordChunk>>> = fetched
+            .into_iter()
+            .enumerate()
+            .map(|(p, records)| {
+                records
+                    .chunks(CHUNK)
+                    .map(|c| {
+                        Arc::new(RecordChunk {
+                            topic: Arc::clone(&topic),
+                            partition: p as i32,
+                            records: c.to_vec(),
+                            _budget: None,
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        let built: Vec<(usize, ConsumedRecord)> = order
+            .into_iter()
+            .map(|(p, offset)| {
+                let i = offset as usize;
+                (p, ConsumedRecord::of(&chunks[p][i / CHUNK], i % CHUNK))
+            })
+            .collect();
+        drop(chunks);
 
         let started = Instant::now();
         let mut dispatcher = Dispatcher::new(mode, Sink::Handler(handler, failure));
@@ -916,20 +1030,10 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
-    use crate::consumer::record::RecordData;
+    use crate::wire::records::FetchedRecord;
 
     fn record(offset: i64, key: &str) -> ConsumedRecord {
-        ConsumedRecord::new(RecordData {
-            topic: Arc::from("t"),
-            partition: 0,
-            offset,
-            key: Some(bytes::Bytes::copy_from_slice(key.as_bytes())),
-            value: None,
-            headers: crate::Headers::new(),
-            timestamp: chrono::DateTime::UNIX_EPOCH,
-            timestamp_type: kafkit_resilience::TimestampType::CreateTime,
-            _budget: None,
-        })
+        record_of(0, offset, key)
     }
 
     /// Which offsets the handler started, and when.
@@ -1118,17 +1222,18 @@ mod tests {
     }
 
     fn record_of(partition: i32, offset: i64, key: &str) -> ConsumedRecord {
-        ConsumedRecord::new(RecordData {
-            topic: Arc::from("t"),
+        ConsumedRecord::single(
+            Arc::from("t"),
             partition,
-            offset,
-            key: Some(bytes::Bytes::copy_from_slice(key.as_bytes())),
-            value: None,
-            headers: crate::Headers::new(),
-            timestamp: chrono::DateTime::UNIX_EPOCH,
-            timestamp_type: kafkit_resilience::TimestampType::CreateTime,
-            _budget: None,
-        })
+            FetchedRecord {
+                offset,
+                key: Some(bytes::Bytes::copy_from_slice(key.as_bytes())),
+                value: None,
+                headers: crate::Headers::new(),
+                timestamp_ms: 0,
+                timestamp_type: kafkit_resilience::TimestampType::CreateTime,
+            },
+        )
     }
 
     /// Two partitions (slots 0 and 1) of 12 records each, keys `k0`..`k2` by offset.
@@ -1307,6 +1412,111 @@ mod tests {
             sizes.lock().unwrap().iter().any(|n| *n > 1),
             "records were batched"
         );
+    }
+
+    /// Each batch handler call's (partition, offset) list.
+    type BatchCalls = Arc<Mutex<Vec<Vec<(i32, i64)>>>>;
+
+    /// A batch handler that logs each call and fails offset 4 of partition 0 on its first attempt.
+    fn failing_batch_handler(calls: &BatchCalls) -> BatchFn {
+        let calls = Arc::clone(calls);
+        Arc::new(move |records: Vec<ConsumedRecord>| {
+            let mut calls = calls.lock().unwrap();
+            let first_of_4 = !calls.iter().flatten().any(|k| *k == (0, 4));
+            calls.push(
+                records
+                    .iter()
+                    .map(|r| (r.partition(), r.offset()))
+                    .collect(),
+            );
+            let results = records
+                .iter()
+                .map(|r| {
+                    if (r.partition(), r.offset()) == (0, 4) && first_of_4 {
+                        Err(HandlerError {
+                            type_name: "test",
+                            source: "boom".into(),
+                        })
+                    } else {
+                        Ok(())
+                    }
+                })
+                .collect();
+            Box::pin(async move { results })
+        })
+    }
+
+    #[tokio::test]
+    async fn ordered_batches_take_runs_and_a_failure_hands_back_the_rest_of_its_run() {
+        for (mode, handed_back) in [
+            (DispatchMode::PartitionOrdered, vec![5, 6, 7, 8, 9, 10, 11]),
+            // Offset 4's key is k1 (offset % 3): its run is 1, 4, 7, 10.
+            (DispatchMode::KeyOrdered { max_in_flight: 8 }, vec![7, 10]),
+        ] {
+            let metrics = kafkit_metrics::Metrics::default();
+            let calls = BatchCalls::default();
+            let mut d = Dispatcher::new(
+                mode,
+                Sink::Batch {
+                    handler: failing_batch_handler(&calls),
+                    failure: failure_path(&metrics),
+                    max: 50,
+                },
+            );
+            push_two_partitions(&mut d);
+            let processed = drive_all(&mut d).await;
+            assert_eq!(d.in_flight(), 0, "{mode:?}");
+            let mut unique = processed.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(
+                unique.len(),
+                24,
+                "{mode:?}: every record, once: {processed:?}"
+            );
+            assert_eq!(processed.len(), 24, "{mode:?}: {processed:?}");
+            // Reported in offset order per partition (PartitionOrdered) or per key (KeyOrdered).
+            let group = |&(slot, offset): &(usize, i64)| match mode {
+                DispatchMode::PartitionOrdered => (slot, 0),
+                _ => (slot, offset % 3),
+            };
+            for g in processed.iter().map(group) {
+                let order: Vec<i64> = processed
+                    .iter()
+                    .filter(|p| group(p) == g)
+                    .map(|p| p.1)
+                    .collect();
+                assert!(order.is_sorted(), "{mode:?}: {g:?} out of order: {order:?}");
+            }
+            let calls = calls.lock().unwrap().clone();
+            assert!(
+                calls[0].len() > 2,
+                "{mode:?}: a batch holds runs, not one record per partition or key: {calls:?}"
+            );
+            let handled = |k: (i32, i64)| calls.iter().flatten().filter(|c| **c == k).count();
+            assert_eq!(
+                handled((0, 4)),
+                2,
+                "{mode:?}: the failed record is retried: {calls:?}"
+            );
+            for p in 0..2 {
+                for o in 0..12 {
+                    let again = p == 0 && handed_back.contains(&o);
+                    let expected = if (p, o) == (0, 4) || again { 2 } else { 1 };
+                    assert_eq!(handled((p, o)), expected, "{mode:?}: ({p}, {o}): {calls:?}");
+                }
+            }
+            // The handed-back records come after the failed record's retry.
+            let retry = calls
+                .iter()
+                .position(|c| c == &vec![(0, 4)])
+                .expect("a retry");
+            let again = calls
+                .iter()
+                .rposition(|c| c.contains(&(0, handed_back[0])))
+                .expect("delivered again");
+            assert!(again > retry, "{mode:?}: {calls:?}");
+        }
     }
 
     #[tokio::test]

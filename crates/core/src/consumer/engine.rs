@@ -37,7 +37,7 @@ use kafkit_resilience::{CircuitBreaker, CircuitState};
 use super::dispatcher::{Completion, DRAIN_MAX, DispatchEvent, Dispatcher, Sink};
 use super::fetcher::{FetchContext, FetchEvent, Fetcher, Fetching};
 use super::offset_map;
-use super::record::{ConsumedRecord, RecordData};
+use super::record::{ConsumedRecord, RecordChunk};
 use super::status::{Skipped, StatusBoard};
 use super::watermark::WatermarkTracker;
 use super::{ConsumerListener, ConsumerSettings, ShutdownReport};
@@ -435,7 +435,13 @@ impl Engine {
                     m.record_consumed(&s.topic, records.len() as u64);
                 }
                 let tracker = s.tracker.as_mut().expect("Started precedes Records");
-                for r in records {
+                let chunk = Arc::new(RecordChunk {
+                    topic: Arc::clone(&s.topic),
+                    partition: s.tp.partition,
+                    records,
+                    _budget: budget,
+                });
+                for (i, r) in chunk.records.iter().enumerate() {
                     if !tracker.track(r.offset) {
                         continue;
                     }
@@ -443,19 +449,7 @@ impl Engine {
                         tracker.complete(r.offset);
                         continue;
                     }
-                    let record = ConsumedRecord::new(RecordData {
-                        topic: Arc::clone(&s.topic),
-                        partition: s.tp.partition,
-                        offset: r.offset,
-                        key: r.key,
-                        value: r.value,
-                        headers: r.headers,
-                        timestamp: chrono::DateTime::from_timestamp_millis(r.timestamp_ms)
-                            .unwrap_or(chrono::DateTime::UNIX_EPOCH),
-                        timestamp_type: r.timestamp_type,
-                        _budget: budget.clone(),
-                    });
-                    self.dispatcher.push(slot, record);
+                    self.dispatcher.push(slot, ConsumedRecord::of(&chunk, i));
                 }
                 tracker.advance_to(position);
                 if let Some(corrupt) = skipped {

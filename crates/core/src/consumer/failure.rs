@@ -417,20 +417,21 @@ mod tests {
     use kafkit_resilience::{BackoffPolicy, CircuitBreakerPolicy};
 
     use super::*;
-    use crate::consumer::record::RecordData;
+    use crate::wire::records::FetchedRecord;
 
     fn record() -> ConsumedRecord {
-        ConsumedRecord::new(RecordData {
-            topic: "orders".into(),
-            partition: 0,
-            offset: 7,
-            key: None,
-            value: Some(bytes::Bytes::from_static(b"v")),
-            headers: Headers::new(),
-            timestamp: chrono::Utc::now(),
-            timestamp_type: kafkit_resilience::TimestampType::CreateTime,
-            _budget: None,
-        })
+        ConsumedRecord::single(
+            "orders".into(),
+            0,
+            FetchedRecord {
+                offset: 7,
+                key: None,
+                value: Some(bytes::Bytes::from_static(b"v")),
+                headers: Headers::new(),
+                timestamp_ms: chrono::Utc::now().timestamp_millis(),
+                timestamp_type: kafkit_resilience::TimestampType::CreateTime,
+            },
+        )
     }
 
     /// Fails with a retriable error until `outage` has passed (tokio's clock), counting calls.
@@ -551,7 +552,7 @@ mod span_tests {
 
     use super::*;
     use crate::Traceparent;
-    use crate::consumer::record::RecordData;
+    use crate::wire::records::FetchedRecord;
 
     /// A span's `target:name` and its fields, as debug strings.
     type SpanFields = (String, BTreeMap<String, String>);
@@ -595,17 +596,18 @@ mod span_tests {
     }
 
     fn record(key: Option<&'static [u8]>, headers: Headers) -> ConsumedRecord {
-        ConsumedRecord::new(RecordData {
-            topic: "orders".into(),
-            partition: 3,
-            offset: 42,
-            key: key.map(bytes::Bytes::from_static),
-            value: Some(bytes::Bytes::from_static(b"v")),
-            headers,
-            timestamp: chrono::Utc::now(),
-            timestamp_type: kafkit_resilience::TimestampType::CreateTime,
-            _budget: None,
-        })
+        ConsumedRecord::single(
+            "orders".into(),
+            3,
+            FetchedRecord {
+                offset: 42,
+                key: key.map(bytes::Bytes::from_static),
+                value: Some(bytes::Bytes::from_static(b"v")),
+                headers,
+                timestamp_ms: chrono::Utc::now().timestamp_millis(),
+                timestamp_type: kafkit_resilience::TimestampType::CreateTime,
+            },
+        )
     }
 
     fn path() -> FailurePath {

@@ -554,12 +554,17 @@ impl Consumer {
         self.start(Sink::Handler(handler, failure))?.await
     }
 
-    /// Joins the group and hands records to `handler` in batches of up to `max_batch` (as many as the
-    /// dispatch mode lets start at once: in `PartitionOrdered` mode at most one per partition, in
-    /// `KeyOrdered` one per key). The handler returns one result per record, in order. Failures are
-    /// isolated: the records that succeeded are acked, each failed one goes through the retry policy,
-    /// circuit breaker and dead-letter topic alone (retried as a batch of one). A handler that panics
-    /// failed every record of its batch, each with a [`HandlerPanic`] error.
+    /// Joins the group and hands records to `handler` in batches of up to `max_batch`. In
+    /// `PartitionOrdered` and `KeyOrdered` mode a batch holds *runs*: consecutive records of a
+    /// partition (or of a key), in offset order, and only one run of a partition (key) is out at a
+    /// time, as with [`run`](Self::run). The handler returns one result per record, in order.
+    ///
+    /// Failures are isolated: records that succeeded are acked, and a failed record goes through the
+    /// retry policy, circuit breaker and dead-letter topic alone (retried as a batch of one). In
+    /// `PartitionOrdered` and `KeyOrdered` mode the records after a failed one in its run, which
+    /// the handler has seen, are delivered again in a later batch once the failed record is
+    /// finished, so their effects never precede it (at-least-once: they are handled twice). A handler
+    /// that panics failed every record of its batch, each with a [`HandlerPanic`] error.
     ///
     /// ```no_run
     /// # async fn demo(consumer: kafkit_core::consumer::Consumer) -> kafkit_core::Result<()> {

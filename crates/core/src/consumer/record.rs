@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
@@ -11,96 +10,112 @@ use super::dispatcher::Completion;
 use kafkit_resilience::TimestampType;
 
 use crate::headers::Headers;
+use crate::wire::records::FetchedRecord;
 
 /// A consumed record. Cheap to clone (the data is shared); immutable.
 #[derive(Clone)]
 pub struct ConsumedRecord {
-    inner: Arc<RecordData>,
+    chunk: Arc<RecordChunk>,
+    index: u32,
 }
 
-pub(crate) struct RecordData {
+/// The records of one partition from one fetch response, in one allocation: a consumed record is
+/// its chunk and an index. Handing a record out costs a reference count, not an allocation built
+/// on the engine's thread and freed on a handler's (cross-thread frees were the largest single cost
+/// of the `KeyOrdered` path); the chunk goes when its last record does.
+pub(crate) struct RecordChunk {
     pub(crate) topic: Arc<str>,
     pub(crate) partition: i32,
-    pub(crate) offset: i64,
-    /// Key and value are slices of the fetch response they came in (no copy).
-    pub(crate) key: Option<Bytes>,
-    pub(crate) value: Option<Bytes>,
-    /// Names and values are slices of the fetch response too.
-    pub(crate) headers: Headers,
-    pub(crate) timestamp: DateTime<Utc>,
-    pub(crate) timestamp_type: TimestampType,
-    /// The buffer budget of the fetch response this record shares with the others from it; the
-    /// last of them to finish gives it back (the fetcher's memory bound).
+    /// Key, value and header bytes are slices of the fetch response they came in (no copy).
+    pub(crate) records: Vec<FetchedRecord>,
+    /// The buffer budget of the fetch response these records came in; given back when the last
+    /// of them finishes (the fetcher's memory bound).
     pub(crate) _budget: Option<Arc<super::fetcher::BudgetShare>>,
 }
 
 impl fmt::Debug for ConsumedRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConsumedRecord")
-            .field("topic", &self.inner.topic)
-            .field("partition", &self.inner.partition)
-            .field("offset", &self.inner.offset)
-            .field(
-                "key",
-                &self.inner.key.as_deref().map(String::from_utf8_lossy),
-            )
-            .field("value_len", &self.inner.value.as_ref().map(Bytes::len))
+            .field("topic", &self.chunk.topic)
+            .field("partition", &self.chunk.partition)
+            .field("offset", &self.data().offset)
+            .field("key", &self.key().map(String::from_utf8_lossy))
+            .field("value_len", &self.value().map(<[u8]>::len))
             .finish_non_exhaustive()
     }
 }
 
 impl ConsumedRecord {
-    pub(crate) fn new(data: RecordData) -> Self {
+    /// Record `index` of `chunk`.
+    pub(crate) fn of(chunk: &Arc<RecordChunk>, index: usize) -> Self {
+        debug_assert!(index < chunk.records.len());
         Self {
-            inner: Arc::new(data),
+            chunk: Arc::clone(chunk),
+            index: u32::try_from(index).expect("a fetch response holds fewer than 2^32 records"),
         }
+    }
+
+    /// A record in a chunk of its own.
+    #[cfg(test)]
+    pub(crate) fn single(topic: Arc<str>, partition: i32, record: FetchedRecord) -> Self {
+        let chunk = Arc::new(RecordChunk {
+            topic,
+            partition,
+            records: vec![record],
+            _budget: None,
+        });
+        Self::of(&chunk, 0)
+    }
+
+    fn data(&self) -> &FetchedRecord {
+        &self.chunk.records[self.index as usize]
     }
 
     /// The topic.
     pub fn topic(&self) -> &str {
-        &self.inner.topic
+        &self.chunk.topic
     }
 
     /// The partition.
     pub fn partition(&self) -> i32 {
-        self.inner.partition
+        self.chunk.partition
     }
 
     /// The record's offset in its partition.
     pub fn offset(&self) -> i64 {
-        self.inner.offset
+        self.data().offset
     }
 
     /// The key, if any.
     pub fn key(&self) -> Option<&[u8]> {
-        self.inner.key.as_deref()
+        self.data().key.as_deref()
     }
 
     /// The value; `None` for a tombstone.
     pub fn value(&self) -> Option<&[u8]> {
-        self.inner.value.as_deref()
+        self.data().value.as_deref()
     }
 
     /// The headers, in the order written, with duplicates and null values.
     pub fn headers(&self) -> &Headers {
-        &self.inner.headers
+        &self.data().headers
     }
 
     /// The record's timestamp.
     pub fn timestamp(&self) -> DateTime<Utc> {
-        self.inner.timestamp
+        DateTime::from_timestamp_millis(self.data().timestamp_ms).unwrap_or(DateTime::UNIX_EPOCH)
     }
 
     /// The record's W3C trace context: its last `traceparent` header, if that parses (an invalid
     /// one is ignored, as the specification asks). Parsed on each call.
     pub fn traceparent(&self) -> Option<crate::Traceparent> {
-        self.inner.headers.traceparent()
+        self.data().headers.traceparent()
     }
 
     /// Whose time [`timestamp`](Self::timestamp) is: the producer's (`CreateTime`) or the
     /// broker's (`LogAppendTime`, set by the topic's `message.timestamp.type`).
     pub fn timestamp_type(&self) -> TimestampType {
-        self.inner.timestamp_type
+        self.data().timestamp_type
     }
 }
 

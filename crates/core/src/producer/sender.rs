@@ -166,7 +166,7 @@ impl Shared {
         Ok(conn)
     }
 
-    /// Sends `request` on the control connection; a connection failure drops it.
+    /// Sends `request` on the control connection; a failure (a timeout included) closes it.
     async fn on_control<R: crate::wire::ApiRequest>(
         &self,
         request: &R,
@@ -176,6 +176,7 @@ impl Shared {
         match conn.send(request, self.io.request_timeout).await {
             Ok(response) => Ok(response),
             Err(source) => {
+                conn.close("a request on it failed");
                 let mut slot = self.control.lock().await;
                 if slot.as_ref().is_some_and(|c| Arc::ptr_eq(c, &conn)) {
                     *slot = None;
@@ -350,10 +351,11 @@ pub(super) async fn run_router(shared: Arc<Shared>) {
     }
 }
 
-/// A request's batches and its result.
+/// A request's batches, its result, and the connection it went out on.
 type Flight = (
     Vec<(TopicPartition, Batch)>,
     Result<Option<ProduceResponse>, WireError>,
+    Arc<Connection>,
 );
 
 /// One broker's sender: drains the ready batches of the partitions the broker leads into one
@@ -411,25 +413,29 @@ async fn run_sender(shared: Arc<Shared>, node: i32, wake: Arc<Notify>) {
                     in_flight.push(Box::pin(futures::future::ready((
                         drained.batches,
                         sent.map(|()| None),
+                        c,
                     )))
                         as futures::future::BoxFuture<'static, Flight>);
                 } else {
                     let timeout = io.request_timeout;
                     in_flight.push(Box::pin(async move {
                         let result = c.send_at_most(&request, max, timeout).await.map(Some);
-                        (drained.batches, result)
+                        (drained.batches, result, c)
                     }));
                 }
                 continue;
             }
         }
         tokio::select! {
-            Some((batches, result)) = in_flight.next(), if !in_flight.is_empty() => {
+            Some((batches, result, used)) = in_flight.next(), if !in_flight.is_empty() => {
                 if let Err(error) = &result {
-                    // A request timeout leaves the connection unusable for ordering: drop it, as
-                    // the Java client does.
+                    // A request timeout leaves the connection unusable for ordering: close it, as
+                    // the Java client does, which fails the requests still in flight on it at once.
                     warn!(node, %error, batches = batches.len(), "produce request failed; retrying on a new connection");
-                    conn = None;
+                    used.close("a produce request on it failed");
+                    if conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, &used)) {
+                        conn = None;
+                    }
                 }
                 handle(&shared, batches, result);
             }

@@ -370,6 +370,21 @@ impl Connection {
         self.dead.load(Ordering::Acquire)
     }
 
+    /// Gives the connection up now, as the Java client does after a request times out: the reader
+    /// stops, every request still waiting fails at once (so callers holding this connection retry
+    /// on a new one instead of keeping the old socket open until their own timeouts), and the
+    /// socket closes when the last holder drops it.
+    pub(crate) fn close(&self, why: &str) {
+        self.dead.store(true, Ordering::Release);
+        self.reader.abort();
+        for (_, tx) in self.pending.lock().drain() {
+            let _ = tx.send(Err(WireError::Io {
+                broker: self.broker.clone(),
+                message: format!("connection closed: {why}"),
+            }));
+        }
+    }
+
     /// ApiVersions at the highest version both sides know. A broker that does not know the version
     /// answers in v0 with UNSUPPORTED_VERSION and its own range, and we retry with what it supports.
     async fn negotiate(

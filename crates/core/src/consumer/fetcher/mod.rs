@@ -53,7 +53,6 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use super::record::RecordData;
 use super::{CorruptBatchPolicy, OffsetReset};
 use crate::Error;
 use crate::group::{GroupMember, TopicPartition};
@@ -207,9 +206,10 @@ impl Drop for BudgetShare {
     }
 }
 
-/// Memory a fetched record takes besides its bytes in the response: the shared record the engine
-/// builds (behind an `Arc`) and its slot in a queue.
-const RECORD_MEMORY: usize = std::mem::size_of::<RecordData>() + 16 + 8;
+/// Memory a fetched record takes besides its bytes in the response: its entry in the chunk of
+/// records the engine hands out ([`RecordChunk`](super::record::RecordChunk)), the handle to it in a
+/// queue, and that queue slot.
+const RECORD_MEMORY: usize = std::mem::size_of::<FetchedRecord>() + 16 + 8;
 
 /// A partition holding this many times `max.partition.fetch.bytes` of unfinished response data is
 /// not fetched until some drain: one response being processed and one waiting, as a
