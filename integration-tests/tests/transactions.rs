@@ -436,7 +436,9 @@ async fn eos_member(
 ) {
     let producer = ProducerBuilder::new(client(bootstrap))
         .transactional_id(id)
-        .transaction_timeout(Duration::from_secs(10))
+        // Longer than the broker outage of `exactly_once_through_a_broker_crash`: a transaction
+        // open longer than this is aborted by the coordinator, which fences the producer.
+        .transaction_timeout(Duration::from_secs(60))
         .max_block(Duration::from_secs(20))
         .build()
         .await
