@@ -5,6 +5,7 @@
 //! - `producer`: `kafkit verifiable-producer`, Apache Kafka's VerifiableProducer contract.
 //! - `share`: `kafkit verifiable-share-consumer` (Apache Kafka's VerifiableShareConsumer contract) and
 //!   `kafkit share-consume`: share groups (KIP-932).
+//! - `copier`: `kafkit transactional-message-copier`, Apache Kafka's TransactionalMessageCopier.
 //! - `diag`: `kafkit diag`: reachability, brokers, controller, API versions, topic health, a verdict.
 //! - `topics`: `kafkit topics list / describe / create / delete`.
 //! - `produce` / `consume`: lines of stdin to a topic, records of topics to stdout.
@@ -23,6 +24,7 @@
 mod common;
 mod consume;
 mod consumer;
+mod copier;
 mod diag;
 mod events;
 mod group;
@@ -59,6 +61,9 @@ enum Command {
     VerifiableShareConsumer(share::VerifiableShareConsumerArgs),
     /// Records of a share group to stdout, each accepted (or released / rejected) once printed.
     ShareConsume(share::ShareConsumeArgs),
+    /// Copy a topic to another in transactions with the consumed offsets (Kafka's
+    /// TransactionalMessageCopier).
+    TransactionalMessageCopier(copier::CopierArgs),
     /// Check a cluster: reachability, brokers, controller, API versions, topic health; a verdict.
     Diag(diag::DiagArgs),
     /// Manage topics: `list`, `describe`, `create`, `delete`.
@@ -196,6 +201,7 @@ fn main() -> ExitCode {
             Command::VerifiableProducer(args) => producer::run(args).await,
             Command::VerifiableShareConsumer(args) => share::run_verifiable(args).await,
             Command::ShareConsume(args) => share::run_consume(args).await,
+            Command::TransactionalMessageCopier(args) => copier::run(args).await,
             Command::Diag(args) => diag::run(args).await,
             Command::Topics(args) => topics::run(args).await,
             Command::Produce(args) => produce::run(args).await,

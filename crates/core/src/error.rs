@@ -180,6 +180,20 @@ pub enum Error {
         partition: String,
     },
 
+    /// A transactional producer's operation failed; [`TransactionErrorKind`] says what the
+    /// producer can do next (as the Java client's exception classes do).
+    #[error("transactional id `{transactional_id}`: {operation} failed: {reason}; {kind}")]
+    Transaction {
+        /// The producer's `transactional.id`.
+        transactional_id: String,
+        /// The call or request that failed (`commit_transaction`, EndTxn, Produce, ...).
+        operation: &'static str,
+        /// Fenced, fatal, abortable, wrong state, or timed out.
+        kind: TransactionErrorKind,
+        /// Kafka's name for the error and the broker's message, or what went wrong.
+        reason: String,
+    },
+
     /// The client was closed.
     #[error("the {what} is closed")]
     Closed {
@@ -188,7 +202,55 @@ pub enum Error {
     },
 }
 
+/// What a transactional producer can do after an [`Error::Transaction`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TransactionErrorKind {
+    /// Another producer with the same `transactional.id` has initialized since (PRODUCER_FENCED,
+    /// INVALID_PRODUCER_EPOCH): this producer is a zombie and unusable. Java's
+    /// `ProducerFencedException`.
+    Fenced,
+    /// The producer is unusable (TRANSACTIONAL_ID_AUTHORIZATION_FAILED, INVALID_TXN_STATE, an
+    /// unexpected error): close it. Java's fatal `KafkaException`s.
+    Fatal,
+    /// The transaction cannot commit (a record was not written, an offset commit was refused):
+    /// call `abort_transaction`, then begin a new one.
+    Abortable,
+    /// The call is not allowed in the producer's current transaction state (e.g. `send` before
+    /// `begin_transaction`). Java's `IllegalStateException`.
+    InvalidState,
+    /// The call did not finish within `max.block.ms`; its outcome is unknown and the same call
+    /// may be made again. Java's `TimeoutException`.
+    Timeout,
+}
+
+impl std::fmt::Display for TransactionErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TransactionErrorKind::Fenced => {
+                "the producer is fenced: another producer with this transactional.id took over; this one is unusable, close it"
+            }
+            TransactionErrorKind::Fatal => "the producer is unusable; close it",
+            TransactionErrorKind::Abortable => {
+                "the transaction must be aborted (abort_transaction), then a new one begun"
+            }
+            TransactionErrorKind::InvalidState => {
+                "not allowed in the producer's transaction state"
+            }
+            TransactionErrorKind::Timeout => "the outcome is unknown; the same call may be made again",
+        })
+    }
+}
+
 impl Error {
+    /// The kind of a transactional producer's error, `None` for other errors.
+    pub fn transaction_kind(&self) -> Option<TransactionErrorKind> {
+        match self {
+            Error::Transaction { kind, .. } => Some(*kind),
+            _ => None,
+        }
+    }
+
     /// Whether the same operation may succeed if tried again later (a broker restarting, a leader
     /// moving, a timeout with an unknown outcome). Configuration errors and rejected records are not.
     pub fn is_retriable(&self) -> bool {
@@ -197,6 +259,7 @@ impl Error {
             | Error::DeliveryTimeout { .. }
             | Error::BufferExhausted { .. } => true,
             Error::Produce { retriable, .. } => *retriable,
+            Error::Transaction { kind, .. } => *kind == TransactionErrorKind::Timeout,
             Error::Connection { source, .. } => source.is_retriable(),
             Error::Group { code, .. } | Error::Admin { code, .. } => {
                 kafka_protocol::ResponseError::try_from_code(*code)

@@ -7,7 +7,8 @@
 //!   backoff, security).
 //! - `partitioner`: Java-compatible key partitioning, `toPositive(murmur2(key)) % partitions`.
 //! - `producer`: [`Producer`] and its builder: keyed partitioning, per-partition batches, one
-//!   sender per broker, idempotence, bounded buffering, retries up to a delivery timeout.
+//!   sender per broker, idempotence, bounded buffering, retries up to a delivery timeout, and
+//!   transactions (zombie fencing, offsets committed with the transaction, KIP-890 version 2).
 //! - `wire`: kafkit's own broker connections (framing, version negotiation, pipelining) for every
 //!   request kafkit sends, messages encoded by `kafka-protocol`; the v2 record-batch encoder and
 //!   decoder.
@@ -38,7 +39,7 @@ mod trace;
 mod wire;
 
 pub use config::ClientConfig;
-pub use error::{Error, Result};
+pub use error::{Error, Result, TransactionErrorKind};
 pub use headers::{Header, Headers};
 pub use kafkit_resilience::{BackoffPolicy, ConfigError};
 pub use producer::{Acks, Compression, Delivery, Producer, ProducerBuilder, ProducerRecord};

@@ -40,7 +40,8 @@
 pub use kafkit_core::{
     Acks, ClientConfig, Compression, ConfigError, Delivery, Error, Header, Headers, Pem, Producer,
     ProducerBuilder, ProducerRecord, Result, SaslCredentials, SaslMechanism, Secret, Security,
-    SecurityProtocol, TlsSettings, Traceparent, TraceparentError, WireError, partitioner,
+    SecurityProtocol, TlsSettings, Traceparent, TraceparentError, TransactionErrorKind, WireError,
+    partitioner,
 };
 
 pub use kafkit_core::{admin, consumer, group, security, share};

@@ -290,6 +290,9 @@ impl Engine {
                 }
             }
             GroupEvent::Revoked { partitions, done } => {
+                if let Some(l) = &self.listener {
+                    l.revoking(&partitions);
+                }
                 let slots: Vec<usize> = partitions
                     .iter()
                     .filter_map(|tp| self.by_partition.get(tp).copied())

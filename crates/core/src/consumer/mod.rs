@@ -14,6 +14,8 @@
 //! - `failure`: one record's failure path: retry policy, circuit breaker, dead-letter topic.
 //! - `status`: what the engine observes, for [`HealthHandle`] reports.
 //! - `record`: [`ConsumedRecord`] and the acknowledgeable [`StreamRecord`].
+//! - `transform`: exactly-once consume-transform-produce ([`Consumer::run_transform`]) over the
+//!   stream and a transactional producer.
 
 pub(crate) mod dispatcher;
 mod engine;
@@ -23,6 +25,7 @@ mod offset_map;
 pub(crate) mod record;
 mod scheduler;
 mod status;
+mod transform;
 mod watermark;
 
 use std::future::Future;
@@ -46,6 +49,7 @@ pub use failure::HandlerPanic;
 pub use record::{ConsumedRecord, StreamRecord};
 pub use scheduler::DispatchMode;
 pub use status::HealthHandle;
+pub use transform::TransformConfig;
 
 use crate::group::{CommitReport, GroupConfig, GroupMember, OffsetToCommit, TopicPartition};
 use crate::task::OwnedTask;
@@ -114,6 +118,13 @@ pub(crate) struct ConsumerSettings {
 pub trait ConsumerListener: Send + Sync + 'static {
     /// Partitions now owned; fetching starts.
     fn assigned(&self, partitions: &[TopicPartition]) {
+        let _ = partitions;
+    }
+
+    /// A revocation of these partitions begins: their records stop being handed out, and the
+    /// consumer waits (up to `revoke_timeout`) for those in flight before committing and releasing
+    /// them. The exactly-once mode ([`Consumer::run_transform`]) aborts its open transaction here.
+    fn revoking(&self, partitions: &[TopicPartition]) {
         let _ = partitions;
     }
 
@@ -595,6 +606,62 @@ impl Consumer {
             max: max_batch,
         })?
         .await
+    }
+
+    /// Exactly-once consume-transform-produce: `handler` turns a batch of input records into
+    /// output records, and the outputs and the inputs' offsets commit in one transaction of
+    /// `config`'s transactional producer, with this member's generation and member id, so a
+    /// member that lost its partitions cannot commit for them (KIP-447). Downstream read_committed
+    /// consumers see each input's outputs exactly once, through crashes and rebalances.
+    ///
+    /// - Batches: up to `max_records` records, at most one per partition (records are dispatched
+    ///   `PartitionOrdered` whatever the builder says), collected for up to `max_wait`.
+    /// - A handler error aborts the transaction and the same batch runs again after the retry
+    ///   backoff, in a new transaction (the retry policy, breaker and dead-letter topic of the
+    ///   builder do not apply here).
+    /// - A revocation or loss of a batch's partition aborts its open transaction and hands its
+    ///   records back before the partition is released; so does a transaction the broker refuses
+    ///   (e.g. ILLEGAL_GENERATION after a rebalance).
+    /// - A fenced or fatal producer ends the run with its error.
+    ///
+    /// The consumer reads read_committed (always, in kafkit), so inputs that are themselves
+    /// transactional outputs are read only once committed.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: kafkit_core::ClientConfig) -> kafkit_core::Result<()> {
+    /// use kafkit_core::consumer::{ConsumerBuilder, TransformConfig};
+    /// use kafkit_core::group::GroupConfig;
+    /// use kafkit_core::{ProducerBuilder, ProducerRecord};
+    /// let producer = ProducerBuilder::new(client.clone())
+    ///     .transactional_id("uppercaser-0")
+    ///     .build()
+    ///     .await?;
+    /// let consumer = ConsumerBuilder::new(client, GroupConfig::new("uppercaser", ["in"]))
+    ///     .build()
+    ///     .await?;
+    /// consumer
+    ///     .run_transform(TransformConfig::new(producer), |records| async move {
+    ///         Ok::<_, std::io::Error>(
+    ///             records
+    ///                 .iter()
+    ///                 .map(|r| ProducerRecord::new("out", r.value().unwrap_or_default().to_ascii_uppercase()))
+    ///                 .collect(),
+    ///         )
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn run_transform<F, Fut, E>(
+        self,
+        config: TransformConfig,
+        handler: F,
+    ) -> Result<ShutdownReport>
+    where
+        F: Fn(Vec<ConsumedRecord>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<Vec<crate::ProducerRecord>, E>> + Send,
+        E: Into<BoxError>,
+    {
+        transform::run(self, config, handler).await
     }
 
     fn failure_path(&self) -> Arc<FailurePath> {

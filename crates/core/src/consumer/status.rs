@@ -56,6 +56,11 @@ impl StatusBoard {
         let _ = self.member.set(member);
     }
 
+    /// The group member, once the consumer runs.
+    pub(crate) fn member(&self) -> Option<Arc<GroupMember>> {
+        self.member.get().cloned()
+    }
+
     /// A fetch response (possibly empty) arrived for `tp`.
     pub(crate) fn fetched(&self, tp: &TopicPartition, high_watermark: i64, position: i64) {
         let mut b = self.board.lock();

@@ -1,5 +1,6 @@
-//! The way to a group's coordinator: found with FindCoordinator through any bootstrap broker, found
-//! again when the coordinator moves (NOT_COORDINATOR) or its connection breaks.
+//! The way to a group's coordinator (or a transactional id's): found with FindCoordinator through
+//! any bootstrap broker, found again when the coordinator moves (NOT_COORDINATOR) or its
+//! connection breaks.
 
 use crate::ClientConfig;
 use std::collections::BTreeMap;
@@ -22,7 +23,10 @@ use crate::{Error, Result};
 /// cluster-wide requests (FindCoordinator, Metadata).
 #[derive(Debug)]
 pub(crate) struct Coordinator {
+    /// The group id, or the transactional id (`key_type` 1).
     group: String,
+    /// FindCoordinator's key type: 0 a group, 1 a transactional id.
+    key_type: i8,
     bootstrap: Vec<String>,
     /// How to connect: client id and security.
     client: ClientConfig,
@@ -41,8 +45,27 @@ pub(crate) struct Coordinator {
 
 impl Coordinator {
     pub(crate) fn new(group: String, client: &ClientConfig, request_timeout: Duration) -> Self {
+        Self::with_key_type(group, 0, client, request_timeout)
+    }
+
+    /// The coordinator of the transactional id `id` (FindCoordinator key type 1).
+    pub(crate) fn for_transaction(
+        id: String,
+        client: &ClientConfig,
+        request_timeout: Duration,
+    ) -> Self {
+        Self::with_key_type(id, 1, client, request_timeout)
+    }
+
+    fn with_key_type(
+        group: String,
+        key_type: i8,
+        client: &ClientConfig,
+        request_timeout: Duration,
+    ) -> Self {
         Self {
             group,
+            key_type,
             bootstrap: client.bootstrap().to_vec(),
             backoff: client.reconnect_backoff_policy(),
             client: client.clone(),
@@ -83,7 +106,7 @@ impl Coordinator {
                     self.invalidate(&conn);
                 }
                 Err(Error::Connection {
-                    context: format!("group `{}`: {:?} to the coordinator", self.group, R::KEY),
+                    context: format!("{}: {:?} to the coordinator", self.label(), R::KEY),
                     source,
                 })
             }
@@ -127,13 +150,24 @@ impl Coordinator {
         }
         let request = FindCoordinatorRequest::default()
             .with_key(StrBytes::from_string(self.group.clone()))
-            .with_key_type(0);
+            .with_key_type(self.key_type);
         let response = self
-            .send_any(&request, || {
-                format!("group `{}`: FindCoordinator", self.group)
-            })
+            .send_any(&request, || format!("{}: FindCoordinator", self.label()))
             .await?;
         if let Some(err) = ResponseError::try_from_code(response.error_code) {
+            if self.key_type == 1 {
+                let fatal = !err.is_retriable();
+                return Err(Error::Transaction {
+                    transactional_id: self.group.clone(),
+                    operation: "FindCoordinator",
+                    kind: if fatal {
+                        crate::TransactionErrorKind::Fatal
+                    } else {
+                        crate::TransactionErrorKind::Timeout
+                    },
+                    reason: describe(err, response.error_message.as_deref()),
+                });
+            }
             return Err(Error::Group {
                 group: self.group.clone(),
                 operation: "FindCoordinator",
@@ -146,13 +180,21 @@ impl Coordinator {
             Connection::connect(&address, &self.client, self.request_timeout)
                 .await
                 .map_err(|source| Error::Connection {
-                    context: format!("group `{}`: connecting to coordinator", self.group),
+                    context: format!("{}: connecting to coordinator", self.label()),
                     source,
                 })?,
         );
-        info!(group = %self.group, coordinator = %address, node = response.node_id.0, "found group coordinator");
+        info!(key = %self.group, key_type = self.key_type, coordinator = %address, node = response.node_id.0, "found coordinator");
         *self.current.lock() = Some(Arc::clone(&conn));
         Ok(conn)
+    }
+
+    /// What the coordinator coordinates, for messages: "group `g`" or "transactional id `t`".
+    fn label(&self) -> String {
+        match self.key_type {
+            1 => format!("transactional id `{}`", self.group),
+            _ => format!("group `{}`", self.group),
+        }
     }
 
     /// A live connection to any broker, trying each bootstrap entry once in turn.

@@ -20,7 +20,8 @@
 //! - `member`: [`GroupMember`], the membership state machine (classic join / sync / heartbeat, or the
 //!   KIP-848 heartbeat and reconciliation) on its own task, with
 //!   commits and offset fetches; ownership changes reach the consumer as [`GroupEvent`]s.
-//! - `offsets`: reading committed offsets ([`committed_offsets`] without joining the group).
+//! - `offsets`: reading committed offsets ([`committed_offsets`] without joining the group), and
+//!   [`ConsumerGroupMetadata`], what a transactional producer commits offsets with (KIP-447).
 //! - `error`: [`GroupError`], what can go wrong reading or writing the protocol.
 
 mod assignor;
@@ -37,11 +38,12 @@ mod round_robin;
 pub use assignor::{Assignor, GroupAssignment, MemberId, MemberSubscription, RebalanceProtocol};
 pub use config::{GroupConfig, GroupProtocol};
 pub use cooperative_sticky::CooperativeStickyAssignor;
+pub(crate) use coordinator::Coordinator;
 pub use error::GroupError;
 pub use member::{
     CommitReport, GroupEvent, GroupMember, MembershipStatus, OffsetToCommit, RevokeDone,
 };
-pub use offsets::{CommittedOffset, committed_offsets};
+pub use offsets::{CommittedOffset, ConsumerGroupMetadata, committed_offsets};
 pub use protocol::{
     Assignment, CONSUMER_PROTOCOL_LATEST_VERSION, CONSUMER_PROTOCOL_TYPE, Subscription,
     TopicPartition,

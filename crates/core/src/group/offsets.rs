@@ -23,6 +23,37 @@ pub struct CommittedOffset {
     pub metadata: Option<String>,
 }
 
+/// A group member's identity as a transactional producer's offset commit carries it
+/// (`send_offsets_to_transaction`): the coordinator refuses the commit when the member is no
+/// longer in this generation, so a zombie that lost its partitions cannot commit for them
+/// (KIP-447). Java's `ConsumerGroupMetadata`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerGroupMetadata {
+    /// The group id.
+    pub group_id: String,
+    /// The generation (the member epoch under the consumer protocol); -1 for a standalone
+    /// consumer, whose commits the coordinator does not check.
+    pub generation_id: i32,
+    /// The member id; empty for a standalone consumer.
+    pub member_id: String,
+    /// The static member's `group.instance.id`, if any.
+    pub group_instance_id: Option<String>,
+}
+
+impl ConsumerGroupMetadata {
+    /// The metadata of a consumer outside any group membership (Java's
+    /// `new ConsumerGroupMetadata(groupId)`): generation -1, no member id, so the coordinator
+    /// checks nothing and only the transactional id fences zombies.
+    pub fn standalone(group_id: impl Into<String>) -> Self {
+        Self {
+            group_id: group_id.into(),
+            generation_id: -1,
+            member_id: String::new(),
+            group_instance_id: None,
+        }
+    }
+}
+
 /// The committed offsets of `partitions` in `group` (`None`: nothing committed), read without joining
 /// the group, so a running group is not disturbed. Retriable coordinator errors are retried for 30 s.
 pub async fn committed_offsets(

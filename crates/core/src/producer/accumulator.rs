@@ -16,6 +16,12 @@
 //!   batch the broker should take next, or after a batch with a sequence failed for good (a gap),
 //!   the producer asks for a new epoch. A partition moves to the new epoch once nothing of it is in
 //!   flight: its queued batches that already had sequences get new ones from 0, in order.
+//! - **Transactions.** A transactional producer's batches carry the transactional flag. Under
+//!   transaction version 1 a partition's batches stay queued until the partition is added to the
+//!   open transaction (AddPartitionsToTxn, which the router sends for [`Accumulator::partitions_to_add`]);
+//!   under version 2 the ProduceRequest adds it. A batch that fails in a transaction is remembered
+//!   (the transaction can no longer commit) instead of bumping the epoch: epochs of a transactional
+//!   producer move only through the transaction coordinator (`transaction`).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
@@ -59,6 +65,8 @@ pub(super) struct Limits {
     pub(super) codec: Codec,
     /// `enable.idempotence`.
     pub(super) idempotent: bool,
+    /// A `transactional.id` is set (implies `idempotent`).
+    pub(super) transactional: bool,
 }
 
 /// One batch of one partition.
@@ -173,13 +181,14 @@ impl PartitionQueue {
     }
 
     /// Fails the queued batches (never in flight) older than `timeout`; returns whether one of
-    /// them had a sequence (a gap).
+    /// them had a sequence (a gap), and keeps the first error in `failed`.
     fn expire(
         &mut self,
         tp: &TopicPartition,
         now: Instant,
         timeout: Duration,
         live: &mut BTreeSet<u64>,
+        failed: &mut Option<Error>,
     ) -> bool {
         let mut gap = false;
         while let Some(front) = self.queue.front() {
@@ -189,11 +198,13 @@ impl PartitionQueue {
             let batch = self.queue.pop_front().expect("a front batch");
             gap |= batch.sequence.is_some();
             live.remove(&batch.id);
-            batch.fail(&Error::DeliveryTimeout {
+            let error = Error::DeliveryTimeout {
                 topic: tp.topic.clone(),
                 partition: tp.partition,
                 timeout,
-            });
+            };
+            batch.fail(&error);
+            failed.get_or_insert(error);
         }
         gap
     }
@@ -232,6 +243,12 @@ pub(super) struct Accumulator {
     next_id: u64,
     /// Batches with ids below this are ready at once (a flush asked).
     flush_below: u64,
+    /// Transaction version 2: produce requests add partitions to the transaction themselves.
+    implicit_add: bool,
+    /// Partitions added to the open transaction (version 1); drained only once in it.
+    in_txn: std::collections::HashSet<TopicPartition>,
+    /// The first failure of a batch in the open transaction: it can no longer commit.
+    txn_failure: Option<Error>,
 }
 
 impl Accumulator {
@@ -245,6 +262,85 @@ impl Accumulator {
             live: BTreeSet::new(),
             next_id: 0,
             flush_below: 0,
+            implicit_add: false,
+            in_txn: std::collections::HashSet::new(),
+            txn_failure: None,
+        }
+    }
+
+    /// Whether `tp`'s batches must wait for AddPartitionsToTxn.
+    fn awaits_add(&self, tp: &TopicPartition) -> bool {
+        self.limits.transactional && !self.implicit_add && !self.in_txn.contains(tp)
+    }
+
+    /// Sets how partitions join a transaction: implicitly with the ProduceRequest (transaction
+    /// version 2), or by AddPartitionsToTxn first.
+    pub(super) fn set_implicit_add(&mut self, implicit: bool) {
+        self.implicit_add = implicit;
+    }
+
+    /// Partitions with queued batches that are not in the open transaction yet (version 1).
+    pub(super) fn partitions_to_add(&self) -> Vec<TopicPartition> {
+        let mut tps: Vec<TopicPartition> = self
+            .partitions
+            .iter()
+            .filter(|(tp, part)| !part.queue.is_empty() && self.awaits_add(tp))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        tps.sort();
+        tps
+    }
+
+    /// `tps` are in the open transaction: their batches may go.
+    pub(super) fn partitions_added(&mut self, tps: &[TopicPartition]) {
+        self.in_txn.extend(tps.iter().cloned());
+    }
+
+    /// Adding `tps` to the transaction failed for good: their queued batches fail with `error`.
+    pub(super) fn fail_partitions(&mut self, tps: &[TopicPartition], error: &Error) {
+        for tp in tps {
+            if let Some(part) = self.partitions.get_mut(tp) {
+                for batch in part.queue.drain(..) {
+                    self.live.remove(&batch.id);
+                    batch.fail(error);
+                }
+            }
+        }
+        self.txn_failure.get_or_insert_with(|| error.clone());
+    }
+
+    /// Fails every queued batch (none in flight) with `error`, as an abort does. Returns whether
+    /// one had a sequence: the partition's sequences then have a gap, and a version-1 transaction
+    /// needs a new epoch before the next one.
+    pub(super) fn abort_unsent(&mut self, error: &Error) -> bool {
+        let mut gap = false;
+        for part in self.partitions.values_mut() {
+            for batch in part.queue.drain(..) {
+                gap |= batch.sequence.is_some();
+                self.live.remove(&batch.id);
+                batch.fail(error);
+            }
+        }
+        gap
+    }
+
+    /// The first failure of a batch in the open transaction, taken.
+    pub(super) fn take_txn_failure(&mut self) -> Option<Error> {
+        self.txn_failure.take()
+    }
+
+    /// The transaction ended (committed or aborted): partitions must be added again, and whether
+    /// an epoch bump was wanted (a sequence gap) is returned and cleared.
+    pub(super) fn end_transaction(&mut self) -> bool {
+        self.in_txn.clear();
+        self.txn_failure = None;
+        std::mem::take(&mut self.bump_wanted)
+    }
+
+    /// Records a failed batch of the open transaction.
+    fn txn_failed(&mut self, error: &Error) {
+        if self.limits.transactional {
+            self.txn_failure.get_or_insert_with(|| error.clone());
         }
     }
 
@@ -302,10 +398,12 @@ impl Accumulator {
         let batch = part.queue.back_mut().expect("an open batch");
         batch.builder.append(timestamp_ms, key, value, headers);
         batch.waiters.push(waiter);
-        Appended {
-            wake,
-            leader: part.leader,
+        let leader = part.leader;
+        if wake && self.awaits_add(tp) {
+            // The router adds the partition to the transaction first.
+            return Appended { wake, leader: None };
         }
+        Appended { wake, leader }
     }
 
     /// Partitions with batches and no known leader.
@@ -321,10 +419,14 @@ impl Accumulator {
     /// drains them meanwhile).
     pub(super) fn expire_unled(&mut self, now: Instant) {
         let timeout = self.limits.delivery_timeout;
+        let mut failed = None;
         for (tp, part) in self.partitions.iter_mut() {
             if part.leader.is_none() {
-                self.bump_wanted |= part.expire(tp, now, timeout, &mut self.live);
+                self.bump_wanted |= part.expire(tp, now, timeout, &mut self.live, &mut failed);
             }
+        }
+        if let Some(error) = failed {
+            self.txn_failed(&error);
         }
     }
 
@@ -335,7 +437,9 @@ impl Accumulator {
 
     /// Whether an epoch bump (or a first producer id) is needed.
     pub(super) fn needs_producer_id(&self) -> bool {
-        self.limits.idempotent && (self.producer.is_none() || self.bump_wanted)
+        self.limits.idempotent
+            && !self.limits.transactional
+            && (self.producer.is_none() || self.bump_wanted)
     }
 
     /// The current producer id and epoch.
@@ -376,8 +480,13 @@ impl Accumulator {
         let producer = self.producer;
         let flush_below = self.flush_below;
         let mut gap = false;
-        let any_ready = self.partitions.values().any(|part| {
+        let mut failed = None;
+        let gated = |tp: &TopicPartition| {
+            limits.transactional && !self.implicit_add && !self.in_txn.contains(tp)
+        };
+        let any_ready = self.partitions.iter().any(|(tp, part)| {
             part.leader == Some(node)
+                && !gated(tp)
                 && part
                     .sendable_at(limits, producer, flush_below)
                     .is_some_and(|t| t <= now)
@@ -386,10 +495,22 @@ impl Accumulator {
             if part.leader != Some(node) || part.queue.is_empty() {
                 continue;
             }
-            gap |= part.expire(tp, now, limits.delivery_timeout, &mut self.live);
+            gap |= part.expire(
+                tp,
+                now,
+                limits.delivery_timeout,
+                &mut self.live,
+                &mut failed,
+            );
             let Some(front) = part.queue.front() else {
                 continue;
             };
+            if limits.transactional && !self.implicit_add && !self.in_txn.contains(tp) {
+                // Not in the transaction yet: the router adds it, then wakes this sender.
+                drained.wake =
+                    earliest(drained.wake, Some(front.created + limits.delivery_timeout));
+                continue;
+            }
             let expiry = front.created + limits.delivery_timeout;
             drained.wake = earliest(drained.wake, Some(expiry));
             if limits.idempotent {
@@ -412,7 +533,7 @@ impl Accumulator {
                         part.next_sequence = next_sequence(part.next_sequence, batch.waiters.len());
                         if let Some(sealed) = batch.sealed.take() {
                             let mut bytes = sealed.to_vec();
-                            restamp(&mut bytes, stamp(batch));
+                            restamp(&mut bytes, stamp(batch, limits.transactional));
                             batch.sealed = Some(Bytes::from(bytes));
                         }
                     }
@@ -444,7 +565,7 @@ impl Accumulator {
                 batch.sealed = Some(Bytes::from(batch.builder.finish(
                     limits.codec,
                     0,
-                    stamp(&batch),
+                    stamp(&batch, limits.transactional),
                 )));
                 batch.builder = BatchBuilder::default();
             }
@@ -455,6 +576,9 @@ impl Accumulator {
         }
         if gap {
             self.bump_wanted = true;
+        }
+        if let Some(error) = failed {
+            self.txn_failed(&error);
         }
         drained
     }
@@ -490,6 +614,22 @@ impl Accumulator {
                 self.bump_wanted |= batch.sequence.is_some();
                 self.live.remove(&batch.id);
                 batch.fail(&error);
+                self.txn_failed(&error);
+                return false;
+            }
+            Outcome::SequenceLost { reason } if limits.transactional => {
+                // In a transaction the broker lost our sequence state: the transaction cannot
+                // commit, and the abort gives a new epoch (as the Java client does).
+                self.bump_wanted = true;
+                self.live.remove(&batch.id);
+                let error = Error::Produce {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    error: reason,
+                    retriable: false,
+                };
+                batch.fail(&error);
+                self.txn_failed(&error);
                 return false;
             }
             Outcome::SequenceLost { reason } => {
@@ -523,6 +663,7 @@ impl Accumulator {
                 }
             };
             batch.fail(&error);
+            self.txn_failed(&error);
             return false;
         }
         let unit = jitter_unit(batch.id, batch.attempts);
@@ -566,12 +707,13 @@ impl Accumulator {
 }
 
 /// The stamp of a drained batch.
-fn stamp(batch: &Batch) -> Stamp {
+fn stamp(batch: &Batch, transactional: bool) -> Stamp {
     match (batch.stamped, batch.sequence) {
         (Some(p), Some(sequence)) => Stamp {
             producer_id: p.id,
             producer_epoch: p.epoch,
             base_sequence: sequence,
+            transactional,
         },
         _ => Stamp::NONE,
     }
@@ -620,6 +762,7 @@ mod tests {
             .unwrap(),
             codec: Codec::None,
             idempotent,
+            transactional: false,
         }
     }
 
@@ -934,6 +1077,57 @@ mod tests {
             now + Duration::from_secs(2),
         );
         assert!(acc.oldest_live() >= until);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_transactional_partition_waits_for_its_add_and_an_abort_drops_what_is_queued() {
+        let mut acc = Accumulator::new(Limits {
+            transactional: true,
+            ..limits(true)
+        });
+        acc.set_producer(ProducerIdEpoch { id: 7, epoch: 0 });
+        let now = Instant::now();
+        for p in 0..2 {
+            acc.set_leader(&tp(p), 1, 0);
+        }
+        let appended = {
+            let (tx, _rx) = oneshot::channel();
+            acc.append(&tp(0), 0, None, Some(b"v"), &Headers::new(), tx, now)
+        };
+        assert_eq!(
+            appended.leader, None,
+            "the router is woken to add the partition"
+        );
+        let mut p1 = append(&mut acc, &tp(1), 1, 10, now);
+        acc.flush();
+        assert!(acc.drain(1, now, usize::MAX).batches.is_empty());
+        assert_eq!(acc.partitions_to_add(), vec![tp(0), tp(1)]);
+        acc.partitions_added(&[tp(0)]);
+        let drained = acc.drain(1, now, usize::MAX);
+        assert_eq!(summary(&drained), vec![(0, 0, 1)]);
+        let attributes =
+            i16::from_be_bytes(drained.batches[0].1.bytes()[21..23].try_into().unwrap());
+        assert_eq!(attributes & 0x10, 0x10, "the batch is transactional");
+        assert_eq!(acc.partitions_to_add(), vec![tp(1)]);
+        // Abort: the queued batch of tp1 fails, the one in flight is left to finish.
+        let error = Error::Closed { what: "test" };
+        assert!(!acc.abort_unsent(&error));
+        assert!(matches!(p1[0].try_recv(), Ok(Err(Error::Closed { .. }))));
+        assert!(acc.partitions_to_add().is_empty());
+        // A failed batch of the transaction is remembered until the transaction ends.
+        for (tp, batch) in drained.batches {
+            acc.complete(&tp, batch, Outcome::Fatal(error.clone()), now);
+        }
+        assert!(acc.take_txn_failure().is_some());
+        assert!(
+            acc.end_transaction(),
+            "the failed batch had a sequence: a new epoch is wanted"
+        );
+        assert!(
+            !acc.needs_producer_id(),
+            "the transaction coordinator gives epochs, not the router"
+        );
+        assert_eq!(acc.partitions_to_add(), Vec::<TopicPartition>::new());
     }
 
     #[test]

@@ -14,10 +14,14 @@
 //!
 //! - `accumulator`: per-partition batch queues, readiness (`batch.size`, `linger.ms`, flush,
 //!   retry backoff), sequence numbers and epoch bumps (pure logic, unit-tested).
-//! - `sender`: the per-broker senders and the router (Metadata with leader epochs, InitProducerId).
+//! - `sender`: the per-broker senders and the router (Metadata with leader epochs, InitProducerId,
+//!   AddPartitionsToTxn).
+//! - `transaction`: the transactional producer's state machine and its coordinator requests
+//!   (InitProducerId with a transactional id, AddOffsetsToTxn, TxnOffsetCommit, EndTxn).
 
 mod accumulator;
 mod sender;
+mod transaction;
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -36,14 +40,15 @@ use tracing::debug;
 
 use accumulator::{Accumulator, Limits};
 use sender::{IoSettings, Shared};
+use transaction::{Transactions, TxnSettings};
 
 use crate::config::ClientConfig;
-use crate::group::TopicPartition;
+use crate::group::{ConsumerGroupMetadata, TopicPartition};
 use crate::headers::Headers;
 use crate::partitioner::partition_for_key;
 use crate::task::OwnedTask;
 use crate::wire::records::Codec;
-use crate::{Error, Result};
+use crate::{Error, Result, TransactionErrorKind};
 
 /// Bytes counted per record on top of key, value and headers (record framing, offsets, timestamps).
 const RECORD_OVERHEAD: usize = 64;
@@ -245,6 +250,8 @@ pub struct ProducerBuilder {
     acks: Acks,
     idempotence: bool,
     max_in_flight: usize,
+    transactional_id: Option<String>,
+    transaction_timeout: Duration,
     metrics: Option<Metrics>,
 }
 
@@ -272,8 +279,27 @@ impl ProducerBuilder {
             acks: Acks::All,
             idempotence: true,
             max_in_flight: 5,
+            transactional_id: None,
+            transaction_timeout: Duration::from_secs(60),
             metrics: None,
         }
+    }
+
+    /// Makes the producer transactional: records are sent inside transactions
+    /// ([`Producer::begin_transaction`] .. [`Producer::commit_transaction`]) that read_committed
+    /// consumers see whole or not at all, and a newer producer with the same id fences this one
+    /// (zombie fencing). Implies idempotence. Corresponds to `transactional.id`. Default none.
+    pub fn transactional_id(mut self, id: impl Into<String>) -> Self {
+        self.transactional_id = Some(id.into());
+        self
+    }
+
+    /// How long the transaction coordinator lets a transaction stay open before it aborts it
+    /// (and fences this producer's epoch). The broker caps it at `transaction.max.timeout.ms`
+    /// (15 min by default). Corresponds to `transaction.timeout.ms`. Default 60 s.
+    pub fn transaction_timeout(mut self, timeout: Duration) -> Self {
+        self.transaction_timeout = timeout;
+        self
     }
 
     /// Records every acknowledged record and its produce latency per topic into `metrics`, and counts
@@ -414,6 +440,27 @@ impl ProducerBuilder {
             )
             .into());
         }
+        if self.transactional_id.is_some() {
+            if !self.idempotence {
+                return Err(ConfigError::new(
+                    "enable.idempotence",
+                    "must be true when transactional.id is set",
+                )
+                .into());
+            }
+            if self.transactional_id.as_deref() == Some("") {
+                return Err(ConfigError::new("transactional.id", "must not be empty").into());
+            }
+        }
+        if self.transaction_timeout < Duration::from_millis(1)
+            || self.transaction_timeout.as_millis() > i32::MAX as u128
+        {
+            return Err(ConfigError::new(
+                "transaction.timeout.ms",
+                format!("must be between 1 ms and {} ms", i32::MAX),
+            )
+            .into());
+        }
         if self.idempotence {
             if self.acks != Acks::All {
                 return Err(ConfigError::new(
@@ -461,6 +508,7 @@ impl ProducerBuilder {
             backoff: self.retry_policy(),
             codec: self.compression.codec(),
             idempotent: self.idempotence,
+            transactional: self.transactional_id.is_some(),
         };
         let io = IoSettings {
             acks: self.acks.code(),
@@ -469,12 +517,26 @@ impl ProducerBuilder {
             max_request_size: self.batch_size.max(1024 * 1024),
             backoff: self.retry_policy(),
             metadata_max_age: self.metadata_max_age,
+            transactional_id: self.transactional_id.clone(),
         };
+        let txn = self.transactional_id.as_ref().map(|id| {
+            Arc::new(Transactions::new(
+                TxnSettings {
+                    id: id.clone(),
+                    timeout: self.transaction_timeout,
+                    max_block: self.max_block,
+                    request_timeout: self.request_timeout,
+                    backoff: self.retry_policy(),
+                },
+                &self.client,
+            ))
+        });
         let shared = Arc::new(Shared::new(
             Accumulator::new(limits),
             self.client.clone(),
             io,
             control,
+            txn,
         ));
         let router = OwnedTask::spawn(sender::run_router(Arc::clone(&shared)));
         let active = self.metrics.as_ref().map(Metrics::producer_active);
@@ -679,6 +741,9 @@ impl Producer {
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed { what: "producer" });
         }
+        if let Some(txn) = &inner.shared.txn {
+            txn.check_send()?;
+        }
         let settings = &inner.settings;
         let size = record.size();
         if size > settings.batch_size {
@@ -722,7 +787,41 @@ impl Producer {
             })?
             .map_err(|_| Error::Closed { what: "producer" })?;
         let topic = self.topic(&record.topic).await?;
+        if let Some(txn) = &inner.shared.txn {
+            // The record joins the transaction open now, which must be the one it was sent in:
+            // commit and abort wait for waiting sends before they end it.
+            txn.check_send()?;
+        }
         self.append(topic, record, permit)
+    }
+
+    /// Waits until every send called so far that had to wait (metadata, buffer room) has appended
+    /// its record (or failed), so a commit or an abort covers it. Up to `max.block.ms`.
+    async fn sends_appended(&self, operation: &'static str, id: &str) -> Result<()> {
+        let inner = &self.inner;
+        let issued = inner.gate.lock().issued;
+        let wait = async {
+            loop {
+                let moved = inner.gate_moved.notified();
+                tokio::pin!(moved);
+                moved.as_mut().enable();
+                if inner.gate.lock().done >= issued {
+                    return;
+                }
+                moved.await;
+            }
+        };
+        tokio::time::timeout(inner.settings.max_block, wait)
+            .await
+            .map_err(|_| Error::Transaction {
+                transactional_id: id.to_owned(),
+                operation,
+                kind: TransactionErrorKind::Timeout,
+                reason: format!(
+                    "sends called before it were still waiting to append their records after                      max.block.ms ({:?}): await or spawn the futures `send` returned",
+                    inner.settings.max_block
+                ),
+            })
     }
 
     /// Appends `record` to its partition's batch.
@@ -750,6 +849,9 @@ impl Producer {
         );
         if appended.wake {
             inner.shared.wake(appended.leader);
+        }
+        if let Some(txn) = &inner.shared.txn {
+            txn.note_appended();
         }
         Ok(Appended {
             topic,
@@ -802,6 +904,93 @@ impl Producer {
         shared.wake_all();
         shared.finished(until).await;
         Ok(())
+    }
+
+    /// The transaction manager, or an error naming `operation` for a producer without a
+    /// `transactional.id`.
+    fn transactions(&self, operation: &'static str) -> Result<&Transactions> {
+        self.inner.shared.txn.as_deref().ok_or(Error::Transaction {
+            transactional_id: String::new(),
+            operation,
+            kind: TransactionErrorKind::InvalidState,
+            reason: "the producer has no transactional.id".into(),
+        })
+    }
+
+    /// Registers the `transactional.id` with its transaction coordinator: fences every earlier
+    /// producer with the same id (their open transaction is aborted; their next call fails with
+    /// [`TransactionErrorKind::Fenced`]) and gets this producer's id and epoch. Retries
+    /// CONCURRENT_TRANSACTIONS and a loading coordinator up to `max.block.ms`. Uses transaction
+    /// version 2 (KIP-890) when the cluster finalizes `transaction.version` >= 2, else version 1.
+    /// Call once, before the first transaction. Java's `initTransactions`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> kafkit_core::Result<()> {
+    /// use kafkit_core::{ClientConfig, ProducerBuilder, ProducerRecord};
+    /// let producer = ProducerBuilder::new(ClientConfig::new(["localhost:9092"])?)
+    ///     .transactional_id("orders-copier-0")
+    ///     .build()
+    ///     .await?;
+    /// producer.init_transactions().await?;
+    /// producer.begin_transaction().await?;
+    /// let sent = producer.send(ProducerRecord::new("orders", "hello"));
+    /// producer.commit_transaction().await?; // flushes, then commits
+    /// sent.await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn init_transactions(&self) -> Result<()> {
+        self.transactions("init_transactions")?
+            .init(&self.inner.shared)
+            .await
+    }
+
+    /// Opens a transaction: the records sent until [`commit_transaction`](Self::commit_transaction)
+    /// or [`abort_transaction`](Self::abort_transaction) belong to it. Local only. Java's
+    /// `beginTransaction`.
+    pub async fn begin_transaction(&self) -> Result<()> {
+        self.transactions("begin_transaction")?.begin().await
+    }
+
+    /// Adds consumed offsets to the open transaction: they are committed for `group` if and
+    /// only if the transaction commits. `offsets` are the next offsets to read (the last
+    /// processed plus one), as for a plain commit. The group coordinator checks `group`'s
+    /// generation and member id, so a member that lost its partitions in a rebalance cannot commit for them (KIP-447);
+    /// that refusal is [`TransactionErrorKind::Abortable`]. Java's `sendOffsetsToTransaction`.
+    pub async fn send_offsets_to_transaction(
+        &self,
+        offsets: impl IntoIterator<Item = (TopicPartition, i64)>,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<()> {
+        let offsets: Vec<(TopicPartition, i64)> = offsets.into_iter().collect();
+        self.transactions("send_offsets_to_transaction")?
+            .send_offsets(&self.inner.shared, &offsets, group)
+            .await
+    }
+
+    /// Commits the open transaction: waits for the sends called before it to append their records
+    /// (a send that found no metadata or buffer room appends when its future runs: await or spawn
+    /// it), flushes, and once every record is acknowledged ends the transaction (EndTxn). If a record failed, nothing is committed and the error is
+    /// [`TransactionErrorKind::Abortable`]: call [`abort_transaction`](Self::abort_transaction).
+    /// A [`TransactionErrorKind::Timeout`] may be retried by calling this again. Java's
+    /// `commitTransaction`.
+    pub async fn commit_transaction(&self) -> Result<()> {
+        let txn = self.transactions("commit_transaction")?;
+        self.sends_appended("commit_transaction", txn.id()).await?;
+        txn.commit(&self.inner.shared).await
+    }
+
+    /// Aborts the open transaction: once the sends called before it appended their records (as
+    /// for a commit), records not yet sent fail (their `send` returns an abortable error), records in flight are waited for, then the coordinator writes the abort markers;
+    /// read_committed consumers skip every record of it. Java's `abortTransaction`.
+    pub async fn abort_transaction(&self) -> Result<()> {
+        let txn = self.transactions("abort_transaction")?;
+        self.sends_appended("abort_transaction", txn.id()).await?;
+        txn.abort(&self.inner.shared).await
+    }
+
+    /// The `transactional.id`, if the producer is transactional.
+    pub fn transactional_id(&self) -> Option<&str> {
+        self.inner.shared.txn.as_deref().map(Transactions::id)
     }
 
     /// Refuses new sends, then flushes what was already sent.

@@ -18,9 +18,13 @@
 //!   replaces newer), starts a sender for each new leader and wakes it. With idempotence it gets
 //!   the producer id, and bumps the epoch when the accumulator asks (InitProducerId with the
 //!   current id and epoch, KIP-360; a broker below InitProducerId v3 gives a new id instead).
+//!   A transactional producer gets its id from the transaction coordinator (`transaction`)
+//!   instead, and the router adds partitions to the open transaction (AddPartitionsToTxn) before
+//!   their first batches go (transaction version 1).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI16, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -37,11 +41,12 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::accumulator::{Accumulator, Batch, Outcome, ProducerIdEpoch};
+use super::transaction::Transactions;
 use crate::config::ClientConfig;
 use crate::group::TopicPartition;
 use crate::task::OwnedTask;
 use crate::wire::{Connection, WireError, metadata_request};
-use crate::{Error, Result};
+use crate::{Error, Result, TransactionErrorKind};
 
 /// Settings of the I/O side.
 #[derive(Debug, Clone)]
@@ -59,7 +64,14 @@ pub(super) struct IoSettings {
     pub(super) backoff: BackoffPolicy,
     /// `metadata.max.age.ms`.
     pub(super) metadata_max_age: Duration,
+    /// `transactional.id`, carried by every ProduceRequest of a transactional producer.
+    pub(super) transactional_id: Option<String>,
 }
+
+/// The newest ProduceRequest version a producer sends: v9 without transactions (v10 to v12 add
+/// nothing it uses), v11 in version-1 transactions (v12 would add partitions implicitly), v12
+/// with transaction version 2.
+const PRODUCE_MAX_PLAIN: i16 = 9;
 
 /// What the send path, the senders and the router share.
 #[derive(Debug)]
@@ -78,6 +90,10 @@ pub(super) struct Shared {
     progress: watch::Sender<u64>,
     /// The connection for Metadata and InitProducerId. tokio Mutex: held while connecting.
     control: tokio::sync::Mutex<Option<Arc<Connection>>>,
+    /// The transaction manager of a transactional producer.
+    pub(super) txn: Option<Arc<Transactions>>,
+    /// The newest ProduceRequest version to send; written by `init_transactions`.
+    produce_max: AtomicI16,
 }
 
 impl Shared {
@@ -86,6 +102,7 @@ impl Shared {
         client: ClientConfig,
         io: IoSettings,
         control: Connection,
+        txn: Option<Arc<Transactions>>,
     ) -> Self {
         Self {
             acc: parking_lot::Mutex::new(acc),
@@ -96,7 +113,15 @@ impl Shared {
             router: Notify::new(),
             progress: watch::Sender::new(0),
             control: tokio::sync::Mutex::new(Some(Arc::new(control))),
+            txn,
+            produce_max: AtomicI16::new(PRODUCE_MAX_PLAIN),
         }
+    }
+
+    /// Sets the ProduceRequest version for the transaction version in use.
+    pub(super) fn set_transaction_version(&self, tv2: bool) {
+        self.produce_max
+            .store(if tv2 { 12 } else { 11 }, Ordering::Release);
     }
 
     /// Wakes the sender of `node`, or the router when the leader is unknown.
@@ -249,6 +274,27 @@ pub(super) async fn run_router(shared: Arc<Shared>) {
             (acc.needs_producer_id(), acc.producer(), topics)
         };
         let mut failed = false;
+        if let Some(txn) = &shared.txn {
+            let to_add = shared.acc.lock().partitions_to_add();
+            if !to_add.is_empty() {
+                match txn.add_partitions(&shared, &to_add).await {
+                    Ok(()) => {
+                        shared.acc.lock().partitions_added(&to_add);
+                        shared.wake_all();
+                    }
+                    Err(error) if error.is_retriable() => {
+                        debug!(%error, partitions = ?to_add, "AddPartitionsToTxn failed; retrying");
+                        failed = true;
+                    }
+                    Err(error) => {
+                        warn!(%error, partitions = ?to_add, "partitions could not join the transaction");
+                        let mut acc = shared.acc.lock();
+                        acc.fail_partitions(&to_add, &error);
+                        shared.publish_progress(&acc);
+                    }
+                }
+            }
+        }
         if needs_id {
             match shared.init_producer_id(current).await {
                 Ok(producer) => {
@@ -361,8 +407,9 @@ async fn run_sender(shared: Arc<Shared>, node: i32, wake: Arc<Notify>) {
                 }
                 let c = Arc::clone(conn.as_ref().expect("connected"));
                 let request = produce_request(io, &drained.batches);
+                let max = shared.produce_max.load(Ordering::Acquire);
                 if io.acks == 0 {
-                    let sent = c.send_unanswered(&request).await;
+                    let sent = c.send_unanswered(&request, max).await;
                     in_flight.push(Box::pin(futures::future::ready((
                         drained.batches,
                         sent.map(|()| None),
@@ -372,7 +419,7 @@ async fn run_sender(shared: Arc<Shared>, node: i32, wake: Arc<Notify>) {
                 } else {
                     let timeout = io.request_timeout;
                     in_flight.push(Box::pin(async move {
-                        let result = c.send(&request, timeout).await.map(Some);
+                        let result = c.send_at_most(&request, max, timeout).await.map(Some);
                         (drained.batches, result, c)
                     }));
                 }
@@ -436,6 +483,11 @@ fn produce_request(io: &IoSettings, batches: &[(TopicPartition, Batch)]) -> Prod
         );
     }
     ProduceRequest::default()
+        .with_transactional_id(
+            io.transactional_id.as_ref().map(|id| {
+                kafka_protocol::messages::TransactionalId(StrBytes::from_string(id.clone()))
+            }),
+        )
         .with_acks(io.acks)
         .with_timeout_ms(i32::try_from(io.request_timeout.as_millis()).unwrap_or(i32::MAX))
         .with_topic_data(
@@ -492,7 +544,13 @@ fn handle(
                 leader_moved: true,
                 reason: "no answer for the partition".into(),
             },
-            Some(&(code, base, ref message)) => outcome(&tp, code, base, message.as_deref()),
+            Some(&(code, base, ref message)) => outcome(
+                &tp,
+                code,
+                base,
+                message.as_deref(),
+                shared.io.transactional_id.as_deref(),
+            ),
         };
         if let Outcome::Retry { reason, .. } | Outcome::SequenceLost { reason } = &outcome {
             debug!(partition = %tp, %reason, records = batch.len(), "produce batch to be retried");
@@ -507,12 +565,38 @@ fn handle(
 }
 
 /// A partition's answer as an [`Outcome`].
-fn outcome(tp: &TopicPartition, code: i16, base: i64, message: Option<&str>) -> Outcome {
+fn outcome(
+    tp: &TopicPartition,
+    code: i16,
+    base: i64,
+    message: Option<&str>,
+    transactional_id: Option<&str>,
+) -> Outcome {
     let error = ResponseError::try_from_code(code);
     let reason = || match message {
         Some(m) if !m.is_empty() => format!("{error:?} (error code {code}): {m}"),
         _ => format!("{error:?} (error code {code})"),
     };
+    if let Some(id) = transactional_id
+        && let Some(
+            ResponseError::InvalidProducerEpoch
+            | ResponseError::ProducerFenced
+            | ResponseError::TransactionalIdAuthorizationFailed,
+        ) = error
+    {
+        // A newer producer of the transactional id took over (or this one may not write).
+        let kind = if error == Some(ResponseError::TransactionalIdAuthorizationFailed) {
+            TransactionErrorKind::Fatal
+        } else {
+            TransactionErrorKind::Fenced
+        };
+        return Outcome::Fatal(Error::Transaction {
+            transactional_id: id.to_owned(),
+            operation: "Produce",
+            kind,
+            reason: format!("producing to {tp}: {}", reason()),
+        });
+    }
     match error {
         None if code == 0 => Outcome::Written(base),
         // Written before (the broker's cache of the last five batches no longer holds it).
@@ -532,10 +616,14 @@ fn outcome(tp: &TopicPartition, code: i16, base: i64, message: Option<&str>) -> 
             reason: reason(),
         },
         // A batch of an epoch the partition has left: it gets the new epoch when it is retried.
-        Some(ResponseError::InvalidProducerEpoch) => Outcome::Retry {
-            leader_moved: false,
-            reason: reason(),
-        },
+        // CONCURRENT_TRANSACTIONS: under transaction version 2 the partition is being added while
+        // the coordinator still completes the previous transaction; retried, as Java does.
+        Some(ResponseError::InvalidProducerEpoch | ResponseError::ConcurrentTransactions) => {
+            Outcome::Retry {
+                leader_moved: false,
+                reason: reason(),
+            }
+        }
         Some(e) if e.is_retriable() => Outcome::Retry {
             leader_moved: false,
             reason: reason(),

@@ -7,20 +7,22 @@
 use kafka_protocol::messages::TopicName;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, ConsumerGroupDescribeRequest,
-    ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest, ConsumerGroupHeartbeatResponse,
-    CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse,
-    DescribeGroupsRequest, DescribeGroupsResponse, FetchRequest, FetchResponse,
-    FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
-    IncrementalAlterConfigsRequest, IncrementalAlterConfigsResponse, InitProducerIdRequest,
-    InitProducerIdResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    LeaveGroupResponse, ListGroupsRequest, ListGroupsResponse, ListOffsetsRequest,
-    ListOffsetsResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, ProduceRequest, ProduceResponse,
-    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
-    ShareAcknowledgeRequest, ShareAcknowledgeResponse, ShareFetchRequest, ShareFetchResponse,
-    ShareGroupDescribeRequest, ShareGroupDescribeResponse, ShareGroupHeartbeatRequest,
-    ShareGroupHeartbeatResponse, SyncGroupRequest, SyncGroupResponse,
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest,
+    AddPartitionsToTxnResponse, ApiKey, ApiVersionsRequest, ApiVersionsResponse,
+    ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
+    ConsumerGroupHeartbeatResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, DescribeGroupsRequest, DescribeGroupsResponse, EndTxnRequest,
+    EndTxnResponse, FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse,
+    HeartbeatRequest, HeartbeatResponse, IncrementalAlterConfigsRequest,
+    IncrementalAlterConfigsResponse, InitProducerIdRequest, InitProducerIdResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, ListGroupsRequest,
+    ListGroupsResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest, MetadataResponse,
+    OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse,
+    ProduceRequest, ProduceResponse, SaslAuthenticateRequest, SaslAuthenticateResponse,
+    SaslHandshakeRequest, SaslHandshakeResponse, ShareAcknowledgeRequest, ShareAcknowledgeResponse,
+    ShareFetchRequest, ShareFetchResponse, ShareGroupDescribeRequest, ShareGroupDescribeResponse,
+    ShareGroupHeartbeatRequest, ShareGroupHeartbeatResponse, SyncGroupRequest, SyncGroupResponse,
+    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Message, StrBytes};
 
@@ -90,12 +92,25 @@ api! {
     // v13+ name topics by id; v12 is the last by name (flexible, no fetch session needed).
     FetchRequest => FetchResponse, Fetch, 12;
     // v9: flexible, topics by name. v10 adds leader hints to NOT_LEADER_OR_FOLLOWER answers
-    // (KIP-951), which kafkit does not read (it looks the leader up again); v11+ are for
-    // transactions v2 (KIP-890) and v13 names topics by id.
-    ProduceRequest => ProduceResponse, Produce, 9;
+    // (KIP-951, tagged fields kafkit does not read: it looks the leader up again); v11 adds
+    // TRANSACTION_ABORTABLE; v12 adds a transaction's partitions implicitly (transaction version 2,
+    // KIP-890), so a transactional producer of version 1 sends at most v11; v13 names topics by
+    // id. The producer caps the version per mode (`producer::sender::IoSettings`).
+    ProduceRequest => ProduceResponse, Produce, 12;
     // v3: the current producer id and epoch for a KIP-360 epoch bump; v4: flexible and
     // PRODUCER_FENCED. v5 is for transactions v2 (KIP-890).
     InitProducerIdRequest => InitProducerIdResponse, InitProducerId, 4;
+    // v3 is the last a client sends (v4+ batch transactions, broker to coordinator only).
+    AddPartitionsToTxnRequest => AddPartitionsToTxnResponse, AddPartitionsToTxn, 3;
+    // v4: TRANSACTION_ABORTABLE. Not sent with transaction version 2 (TxnOffsetCommit v5 adds the
+    // group implicitly).
+    AddOffsetsToTxnRequest => AddOffsetsToTxnResponse, AddOffsetsToTxn, 4;
+    // v3: generation, member id and instance id (KIP-447 fencing); v5 adds the group to the
+    // transaction implicitly (transaction version 2), so version-1 transactions send at most v4.
+    TxnOffsetCommitRequest => TxnOffsetCommitResponse, TxnOffsetCommit, 5;
+    // v5 bumps the epoch at every end of transaction and answers with the new id and epoch
+    // (transaction version 2); version-1 transactions send at most v4.
+    EndTxnRequest => EndTxnResponse, EndTxn, 5;
     CreateTopicsRequest => CreateTopicsResponse, CreateTopics, 7;
     // v1: flexible. Group configs (resource type GROUP, Kafka 4.0+) set share-group settings.
     IncrementalAlterConfigsRequest => IncrementalAlterConfigsResponse, IncrementalAlterConfigs, 1;

@@ -171,6 +171,9 @@ pub(crate) struct Connection {
     next_correlation: AtomicI32,
     /// API key -> (min, max) version the broker supports, from the ApiVersions handshake.
     versions: HashMap<i16, (i16, i16)>,
+    /// Feature name -> finalized max level (`transaction.version`, ...), from the ApiVersions
+    /// handshake (v3+; empty from older brokers).
+    features: HashMap<String, i16>,
     dead: Arc<AtomicBool>,
     reader: JoinHandle<()>,
 }
@@ -245,10 +248,11 @@ impl Connection {
             pending,
             next_correlation: AtomicI32::new(0),
             versions: HashMap::new(),
+            features: HashMap::new(),
             dead,
             reader,
         };
-        conn.versions = conn.negotiate(timeout).await.map_err(|e| match e {
+        (conn.versions, conn.features) = conn.negotiate(timeout).await.map_err(|e| match e {
             WireError::Io { broker, .. } => WireError::Handshake {
                 broker,
                 stage: "before answering ApiVersions",
@@ -355,6 +359,12 @@ impl Connection {
         &self.versions
     }
 
+    /// The finalized level of a cluster feature (e.g. `transaction.version`) as this broker
+    /// announced it; 0 when the broker names no level (older brokers, or the feature is off).
+    pub(crate) fn feature_level(&self, name: &str) -> i16 {
+        self.features.get(name).copied().unwrap_or(0)
+    }
+
     /// Whether the socket has failed; a dead connection fails every request.
     pub(crate) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::Acquire)
@@ -377,7 +387,10 @@ impl Connection {
 
     /// ApiVersions at the highest version both sides know. A broker that does not know the version
     /// answers in v0 with UNSUPPORTED_VERSION and its own range, and we retry with what it supports.
-    async fn negotiate(&self, timeout: Duration) -> Result<HashMap<i16, (i16, i16)>, WireError> {
+    async fn negotiate(
+        &self,
+        timeout: Duration,
+    ) -> Result<(HashMap<i16, (i16, i16)>, HashMap<String, i16>), WireError> {
         let request = ApiVersionsRequest::default()
             .with_client_software_name(StrBytes::from_static_str("kafkit"))
             .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
@@ -399,7 +412,12 @@ impl Connection {
                 version = max.min(ApiVersionsRequest::MAX_VERSION);
                 continue;
             }
-            return Ok(table);
+            let features = response
+                .finalized_features
+                .iter()
+                .map(|f| (f.name.to_string(), f.max_version_level))
+                .collect();
+            return Ok((table, features));
         }
         Err(WireError::UnsupportedVersion {
             broker: self.broker.clone(),
@@ -455,13 +473,14 @@ impl Connection {
         self.send_version(request, version, timeout).await
     }
 
-    /// Writes `request` at the negotiated version and does not wait for an answer: for a
-    /// ProduceRequest with acks=0, which the broker never answers.
+    /// Writes `request` at the negotiated version (no newer than `max`) and does not wait for an
+    /// answer: for a ProduceRequest with acks=0, which the broker never answers.
     pub(crate) async fn send_unanswered<R: ApiRequest>(
         &self,
         request: &R,
+        max: i16,
     ) -> Result<(), WireError> {
-        let version = self.version_for::<R>()?;
+        let version = self.version_for::<R>()?.min(max);
         let (_, frame) = self.frame(request, version)?;
         let mut writer = self.writer.lock().await;
         writer.write_all(&frame).await.map_err(|e| {

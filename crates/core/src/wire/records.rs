@@ -950,13 +950,15 @@ pub(crate) enum Codec {
 /// Uncompressed bytes per xerial snappy block: snappy-java's default block size.
 const XERIAL_BLOCK: usize = 32 * 1024;
 
-/// Who writes a batch, for idempotence: producer id, epoch and the sequence of its first record.
-/// [`Stamp::NONE`] for a producer without idempotence.
+/// Who writes a batch, for idempotence: producer id, epoch and the sequence of its first record,
+/// and whether it belongs to a transaction (the attributes' transactional bit). [`Stamp::NONE`]
+/// for a producer without idempotence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Stamp {
     pub(crate) producer_id: i64,
     pub(crate) producer_epoch: i16,
     pub(crate) base_sequence: i32,
+    pub(crate) transactional: bool,
 }
 
 impl Stamp {
@@ -965,6 +967,7 @@ impl Stamp {
         producer_id: -1,
         producer_epoch: -1,
         base_sequence: -1,
+        transactional: false,
     };
 }
 
@@ -1134,6 +1137,10 @@ impl BatchBuilder {
 /// Writes `stamp` into a batch [`BatchBuilder::finish`] wrote and seals it again (the CRC covers
 /// the producer fields): a retried batch keeps its bytes and changes only these after an epoch bump.
 pub(crate) fn restamp(batch: &mut [u8], stamp: Stamp) {
+    // The low attributes byte holds the codec and the flags; bit 4 is "transactional".
+    let bit = TRANSACTIONAL_BIT as u8;
+    let flags = &mut batch[ATTRIBUTES_AT + 1];
+    *flags = (*flags & !bit) | if stamp.transactional { bit } else { 0 };
     batch[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&stamp.producer_id.to_be_bytes());
     batch[PRODUCER_ID_AT + 8..PRODUCER_ID_AT + 10]
         .copy_from_slice(&stamp.producer_epoch.to_be_bytes());
@@ -2345,6 +2352,8 @@ mod tests {
             producer_id: read_i64(batch, PRODUCER_ID_AT).expect("producer id"),
             producer_epoch: read_i16(batch, PRODUCER_ID_AT + 8).expect("epoch"),
             base_sequence: read_i32(batch, PRODUCER_ID_AT + 10).expect("sequence"),
+            transactional: read_i16(batch, ATTRIBUTES_AT).expect("attributes") & TRANSACTIONAL_BIT
+                != 0,
         }
     }
 
@@ -2358,6 +2367,7 @@ mod tests {
             producer_id: 4242,
             producer_epoch: 7,
             base_sequence: 1_000,
+            transactional: true,
         };
         restamp(&mut batch, stamp);
         assert_eq!(stamp_of(&batch), stamp);
@@ -2366,8 +2376,13 @@ mod tests {
             .collect();
         assert!(
             changed.iter().all(|&i| (CRC_AT..CRC_AT + 4).contains(&i)
+                || i == ATTRIBUTES_AT + 1
                 || (PRODUCER_ID_AT..RECORD_COUNT_AT).contains(&i)),
-            "only the CRC and the producer fields change: {changed:?}"
+            "only the CRC, the transactional flag and the producer fields change: {changed:?}"
+        );
+        assert_eq!(
+            read_i16(&batch, ATTRIBUTES_AT),
+            Some(Codec::Lz4 as i16 | 0x10)
         );
         assert_eq!(
             decode(Bytes::from(batch), 0, &[]).records,
@@ -2400,7 +2415,7 @@ mod tests {
             for (i, record) in records.iter_mut().enumerate() {
                 record.offset = base + i as i64;
             }
-            let stamp = Stamp { producer_id, producer_epoch, base_sequence };
+            let stamp = Stamp { producer_id, producer_epoch, base_sequence, transactional: false };
             let mut builder = BatchBuilder::with_capacity(64);
             for record in &records {
                 let headers: Headers = record

@@ -249,6 +249,19 @@ impl GroupMember {
         }
     }
 
+    /// The member's identity for a transactional offset commit (KIP-447): group id, current
+    /// generation (member epoch) and member id, static instance id. Java's
+    /// `consumer.groupMetadata()`.
+    pub fn group_metadata(&self) -> crate::group::ConsumerGroupMetadata {
+        let s = self.shared.state.lock();
+        crate::group::ConsumerGroupMetadata {
+            group_id: self.shared.config.group_id.clone(),
+            generation_id: s.generation,
+            member_id: s.member_id.clone(),
+            group_instance_id: self.shared.config.group_instance_id.clone(),
+        }
+    }
+
     /// Starts leaving the group without waiting: the same steps as [`close`](Self::close); the event
     /// channel closes when the member is done.
     pub fn shutdown(&self) {
