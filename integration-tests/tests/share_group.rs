@@ -529,6 +529,7 @@ async fn kafkit_and_java_verifiable_share_consumers_share_one_group() {
             == all.len()
     })
     .await;
+    check_offsets_against_kafka_share_groups(&bootstrap, &group, &topic, N / 2).await;
     let (k, j) = tokio::join!(kafkit.stop(), java.stop());
     let k_consumed = offsets_of(&k, "records_consumed");
     let j_consumed = offsets_of(&j, "records_consumed");
@@ -551,6 +552,95 @@ async fn kafkit_and_java_verifiable_share_consumers_share_one_group() {
     ] {
         assert!(k.iter().any(|v| v["name"] == e), "kafkit printed no {e}");
     }
+}
+
+/// Once every record of `topic`'s two partitions (`end` each) is acknowledged: `kafkit group
+/// describe` shows each share partition's start offset (progress made, at most `end`) with the lag
+/// it leaves, and the same start offsets as `kafka-share-groups --describe`.
+async fn check_offsets_against_kafka_share_groups(
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+    end: i64,
+) {
+    let ours = || {
+        let out = std::process::Command::new(kafkit_integration_tests::kafkit_bin())
+            .args(["group", "describe", "--group-id", group])
+            .args(["--bootstrap-server", bootstrap, "--json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        doc["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["topic"] == topic)
+            .map(|p| {
+                let partition = p["partition"].as_i64().unwrap();
+                let start = p["committed"].as_i64().expect("a start offset");
+                assert!(
+                    (1..=end).contains(&start),
+                    "partition {partition} at {start}"
+                );
+                assert_eq!(p["end"].as_i64(), Some(end));
+                assert_eq!(p["lag"].as_i64(), Some(end - start));
+                (partition, start)
+            })
+            .collect::<Vec<_>>()
+    };
+    let theirs = || async {
+        let java = kafkit_testkit::java_tool(
+            "org.apache.kafka.tools.consumer.group.ShareGroupCommand",
+            &[
+                "--bootstrap-server",
+                bootstrap,
+                "--describe",
+                "--group",
+                group,
+            ],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        assert!(java.success, "{}", java.stderr);
+        let mut lines = java.stdout.lines().filter(|l| !l.trim().is_empty());
+        let header: Vec<&str> = lines
+            .find(|l| l.contains("START-OFFSET"))
+            .unwrap_or_else(|| panic!("no offsets table:\n{}", java.stdout))
+            .split_whitespace()
+            .collect();
+        let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+        let (partition, start) = (column("PARTITION"), column("START-OFFSET"));
+        let mut rows: Vec<(i64, i64)> = lines
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|c| c.get(1) == Some(&topic))
+            .map(|c| (c[partition].parse().unwrap(), c[start].parse().unwrap()))
+            .collect();
+        rows.sort_unstable();
+        rows
+    };
+    // The start offsets move a moment after the last acknowledgements are answered: both views
+    // are taken until they agree.
+    let mut last = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let before = ours();
+        let java = theirs().await;
+        let after = ours();
+        if before.len() == 2 && (java == before || java == after) {
+            return;
+        }
+        last = (after, java);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!(
+        "start offsets (partition, offset): kafkit {:?}, kafka-share-groups {:?}",
+        last.0, last.1
+    );
 }
 
 /// `kafkit group describe` and `list` on a share group with two members, against what Kafka's

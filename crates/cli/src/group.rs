@@ -458,7 +458,12 @@ fn describe_table(d: &GroupDescription, lag: &[PartitionLag], rates: Option<&Rat
         "GROUP",
         "TOPIC",
         "PARTITION",
-        "CURRENT-OFFSET",
+        // A share group's progress is its share partitions' start offsets.
+        if d.group_type == "share" {
+            "START-OFFSET"
+        } else {
+            "CURRENT-OFFSET"
+        },
         "LOG-END-OFFSET",
         "LAG",
         "CONSUMER-ID",

@@ -21,9 +21,9 @@ use kafka_protocol::messages::incremental_alter_configs_request::{
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, ConsumerGroupDescribeRequest, CreateTopicsRequest, DeleteTopicsRequest,
-    DescribeGroupsRequest, FindCoordinatorRequest, GroupId, IncrementalAlterConfigsRequest,
-    ListGroupsRequest, ListOffsetsRequest, MetadataResponse, OffsetFetchRequest,
-    ShareGroupDescribeRequest, TopicName,
+    DescribeGroupsRequest, DescribeShareGroupOffsetsRequest, FindCoordinatorRequest, GroupId,
+    IncrementalAlterConfigsRequest, ListGroupsRequest, ListOffsetsRequest, MetadataResponse,
+    OffsetFetchRequest, ShareGroupDescribeRequest, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -126,13 +126,18 @@ pub struct PartitionLag {
     pub topic: String,
     /// The partition.
     pub partition: i32,
-    /// The group's committed offset (the next offset it will read), if it committed one.
+    /// The group's committed offset (the next offset it will read), if it committed one. For a
+    /// share group: the share-partition start offset (every record before it is acknowledged or
+    /// archived), as `kafka-share-groups --describe` shows it.
     pub committed: Option<i64>,
     /// The log end offset (high watermark, read-uncommitted, as `kafka-consumer-groups` shows).
     pub end: i64,
-    /// `end - committed`, when there is a commit.
+    /// `end - committed`, when there is a commit. For a share group this counts the records from
+    /// the start offset on, acknowledged ones in the in-flight window included (an upper bound of
+    /// what the broker itself reports as lag; equal to it once the window is settled).
     pub lag: Option<i64>,
-    /// The member assigned the partition, if any.
+    /// The member assigned the partition, if any (none for a share group: a share partition goes
+    /// to several members at once, which the members' assignments list).
     pub owner: Option<PartitionOwner>,
 }
 
@@ -973,12 +978,33 @@ async fn lag_on(
     coordinator: &Connection,
     description: &GroupDescription,
 ) -> Result<Vec<PartitionLag>> {
-    if description.group_type == "share" {
-        // A share group commits no offsets (its progress is each share-partition's start offset,
-        // which DescribeShareGroupOffsets reports; kafkit does not read it yet).
-        return Ok(Vec::new());
-    }
     let group = description.group_id.as_str();
+    if description.group_type == "share" {
+        // A share group commits no offsets: its progress is each share partition's start offset.
+        let starts = share_start_offsets(coordinator, group).await?;
+        let partitions: BTreeSet<TopicPartition> = starts.keys().cloned().collect();
+        if partitions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ends = log_offsets(client, &partitions, &[LATEST_TIMESTAMP])
+            .await?
+            .remove(0);
+        return Ok(partitions
+            .into_iter()
+            .filter_map(|tp| {
+                let end = *ends.get(&tp)?;
+                let start = starts.get(&tp).copied().flatten();
+                Some(PartitionLag {
+                    owner: None,
+                    lag: start.map(|s| end - s),
+                    committed: start,
+                    end,
+                    topic: tp.topic,
+                    partition: tp.partition,
+                })
+            })
+            .collect());
+    }
     let committed = all_committed(coordinator, group).await?;
     let mut owners: HashMap<&TopicPartition, PartitionOwner> = HashMap::new();
     for m in &description.members {
@@ -1019,6 +1045,47 @@ async fn lag_on(
             })
         })
         .collect())
+}
+
+/// Each share partition of `group` with its start offset (`None` while the share partition has
+/// none yet), from DescribeShareGroupOffsets on the group's coordinator.
+async fn share_start_offsets(
+    coordinator: &Connection,
+    group: &str,
+) -> Result<BTreeMap<TopicPartition, Option<i64>>> {
+    let request = DescribeShareGroupOffsetsRequest::default().with_groups(vec![
+        kafka_protocol::messages::describe_share_group_offsets_request::DescribeShareGroupOffsetsRequestGroup::default()
+            .with_group_id(GroupId(StrBytes::from_string(group.to_owned())))
+            // Every topic the group has share partitions of.
+            .with_topics(None),
+    ]);
+    let response = send(coordinator, &request, "DescribeShareGroupOffsets").await?;
+    let mut out = BTreeMap::new();
+    for g in response.groups {
+        if let Some(err) = ResponseError::try_from_code(g.error_code) {
+            return Err(group_error(
+                group,
+                "DescribeShareGroupOffsets",
+                err,
+                g.error_message.as_deref(),
+            ));
+        }
+        for t in g.topics {
+            for p in t.partitions {
+                if let Some(err) = ResponseError::try_from_code(p.error_code) {
+                    return Err(group_error(
+                        group,
+                        "DescribeShareGroupOffsets",
+                        err,
+                        p.error_message.as_deref(),
+                    ));
+                }
+                let tp = TopicPartition::new(t.topic_name.0.as_str(), p.partition_index);
+                out.insert(tp, (p.start_offset >= 0).then_some(p.start_offset));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// The offsets ListOffsets gives for each of `timestamps` (`LATEST_TIMESTAMP`,

@@ -11,7 +11,8 @@ use kafka_protocol::messages::{
     AddPartitionsToTxnResponse, ApiKey, ApiVersionsRequest, ApiVersionsResponse,
     ConsumerGroupDescribeRequest, ConsumerGroupDescribeResponse, ConsumerGroupHeartbeatRequest,
     ConsumerGroupHeartbeatResponse, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, DescribeGroupsRequest, DescribeGroupsResponse, EndTxnRequest,
+    DeleteTopicsResponse, DescribeGroupsRequest, DescribeGroupsResponse,
+    DescribeShareGroupOffsetsRequest, DescribeShareGroupOffsetsResponse, EndTxnRequest,
     EndTxnResponse, FetchRequest, FetchResponse, FindCoordinatorRequest, FindCoordinatorResponse,
     HeartbeatRequest, HeartbeatResponse, IncrementalAlterConfigsRequest,
     IncrementalAlterConfigsResponse, InitProducerIdRequest, InitProducerIdResponse,
@@ -127,4 +128,6 @@ api! {
     ShareFetchRequest => ShareFetchResponse, ShareFetch, 1;
     ShareAcknowledgeRequest => ShareAcknowledgeResponse, ShareAcknowledge, 1;
     ShareGroupDescribeRequest => ShareGroupDescribeResponse, ShareGroupDescribe, 1;
+    // v1 (4.2) adds the broker's own lag; v0's start offsets are what kafkit reads.
+    DescribeShareGroupOffsetsRequest => DescribeShareGroupOffsetsResponse, DescribeShareGroupOffsets, 0;
 }
