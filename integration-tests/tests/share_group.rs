@@ -475,10 +475,18 @@ async fn kafkit_and_java_verifiable_share_consumers_share_one_group() {
         "--ack-pattern",
         "accept,accept,accept,reject",
     ];
+    // kafkit's takes its client id from a properties file, as Java's tool takes its settings.
+    let config = std::env::temp_dir().join(format!("{group}.properties"));
+    std::fs::write(
+        &config,
+        "client.id=kafkit-verifiable-share\nsecurity.protocol=PLAINTEXT\n",
+    )
+    .unwrap();
     let mut cmd = tokio::process::Command::new(kafkit_integration_tests::kafkit_bin());
     cmd.arg("verifiable-share-consumer")
         .args(args)
-        .args(["--processing-time-ms", "2"]);
+        .args(["--processing-time-ms", "2", "--command-config"])
+        .arg(&config);
     let kafkit = Child::spawn(cmd);
     let mut cmd = kafkit_testkit::java_command().unwrap();
     cmd.arg("org.apache.kafka.tools.VerifiableShareConsumer")
@@ -500,6 +508,14 @@ async fn kafkit_and_java_verifiable_share_consumers_share_one_group() {
     }
     let described = described.expect("both consumers join the share group within 30 s");
     assert_eq!(described.group_type, "share");
+    assert!(
+        described
+            .members
+            .iter()
+            .any(|m| m.client_id == "kafkit-verifiable-share"),
+        "--command-config's client.id: {described:?}"
+    );
+    let _ = std::fs::remove_file(&config);
     check_cli_against_kafka_share_groups(&bootstrap, &group).await;
     let producer = ProducerBuilder::new(client(&bootstrap))
         .build()

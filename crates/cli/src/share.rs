@@ -131,6 +131,43 @@ pub(crate) struct VerifiableShareConsumerArgs {
     /// kafkit: how long each record takes to process, in ms (default 0).
     #[arg(long = "processing-time-ms", default_value_t = 0)]
     processing_time_ms: u64,
+
+    /// Share consumer settings as a Java properties file: `client.id`, `security.protocol`
+    /// (PLAINTEXT) and `bootstrap.servers` (the flag wins); other settings are logged and ignored.
+    #[arg(long = "command-config", value_name = "FILE")]
+    command_config: Option<std::path::PathBuf>,
+}
+
+/// The client settings of `--command-config` over `client`.
+fn with_command_config(
+    mut client: kafkit::ClientConfig,
+    path: Option<&std::path::Path>,
+) -> Result<kafkit::ClientConfig, Failure> {
+    let Some(path) = path else {
+        return Ok(client);
+    };
+    let usage = |message: String| Failure {
+        code: crate::EXIT_USAGE,
+        message,
+    };
+    for (key, value) in crate::properties::load(path).map_err(usage)? {
+        match key.as_str() {
+            "client.id" => client = client.client_id(value),
+            // The command line's --bootstrap-server is required and wins, as in Java.
+            "bootstrap.servers" => {}
+            "security.protocol" if value.eq_ignore_ascii_case("PLAINTEXT") => {}
+            "security.protocol" => {
+                return Err(usage(format!(
+                    "{}: security.protocol={value} is not supported by verifiable-share-consumer (PLAINTEXT only)",
+                    path.display()
+                )));
+            }
+            _ => {
+                tracing::warn!(setting = %key, file = %path.display(), "ignoring a share consumer setting kafkit does not use")
+            }
+        }
+    }
+    Ok(client)
 }
 
 #[derive(Serialize)]
@@ -257,6 +294,7 @@ pub(crate) async fn run_verifiable(args: VerifiableShareConsumerArgs) -> Result<
     let client = crate::common::with_env_reconnect_backoff(kafkit::ClientConfig::new(
         args.bootstrap_server.split(',').map(str::trim),
     )?)?;
+    let client = with_command_config(client, args.command_config.as_deref())?;
     emit("startup_complete", &NoFields {});
     let result = consume_verifiable(&args, client, &pattern, &reset).await;
     emit("shutdown_complete", &NoFields {});
