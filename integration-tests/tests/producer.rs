@@ -328,13 +328,32 @@ async fn full_buffer_makes_send_wait_instead_of_growing() {
         "no send completes while paused: {finished:?}"
     );
     let sends = pending;
+    // Sends waiting for room behind these: dropped unpolled, dropped while waiting, or kept. A
+    // dropped one gives up its turn; the ones kept go in call order.
+    let unpolled = producer.send(ProducerRecord::new(&topic, "dropped unpolled"));
+    let first = producer.send(ProducerRecord::new(&topic, "first kept"));
+    let mut waited = Box::pin(producer.send(ProducerRecord::new(&topic, "dropped waiting")));
+    assert!(futures::poll!(waited.as_mut()).is_pending());
+    let second = producer.send(ProducerRecord::new(&topic, "second kept"));
+    drop((unpolled, waited));
 
     kafka.resume();
     for s in sends {
         s.await.unwrap().expect("delivered after resume");
     }
+    let (first, second) = tokio::join!(first, second);
+    assert!(first.unwrap().offset < second.unwrap().offset);
     assert_eq!(producer.buffered_bytes(), 0);
-    assert_eq!(read_partition(&bootstrap, &topic, 0).await.len(), 41);
+    let log = read_partition(&bootstrap, &topic, 0).await;
+    assert_eq!(log.len(), 43);
+    assert!(
+        !log.iter().any(|r| r
+            .record
+            .value
+            .as_deref()
+            .is_some_and(|v| v.starts_with(b"dropped"))),
+        "a dropped send that never appended is not written"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

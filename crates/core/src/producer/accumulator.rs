@@ -24,11 +24,12 @@
 //!   producer move only through the transaction coordinator (`transaction`).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use kafkit_resilience::BackoffPolicy;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, OwnedSemaphorePermit};
 use tokio::time::Instant;
 
 use crate::Error;
@@ -36,8 +37,58 @@ use crate::group::TopicPartition;
 use crate::headers::Headers;
 use crate::wire::records::{BatchBuilder, Codec, Stamp, restamp};
 
-/// Where a record's outcome goes: its offset, or why it was not written.
-pub(super) type Waiter = oneshot::Sender<Result<i64, Error>>;
+/// A batch's outcome, shared by the futures of its records: one allocation per batch rather than
+/// a channel per record (the Java producer's `ProduceRequestResult` likewise). Set once, when the
+/// batch is written or fails, and at the latest when the batch is dropped (the producer closed):
+/// no record's future waits on a batch that no longer exists.
+#[derive(Debug, Default)]
+pub(super) struct BatchOutcome {
+    /// The batch's base offset (-1: unknown), or why it was not written.
+    result: OnceLock<Result<i64, Error>>,
+    done: Notify,
+}
+
+impl BatchOutcome {
+    fn set(&self, result: Result<i64, Error>) {
+        if self.result.set(result).is_ok() {
+            self.done.notify_waiters();
+        }
+    }
+}
+
+/// One record's outcome: its batch's, at its index in the batch.
+#[derive(Debug)]
+pub(super) struct RecordOutcome {
+    batch: Arc<BatchOutcome>,
+    index: u32,
+}
+
+impl RecordOutcome {
+    /// The record's offset (-1: unknown) or error, once its batch has an outcome.
+    pub(super) fn get(&self) -> Option<Result<i64, Error>> {
+        self.batch.result.get().map(|result| match result {
+            Ok(base) if *base >= 0 => Ok(base + i64::from(self.index)),
+            Ok(_) => Ok(-1),
+            Err(error) => Err(error.clone()),
+        })
+    }
+
+    /// Waits for the record's outcome.
+    pub(super) async fn wait(&self) -> Result<i64, Error> {
+        loop {
+            if let Some(result) = self.get() {
+                return result;
+            }
+            let notified = self.batch.done.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(result) = self.get() {
+                return result;
+            }
+            notified.await;
+        }
+    }
+}
 
 /// A producer id and epoch from InitProducerId.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +128,13 @@ pub(super) struct Batch {
     builder: BatchBuilder,
     /// The encoded batch, once drained; kept for retries.
     sealed: Option<Bytes>,
-    /// One per record, in record order.
-    waiters: Vec<Waiter>,
+    /// Records in it.
+    records: u32,
+    /// Where its records' futures find its outcome.
+    outcome: Arc<BatchOutcome>,
+    /// Its records' bytes in `buffer.memory`, given back when the batch is done (written or
+    /// failed), before its records' futures hear of it, so a finished send's bytes are free.
+    memory: Option<OwnedSemaphorePermit>,
     created: Instant,
     /// No more records join: another batch follows it.
     full: bool,
@@ -100,13 +156,25 @@ impl Batch {
 
     /// Records in it.
     pub(super) fn len(&self) -> usize {
-        self.waiters.len()
+        self.records as usize
     }
 
     fn fail(self, error: &Error) {
-        for waiter in self.waiters {
-            let _ = waiter.send(Err(error.clone()));
-        }
+        self.settle(Err(error.clone()));
+    }
+
+    /// Frees the batch's memory, then gives its records their outcome.
+    fn settle(mut self, result: Result<i64, Error>) {
+        drop(self.memory.take());
+        self.outcome.set(result);
+    }
+}
+
+impl Drop for Batch {
+    /// A batch dropped without an outcome (the producer's tasks ended) fails its records.
+    fn drop(&mut self) {
+        drop(self.memory.take());
+        self.outcome.set(Err(Error::Closed { what: "producer" }));
     }
 }
 
@@ -210,13 +278,14 @@ impl PartitionQueue {
     }
 }
 
-/// What an append did, for waking the leader's sender.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What an append did: the record's outcome to come, and whom to wake.
+#[derive(Debug)]
 pub(super) struct Appended {
     /// A batch was started (the sender must set its linger timer) or one became full.
     pub(super) wake: bool,
     /// The partition's leader, if known.
     pub(super) leader: Option<i32>,
+    pub(super) outcome: RecordOutcome,
 }
 
 /// Batches drained for one ProduceRequest, and when to look again.
@@ -345,6 +414,7 @@ impl Accumulator {
     }
 
     /// Appends a record to `tp`'s open batch, or a new batch when it would pass `batch.size`.
+    /// `now` is read only when a batch starts (a clock read per record is a cost worth sparing).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn append(
         &mut self,
@@ -353,8 +423,8 @@ impl Accumulator {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: &Headers,
-        waiter: Waiter,
-        now: Instant,
+        memory: OwnedSemaphorePermit,
+        now: impl FnOnce() -> Instant,
     ) -> Appended {
         let batch_size = self.limits.batch_size;
         let part = match self.partitions.get_mut(tp) {
@@ -374,6 +444,7 @@ impl Accumulator {
                 || b.builder.size() + b.builder.growth(timestamp_ms, key, value, headers)
                     <= batch_size
         });
+        let mut memory = Some(memory);
         if !fits {
             if let Some(b) = open {
                 b.full = true;
@@ -385,8 +456,10 @@ impl Accumulator {
                 id,
                 builder: BatchBuilder::with_capacity(batch_size.min(16 * 1024)),
                 sealed: None,
-                waiters: Vec::new(),
-                created: now,
+                records: 0,
+                outcome: Arc::default(),
+                memory: memory.take(),
+                created: now(),
                 full: false,
                 sequence: None,
                 stamped: None,
@@ -397,13 +470,22 @@ impl Accumulator {
         }
         let batch = part.queue.back_mut().expect("an open batch");
         batch.builder.append(timestamp_ms, key, value, headers);
-        batch.waiters.push(waiter);
-        let leader = part.leader;
-        if wake && self.awaits_add(tp) {
-            // The router adds the partition to the transaction first.
-            return Appended { wake, leader: None };
+        if let (Some(held), Some(memory)) = (&mut batch.memory, memory) {
+            held.merge(memory);
         }
-        Appended { wake, leader }
+        let outcome = RecordOutcome {
+            batch: Arc::clone(&batch.outcome),
+            index: batch.records,
+        };
+        batch.records += 1;
+        let leader = part.leader;
+        // The router adds a partition to the transaction before its sender may take it.
+        let leader = leader.filter(|_| !(wake && self.awaits_add(tp)));
+        Appended {
+            wake,
+            leader,
+            outcome,
+        }
     }
 
     /// Partitions with batches and no known leader.
@@ -530,7 +612,7 @@ impl Accumulator {
                         }
                         batch.sequence = Some(part.next_sequence);
                         batch.stamped = Some(current);
-                        part.next_sequence = next_sequence(part.next_sequence, batch.waiters.len());
+                        part.next_sequence = next_sequence(part.next_sequence, batch.len());
                         if let Some(sealed) = batch.sealed.take() {
                             let mut bytes = sealed.to_vec();
                             restamp(&mut bytes, stamp(batch, limits.transactional));
@@ -560,14 +642,11 @@ impl Accumulator {
                 if limits.idempotent {
                     batch.sequence = Some(part.next_sequence);
                     batch.stamped = producer;
-                    part.next_sequence = next_sequence(part.next_sequence, batch.waiters.len());
+                    part.next_sequence = next_sequence(part.next_sequence, batch.len());
                 }
-                batch.sealed = Some(Bytes::from(batch.builder.finish(
-                    limits.codec,
-                    0,
-                    stamp(&batch, limits.transactional),
-                )));
-                batch.builder = BatchBuilder::default();
+                let stamp = stamp(&batch, limits.transactional);
+                let builder = std::mem::take(&mut batch.builder);
+                batch.sealed = Some(Bytes::from(builder.finish(limits.codec, 0, stamp)));
             }
             batch.attempts += 1;
             bytes += size;
@@ -599,14 +678,11 @@ impl Accumulator {
         let (reason, leader_moved) = match outcome {
             Outcome::Written(base) => {
                 if current && let Some(sequence) = batch.sequence {
-                    part.next_ack = next_sequence(sequence, batch.waiters.len());
+                    part.next_ack = next_sequence(sequence, batch.len());
                     part.acked = true;
                 }
                 self.live.remove(&batch.id);
-                for (i, waiter) in batch.waiters.into_iter().enumerate() {
-                    let offset = if base < 0 { -1 } else { base + i as i64 };
-                    let _ = waiter.send(Ok(offset));
-                }
+                batch.settle(Ok(base));
                 return false;
             }
             Outcome::Fatal(error) => {
@@ -770,27 +846,26 @@ mod tests {
         TopicPartition::new("t", partition)
     }
 
-    /// Appends `n` records of `size` value bytes to `tp`; returns their outcome receivers.
+    /// A record's memory, from the tests' one buffer (a batch's permits must share a semaphore).
+    fn memory() -> OwnedSemaphorePermit {
+        static BUFFER: std::sync::LazyLock<Arc<tokio::sync::Semaphore>> =
+            std::sync::LazyLock::new(|| Arc::new(tokio::sync::Semaphore::new(1 << 30)));
+        Arc::clone(&BUFFER).try_acquire_owned().unwrap()
+    }
+
+    /// Appends `n` records of `size` value bytes to `tp`; returns their outcomes.
     fn append(
         acc: &mut Accumulator,
         tp: &TopicPartition,
         n: usize,
         size: usize,
         now: Instant,
-    ) -> Vec<oneshot::Receiver<Result<i64, Error>>> {
+    ) -> Vec<RecordOutcome> {
         (0..n)
             .map(|_| {
-                let (tx, rx) = oneshot::channel();
-                acc.append(
-                    tp,
-                    0,
-                    None,
-                    Some(&vec![b'v'; size]),
-                    &Headers::new(),
-                    tx,
-                    now,
-                );
-                rx
+                let value = vec![b'v'; size];
+                acc.append(tp, 0, None, Some(&value), &Headers::new(), memory(), || now)
+                    .outcome
             })
             .collect()
     }
@@ -824,16 +899,11 @@ mod tests {
             None,
             Some(&[0; 100]),
             &Headers::new(),
-            oneshot::channel().0,
-            now,
+            memory(),
+            || now,
         );
-        assert_eq!(
-            first,
-            Appended {
-                wake: true,
-                leader: Some(1)
-            }
-        );
+        assert!(first.wake);
+        assert_eq!(first.leader, Some(1));
         let drained = acc.drain(1, now, usize::MAX);
         assert!(drained.batches.is_empty(), "lingering");
         assert_eq!(drained.wake, Some(now + Duration::from_millis(5)));
@@ -972,8 +1042,8 @@ mod tests {
                 after_backoff,
             );
         }
-        for (i, mut rx) in rx.into_iter().enumerate() {
-            assert_eq!(rx.try_recv().unwrap().unwrap(), 100 + i as i64);
+        for (i, outcome) in rx.into_iter().enumerate() {
+            assert_eq!(outcome.get().unwrap().unwrap(), 100 + i as i64);
         }
         assert_eq!(acc.oldest_live(), acc.next_id);
     }
@@ -1044,15 +1114,15 @@ mod tests {
             ..limits(false)
         });
         let now = Instant::now();
-        let mut rx = append(&mut acc, &tp(0), 1, 10, now);
+        let rx = append(&mut acc, &tp(0), 1, 10, now);
         assert_eq!(acc.unled_topics(), BTreeSet::from(["t".to_owned()]));
         assert!(acc.take_refresh());
-        let mut unled = append(&mut acc, &tp(1), 1, 10, now);
+        let unled = append(&mut acc, &tp(1), 1, 10, now);
         acc.expire_unled(now + Duration::from_millis(999));
-        assert!(unled[0].try_recv().is_err(), "not yet");
+        assert!(unled[0].get().is_none(), "not yet");
         acc.expire_unled(now + Duration::from_secs(1));
         assert!(matches!(
-            unled[0].try_recv().unwrap(),
+            unled[0].get().unwrap(),
             Err(Error::DeliveryTimeout { partition: 1, .. })
         ));
         acc.set_leader(&tp(0), 1, 3);
@@ -1060,7 +1130,7 @@ mod tests {
         let d = acc.drain(1, now + Duration::from_secs(2), usize::MAX);
         assert!(d.batches.is_empty());
         assert!(matches!(
-            rx[0].try_recv().unwrap(),
+            rx[0].get().unwrap(),
             Err(Error::DeliveryTimeout { .. })
         ));
 
@@ -1090,15 +1160,20 @@ mod tests {
         for p in 0..2 {
             acc.set_leader(&tp(p), 1, 0);
         }
-        let appended = {
-            let (tx, _rx) = oneshot::channel();
-            acc.append(&tp(0), 0, None, Some(b"v"), &Headers::new(), tx, now)
-        };
+        let appended = acc.append(
+            &tp(0),
+            0,
+            None,
+            Some(b"v"),
+            &Headers::new(),
+            memory(),
+            || now,
+        );
         assert_eq!(
             appended.leader, None,
             "the router is woken to add the partition"
         );
-        let mut p1 = append(&mut acc, &tp(1), 1, 10, now);
+        let p1 = append(&mut acc, &tp(1), 1, 10, now);
         acc.flush();
         assert!(acc.drain(1, now, usize::MAX).batches.is_empty());
         assert_eq!(acc.partitions_to_add(), vec![tp(0), tp(1)]);
@@ -1112,7 +1187,7 @@ mod tests {
         // Abort: the queued batch of tp1 fails, the one in flight is left to finish.
         let error = Error::Closed { what: "test" };
         assert!(!acc.abort_unsent(&error));
-        assert!(matches!(p1[0].try_recv(), Ok(Err(Error::Closed { .. }))));
+        assert!(matches!(p1[0].get(), Some(Err(Error::Closed { .. }))));
         assert!(acc.partitions_to_add().is_empty());
         // A failed batch of the transaction is remembered until the transaction ends.
         for (tp, batch) in drained.batches {
@@ -1136,5 +1211,41 @@ mod tests {
         assert_eq!(next_sequence(i32::MAX - 1, 1), i32::MAX);
         assert_eq!(next_sequence(i32::MAX, 1), 0);
         assert_eq!(next_sequence(i32::MAX - 2, 5), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_holds_its_records_memory_until_it_is_done_and_a_dropped_batch_fails_them() {
+        let buffer = Arc::new(tokio::sync::Semaphore::new(10));
+        let mut acc = Accumulator::new(limits(false));
+        acc.set_leader(&tp(0), 1, 0);
+        let now = Instant::now();
+        let outcomes: Vec<RecordOutcome> = (0..3)
+            .map(|_| {
+                let permit = Arc::clone(&buffer).try_acquire_many_owned(2).unwrap();
+                acc.append(&tp(0), 0, None, Some(b"v"), &Headers::new(), permit, || now)
+                    .outcome
+            })
+            .collect();
+        let waiting = outcomes[2].wait();
+        tokio::pin!(waiting);
+        assert!(futures::poll!(waiting.as_mut()).is_pending());
+        acc.flush();
+        let mut drained = acc.drain(1, now, usize::MAX);
+        let (tp0, batch) = drained.batches.pop().unwrap();
+        assert_eq!(buffer.available_permits(), 4, "in flight: still held");
+        acc.complete(&tp0, batch, Outcome::Written(40), now);
+        assert_eq!(buffer.available_permits(), 10, "written: given back");
+        assert_eq!(
+            waiting.await.unwrap(),
+            42,
+            "the batch's base plus the index"
+        );
+        assert_eq!(outcomes[0].get().unwrap().unwrap(), 40);
+
+        let queued = append(&mut acc, &tp(0), 2, 10, now);
+        drop(acc);
+        for outcome in queued {
+            assert!(matches!(outcome.wait().await, Err(Error::Closed { .. })));
+        }
     }
 }

@@ -25,8 +25,10 @@ mod transaction;
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,11 +36,11 @@ use chrono::{DateTime, Utc};
 use kafkit_metrics::Metrics;
 use kafkit_resilience::{BackoffPolicy, ConfigError};
 use parking_lot::RwLock;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tracing::debug;
 
-use accumulator::{Accumulator, Limits};
+use accumulator::{Accumulator, Limits, RecordOutcome};
 use sender::{IoSettings, Shared};
 use transaction::{Transactions, TxnSettings};
 
@@ -592,7 +594,7 @@ struct Inner {
     /// The call order of sends that had to wait (see [`Producer::send`]). parking_lot Mutex:
     /// never held across an await.
     gate: parking_lot::Mutex<Gate>,
-    /// Notified when `gate.done` moves.
+    /// Notified when `gate.done` moves (for commits and aborts waiting for every earlier send).
     gate_moved: Notify,
     closed: AtomicBool,
 }
@@ -609,22 +611,40 @@ struct TopicInfo {
     fetched_at: Instant,
 }
 
-/// How `send` began: appended at the call, or waiting with a ticket for its turn.
+/// How `send` began: appended at the call, or waiting for its turn (boxed: the common case, an
+/// append at the call, keeps its future small).
 enum Begun {
     Appended(Appended),
-    Waiting(ProducerRecord, u64),
+    Waiting(Pin<Box<dyn Future<Output = Result<Delivery>> + Send>>),
 }
 
 /// A record in its partition's batch, waiting for its outcome.
 struct Appended {
+    /// Keeps the producer (and its I/O) alive until the outcome.
+    producer: Producer,
     topic: Arc<TopicInfo>,
     partition: i32,
     timestamp: DateTime<Utc>,
-    outcome: oneshot::Receiver<Result<i64>>,
-    /// When it was appended: the delivery timeout counts from here.
-    started: Instant,
-    /// Its bytes in `buffer.memory`, held until the outcome.
-    _permit: OwnedSemaphorePermit,
+    outcome: RecordOutcome,
+    /// When it was appended, for the metrics' produce latency (read only with metrics on).
+    started: Option<Instant>,
+}
+
+impl Appended {
+    /// Waits for the record's outcome. The delivery timeout is the accumulator's: a batch that
+    /// passes it fails, with every record in it.
+    async fn delivered(self) -> Result<Delivery> {
+        let offset = self.outcome.wait().await?;
+        if let (Some(m), Some(started)) = (&self.producer.inner.settings.metrics, self.started) {
+            m.record_produced(&self.topic.name, started.elapsed());
+        }
+        Ok(Delivery {
+            topic: self.topic.name.clone(),
+            partition: self.partition,
+            offset,
+            timestamp: self.timestamp,
+        })
+    }
 }
 
 /// The order in which sends that had to wait append their records: tickets are taken in call
@@ -637,58 +657,77 @@ struct Gate {
     done: u64,
     /// Tickets above `done` whose sends were dropped before their turn.
     abandoned: BTreeSet<u64>,
+    /// The waker of each ticket that was polled before its turn. Only the ticket whose turn comes
+    /// is woken: thousands of sends waiting for buffer room cost one wake-up per turn, not one
+    /// each per turn.
+    turns: HashMap<u64, Waker>,
 }
 
 impl Gate {
-    /// Ends the ticket `done` and skips the abandoned ones after it.
-    fn advance(&mut self) {
+    /// Ends the ticket `done` and skips the abandoned ones after it; returns the waker of the
+    /// ticket whose turn it is now, to wake once the lock is released.
+    fn advance(&mut self) -> Option<Waker> {
         self.done += 1;
         while self.abandoned.remove(&self.done) {
             self.done += 1;
         }
+        self.turns.remove(&self.done)
     }
 }
 
-/// A waiting send's ticket: its turn, and the end of it (also when the send is dropped).
-struct Turn<'a> {
-    inner: &'a Inner,
+/// A waiting send's ticket: its turn, and the end of it (also when the send is dropped, polled
+/// or not).
+struct Turn {
+    producer: Producer,
     ticket: u64,
     over: bool,
 }
 
-impl Turn<'_> {
+impl Turn {
     /// Waits until every ticket before this one is done.
     async fn wait(&self) {
-        loop {
-            let moved = self.inner.gate_moved.notified();
-            tokio::pin!(moved);
-            moved.as_mut().enable();
-            if self.inner.gate.lock().done == self.ticket {
-                return;
+        std::future::poll_fn(|cx| {
+            let mut gate = self.producer.inner.gate.lock();
+            if gate.done == self.ticket {
+                return Poll::Ready(());
             }
-            moved.await;
-        }
+            gate.turns.insert(self.ticket, cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
     }
 
-    /// Lets the next ticket go.
+    /// Ends the turn: the next ticket goes.
     fn end(&mut self) {
         self.over = true;
-        self.inner.gate.lock().advance();
-        self.inner.gate_moved.notify_waiters();
+        let inner = &self.producer.inner;
+        let next = inner.gate.lock().advance();
+        if let Some(waker) = next {
+            waker.wake();
+        }
+        inner.gate_moved.notify_waiters();
+    }
+
+    /// Waits for the turn, appends the record, ends the turn, then waits for the outcome.
+    async fn send(mut self, record: ProducerRecord) -> Result<Delivery> {
+        self.wait().await;
+        let appended = self.producer.append_waiting(record).await;
+        self.end();
+        appended?.delivered().await
     }
 }
 
-impl Drop for Turn<'_> {
+impl Drop for Turn {
     fn drop(&mut self) {
         if self.over {
             return;
         }
-        let mut gate = self.inner.gate.lock();
+        let mut gate = self.producer.inner.gate.lock();
         if gate.done == self.ticket {
-            gate.advance();
             drop(gate);
-            self.inner.gate_moved.notify_waiters();
+            self.end();
         } else {
+            gate.turns.remove(&self.ticket);
             gate.abandoned.insert(self.ticket);
         }
     }
@@ -714,22 +753,11 @@ impl Producer {
         &self,
         record: ProducerRecord,
     ) -> impl Future<Output = Result<Delivery>> + Send + 'static {
-        let producer = self.clone();
-        let begun = producer.begin(record);
+        let begun = self.begin(record);
         async move {
             match begun? {
-                Begun::Appended(appended) => producer.delivered(appended).await,
-                Begun::Waiting(record, ticket) => {
-                    let mut turn = Turn {
-                        inner: &producer.inner,
-                        ticket,
-                        over: false,
-                    };
-                    turn.wait().await;
-                    let appended = producer.append_waiting(record).await;
-                    turn.end();
-                    producer.delivered(appended?).await
-                }
+                Begun::Appended(appended) => appended.delivered().await,
+                Begun::Waiting(waiting) => waiting.await,
             }
         }
     }
@@ -768,9 +796,13 @@ impl Producer {
                 }
             }
         }
-        let ticket = gate.issued;
+        let turn = Turn {
+            producer: self.clone(),
+            ticket: gate.issued,
+            over: false,
+        };
         gate.issued += 1;
-        Ok(Begun::Waiting(record, ticket))
+        Ok(Begun::Waiting(Box::pin(turn.send(record))))
     }
 
     /// The waiting part of `send` (its turn come): room in the buffer (the backpressure point, up
@@ -836,16 +868,15 @@ impl Producer {
         let timestamp = record.timestamp.unwrap_or_else(Utc::now);
         // `choose_partition` returns one of the topic's partitions.
         let tp = &topic.tps[partition as usize];
-        let (tx, rx) = oneshot::channel();
-        let now = Instant::now();
+        let started = inner.settings.metrics.as_ref().map(|_| Instant::now());
         let appended = inner.shared.acc.lock().append(
             tp,
             timestamp.timestamp_millis(),
             record.key.as_deref(),
             record.value.as_deref(),
             &record.headers,
-            tx,
-            now,
+            permit,
+            || started.unwrap_or_else(Instant::now),
         );
         if appended.wake {
             inner.shared.wake(appended.leader);
@@ -854,46 +885,13 @@ impl Producer {
             txn.note_appended();
         }
         Ok(Appended {
+            producer: self.clone(),
             topic,
             partition,
             timestamp,
-            outcome: rx,
-            started: now,
-            _permit: permit,
-        })
-    }
-
-    /// Waits for an appended record's outcome, up to the delivery timeout.
-    async fn delivered(&self, appended: Appended) -> Result<Delivery> {
-        let settings = &self.inner.settings;
-        let Appended {
-            topic,
-            partition,
-            timestamp,
-            outcome,
+            outcome: appended.outcome,
             started,
-            _permit,
-        } = appended;
-        match tokio::time::timeout_at(started + settings.delivery_timeout, outcome).await {
-            Ok(Ok(Ok(offset))) => {
-                if let Some(m) = &settings.metrics {
-                    m.record_produced(&topic.name, started.elapsed());
-                }
-                Ok(Delivery {
-                    topic: topic.name.clone(),
-                    partition,
-                    offset,
-                    timestamp,
-                })
-            }
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) => Err(Error::Closed { what: "producer" }),
-            Err(_) => Err(Error::DeliveryTimeout {
-                topic: topic.name.clone(),
-                partition,
-                timeout: settings.delivery_timeout,
-            }),
-        }
+        })
     }
 
     /// Sends every batch that is lingering and waits until every record sent before the call is

@@ -516,7 +516,13 @@ impl Connection {
             .with_request_api_version(version)
             .with_correlation_id(correlation_id)
             .with_client_id(Some(self.client_id.clone()));
-        let mut frame = BytesMut::new();
+        // Sized up front: growing a megabyte ProduceRequest by doubling copied it over and over,
+        // into fresh pages each time.
+        let size = header
+            .compute_size(R::header_version(version))
+            .and_then(|h| Ok(h + request.compute_size(version)?))
+            .map_err(|e| codec(e.to_string()))?;
+        let mut frame = BytesMut::with_capacity(4 + size);
         frame.put_i32(0); // length, patched below
         header
             .encode(&mut frame, R::header_version(version))

@@ -1013,21 +1013,33 @@ fn put_nullable(buf: &mut Vec<u8>, bytes: Option<&[u8]>) {
 /// (offset deltas 0, 1, 2, ...; timestamp deltas from the first record's timestamp, negative ones
 /// included), headers in order with duplicate names, null values and names that are not UTF-8 as
 /// given; [`finish`](Self::finish) compresses the section and writes the 61-byte header with its
-/// CRC-32C (over the bytes from the attributes on).
-#[derive(Debug, Clone, Default)]
+/// CRC-32C (over the bytes from the attributes on). The section is written behind room for the
+/// header, so an uncompressed batch is finished in place, without a copy.
+#[derive(Debug, Clone)]
 pub(crate) struct BatchBuilder {
-    section: Vec<u8>,
+    /// Room for the header, then the uncompressed records section.
+    buf: Vec<u8>,
     count: i32,
     first_timestamp: i64,
     max_timestamp: i64,
 }
 
+impl Default for BatchBuilder {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
 impl BatchBuilder {
     /// An empty batch whose records section starts with room for `capacity` bytes.
     pub(crate) fn with_capacity(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(BATCH_HEADER_LEN + capacity);
+        buf.resize(BATCH_HEADER_LEN, 0);
         Self {
-            section: Vec::with_capacity(capacity),
-            ..Self::default()
+            buf,
+            count: 0,
+            first_timestamp: 0,
+            max_timestamp: 0,
         }
     }
 
@@ -1038,7 +1050,7 @@ impl BatchBuilder {
 
     /// Bytes of the batch, uncompressed, header included.
     pub(crate) fn size(&self) -> usize {
-        BATCH_HEADER_LEN + self.section.len()
+        self.buf.len()
     }
 
     /// Bytes the batch grows by if a record with these fields is appended, its length prefix
@@ -1095,7 +1107,7 @@ impl BatchBuilder {
         }
         let body = self.body_len(timestamp_ms, key, value, headers);
         let timestamp_delta = self.timestamp_delta(timestamp_ms);
-        let section = &mut self.section;
+        let section = &mut self.buf;
         put_varint(section, body as i64);
         section.push(0); // attributes
         put_varint(section, timestamp_delta);
@@ -1113,22 +1125,29 @@ impl BatchBuilder {
 
     /// The batch: the records section compressed with `codec`, under a sealed header with
     /// `base_offset` (0 for a produced batch: the broker assigns offsets) and `stamp`.
-    pub(crate) fn finish(&self, codec: Codec, base_offset: i64, stamp: Stamp) -> Vec<u8> {
-        let mut batch = Vec::with_capacity(BATCH_HEADER_LEN + self.section.len());
-        batch.extend_from_slice(&base_offset.to_be_bytes());
-        batch.extend_from_slice(&0i32.to_be_bytes()); // length, below
-        batch.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch (the broker's)
-        batch.push(2); // magic
-        batch.extend_from_slice(&0u32.to_be_bytes()); // CRC, below
-        batch.extend_from_slice(&(codec as i16).to_be_bytes());
-        batch.extend_from_slice(&(self.count - 1).max(0).to_be_bytes()); // last offset delta
-        batch.extend_from_slice(&self.first_timestamp.to_be_bytes());
-        batch.extend_from_slice(&self.max_timestamp.to_be_bytes());
-        batch.extend_from_slice(&[0; 14]); // producer id, epoch, base sequence: `restamp`
-        batch.extend_from_slice(&self.count.to_be_bytes());
-        compress_into(codec, &self.section, &mut batch);
+    pub(crate) fn finish(self, codec: Codec, base_offset: i64, stamp: Stamp) -> Vec<u8> {
+        let mut batch = if codec == Codec::None {
+            self.buf
+        } else {
+            let mut out = Vec::with_capacity(self.buf.len() / 2);
+            out.resize(BATCH_HEADER_LEN, 0);
+            compress_into(codec, &self.buf[BATCH_HEADER_LEN..], &mut out);
+            out
+        };
         let length = (batch.len() - LOG_OVERHEAD) as i32;
-        batch[LENGTH_AT..LENGTH_AT + 4].copy_from_slice(&length.to_be_bytes());
+        let mut header = Vec::with_capacity(BATCH_HEADER_LEN);
+        header.extend_from_slice(&base_offset.to_be_bytes());
+        header.extend_from_slice(&length.to_be_bytes());
+        header.extend_from_slice(&(-1i32).to_be_bytes()); // partition leader epoch (the broker's)
+        header.push(2); // magic
+        header.extend_from_slice(&0u32.to_be_bytes()); // CRC: `restamp`
+        header.extend_from_slice(&(codec as i16).to_be_bytes());
+        header.extend_from_slice(&(self.count - 1).max(0).to_be_bytes()); // last offset delta
+        header.extend_from_slice(&self.first_timestamp.to_be_bytes());
+        header.extend_from_slice(&self.max_timestamp.to_be_bytes());
+        header.extend_from_slice(&[0; 14]); // producer id, epoch, base sequence: `restamp`
+        header.extend_from_slice(&self.count.to_be_bytes());
+        batch[..BATCH_HEADER_LEN].copy_from_slice(&header);
         restamp(&mut batch, stamp);
         batch
     }
@@ -2429,7 +2448,7 @@ mod tests {
                 prop_assert_eq!(builder.size() - before, predicted);
             }
             prop_assert_eq!(builder.count(), records.len());
-            prop_assert_eq!(builder.finish(Codec::None, base, stamp).len(), builder.size());
+            prop_assert_eq!(builder.clone().finish(Codec::None, base, stamp).len(), builder.size());
             let batch = builder.finish(codec, base, stamp);
             prop_assert_eq!(read_i16(&batch, ATTRIBUTES_AT), Some(codec as i16));
             prop_assert_eq!(stamp_of(&batch), stamp);
