@@ -28,10 +28,11 @@ pub(crate) const CONSUMERS: [&str; 3] = [
 pub(crate) const PRODUCERS: [&str; 2] = ["produce-cli-kafkit", "produce-cli-kcat"];
 
 /// librdkafka settings for `kcat -P`, as a librdkafka user sets them for throughput and as the
-/// library peers run: acks=all, 5 ms linger, 1 MiB batches, a queue that holds a whole workload of
-/// small records, and the Java client's key hash (the same partitions as kafkit's).
-const KCAT_PRODUCE: [&str; 5] = [
+/// library peers run: acks=all with idempotence, 5 ms linger, 1 MiB batches, a queue that holds a
+/// whole workload of small records, and the Java client's key hash (the same partitions as kafkit's).
+const KCAT_PRODUCE: [&str; 6] = [
     "acks=all",
+    "enable.idempotence=true",
     "linger.ms=5",
     "batch.size=1048576",
     "queue.buffering.max.messages=1000000",

@@ -46,6 +46,7 @@ pub(crate) async fn produce(
         .arg(format!("bootstrap.servers={bootstrap}"))
         .args([
             "acks=all",
+            "enable.idempotence=true",
             "linger.ms=5",
             "batch.size=1048576",
             "compression.type=none",

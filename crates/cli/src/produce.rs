@@ -2,15 +2,15 @@
 //! unacknowledged) and every one is awaited before the command exits, so a zero exit means every
 //! line was acknowledged by the broker (acks=all).
 
-use clap::Args;
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
-use kafkit::{ProducerBuilder, ProducerRecord};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use std::io::BufRead;
 
 use crate::common::ClusterArgs;
 use crate::progress::Progress;
 use crate::{EXIT_USAGE, Failure};
+use clap::Args;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use kafkit::{ProducerBuilder, ProducerRecord};
 
 /// `kafkit produce`.
 #[derive(Debug, Args)]
@@ -63,54 +63,42 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), Failure> {
     producer.partition_count(&args.topic).await?;
 
     let progress = Progress::start("produced", args.progress);
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let lines = Lines {
+        topic: args.topic.clone(),
+        key_separator: args.key_separator.clone(),
+        headers,
+        partition: args.partition,
+    };
+    let (tx, mut chunks) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
+    let reader = std::thread::spawn(move || lines.read(std::io::stdin().lock(), &tx));
     // `send` appends the record when called; its future only waits for the acknowledgement, so
     // the futures are kept here, not spawned as a task each.
     let mut sends = FuturesUnordered::new();
     let mut failure = None;
-    let mut line_no = 0u64;
-    loop {
-        let line = match lines.next_line().await {
-            Ok(Some(line)) => line,
-            Ok(None) => break,
-            Err(e) => {
-                failure = Some(Failure::runtime(format!("reading stdin: {e}")));
+    'read: while let Some(chunk) = chunks.recv().await {
+        let records = match chunk {
+            Ok(records) => records,
+            Err(bad) => {
+                failure = Some(bad);
                 break;
             }
         };
-        line_no += 1;
-        let mut record = match &args.key_separator {
-            Some(sep) => match line.split_once(sep.as_str()) {
-                Some((key, value)) => ProducerRecord::new(&args.topic, value).key(key),
-                None => {
-                    failure = Some(Failure {
-                        code: EXIT_USAGE,
-                        message: format!(
-                            "line {line_no} has no key separator `{sep}`; nothing after it was sent"
-                        ),
-                    });
-                    break;
+        for record in records {
+            while sends.len() >= args.max_in_flight as usize {
+                if let Some(done) = sends.next().await {
+                    settle(done, &progress, &mut failure);
                 }
-            },
-            None => ProducerRecord::new(&args.topic, line),
-        };
-        for (k, v) in &headers {
-            record = record.header(k.clone(), v.clone());
-        }
-        if let Some(p) = args.partition {
-            record = record.partition(p);
-        }
-        while sends.len() >= args.max_in_flight as usize {
-            if let Some(done) = sends.next().await {
-                settle(done, &progress, &mut failure);
             }
-        }
-        // Called here, not in the task: the record is appended now, so lines keep their order.
-        sends.push(producer.send(record));
-        if failure.is_some() {
-            break;
+            if failure.is_some() {
+                break 'read;
+            }
+            // Called here, in line order: the record is appended now, so lines keep their order.
+            sends.push(producer.send(record));
         }
     }
+    // The reader stops at its next chunk once the receiver is gone.
+    drop(chunks);
+    let _ = reader.join();
     while let Some(done) = sends.next().await {
         settle(done, &progress, &mut failure);
     }
@@ -121,6 +109,94 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), Failure> {
             progress.finish();
             Ok(())
         }
+    }
+}
+
+/// Lines handed over at once: one hand-off between threads per chunk, not per line.
+const CHUNK: usize = 1024;
+
+/// Chunks read ahead of the sends.
+const CHUNKS_AHEAD: usize = 8;
+
+/// Turns lines of input into records.
+struct Lines {
+    topic: String,
+    key_separator: Option<String>,
+    headers: Vec<(String, Vec<u8>)>,
+    partition: Option<i32>,
+}
+
+impl Lines {
+    /// Reads `input` to its end on this (blocking) thread, in large reads, and sends its records
+    /// in chunks; a line without the key separator ends it with a usage error. Lines are bytes,
+    /// UTF-8 or not; a trailing `\n` or `\r\n` is not part of the line.
+    fn read(
+        &self,
+        input: impl std::io::Read,
+        out: &tokio::sync::mpsc::Sender<Result<Vec<ProducerRecord>, Failure>>,
+    ) {
+        let mut input = std::io::BufReader::with_capacity(1 << 20, input);
+        let mut line = Vec::new();
+        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut line_no = 0u64;
+        loop {
+            line.clear();
+            match input.read_until(b'\n', &mut line) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = out.blocking_send(Ok(std::mem::take(&mut chunk)));
+                    let _ = out.blocking_send(Err(Failure::runtime(format!("reading stdin: {e}"))));
+                    return;
+                }
+            }
+            line_no += 1;
+            let text = line.strip_suffix(b"\n").unwrap_or(&line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            match self.record(text) {
+                Some(record) => chunk.push(record),
+                None => {
+                    let _ = out.blocking_send(Ok(std::mem::take(&mut chunk)));
+                    let sep = self.key_separator.as_deref().unwrap_or_default();
+                    let _ = out.blocking_send(Err(Failure {
+                        code: EXIT_USAGE,
+                        message: format!(
+                            "line {line_no} has no key separator `{sep}`; nothing after it was sent"
+                        ),
+                    }));
+                    return;
+                }
+            }
+            if chunk.len() == CHUNK
+                && out
+                    .blocking_send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))))
+                    .is_err()
+            {
+                return;
+            }
+        }
+        if !chunk.is_empty() {
+            let _ = out.blocking_send(Ok(chunk));
+        }
+    }
+
+    /// The record of one line; `None` when a key separator is set and the line lacks it.
+    fn record(&self, line: &[u8]) -> Option<ProducerRecord> {
+        let mut record = match &self.key_separator {
+            Some(sep) => {
+                let sep = sep.as_bytes();
+                let at = line.windows(sep.len()).position(|w| w == sep)?;
+                ProducerRecord::new(&self.topic, &line[at + sep.len()..]).key(&line[..at])
+            }
+            None => ProducerRecord::new(&self.topic, line),
+        };
+        for (k, v) in &self.headers {
+            record = record.header(k.clone(), v.clone());
+        }
+        if let Some(p) = self.partition {
+            record = record.partition(p);
+        }
+        Some(record)
     }
 }
 
@@ -135,5 +211,86 @@ fn settle(
         Err(e) => {
             failure.get_or_insert(e.into());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every chunk `lines` makes of `input`, read to its end.
+    fn read_all(lines: &Lines, input: &[u8]) -> Vec<Result<Vec<ProducerRecord>, Failure>> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+        lines.read(input, &tx);
+        drop(tx);
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    fn lines(key_separator: Option<&str>) -> Lines {
+        Lines {
+            topic: "t".into(),
+            key_separator: key_separator.map(str::to_owned),
+            headers: vec![("h".into(), b"v".to_vec())],
+            partition: None,
+        }
+    }
+
+    #[test]
+    fn lines_become_records_in_chunks_bytes_as_given() {
+        let mut input = b"k1\tv1\r\nk2\t\xff\xfe not utf-8\nk3\tv\t3".to_vec();
+        for i in 0..CHUNK {
+            input.extend_from_slice(format!("\nk\t{i}").as_bytes());
+        }
+        let chunks = read_all(&lines(Some("\t")), &input);
+        let records: Vec<ProducerRecord> = chunks
+            .into_iter()
+            .map(|c| c.map_err(|f| f.message).unwrap())
+            .inspect(|c| assert!(c.len() <= CHUNK))
+            .flatten()
+            .collect();
+        assert_eq!(records.len(), 3 + CHUNK);
+        let kv = |r: &ProducerRecord| {
+            (
+                r.key_bytes().unwrap().to_vec(),
+                r.value_bytes().unwrap().to_vec(),
+            )
+        };
+        assert_eq!(
+            kv(&records[0]),
+            (b"k1".to_vec(), b"v1".to_vec()),
+            "\\r\\n ends a line"
+        );
+        assert_eq!(
+            kv(&records[1]),
+            (b"k2".to_vec(), b"\xff\xfe not utf-8".to_vec())
+        );
+        assert_eq!(
+            kv(&records[2]),
+            (b"k3".to_vec(), b"v\t3".to_vec()),
+            "split at the first"
+        );
+        assert_eq!(
+            kv(records.last().unwrap()).1,
+            (CHUNK - 1).to_string().into_bytes()
+        );
+        assert_eq!(records[0].headers().len(), 1);
+        assert_eq!(records[0].topic(), "t");
+    }
+
+    #[test]
+    fn a_line_without_the_separator_ends_the_input_after_the_lines_before_it() {
+        let chunks = read_all(&lines(Some("::")), b"a::1\nb::2\nno separator\nc::3\n");
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[0].as_ref().map(Vec::len).ok(), Some(2));
+        let Err(failure) = &chunks[1] else {
+            panic!("the error after the good lines");
+        };
+        assert_eq!(failure.code, EXIT_USAGE);
+        assert!(failure.message.contains("line 3"), "{}", failure.message);
+
+        let unkeyed = read_all(&lines(None), b"no separator needed\n");
+        let records = unkeyed[0].as_ref().ok().unwrap();
+        assert!(records[0].key_bytes().is_none());
+        assert_eq!(records[0].value_bytes(), Some(&b"no separator needed"[..]));
     }
 }
