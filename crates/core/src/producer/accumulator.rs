@@ -318,7 +318,13 @@ pub(super) struct Accumulator {
     in_txn: std::collections::HashSet<TopicPartition>,
     /// The first failure of a batch in the open transaction: it can no longer commit.
     txn_failure: Option<Error>,
+    /// Buffers of written batches, for new batches: reused memory, not fresh pages (the Java
+    /// producer's buffer pool likewise). At most [`POOLED_BUFFERS`].
+    pool: Vec<Vec<u8>>,
 }
+
+/// The most buffers of written batches kept for new ones.
+const POOLED_BUFFERS: usize = 16;
 
 impl Accumulator {
     pub(super) fn new(limits: Limits) -> Self {
@@ -334,6 +340,7 @@ impl Accumulator {
             implicit_add: false,
             in_txn: std::collections::HashSet::new(),
             txn_failure: None,
+            pool: Vec::new(),
         }
     }
 
@@ -454,7 +461,10 @@ impl Accumulator {
             self.live.insert(id);
             part.queue.push_back(Batch {
                 id,
-                builder: BatchBuilder::with_capacity(batch_size.min(16 * 1024)),
+                builder: match self.pool.pop() {
+                    Some(buffer) => BatchBuilder::in_buffer(buffer),
+                    None => BatchBuilder::with_capacity(batch_size.min(16 * 1024)),
+                },
                 sealed: None,
                 records: 0,
                 outcome: Arc::default(),
@@ -682,7 +692,14 @@ impl Accumulator {
                     part.acked = true;
                 }
                 self.live.remove(&batch.id);
+                // Sent and answered: nothing else holds its bytes any more.
+                let written = batch.sealed.take().map(Bytes::try_into_mut);
                 batch.settle(Ok(base));
+                if let Some(Ok(buffer)) = written
+                    && self.pool.len() < POOLED_BUFFERS
+                {
+                    self.pool.push(buffer.into());
+                }
                 return false;
             }
             Outcome::Fatal(error) => {
@@ -1241,8 +1258,10 @@ mod tests {
             "the batch's base plus the index"
         );
         assert_eq!(outcomes[0].get().unwrap().unwrap(), 40);
+        assert_eq!(acc.pool.len(), 1, "the written batch's buffer is kept");
 
         let queued = append(&mut acc, &tp(0), 2, 10, now);
+        assert!(acc.pool.is_empty(), "and reused by the next batch");
         drop(acc);
         for outcome in queued {
             assert!(matches!(outcome.wait().await, Err(Error::Closed { .. })));

@@ -176,7 +176,14 @@ pub(crate) struct Connection {
     features: HashMap<String, i16>,
     dead: Arc<AtomicBool>,
     reader: JoinHandle<()>,
+    /// The buffer of the last frame written, kept for the next: a megabyte ProduceRequest is
+    /// encoded into pages already touched instead of fresh ones (first touches cost the producer
+    /// about a fifth of its CPU on 10 KiB records). parking_lot Mutex: never held across an await.
+    spare_frame: parking_lot::Mutex<Option<BytesMut>>,
 }
+
+/// The largest frame buffer a connection keeps for the next request.
+const MAX_SPARE_FRAME: usize = 8 << 20;
 
 impl Drop for Connection {
     fn drop(&mut self) {
@@ -251,6 +258,7 @@ impl Connection {
             features: HashMap::new(),
             dead,
             reader,
+            spare_frame: parking_lot::Mutex::new(None),
         };
         (conn.versions, conn.features) = conn.negotiate(timeout).await.map_err(|e| match e {
             WireError::Io { broker, .. } => WireError::Handshake {
@@ -489,7 +497,18 @@ impl Connection {
                 broker: self.broker.clone(),
                 message: e.to_string(),
             }
-        })
+        })?;
+        drop(writer);
+        self.keep_frame(frame);
+        Ok(())
+    }
+
+    /// Keeps a written frame's buffer for the next request.
+    fn keep_frame(&self, mut frame: BytesMut) {
+        if frame.capacity() <= MAX_SPARE_FRAME {
+            frame.clear();
+            *self.spare_frame.lock() = Some(frame);
+        }
     }
 
     /// A request frame for `request` at `version` with a new correlation id.
@@ -522,7 +541,8 @@ impl Connection {
             .compute_size(R::header_version(version))
             .and_then(|h| Ok(h + request.compute_size(version)?))
             .map_err(|e| codec(e.to_string()))?;
-        let mut frame = BytesMut::with_capacity(4 + size);
+        let mut frame = self.spare_frame.lock().take().unwrap_or_default();
+        frame.reserve(4 + size);
         frame.put_i32(0); // length, patched below
         header
             .encode(&mut frame, R::header_version(version))
@@ -570,6 +590,7 @@ impl Connection {
                     });
                 }
             }
+            self.keep_frame(frame);
             rx.await.unwrap_or_else(|_| {
                 Err(WireError::Io {
                     broker: self.broker.clone(),

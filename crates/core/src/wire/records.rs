@@ -1033,7 +1033,12 @@ impl Default for BatchBuilder {
 impl BatchBuilder {
     /// An empty batch whose records section starts with room for `capacity` bytes.
     pub(crate) fn with_capacity(capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(BATCH_HEADER_LEN + capacity);
+        Self::in_buffer(Vec::with_capacity(BATCH_HEADER_LEN + capacity))
+    }
+
+    /// An empty batch written into `buf` (a finished batch's buffer, reused), whatever it holds.
+    pub(crate) fn in_buffer(mut buf: Vec<u8>) -> Self {
+        buf.clear();
         buf.resize(BATCH_HEADER_LEN, 0);
         Self {
             buf,
