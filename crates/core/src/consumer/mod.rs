@@ -679,15 +679,19 @@ impl Consumer {
     /// a task that panics while holding it, is delivered again. Shut down with
     /// [`RecordStream::shutdown`]; dropping the stream stops the consumer without committing.
     pub fn stream(self) -> Result<RecordStream> {
+        Ok(RecordStream {
+            feed: self.feed(Sink::Stream)?,
+            ready: Vec::new().into_iter(),
+        })
+    }
+
+    /// Starts the engine behind a sink that sends each dispatch's records (or runs) on a channel
+    /// made here: the stream's, the transform's.
+    fn feed<T>(self, sink: impl FnOnce(mpsc::UnboundedSender<Vec<T>>) -> Sink) -> Result<Feed<T>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shutdown = self.shutdown_handle();
-        let task = OwnedTask::spawn(self.start(Sink::Stream(tx))?);
-        Ok(RecordStream {
-            rx,
-            ready: Vec::new().into_iter(),
-            task: Some(task),
-            shutdown,
-        })
+        let task = OwnedTask::spawn(self.start(sink(tx))?);
+        Ok(Feed { rx, task, shutdown })
     }
 
     fn start(
@@ -719,17 +723,47 @@ impl Consumer {
     }
 }
 
+/// The receiving end of a channel sink (the stream's records, the transform's runs) and the
+/// engine behind it.
+#[derive(Debug)]
+struct Feed<T> {
+    /// The dispatcher sends each dispatch's records as one message (one hand-off, not one per
+    /// record); how many are out is bounded by the dispatch mode's in-flight bound.
+    rx: mpsc::UnboundedReceiver<Vec<T>>,
+    /// Dropping it drops (aborts) the engine.
+    task: OwnedTask<Result<ShutdownReport>>,
+    shutdown: ShutdownHandle,
+}
+
+impl<T> Feed<T> {
+    /// Shuts the engine down gracefully and waits for it; records arriving meanwhile are handed
+    /// back (dropped), so the engine can finish.
+    async fn shutdown(self) -> Result<ShutdownReport> {
+        let Feed {
+            mut rx,
+            mut task,
+            shutdown,
+        } = self;
+        shutdown.shutdown();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                done = &mut task => return done.map_err(|_| Error::Closed { what: "consumer" })?,
+                r = rx.recv(), if open => match r {
+                    Some(records) => drop(records),
+                    None => open = false,
+                },
+            }
+        }
+    }
+}
+
 /// The records of a [`Consumer::stream`]. Implements [`futures::Stream`].
 #[derive(Debug)]
 pub struct RecordStream {
-    /// The dispatcher sends each dispatch's records as one message (one hand-off, not one per
-    /// record); how many are out is bounded by the dispatch mode's in-flight bound.
-    rx: mpsc::UnboundedReceiver<Vec<StreamRecord>>,
+    feed: Feed<StreamRecord>,
     /// Received and not yet handed to the user.
     ready: std::vec::IntoIter<StreamRecord>,
-    /// Dropping the stream drops (aborts) the engine.
-    task: Option<OwnedTask<Result<ShutdownReport>>>,
-    shutdown: ShutdownHandle,
 }
 
 impl RecordStream {
@@ -743,7 +777,7 @@ impl RecordStream {
             if let Some(record) = self.ready.next() {
                 return Poll::Ready(Some(record));
             }
-            match self.rx.poll_recv(cx) {
+            match self.feed.rx.poll_recv(cx) {
                 Poll::Ready(Some(batch)) => self.ready = batch.into_iter(),
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
@@ -753,28 +787,18 @@ impl RecordStream {
 
     /// A handle to shut the consumer down from elsewhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        self.shutdown.clone()
+        self.feed.shutdown.clone()
     }
 
     /// Shuts down gracefully: records already received may still be acked while this waits; records
     /// not received are not committed. Returns what was left uncommitted.
-    pub async fn shutdown(mut self) -> Result<ShutdownReport> {
-        self.shutdown.shutdown();
-        // Received and never handed out: handed back.
-        self.ready = Vec::new().into_iter();
-        let task = self.task.take().expect("task present until shutdown");
-        // Keep draining: records arriving now are handed back (dropped) so the engine can finish.
-        let mut task = task;
-        let mut open = true;
-        loop {
-            tokio::select! {
-                done = &mut task => return done.map_err(|_| Error::Closed { what: "consumer" })?,
-                r = self.rx.recv(), if open => match r {
-                    Some(records) => drop(records),
-                    None => open = false,
-                },
-            }
-        }
+    pub async fn shutdown(self) -> Result<ShutdownReport> {
+        let RecordStream { feed, ready } = self;
+        feed.shutdown.shutdown();
+        // Received and never handed out: handed back to an engine that already stops (so it does
+        // not hand them out again).
+        drop(ready);
+        feed.shutdown().await
     }
 }
 
