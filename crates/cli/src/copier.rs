@@ -37,8 +37,9 @@ const EMPTY_INPUT: Duration = Duration::from_secs(5);
 #[command(after_help = "\
 Only --group-mode is supported: kafkit's consumer always joins a group (there is no assign mode), \
 so without --group-mode the copier exits with code 2. Each transaction holds at most \
---transaction-size records and at most one per input partition (kafkit's exactly-once mode \
-dispatches partition by partition). Offsets are always committed with the member's generation and \
+--transaction-size records, as runs of consecutive records of its input partitions (kafkit's \
+exactly-once mode hands out one run of a partition at a time, so a transaction holds at most one \
+run of each partition). Offsets are always committed with the member's generation and \
 member id (as --use-group-metadata asks). --enable-random-aborts aborts about one transaction in \
 three before its copies are written; the batch then runs again. The copier exits 0 once its \
 partitions are copied up to their end (or after --max-messages records), or on SIGTERM/SIGINT \

@@ -123,7 +123,8 @@ pub trait ConsumerListener: Send + Sync + 'static {
 
     /// A revocation of these partitions begins: their records stop being handed out, and the
     /// consumer waits (up to `revoke_timeout`) for those in flight before committing and releasing
-    /// them. The exactly-once mode ([`Consumer::run_transform`]) aborts its open transaction here.
+    /// them. The exactly-once mode ([`Consumer::run_transform`]) aborts its open transaction
+    /// when it holds their records.
     fn revoking(&self, partitions: &[TopicPartition]) {
         let _ = partitions;
     }
@@ -614,8 +615,11 @@ impl Consumer {
     /// member that lost its partitions cannot commit for them (KIP-447). Downstream read_committed
     /// consumers see each input's outputs exactly once, through crashes and rebalances.
     ///
-    /// - Batches: up to `max_records` records, at most one per partition (records are dispatched
-    ///   `PartitionOrdered` whatever the builder says), collected for up to `max_wait`.
+    /// - Batches: up to `max_records` records, collected for up to `max_wait`, made of *runs*:
+    ///   consecutive records of a partition, in offset order. Records are dispatched
+    ///   `PartitionOrdered` whatever the builder says, and a partition has one run out at a time,
+    ///   so a batch holds at most one run of each partition, each starting right after what the
+    ///   partition already committed.
     /// - A handler error aborts the transaction and the same batch runs again after the retry
     ///   backoff, in a new transaction (the retry policy, breaker and dead-letter topic of the
     ///   builder do not apply here).

@@ -71,7 +71,8 @@ impl TransformConfig {
         }
     }
 
-    /// The most input records in one transaction. Default 500.
+    /// The most input records in one transaction; a partition's run (its consecutive records,
+    /// taken whole) holds at most this many too. Default 500.
     pub fn max_records(mut self, records: usize) -> Self {
         self.max_records = records;
         self
