@@ -714,8 +714,22 @@ struct Copier {
 }
 
 impl Copier {
-    fn start(bootstrap: &str, group: &str, input: &str, output: &str, id: &str) -> Copier {
+    /// A copier in `group`'s group mode (`partition` None), or of input partition `partition`
+    /// alone (Java's assign mode, which never joins `group`).
+    fn start(
+        bootstrap: &str,
+        group: &str,
+        input: &str,
+        output: &str,
+        id: &str,
+        partition: Option<i32>,
+    ) -> Copier {
         use tokio::io::{AsyncBufReadExt, BufReader};
+        let input_partition = partition.unwrap_or(0).to_string();
+        let mode: &[&str] = match partition {
+            Some(_) => &[],
+            None => &["--group-mode"],
+        };
         let mut child = tokio::process::Command::new(kafkit_integration_tests::kafkit_bin())
             .args([
                 "transactional-message-copier",
@@ -724,7 +738,7 @@ impl Copier {
                 "--input-topic",
                 input,
                 "--input-partition",
-                "0",
+                &input_partition,
                 "--output-topic",
                 output,
                 "--transactional-id",
@@ -735,10 +749,10 @@ impl Copier {
                 "50",
                 "--transaction-timeout",
                 "10000",
-                "--group-mode",
                 "--use-group-metadata",
                 "--enable-random-aborts",
             ])
+            .args(mode)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -827,7 +841,7 @@ async fn two_copiers_killed_and_restarted_copy_every_record_once() {
         d.unwrap();
     }
     let group = random_name("copier-g");
-    let start = |id: &str| Copier::start(&bootstrap, &group, &input, &output, id);
+    let start = |id: &str| Copier::start(&bootstrap, &group, &input, &output, id, None);
 
     let c0 = start("copier-0");
     let c1 = start("copier-1");
@@ -942,4 +956,63 @@ async fn exactly_once_through_a_broker_crash() {
     let missing: Vec<_> = expected.iter().filter(|e| !distinct.contains(e)).collect();
     assert!(missing.is_empty(), "inputs without output: {missing:?}");
     assert_eq!(seen.len(), N, "no output twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copiers_of_assigned_partitions_killed_and_restarted_copy_every_record_once() {
+    let _heavy = HEAVY.lock().await;
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let input = random_name("assigned-copier-in");
+    let output = random_name("assigned-copier-out");
+    create_topic(&bootstrap, &input, 2, 1).await.unwrap();
+    create_topic(&bootstrap, &output, 2, 1).await.unwrap();
+    const N: usize = 200;
+    let plain = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let sends: Vec<_> = (0..N)
+        .map(|i| plain.send(ProducerRecord::new(&input, format!("in-{i}")).key(format!("k-{i}"))))
+        .collect();
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    for d in futures::future::join_all(sends).await {
+        let d = d.unwrap();
+        let end = ends.entry(d.partition).or_default();
+        *end = (*end).max(d.offset + 1);
+    }
+    // One copier per input partition, both committing to one group they never join.
+    let group = random_name("assigned-copier-g");
+    let start = |p: i32| {
+        let id = format!("assigned-copier-{p}");
+        Copier::start(&bootstrap, &group, &input, &output, &id, Some(p))
+    };
+    let c0 = start(0);
+    let c1 = start(1);
+    kafkit_integration_tests::support::eventually_every(
+        LIMIT,
+        Duration::from_millis(100),
+        || c0.tail("copier of partition 0 copied 20"),
+        || c0.processed() >= 20,
+    )
+    .await;
+    c0.kill().await;
+    let c0 = start(0);
+    c0.finish().await;
+    c1.finish().await;
+
+    let seen = sorted(kafkit_read(&bootstrap, &output, N).await);
+    let expected = sorted((0..N).map(|i| format!("in-{i}")).collect());
+    assert_eq!(seen, expected, "every input record copied exactly once");
+    assert_eq!(
+        committed(&bootstrap, &group, &input, 2).await,
+        ends,
+        "each copier committed its partition's end for the group"
+    );
+    let description = kafkit::admin::describe_group(&client(&bootstrap), &group)
+        .await
+        .unwrap();
+    assert!(
+        description.members.is_empty(),
+        "the copiers never joined: {description:?}"
+    );
 }
