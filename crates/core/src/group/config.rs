@@ -157,8 +157,10 @@ impl GroupConfig {
     /// while the group has no members (Kafka answers commits from outside a group with members
     /// with an error, and those records are delivered again). Several such consumers may share a
     /// group id if their partitions do not overlap. Membership settings (protocol, session and
-    /// heartbeat timing, assignors, instance id) do not apply; `group.protocol=consumer`, an
-    /// instance id and a topic regex are refused.
+    /// heartbeat timing, assignors, instance id) do not apply; `group.protocol=consumer` and an
+    /// instance id are refused. Nothing fences a second consumer of the same partitions: keep
+    /// assignments apart. A health report's coordinator and heartbeat checks concern membership,
+    /// which this has none of: they read as for a member that has not joined.
     ///
     /// ```
     /// use kafkit_core::group::{GroupConfig, TopicPartition};
