@@ -350,6 +350,28 @@ impl GroupConfig {
         if self.group_id.trim().is_empty() {
             return err("group.id", "must not be empty".into());
         }
+        if let Some(partitions) = &self.assignment {
+            let refuse = |setting: &str| {
+                err(
+                    setting,
+                    "does not apply to a fixed assignment (GroupConfig::assigned): it never joins \
+                     the group"
+                        .into(),
+                )
+            };
+            if partitions.is_empty() {
+                return err("assignment", "assign at least one partition".into());
+            }
+            if partitions.iter().any(|tp| tp.partition < 0) {
+                return err("assignment", "partition numbers start at 0".into());
+            }
+            if self.protocol == GroupProtocol::Consumer {
+                return refuse("group.protocol");
+            }
+            if self.group_instance_id.is_some() {
+                return refuse("group.instance.id");
+            }
+        }
         match &self.topic_regex {
             None if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) => {
                 return err(
@@ -434,28 +456,6 @@ impl GroupConfig {
             .is_some_and(|id| id.trim().is_empty())
         {
             return err("group.instance.id", "must not be empty when set".into());
-        }
-        if let Some(partitions) = &self.assignment {
-            let refuse = |setting: &str| {
-                err(
-                    setting,
-                    "does not apply to a fixed assignment (GroupConfig::assigned): it never joins \
-                     the group"
-                        .into(),
-                )
-            };
-            if partitions.is_empty() {
-                return err("assignment", "assign at least one partition".into());
-            }
-            if partitions.iter().any(|tp| tp.partition < 0) {
-                return err("assignment", "partition numbers start at 0".into());
-            }
-            if self.protocol == GroupProtocol::Consumer {
-                return refuse("group.protocol");
-            }
-            if self.group_instance_id.is_some() {
-                return refuse("group.instance.id");
-            }
         }
         match self.protocol {
             GroupProtocol::Consumer => {
