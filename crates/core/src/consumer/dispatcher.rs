@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!  engine ──push(slot, key, record)──► Dispatcher ──lanes──► handler tasks / stream / batch calls
-//!    ▲                                     │  ▲
+//!    ▲                                     │  ▲                / the transform's runs
 //!    └──── processed (slot, offset) ◄──────┘  └── Completion (Processed / Done / Returned)
 //! ```
 //!
@@ -13,6 +13,11 @@
 //! - A partition's records start in the order its mode allows: one hand-out per partition
 //!   (`PartitionOrdered`) or per key (`KeyOrdered`) at a time, a run being one hand-out whose records
 //!   are processed one after another in offset order.
+//! - Records handed back unprocessed (the rest of a run, a dropped stream record or run) go back to
+//!   the front of their queue, unless their tenure stopped: the partition's (key's) next hand-out
+//!   starts with them. With `PartitionOrdered`, a hand-out therefore always starts at the
+//!   partition's first record not yet processed, which the exactly-once transform's commits rely
+//!   on (`Sink::Runs`).
 //! - Once a queue is stopped ([`Dispatcher::stop`]) no record of its tenure starts: the queue is
 //!   emptied, and each lane in flight checks the tenure's stop flag before each of its records (the
 //!   first included) and hands the rest back, which is then dropped.
@@ -201,7 +206,8 @@ struct Queue {
 pub(crate) enum DispatchEvent {
     /// A handler task or stream user reported.
     Completion(Completion),
-    /// The stream was dropped: nobody will process records. Reported once.
+    /// The stream (or the transform's receiver of runs) was dropped: nobody will process records.
+    /// Reported once.
     StreamClosed,
     /// Handler tasks ended. A handler's panic is caught around its attempt and never ends one (see
     /// `failure::catching`); a task that panics anyway (outside the handler) is logged.
@@ -315,7 +321,7 @@ impl Dispatcher {
     /// runs ahead of a watermark). With a handler, a start takes a run: the records of the same
     /// partition (`PartitionOrdered`) or key (`KeyOrdered`) that would start right after it,
     /// processed in sequence by one task; a run counts once against `max_in_flight`, since its
-    /// records never run at the same time.
+    /// records never run at the same time. The transform's runs sink takes runs the same way.
     pub(crate) fn dispatch(&mut self, limit_of: impl Fn(usize) -> i64) {
         if self.channel_closed() {
             return;

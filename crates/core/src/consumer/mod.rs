@@ -13,9 +13,9 @@
 //! - `offset_map`: the compact record of finished offsets above the watermark kept in commit metadata.
 //! - `failure`: one record's failure path: retry policy, circuit breaker, dead-letter topic.
 //! - `status`: what the engine observes, for [`HealthHandle`] reports.
-//! - `record`: [`ConsumedRecord`] and the acknowledgeable [`StreamRecord`].
+//! - `record`: [`ConsumedRecord`], the acknowledgeable [`StreamRecord`], and the transform's runs.
 //! - `transform`: exactly-once consume-transform-produce ([`Consumer::run_transform`]) over the
-//!   stream and a transactional producer.
+//!   dispatcher's runs of consecutive records and a transactional producer.
 
 pub(crate) mod dispatcher;
 mod engine;
