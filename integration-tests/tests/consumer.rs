@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use kafkit::consumer::{ConsumedRecord, Consumer, ConsumerBuilder, DispatchMode, OffsetReset};
-use kafkit::group::TopicPartition;
+use kafkit::group::{GroupConfig, TopicPartition};
 use kafkit::{ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::support::{
     POLL, client, committed, connections_to, consumer_groups_describe, eventually,
@@ -1094,4 +1094,91 @@ async fn a_stuck_record_does_not_stop_the_other_partitions_of_its_broker() {
         .unwrap()
         .unwrap();
     assert_eq!(done.load(Ordering::Relaxed), n + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fixed_assignment_reads_its_partitions_and_commits_for_the_group_it_never_joins() {
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let topic = random_name("assigned");
+    create_topic(&bootstrap, &topic, 3, 1).await.unwrap();
+    let group = random_name("assigned-g");
+    let mine = vec![
+        TopicPartition::new(&topic, 0),
+        TopicPartition::new(&topic, 2),
+    ];
+    let ours = |ends: &BTreeMap<i32, i64>| -> BTreeMap<i32, i64> {
+        ends.iter()
+            .filter(|(p, _)| **p != 1)
+            .map(|(p, e)| (*p, *e))
+            .collect()
+    };
+    // Runs a consumer of `mine` until it has handled `n` records; returns (partition, offset) of
+    // each, in the order handled.
+    let run_until = |n: i64| {
+        let (bootstrap, group, mine) = (bootstrap.clone(), group.clone(), mine.clone());
+        async move {
+            let consumer =
+                ConsumerBuilder::new(client(&bootstrap), GroupConfig::assigned(&group, mine))
+                    .auto_offset_reset(OffsetReset::Earliest)
+                    .commit_interval(Duration::from_millis(200))
+                    .build()
+                    .await
+                    .unwrap();
+            let stop = consumer.shutdown_handle();
+            let seen: Arc<Mutex<Vec<(i32, i64)>>> = Arc::default();
+            let handled = Arc::clone(&seen);
+            let run = tokio::spawn(consumer.run(move |r| {
+                handled.lock().push((r.partition(), r.offset()));
+                async { Ok::<_, std::io::Error>(()) }
+            }));
+            eventually(Duration::from_secs(60), &format!("{n} records"), || {
+                seen.lock().len() as i64 >= n
+            })
+            .await;
+            // Once it has committed (the group exists), the group has no members.
+            let description = eventually_async(Duration::from_secs(30), POLL, || async {
+                kafkit::admin::describe_group(&client(&bootstrap), &group)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            assert!(description.members.is_empty(), "{description:?}");
+            stop.shutdown();
+            let report = tokio::time::timeout(Duration::from_secs(60), run)
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            assert!(report.uncommitted.is_empty(), "{report:?}");
+            seen.lock().clone()
+        }
+    };
+
+    let first = produce_keyed(&bootstrap, &topic, 300, 30).await;
+    let seen = run_until(ours(&first).values().sum()).await;
+    assert!(seen.iter().all(|(p, _)| *p != 1), "only its partitions");
+    assert_eq!(seen.len() as i64, ours(&first).values().sum::<i64>());
+    assert_eq!(
+        committed(&bootstrap, &group, &topic, 3).await,
+        ours(&first),
+        "committed for the group, which it never joined"
+    );
+
+    // Restarted, it resumes from the group's committed offsets: only the new records.
+    let second = produce_keyed(&bootstrap, &topic, 90, 30).await;
+    let new: i64 = ours(&second)
+        .iter()
+        .map(|(p, end)| end - first.get(p).copied().unwrap_or(0))
+        .sum();
+    let seen = run_until(new).await;
+    assert!(
+        seen.iter()
+            .all(|(p, o)| *p != 1 && *o >= first.get(p).copied().unwrap_or(0)),
+        "{seen:?}"
+    );
+    assert_eq!(seen.len() as i64, new);
+    assert_eq!(
+        committed(&bootstrap, &group, &topic, 3).await,
+        ours(&second)
+    );
 }

@@ -19,6 +19,9 @@ use parking_lot::Mutex;
 
 const LIMIT: Duration = Duration::from_secs(60);
 const PARTITIONS: i32 = 3;
+/// Inputs per transaction in the exactly-once tests that kill members or a broker: small enough
+/// that a kill lands mid-stream.
+const MAX_RECORDS: usize = 20;
 
 /// Held by the tests that kill members, copiers or a broker: on two cores, two of them at once
 /// (with a second broker) starve each other past their time limits.
@@ -104,6 +107,19 @@ async fn java_read(bootstrap: &str, topic: &str, isolation: &str) -> Vec<String>
 /// The values kafkit's consumer (read_committed) hands out from `topic`, once `expected` arrived
 /// and a further second brought nothing more.
 async fn kafkit_read(bootstrap: &str, topic: &str, expected: usize) -> Vec<String> {
+    kafkit_read_records(bootstrap, topic, expected)
+        .await
+        .into_iter()
+        .map(|(_, _, value)| value)
+        .collect()
+}
+
+/// As [`kafkit_read`], each value with its partition and offset.
+async fn kafkit_read_records(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+) -> Vec<(i32, i64, String)> {
     let group = random_name("txn-reader");
     let consumer = ConsumerBuilder::new(client(bootstrap), test_group(&group, topic))
         .auto_offset_reset(OffsetReset::Earliest)
@@ -112,13 +128,15 @@ async fn kafkit_read(bootstrap: &str, topic: &str, expected: usize) -> Vec<Strin
         .await
         .unwrap();
     let stop = consumer.shutdown_handle();
-    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<(i32, i64, String)>>> = Arc::default();
     let handled = Arc::clone(&seen);
     let run = tokio::spawn(consumer.run(move |record| {
         let handled = Arc::clone(&handled);
         async move {
             let value = String::from_utf8_lossy(record.value().unwrap_or_default()).into_owned();
-            handled.lock().push(value);
+            handled
+                .lock()
+                .push((record.partition(), record.offset(), value));
             Ok::<_, std::io::Error>(())
         }
     }));
@@ -420,16 +438,46 @@ async fn calls_out_of_order_and_bad_settings_get_clear_errors() {
     assert_eq!(plain.transactional_id(), None);
 }
 
+/// One handler call's input records: (partition, offset).
+type Batch = Vec<(i32, i64)>;
+
+/// Each handler call's input records, of every exactly-once member.
+#[derive(Clone, Default)]
+struct Batches(Arc<Mutex<Vec<Batch>>>);
+
+impl Batches {
+    /// Records handled (a batch that ran again counts again).
+    fn handled(&self) -> usize {
+        self.0.lock().iter().map(Vec::len).sum()
+    }
+
+    /// The most records of one partition a batch held.
+    fn most_of_one_partition(&self) -> usize {
+        let batches = self.0.lock();
+        let mut most = 0;
+        for batch in batches.iter() {
+            let mut per_partition: BTreeMap<i32, usize> = BTreeMap::new();
+            for (p, _) in batch {
+                *per_partition.entry(*p).or_default() += 1;
+            }
+            most = most.max(per_partition.into_values().max().unwrap_or(0));
+        }
+        most
+    }
+}
+
 /// One exactly-once member: consumes `input` in `group`, writes "<partition>-<offset>" of each
-/// input record to `output` in transactions of transactional id `id`. Counts handled records in
-/// `handled`. Returns its shutdown handle and task (abort the task to kill it: no leave, no abort).
+/// input record to `output` in transactions of transactional id `id`, at most `max_records`
+/// inputs each. Logs each batch in `batches`. Returns its shutdown handle and task (abort the
+/// task to kill it: no leave, no abort).
 async fn eos_member(
     bootstrap: &str,
     group: &str,
     input: &str,
     output: &str,
     id: &str,
-    handled: Arc<std::sync::atomic::AtomicUsize>,
+    max_records: usize,
+    batches: Batches,
 ) -> (
     kafkit::consumer::ShutdownHandle,
     tokio::task::JoinHandle<kafkit::Result<kafkit::consumer::ShutdownReport>>,
@@ -451,12 +499,16 @@ async fn eos_member(
         .unwrap();
     let stop = consumer.shutdown_handle();
     let output = output.to_owned();
-    let config = TransformConfig::new(producer).max_records(50);
+    let config = TransformConfig::new(producer).max_records(max_records);
     let task = tokio::spawn(consumer.run_transform(config, move |records| {
         let output = output.clone();
-        let handled = Arc::clone(&handled);
+        batches.0.lock().push(
+            records
+                .iter()
+                .map(|r| (r.partition(), r.offset()))
+                .collect(),
+        );
         async move {
-            handled.fetch_add(records.len(), std::sync::atomic::Ordering::Relaxed);
             Ok::<_, std::io::Error>(
                 records
                     .iter()
@@ -494,15 +546,16 @@ async fn exactly_once_through_a_member_kill_and_rebalances() {
     }
 
     let group = random_name("eos-g");
-    let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let progress = || handled.load(std::sync::atomic::Ordering::Relaxed);
+    let batches = Batches::default();
+    let progress = || batches.handled();
     let (_a_stop, a) = eos_member(
         &bootstrap,
         &group,
         &input,
         &output,
         "eos-a",
-        Arc::clone(&handled),
+        MAX_RECORDS,
+        batches.clone(),
     )
     .await;
     let (b_stop, b) = eos_member(
@@ -511,7 +564,8 @@ async fn exactly_once_through_a_member_kill_and_rebalances() {
         &input,
         &output,
         "eos-b",
-        Arc::clone(&handled),
+        MAX_RECORDS,
+        batches.clone(),
     )
     .await;
 
@@ -526,7 +580,8 @@ async fn exactly_once_through_a_member_kill_and_rebalances() {
         &input,
         &output,
         "eos-a",
-        Arc::clone(&handled),
+        MAX_RECORDS,
+        batches.clone(),
     )
     .await;
 
@@ -538,7 +593,8 @@ async fn exactly_once_through_a_member_kill_and_rebalances() {
         &input,
         &output,
         "eos-c",
-        Arc::clone(&handled),
+        MAX_RECORDS,
+        batches.clone(),
     )
     .await;
     eventually(LIMIT, "three quarters handled", || progress() >= 3 * N / 4).await;
@@ -576,6 +632,78 @@ async fn exactly_once_through_a_member_kill_and_rebalances() {
         "handled {} for {N} inputs (more: retried or aborted batches)",
         progress()
     );
+    assert!(
+        batches.most_of_one_partition() > 1,
+        "a transaction held several records of a partition"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_carries_many_consecutive_records_of_a_partition() {
+    logs();
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let input = random_name("eos-runs-in");
+    let output = random_name("eos-runs-out");
+    create_topic(&bootstrap, &input, 1, 1).await.unwrap();
+    create_topic(&bootstrap, &output, 1, 1).await.unwrap();
+    const N: usize = 300;
+    const MAX: usize = 50;
+    let plain = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let sends: Vec<_> = (0..N)
+        .map(|i| plain.send(ProducerRecord::new(&input, format!("in-{i}"))))
+        .collect();
+    for d in futures::future::join_all(sends).await {
+        d.unwrap();
+    }
+
+    let group = random_name("eos-runs-g");
+    let batches = Batches::default();
+    let (stop, member) = eos_member(
+        &bootstrap,
+        &group,
+        &input,
+        &output,
+        &random_name("eos-runs"),
+        MAX,
+        batches.clone(),
+    )
+    .await;
+    let seen = kafkit_read_records(&bootstrap, &output, N).await;
+    stop.shutdown();
+    tokio::time::timeout(LIMIT, member)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+
+    // The handler's batches: runs of the one partition, in order, each input once (no batch
+    // failed), full while the backlog lasts.
+    let calls = batches.0.lock().clone();
+    let sizes: Vec<usize> = calls.iter().map(Vec::len).collect();
+    let handled: Vec<i64> = calls.iter().flatten().map(|&(_, o)| o).collect();
+    assert_eq!(handled, (0..N as i64).collect::<Vec<_>>(), "{sizes:?}");
+    assert!(sizes.iter().all(|&n| n <= MAX), "{sizes:?}");
+    assert_eq!(sizes.iter().max(), Some(&MAX), "{sizes:?}");
+
+    // The output, read_committed: each input once. Its offsets count the transactions: each
+    // committed transaction's records are consecutive and its commit marker takes the next offset.
+    let values: Vec<String> = seen.iter().map(|(_, _, v)| v.clone()).collect();
+    let expected: Vec<String> = (0..N).map(|o| format!("0-{o}")).collect();
+    assert_eq!(values, expected, "every input once, in order");
+    let offsets: Vec<i64> = seen.iter().map(|&(_, o, _)| o).collect();
+    let transactions = 1 + offsets.windows(2).filter(|w| w[1] != w[0] + 1).count();
+    assert_eq!(
+        transactions,
+        calls.len(),
+        "one committed transaction per batch: {sizes:?}, output offsets {offsets:?}"
+    );
+    assert!(
+        transactions <= N / 2,
+        "{transactions} transactions for {N} inputs: {sizes:?}"
+    );
 }
 
 /// A `kafkit transactional-message-copier` process; its stdout lines are collected.
@@ -586,8 +714,22 @@ struct Copier {
 }
 
 impl Copier {
-    fn start(bootstrap: &str, group: &str, input: &str, output: &str, id: &str) -> Copier {
+    /// A copier in `group`'s group mode (`partition` None), or of input partition `partition`
+    /// alone (Java's assign mode, which never joins `group`).
+    fn start(
+        bootstrap: &str,
+        group: &str,
+        input: &str,
+        output: &str,
+        id: &str,
+        partition: Option<i32>,
+    ) -> Copier {
         use tokio::io::{AsyncBufReadExt, BufReader};
+        let input_partition = partition.unwrap_or(0).to_string();
+        let mode: &[&str] = match partition {
+            Some(_) => &[],
+            None => &["--group-mode"],
+        };
         let mut child = tokio::process::Command::new(kafkit_integration_tests::kafkit_bin())
             .args([
                 "transactional-message-copier",
@@ -596,7 +738,7 @@ impl Copier {
                 "--input-topic",
                 input,
                 "--input-partition",
-                "0",
+                &input_partition,
                 "--output-topic",
                 output,
                 "--transactional-id",
@@ -607,10 +749,10 @@ impl Copier {
                 "50",
                 "--transaction-timeout",
                 "10000",
-                "--group-mode",
                 "--use-group-metadata",
                 "--enable-random-aborts",
             ])
+            .args(mode)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -699,7 +841,7 @@ async fn two_copiers_killed_and_restarted_copy_every_record_once() {
         d.unwrap();
     }
     let group = random_name("copier-g");
-    let start = |id: &str| Copier::start(&bootstrap, &group, &input, &output, id);
+    let start = |id: &str| Copier::start(&bootstrap, &group, &input, &output, id, None);
 
     let c0 = start("copier-0");
     let c1 = start("copier-1");
@@ -773,15 +915,16 @@ async fn exactly_once_through_a_broker_crash() {
     drop(plain);
 
     let group = random_name("eos-crash-g");
-    let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let progress = || handled.load(std::sync::atomic::Ordering::Relaxed);
+    let batches = Batches::default();
+    let progress = || batches.handled();
     let (a_stop, a) = eos_member(
         &bootstrap,
         &group,
         &input,
         &output,
         "eos-crash-a",
-        Arc::clone(&handled),
+        MAX_RECORDS,
+        batches.clone(),
     )
     .await;
     let (b_stop, b) = eos_member(
@@ -790,7 +933,8 @@ async fn exactly_once_through_a_broker_crash() {
         &input,
         &output,
         "eos-crash-b",
-        Arc::clone(&handled),
+        MAX_RECORDS,
+        batches.clone(),
     )
     .await;
     eventually(LIMIT, "a third handled", || progress() >= N / 3).await;
@@ -812,4 +956,63 @@ async fn exactly_once_through_a_broker_crash() {
     let missing: Vec<_> = expected.iter().filter(|e| !distinct.contains(e)).collect();
     assert!(missing.is_empty(), "inputs without output: {missing:?}");
     assert_eq!(seen.len(), N, "no output twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copiers_of_assigned_partitions_killed_and_restarted_copy_every_record_once() {
+    let _heavy = HEAVY.lock().await;
+    let bootstrap = shared().await.unwrap().bootstrap();
+    let input = random_name("assigned-copier-in");
+    let output = random_name("assigned-copier-out");
+    create_topic(&bootstrap, &input, 2, 1).await.unwrap();
+    create_topic(&bootstrap, &output, 2, 1).await.unwrap();
+    const N: usize = 200;
+    let plain = ProducerBuilder::new(client(&bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let sends: Vec<_> = (0..N)
+        .map(|i| plain.send(ProducerRecord::new(&input, format!("in-{i}")).key(format!("k-{i}"))))
+        .collect();
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    for d in futures::future::join_all(sends).await {
+        let d = d.unwrap();
+        let end = ends.entry(d.partition).or_default();
+        *end = (*end).max(d.offset + 1);
+    }
+    // One copier per input partition, both committing to one group they never join.
+    let group = random_name("assigned-copier-g");
+    let start = |p: i32| {
+        let id = format!("assigned-copier-{p}");
+        Copier::start(&bootstrap, &group, &input, &output, &id, Some(p))
+    };
+    let c0 = start(0);
+    let c1 = start(1);
+    kafkit_integration_tests::support::eventually_every(
+        LIMIT,
+        Duration::from_millis(100),
+        || c0.tail("copier of partition 0 copied 20"),
+        || c0.processed() >= 20,
+    )
+    .await;
+    c0.kill().await;
+    let c0 = start(0);
+    c0.finish().await;
+    c1.finish().await;
+
+    let seen = sorted(kafkit_read(&bootstrap, &output, N).await);
+    let expected = sorted((0..N).map(|i| format!("in-{i}")).collect());
+    assert_eq!(seen, expected, "every input record copied exactly once");
+    assert_eq!(
+        committed(&bootstrap, &group, &input, 2).await,
+        ends,
+        "each copier committed its partition's end for the group"
+    );
+    let description = kafkit::admin::describe_group(&client(&bootstrap), &group)
+        .await
+        .unwrap();
+    assert!(
+        description.members.is_empty(),
+        "the copiers never joined: {description:?}"
+    );
 }

@@ -35,12 +35,17 @@ const EMPTY_INPUT: Duration = Duration::from_secs(5);
 /// the copies, like Apache Kafka's TransactionalMessageCopier.
 #[derive(Debug, Args)]
 #[command(after_help = "\
-Only --group-mode is supported: kafkit's consumer always joins a group (there is no assign mode), \
-so without --group-mode the copier exits with code 2. Each transaction holds at most \
---transaction-size records and at most one per input partition (kafkit's exactly-once mode \
-dispatches partition by partition). Offsets are always committed with the member's generation and \
-member id (as --use-group-metadata asks). --enable-random-aborts aborts about one transaction in \
-three before its copies are written; the batch then runs again. The copier exits 0 once its \
+Without --group-mode the copier consumes --input-partition alone, as Java's tool does with \
+assign(): it never joins --consumer-group, and reads and commits that group's offsets as a \
+standalone consumer (generation -1, no member id), which the broker accepts while the group has no \
+members; copiers of different partitions may share the group. With --group-mode it subscribes to \
+--input-topic in the group. Each transaction holds at most \
+--transaction-size records, as runs of consecutive records of its input partitions (kafkit's \
+exactly-once mode hands out one run of a partition at a time, so a transaction holds at most one \
+run of each partition). Offsets are always committed with the consumer's group metadata (as \
+--use-group-metadata asks): in group mode the member's generation and member id. \
+--enable-random-aborts aborts about one transaction in three before its copies are written; the \
+batch then runs again. The copier exits 0 once its \
 partitions are copied up to their end (or after --max-messages records), or on SIGTERM/SIGINT \
 after printing ShutdownComplete.")]
 pub(crate) struct CopierArgs {
@@ -107,11 +112,11 @@ pub(crate) struct CopierArgs {
     enable_random_aborts: bool,
 
     /// Subscribe to the input topic in the consumer group instead of assigning the input
-    /// partition (required by kafkit).
+    /// partition.
     #[arg(long = "group-mode")]
     group_mode: bool,
 
-    /// Commit offsets with the member's group metadata (kafkit always does).
+    /// Commit offsets with the consumer's group metadata (kafkit always does).
     #[arg(long = "use-group-metadata")]
     use_group_metadata: bool,
 }
@@ -202,14 +207,6 @@ fn one_in_three() -> bool {
 
 /// Copies until the input is copied, `--max-messages` is reached, or a signal.
 pub(crate) async fn run(args: CopierArgs) -> Result<(), Failure> {
-    if !args.group_mode {
-        return Err(Failure {
-            code: EXIT_USAGE,
-            message: "transactional-message-copier needs --group-mode: kafkit's consumer always \
-                      joins a group (no assign mode)"
-                .into(),
-        });
-    }
     if args.transaction_size == 0 {
         return Err(Failure {
             code: EXIT_USAGE,
@@ -227,9 +224,10 @@ pub(crate) async fn run(args: CopierArgs) -> Result<(), Failure> {
     let client =
         crate::common::with_env_reconnect_backoff(ClientConfig::new([bootstrap.as_str()])?)?;
     tracing::debug!(
+        group_mode = args.group_mode,
         input_partition = args.input_partition,
         use_group_metadata = args.use_group_metadata,
-        "group mode: the input partition is ignored; offsets carry the member's group metadata"
+        "offsets carry the consumer's group metadata (without group mode: a standalone consumer's)"
     );
     let id = args.transactional_id.clone();
     // Small batches, as the Java tool sets (512 B there; kafkit's least is 1 KiB), so a
@@ -241,9 +239,16 @@ pub(crate) async fn run(args: CopierArgs) -> Result<(), Failure> {
         .build()
         .await?;
     let progress = Arc::new(Progress::default());
-    let group = GroupConfig::new(&args.consumer_group, [&args.input_topic])
-        .session_timeout(Duration::from_secs(10))
-        .heartbeat_interval(Duration::from_secs(3));
+    let group = if args.group_mode {
+        GroupConfig::new(&args.consumer_group, [&args.input_topic])
+            .session_timeout(Duration::from_secs(10))
+            .heartbeat_interval(Duration::from_secs(3))
+    } else {
+        GroupConfig::assigned(
+            &args.consumer_group,
+            [TopicPartition::new(&args.input_topic, args.input_partition)],
+        )
+    };
     let consumer = ConsumerBuilder::new(client.clone(), group)
         .auto_offset_reset(OffsetReset::Earliest)
         .listener(Arc::clone(&progress) as Arc<dyn ConsumerListener>)

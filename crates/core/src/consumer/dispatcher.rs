@@ -5,7 +5,7 @@
 //!
 //! ```text
 //!  engine ──push(slot, key, record)──► Dispatcher ──lanes──► handler tasks / stream / batch calls
-//!    ▲                                     │  ▲
+//!    ▲                                     │  ▲                / the transform's runs
 //!    └──── processed (slot, offset) ◄──────┘  └── Completion (Processed / Done / Returned)
 //! ```
 //!
@@ -13,6 +13,11 @@
 //! - A partition's records start in the order its mode allows: one hand-out per partition
 //!   (`PartitionOrdered`) or per key (`KeyOrdered`) at a time, a run being one hand-out whose records
 //!   are processed one after another in offset order.
+//! - Records handed back unprocessed (the rest of a run, a dropped stream record or run) go back to
+//!   the front of their queue, unless their tenure stopped: the partition's (key's) next hand-out
+//!   starts with them. With `PartitionOrdered`, a hand-out therefore always starts at the
+//!   partition's first record not yet processed, which the exactly-once transform's commits rely
+//!   on (`Sink::Runs`).
 //! - Once a queue is stopped ([`Dispatcher::stop`]) no record of its tenure starts: the queue is
 //!   emptied, and each lane in flight checks the tenure's stop flag before each of its records (the
 //!   first included) and hands the rest back, which is then dropped.
@@ -33,7 +38,7 @@ use tokio::task::JoinSet;
 use tracing::warn;
 
 use super::failure::{FailurePath, HandlerError, catching};
-use super::record::{AckHandle, ConsumedRecord, StreamRecord};
+use super::record::{AckHandle, ConsumedRecord, RecordRun, StreamRecord};
 use super::scheduler::{DispatchMode, PartitionSchedule, key_hash};
 use crate::Result;
 
@@ -72,6 +77,15 @@ pub(crate) enum Sink {
     /// finishes when acked. Unbounded: what is out (in the channel or with the user) is in flight,
     /// and the in-flight bound (`max_in_flight`, or one record per partition) bounds it.
     Stream(mpsc::UnboundedSender<Vec<StreamRecord>>),
+    /// Runs of up to `max` records (see [`RecordRun`]) are sent to the exactly-once transform
+    /// (`consumer::transform`), a dispatch's runs in one message; each run is one hand-out, taken
+    /// as a handler lane's run is. The transform dispatches `PartitionOrdered`, where a run is its
+    /// partition's next records and the partition's only hand-out: a transaction holding a run
+    /// may commit the offset after its last record.
+    Runs {
+        tx: mpsc::UnboundedSender<Vec<RecordRun>>,
+        max: usize,
+    },
 }
 
 /// A record finished (or records handed back) by a handler task or a stream user.
@@ -192,7 +206,8 @@ struct Queue {
 pub(crate) enum DispatchEvent {
     /// A handler task or stream user reported.
     Completion(Completion),
-    /// The stream was dropped: nobody will process records. Reported once.
+    /// The stream (or the transform's receiver of runs) was dropped: nobody will process records.
+    /// Reported once.
     StreamClosed,
     /// Handler tasks ended. A handler's panic is caught around its attempt and never ends one (see
     /// `failure::catching`); a task that panics anyway (outside the handler) is logged.
@@ -216,6 +231,8 @@ pub(crate) struct Dispatcher {
     lanes: Vec<Lane>,
     /// Records gathered for the stream (stream sink only), sent together at the end of a dispatch.
     stream_batch: Vec<StreamRecord>,
+    /// Runs gathered for the transform (runs sink only), sent together at the end of a dispatch.
+    runs: Vec<RecordRun>,
     /// Whether [`DispatchEvent::StreamClosed`] was reported.
     stream_closed: bool,
 }
@@ -235,6 +252,7 @@ impl Dispatcher {
             batch: Batch::default(),
             lanes: Vec::new(),
             stream_batch: Vec::new(),
+            runs: Vec::new(),
             stream_closed: false,
         }
     }
@@ -303,16 +321,15 @@ impl Dispatcher {
     /// runs ahead of a watermark). With a handler, a start takes a run: the records of the same
     /// partition (`PartitionOrdered`) or key (`KeyOrdered`) that would start right after it,
     /// processed in sequence by one task; a run counts once against `max_in_flight`, since its
-    /// records never run at the same time.
+    /// records never run at the same time. The transform's runs sink takes runs the same way.
     pub(crate) fn dispatch(&mut self, limit_of: impl Fn(usize) -> i64) {
-        if let Sink::Stream(tx) = &self.sink
-            && tx.is_closed()
-        {
+        if self.channel_closed() {
             return;
         }
         let limit = self.mode.max_in_flight().unwrap_or(usize::MAX);
         let each = matches!(self.mode, DispatchMode::Unordered { .. })
             && matches!(self.sink, Sink::Handler(..));
+        let run_max = self.run_max();
         if each && self.in_flight > 0 && limit - self.in_flight < unordered_low_water(limit) {
             // Wait for room to gather: room handed out as it trickles back (a few records per
             // completion) would start lanes of a record or two, each a task's share of overhead
@@ -351,16 +368,24 @@ impl Dispatcher {
                         };
                         records.push(r);
                     }
-                } else if matches!(self.sink, Sink::Handler(..)) {
-                    records = Vec::with_capacity(1 + q.schedule.run_len_hint(key).min(RUN_MAX - 1));
+                } else if let Some(max) = run_max {
+                    records = Vec::with_capacity(1 + q.schedule.run_len_hint(key).min(max - 1));
                     records.push(record);
-                    q.schedule.extend_run(
-                        key,
-                        below,
-                        ConsumedRecord::offset,
-                        RUN_MAX,
-                        &mut records,
-                    );
+                    q.schedule
+                        .extend_run(key, below, ConsumedRecord::offset, max, &mut records);
+                    if let Sink::Runs { .. } = &self.sink {
+                        let ack = AckHandle {
+                            slot: idx,
+                            epoch: q.epoch,
+                            key,
+                            done: self.done_tx.clone(),
+                        };
+                        self.in_flight += 1;
+                        self.runs
+                            .push(RecordRun::new(records, ack, Arc::clone(&q.stop)));
+                        progressed = true;
+                        continue;
+                    }
                 } else if let Sink::Batch { max, .. } = &self.sink
                     && !matches!(self.mode, DispatchMode::Unordered { .. })
                 {
@@ -408,6 +433,25 @@ impl Dispatcher {
         self.flush_batch();
         self.flush_lanes();
         self.flush_stream();
+    }
+
+    /// The most records a run of one hand-out takes: handler lanes (not `Unordered`) and the
+    /// transform's runs. `None` for sinks that take records one by one, or runs of their own size.
+    fn run_max(&self) -> Option<usize> {
+        match &self.sink {
+            Sink::Handler(..) => Some(RUN_MAX),
+            Sink::Runs { max, .. } => Some((*max).max(1)),
+            Sink::Batch { .. } | Sink::Stream(_) => None,
+        }
+    }
+
+    /// Whether the stream's or the transform's receiver is gone (nobody will process records).
+    fn channel_closed(&self) -> bool {
+        match &self.sink {
+            Sink::Stream(tx) => tx.is_closed(),
+            Sink::Runs { tx, .. } => tx.is_closed(),
+            Sink::Handler(..) | Sink::Batch { .. } => false,
+        }
     }
 
     /// Applies a completion to the queues, and calls `processed(slot, offset)` for each processed
@@ -471,13 +515,18 @@ impl Dispatcher {
 
     /// Waits for the next completion, room in a full stream, or ended handler tasks. Cancel-safe.
     pub(crate) async fn next(&mut self) -> DispatchEvent {
-        let stream = match &self.sink {
-            Sink::Stream(tx) if !self.stream_closed => Some(tx.clone()),
-            _ => None,
+        let sink = &self.sink;
+        let watch = !self.stream_closed && matches!(sink, Sink::Stream(_) | Sink::Runs { .. });
+        let receiver_gone = async move {
+            match sink {
+                Sink::Stream(tx) => tx.closed().await,
+                Sink::Runs { tx, .. } => tx.closed().await,
+                Sink::Handler(..) | Sink::Batch { .. } => std::future::pending().await,
+            }
         };
         tokio::select! {
             biased;
-            _ = async { stream.as_ref().expect("checked").closed().await }, if stream.is_some() => {
+            _ = receiver_gone, if watch => {
                 self.stream_closed = true;
                 DispatchEvent::StreamClosed
             }
@@ -504,7 +553,7 @@ impl Dispatcher {
     pub(crate) fn circuit_breaker(&self) -> Option<&kafkit_resilience::CircuitBreaker> {
         match &self.sink {
             Sink::Handler(_, f) | Sink::Batch { failure: f, .. } => f.breaker.as_ref(),
-            Sink::Stream(_) => None,
+            Sink::Stream(_) | Sink::Runs { .. } => None,
         }
     }
 
@@ -649,17 +698,23 @@ impl Dispatcher {
                     done: self.done_tx.clone(),
                 }),
             }),
-            Sink::Handler(..) => unreachable!("handler records start in lanes"),
+            Sink::Handler(..) | Sink::Runs { .. } => {
+                unreachable!("handler records start in lanes, the transform's in runs")
+            }
         }
     }
 
-    /// Sends the gathered records to the stream. If the stream is gone they are dropped, which
-    /// hands them back; [`next`](Self::next) reports the closed stream.
+    /// Sends the gathered records (or runs) to the stream (or the transform). If the receiver is
+    /// gone they are dropped, which hands them back; [`next`](Self::next) reports it.
     fn flush_stream(&mut self) {
-        if let Sink::Stream(tx) = &self.sink
-            && !self.stream_batch.is_empty()
-        {
-            let _ = tx.send(std::mem::take(&mut self.stream_batch));
+        match &self.sink {
+            Sink::Stream(tx) if !self.stream_batch.is_empty() => {
+                let _ = tx.send(std::mem::take(&mut self.stream_batch));
+            }
+            Sink::Runs { tx, .. } if !self.runs.is_empty() => {
+                let _ = tx.send(std::mem::take(&mut self.runs));
+            }
+            _ => {}
         }
     }
 }
@@ -1549,6 +1604,89 @@ mod tests {
         processed.sort_unstable();
         let all: Vec<(usize, i64)> = (0..2).flat_map(|s| (0..12).map(move |o| (s, o))).collect();
         assert_eq!(processed, all);
+    }
+
+    /// Dispatches, and receives what that dispatch sent to a runs sink.
+    fn receive_runs(
+        d: &mut Dispatcher,
+        rx: &mut mpsc::UnboundedReceiver<Vec<RecordRun>>,
+    ) -> Vec<RecordRun> {
+        d.dispatch(|_| i64::MAX);
+        rx.try_recv().unwrap_or_default()
+    }
+
+    fn offsets_of(run: &RecordRun) -> Vec<i64> {
+        run.records().iter().map(ConsumedRecord::offset).collect()
+    }
+
+    /// Applies every ready completion; returns the processed (slot, offset) pairs.
+    fn apply_ready(d: &mut Dispatcher) -> Vec<(usize, i64)> {
+        let mut processed = Vec::new();
+        while let Some(c) = d.try_completion() {
+            d.apply(c, |slot, offset| processed.push((slot, offset)));
+        }
+        processed
+    }
+
+    #[tokio::test]
+    async fn the_runs_sink_hands_out_a_partitions_next_records_as_one_hand_out() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut d = Dispatcher::new(DispatchMode::PartitionOrdered, Sink::Runs { tx, max: 5 });
+        push_two_partitions(&mut d);
+
+        // One run per partition, its first `max` records, in one message.
+        let runs = receive_runs(&mut d, &mut rx);
+        let got: Vec<(i32, Vec<i64>)> = runs
+            .iter()
+            .map(|r| (r.partition().partition, offsets_of(r)))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(0, vec![0, 1, 2, 3, 4]), (1, vec![0, 1, 2, 3, 4])]
+        );
+        assert_eq!(d.in_flight(), 2, "a run is one hand-out");
+        assert!(
+            receive_runs(&mut d, &mut rx).is_empty(),
+            "one run per partition out"
+        );
+
+        let mut runs = runs.into_iter();
+        let (p0, p1) = (runs.next().unwrap(), runs.next().unwrap());
+        // Partition 0: the first two acked; the rest of the run stays out.
+        let rest = p0.ack_front(2).expect("three records left");
+        assert_eq!(offsets_of(&rest), vec![2, 3, 4]);
+        assert_eq!(apply_ready(&mut d), vec![(0, 0), (0, 1)]);
+        assert_eq!(d.in_flight_of(0), 1);
+        assert!(
+            receive_runs(&mut d, &mut rx).is_empty(),
+            "the run is still out"
+        );
+        // Handed back: its records are the front of the partition's next run.
+        drop(rest);
+        assert!(apply_ready(&mut d).is_empty());
+        let again = receive_runs(&mut d, &mut rx);
+        assert_eq!(again.len(), 1);
+        assert_eq!(offsets_of(&again[0]), vec![2, 3, 4, 5, 6]);
+        again.into_iter().for_each(RecordRun::ack);
+        assert_eq!(
+            apply_ready(&mut d),
+            (2..7).map(|o| (0, o)).collect::<Vec<_>>()
+        );
+
+        // Partition 1 is revoked while its run is out: the run says so, and handing it back
+        // queues nothing again.
+        d.stop(1);
+        assert!(p1.stopped());
+        drop(p1);
+        assert!(apply_ready(&mut d).is_empty());
+        assert_eq!(d.in_flight_of(1), 0);
+        let last = receive_runs(&mut d, &mut rx);
+        let got: Vec<(i32, Vec<i64>)> = last
+            .iter()
+            .map(|r| (r.partition().partition, offsets_of(r)))
+            .collect();
+        assert_eq!(got, vec![(0, vec![7, 8, 9, 10, 11])]);
+        assert!(!last[0].stopped());
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,9 +13,9 @@
 //! - `offset_map`: the compact record of finished offsets above the watermark kept in commit metadata.
 //! - `failure`: one record's failure path: retry policy, circuit breaker, dead-letter topic.
 //! - `status`: what the engine observes, for [`HealthHandle`] reports.
-//! - `record`: [`ConsumedRecord`] and the acknowledgeable [`StreamRecord`].
+//! - `record`: [`ConsumedRecord`], the acknowledgeable [`StreamRecord`], and the transform's runs.
 //! - `transform`: exactly-once consume-transform-produce ([`Consumer::run_transform`]) over the
-//!   stream and a transactional producer.
+//!   dispatcher's runs of consecutive records and a transactional producer.
 
 pub(crate) mod dispatcher;
 mod engine;
@@ -123,7 +123,8 @@ pub trait ConsumerListener: Send + Sync + 'static {
 
     /// A revocation of these partitions begins: their records stop being handed out, and the
     /// consumer waits (up to `revoke_timeout`) for those in flight before committing and releasing
-    /// them. The exactly-once mode ([`Consumer::run_transform`]) aborts its open transaction here.
+    /// them. The exactly-once mode ([`Consumer::run_transform`]) aborts its open transaction
+    /// when it holds their records.
     fn revoking(&self, partitions: &[TopicPartition]) {
         let _ = partitions;
     }
@@ -614,8 +615,11 @@ impl Consumer {
     /// member that lost its partitions cannot commit for them (KIP-447). Downstream read_committed
     /// consumers see each input's outputs exactly once, through crashes and rebalances.
     ///
-    /// - Batches: up to `max_records` records, at most one per partition (records are dispatched
-    ///   `PartitionOrdered` whatever the builder says), collected for up to `max_wait`.
+    /// - Batches: up to `max_records` records, collected for up to `max_wait`, made of *runs*:
+    ///   consecutive records of a partition, in offset order. Records are dispatched
+    ///   `PartitionOrdered` whatever the builder says, and a partition has one run out at a time,
+    ///   so a batch holds at most one run of each partition, each starting right after what the
+    ///   partition already committed.
     /// - A handler error aborts the transaction and the same batch runs again after the retry
     ///   backoff, in a new transaction (the retry policy, breaker and dead-letter topic of the
     ///   builder do not apply here).
@@ -679,15 +683,19 @@ impl Consumer {
     /// a task that panics while holding it, is delivered again. Shut down with
     /// [`RecordStream::shutdown`]; dropping the stream stops the consumer without committing.
     pub fn stream(self) -> Result<RecordStream> {
+        Ok(RecordStream {
+            feed: self.feed(Sink::Stream)?,
+            ready: Vec::new().into_iter(),
+        })
+    }
+
+    /// Starts the engine behind a sink that sends each dispatch's records (or runs) on a channel
+    /// made here: the stream's, the transform's.
+    fn feed<T>(self, sink: impl FnOnce(mpsc::UnboundedSender<Vec<T>>) -> Sink) -> Result<Feed<T>> {
         let (tx, rx) = mpsc::unbounded_channel();
         let shutdown = self.shutdown_handle();
-        let task = OwnedTask::spawn(self.start(Sink::Stream(tx))?);
-        Ok(RecordStream {
-            rx,
-            ready: Vec::new().into_iter(),
-            task: Some(task),
-            shutdown,
-        })
+        let task = OwnedTask::spawn(self.start(sink(tx))?);
+        Ok(Feed { rx, task, shutdown })
     }
 
     fn start(
@@ -719,17 +727,47 @@ impl Consumer {
     }
 }
 
+/// The receiving end of a channel sink (the stream's records, the transform's runs) and the
+/// engine behind it.
+#[derive(Debug)]
+struct Feed<T> {
+    /// The dispatcher sends each dispatch's records as one message (one hand-off, not one per
+    /// record); how many are out is bounded by the dispatch mode's in-flight bound.
+    rx: mpsc::UnboundedReceiver<Vec<T>>,
+    /// Dropping it drops (aborts) the engine.
+    task: OwnedTask<Result<ShutdownReport>>,
+    shutdown: ShutdownHandle,
+}
+
+impl<T> Feed<T> {
+    /// Shuts the engine down gracefully and waits for it; records arriving meanwhile are handed
+    /// back (dropped), so the engine can finish.
+    async fn shutdown(self) -> Result<ShutdownReport> {
+        let Feed {
+            mut rx,
+            mut task,
+            shutdown,
+        } = self;
+        shutdown.shutdown();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                done = &mut task => return done.map_err(|_| Error::Closed { what: "consumer" })?,
+                r = rx.recv(), if open => match r {
+                    Some(records) => drop(records),
+                    None => open = false,
+                },
+            }
+        }
+    }
+}
+
 /// The records of a [`Consumer::stream`]. Implements [`futures::Stream`].
 #[derive(Debug)]
 pub struct RecordStream {
-    /// The dispatcher sends each dispatch's records as one message (one hand-off, not one per
-    /// record); how many are out is bounded by the dispatch mode's in-flight bound.
-    rx: mpsc::UnboundedReceiver<Vec<StreamRecord>>,
+    feed: Feed<StreamRecord>,
     /// Received and not yet handed to the user.
     ready: std::vec::IntoIter<StreamRecord>,
-    /// Dropping the stream drops (aborts) the engine.
-    task: Option<OwnedTask<Result<ShutdownReport>>>,
-    shutdown: ShutdownHandle,
 }
 
 impl RecordStream {
@@ -743,7 +781,7 @@ impl RecordStream {
             if let Some(record) = self.ready.next() {
                 return Poll::Ready(Some(record));
             }
-            match self.rx.poll_recv(cx) {
+            match self.feed.rx.poll_recv(cx) {
                 Poll::Ready(Some(batch)) => self.ready = batch.into_iter(),
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
@@ -753,28 +791,18 @@ impl RecordStream {
 
     /// A handle to shut the consumer down from elsewhere.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
-        self.shutdown.clone()
+        self.feed.shutdown.clone()
     }
 
     /// Shuts down gracefully: records already received may still be acked while this waits; records
     /// not received are not committed. Returns what was left uncommitted.
-    pub async fn shutdown(mut self) -> Result<ShutdownReport> {
-        self.shutdown.shutdown();
-        // Received and never handed out: handed back.
-        self.ready = Vec::new().into_iter();
-        let task = self.task.take().expect("task present until shutdown");
-        // Keep draining: records arriving now are handed back (dropped) so the engine can finish.
-        let mut task = task;
-        let mut open = true;
-        loop {
-            tokio::select! {
-                done = &mut task => return done.map_err(|_| Error::Closed { what: "consumer" })?,
-                r = self.rx.recv(), if open => match r {
-                    Some(records) => drop(records),
-                    None => open = false,
-                },
-            }
-        }
+    pub async fn shutdown(self) -> Result<ShutdownReport> {
+        let RecordStream { feed, ready } = self;
+        feed.shutdown.shutdown();
+        // Received and never handed out: handed back to an engine that already stops (so it does
+        // not hand them out again).
+        drop(ready);
+        feed.shutdown().await
     }
 }
 

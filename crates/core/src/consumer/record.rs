@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
@@ -9,6 +10,7 @@ use tokio::sync::mpsc;
 use super::dispatcher::Completion;
 use kafkit_resilience::TimestampType;
 
+use crate::group::TopicPartition;
 use crate::headers::Headers;
 use crate::wire::records::FetchedRecord;
 
@@ -214,6 +216,121 @@ impl Drop for StreamRecord {
                 epoch: h.epoch,
                 key: h.key,
                 outcome: super::dispatcher::Outcome::Returned(vec![self.record.clone()]),
+            });
+        }
+    }
+}
+
+/// Consecutive records of one partition handed out as one unit, for the exactly-once transform
+/// (`Sink::Runs`, which dispatches `PartitionOrdered`): the partition's next records in offset
+/// order, with no record of it between them, and no other record of the partition's tenure out
+/// while the run is. Its records before the first were all finished (acked) or are in it: a
+/// hand-back puts them at the front of the partition's queue, so they come first in its next run.
+///
+/// [`ack_front`](Self::ack_front) finishes its first records (the rest stay out, in the same
+/// hand-out); dropping it hands back what it still holds (delivered again unless its tenure
+/// stopped). It is never empty.
+pub(crate) struct RecordRun {
+    /// The records not yet acked, in offset order.
+    records: Vec<ConsumedRecord>,
+    /// Taken when the last record is acked: the hand-out has ended.
+    ack: Option<AckHandle>,
+    /// The tenure's stop flag, set by the dispatcher when the partition is being revoked, is lost,
+    /// the consumer shuts down, or a newer tenure opened.
+    stop: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for RecordRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RecordRun")
+            .field("topic", &self.records[0].topic())
+            .field("partition", &self.records[0].partition())
+            .field("first", &self.first_offset())
+            .field("last", &self.last_offset())
+            .finish()
+    }
+}
+
+impl RecordRun {
+    /// A run of `records` (not empty, in offset order), one hand-out of `ack`'s tenure.
+    pub(crate) fn new(records: Vec<ConsumedRecord>, ack: AckHandle, stop: Arc<AtomicBool>) -> Self {
+        assert!(!records.is_empty(), "a run holds at least one record");
+        Self {
+            records,
+            ack: Some(ack),
+            stop,
+        }
+    }
+
+    /// The records still held, in offset order.
+    pub(crate) fn records(&self) -> &[ConsumedRecord] {
+        &self.records
+    }
+
+    /// The run's partition.
+    pub(crate) fn partition(&self) -> TopicPartition {
+        let first = &self.records[0];
+        TopicPartition::new(first.topic(), first.partition())
+    }
+
+    /// The offset of the first record held.
+    pub(crate) fn first_offset(&self) -> i64 {
+        self.records[0].offset()
+    }
+
+    /// The offset of the last record held.
+    pub(crate) fn last_offset(&self) -> i64 {
+        self.records[self.records.len() - 1].offset()
+    }
+
+    /// Whether the partition's tenure stopped (revoked, lost, shutting down): its records must
+    /// not be committed, only handed back.
+    pub(crate) fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// The first `n` records are processed (their offsets may be committed). Returns the rest, in
+    /// the same hand-out, or `None` when nothing is left and the hand-out ended.
+    pub(crate) fn ack_front(mut self, n: usize) -> Option<Self> {
+        let rest = self.records.split_off(n.min(self.records.len()));
+        let ends = rest.is_empty();
+        if let Some(h) = &self.ack
+            && !self.records.is_empty()
+        {
+            let _ = h.done.send(Completion {
+                slot: h.slot,
+                epoch: h.epoch,
+                key: h.key,
+                outcome: super::dispatcher::Outcome::Processed {
+                    offsets: self.records.iter().map(ConsumedRecord::offset).collect(),
+                    ends,
+                },
+            });
+        }
+        self.records = rest;
+        if ends {
+            self.ack = None;
+            return None;
+        }
+        Some(self)
+    }
+
+    /// Every record is processed; the hand-out ends.
+    pub(crate) fn ack(self) {
+        let n = self.records.len();
+        let rest = self.ack_front(n);
+        debug_assert!(rest.is_none());
+    }
+}
+
+impl Drop for RecordRun {
+    fn drop(&mut self) {
+        if let Some(h) = self.ack.take() {
+            let _ = h.done.send(Completion {
+                slot: h.slot,
+                epoch: h.epoch,
+                key: h.key,
+                outcome: super::dispatcher::Outcome::Returned(std::mem::take(&mut self.records)),
             });
         }
     }

@@ -2,23 +2,30 @@
 //! batch of input records into output records, and the outputs and the inputs' offsets commit in
 //! one transaction of a transactional [`Producer`], with the member's generation and id (KIP-447).
 //!
-//! It sits on the consumer's stream (records handed out, acked once their transaction
-//! committed) and hears of revocations through one listener call (`revoking`); the engine and the
-//! dispatcher know nothing of transactions. Rules, each enforced in [`Transformer`]:
-//! - Records are dispatched `PartitionOrdered`: one record of a partition is out at a time, so a
-//!   batch holds at most one record per partition, and a record handed back (a dropped batch) is
-//!   the next one its partition hands out again: a transaction never commits an offset past a
-//!   record that is not in it or in an earlier committed one.
-//! - A batch whose partition is being revoked or was lost is not committed: its open transaction
-//!   aborts and its records are handed back before the engine releases the partition.
+//! It takes *runs* from the dispatcher (`Sink::Runs`, see [`RecordRun`]): consecutive records of a
+//! partition, handed out as one unit, acked once their transaction committed. A batch is whole
+//! runs, up to `max_records` records; the engine and the dispatcher know nothing of transactions.
+//! Rules, each enforced in [`Transformer`]:
+//! - Records are dispatched `PartitionOrdered`: a partition has one run out at a time, which
+//!   starts at its first record not yet acked (a run handed back is the front of the partition's
+//!   next run). So a run's records, and every earlier record of the partition, are in the batch or
+//!   were committed in an earlier transaction, and the offset after the run's last record is the
+//!   partition's offset to commit: a transaction never commits an offset past a record that is not
+//!   in it or in an earlier committed one.
+//! - A batch whose partition is being revoked or was lost is not committed: the run's tenure is
+//!   stopped (the dispatcher's stop flag, set before anything else on a revocation, a loss or a
+//!   shutdown), which is checked before the offsets are sent and before the commit; the open
+//!   transaction aborts and the runs are handed back, which the engine's revocation waits for
+//!   before it releases the partition.
 //! - A handler failure aborts the transaction and runs the same batch again (after the retry
 //!   backoff) in a new one: the batch starts at the partitions' last committed positions.
 //! - A commit that timed out is repeated (it cannot be aborted: it may have ended the
 //!   transaction); only its final failure aborts.
-//! - A record below what this consumer already committed for its partition (a new tenure
-//!   starting from the committed offset, again) is acked without being handled.
+//! - Records below what this consumer already committed for their partition (a new tenure
+//!   starting from the committed offset, again) are acked without being handled: they are the
+//!   front of their run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,13 +33,13 @@ use std::time::Duration;
 use kafkit_resilience::{BackoffPolicy, ConfigError};
 use tracing::{debug, info, warn};
 
-use super::dispatcher::BoxError;
+use tokio::sync::mpsc;
+
+use super::dispatcher::{BoxError, Sink};
+use super::record::RecordRun;
 use super::status::StatusBoard;
-use super::{
-    ConsumedRecord, Consumer, ConsumerListener, DispatchMode, RecordStream, ShutdownReport,
-    StreamRecord,
-};
-use crate::group::{CommitReport, OffsetToCommit, TopicPartition};
+use super::{ConsumedRecord, Consumer, DispatchMode, ShutdownReport};
+use crate::group::TopicPartition;
 use crate::{Error, Producer, ProducerRecord, Result, TransactionErrorKind};
 
 /// Settings of [`Consumer::run_transform`].
@@ -64,7 +71,8 @@ impl TransformConfig {
         }
     }
 
-    /// The most input records in one transaction. Default 500.
+    /// The most input records in one transaction; a partition's run (its consecutive records,
+    /// taken whole) holds at most this many too. Default 500.
     pub fn max_records(mut self, records: usize) -> Self {
         self.max_records = records;
         self
@@ -97,69 +105,12 @@ impl TransformConfig {
     }
 }
 
-/// Partitions being revoked or lost, heard from the engine; cleared when assigned again.
-#[derive(Default)]
-struct Gone {
-    partitions: parking_lot::Mutex<HashSet<TopicPartition>>,
-}
-
-/// The consumer's listener, wrapped: the user's sees everything, [`Gone`] hears revocations.
-struct Listener {
-    gone: Arc<Gone>,
-    user: Option<Arc<dyn ConsumerListener>>,
-}
-
-impl ConsumerListener for Listener {
-    fn assigned(&self, partitions: &[TopicPartition]) {
-        let mut gone = self.gone.partitions.lock();
-        for tp in partitions {
-            gone.remove(tp);
-        }
-        drop(gone);
-        if let Some(u) = &self.user {
-            u.assigned(partitions);
-        }
-    }
-    fn revoking(&self, partitions: &[TopicPartition]) {
-        self.gone
-            .partitions
-            .lock()
-            .extend(partitions.iter().cloned());
-        if let Some(u) = &self.user {
-            u.revoking(partitions);
-        }
-    }
-    fn revoked(&self, partitions: &[TopicPartition]) {
-        if let Some(u) = &self.user {
-            u.revoked(partitions);
-        }
-    }
-    fn lost(&self, partitions: &[TopicPartition]) {
-        self.gone
-            .partitions
-            .lock()
-            .extend(partitions.iter().cloned());
-        if let Some(u) = &self.user {
-            u.lost(partitions);
-        }
-    }
-    fn committing(&self, offsets: &[OffsetToCommit]) {
-        if let Some(u) = &self.user {
-            u.committing(offsets);
-        }
-    }
-    fn committed(&self, result: &Result<CommitReport>) {
-        if let Some(u) = &self.user {
-            u.committed(result);
-        }
-    }
-}
-
 /// How one attempt of a batch ended, short of a commit.
 enum Failed {
     /// The handler failed: abort, then run the batch again.
     Handler(BoxError),
-    /// A partition of the batch is being revoked or was lost: abort, hand the batch back.
+    /// A partition of the batch is being revoked or was lost (or the consumer is shutting down):
+    /// abort, hand the batch back.
     Revoked,
     /// The transaction failed (abortable, or timed out): abort, hand the batch back.
     Transaction(Error),
@@ -169,7 +120,6 @@ enum Failed {
 struct Transformer<F> {
     config: TransformConfig,
     handler: F,
-    gone: Arc<Gone>,
     board: Arc<StatusBoard>,
     group_id: String,
     /// Per partition, the offset after the last record this consumer committed in a transaction.
@@ -188,26 +138,45 @@ where
 {
     config.validate()?;
     config.producer.init_transactions().await?;
-    let gone = Arc::new(Gone::default());
-    let settings = &mut consumer.builder.settings;
-    settings.mode = DispatchMode::PartitionOrdered;
-    settings.listener = Some(Arc::new(Listener {
-        gone: Arc::clone(&gone),
-        user: settings.listener.take(),
-    }));
+    // A run is a partition's next records only when its records go out one hand-out at a time.
+    consumer.builder.settings.mode = DispatchMode::PartitionOrdered;
+    let max = config.max_records;
     let mut transformer = Transformer {
         config,
         handler,
-        gone,
         board: Arc::clone(&consumer.health.board),
         group_id: consumer.builder.group.group_id.clone(),
         done_up_to: HashMap::new(),
     };
-    let mut stream = consumer.stream()?;
-    let outcome = transformer.run(&mut stream).await;
-    let report = stream.shutdown().await;
+    let mut feed = consumer.feed(|tx| Sink::Runs { tx, max })?;
+    let outcome = transformer.run(&mut feed.rx).await;
+    let report = feed.shutdown().await;
     outcome?;
     report
+}
+
+/// Takes a batch from the front of `waiting`: its first item, then every other that still fits
+/// in `max` records (`len` of an item is its records), in order; the rest keep waiting, in order.
+/// Items are never split (a run is one hand-out, acked whole), and none holds more than `max`.
+fn take_batch<R>(waiting: &mut VecDeque<R>, max: usize, len: impl Fn(&R) -> usize) -> Vec<R> {
+    let mut batch = Vec::new();
+    let mut records = 0;
+    let mut rest = VecDeque::new();
+    for item in waiting.drain(..) {
+        let n = len(&item);
+        if batch.is_empty() || records + n <= max {
+            records += n;
+            batch.push(item);
+        } else {
+            rest.push_back(item);
+        }
+    }
+    *waiting = rest;
+    batch
+}
+
+fn run_len(run: &RecordRun) -> usize {
+    run.records().len()
 }
 
 impl<F, Fut, E> Transformer<F>
@@ -216,63 +185,60 @@ where
     Fut: Future<Output = std::result::Result<Vec<ProducerRecord>, E>> + Send,
     E: Into<BoxError>,
 {
-    /// Batches until the stream ends; an error only for a fenced or fatal producer.
-    async fn run(&mut self, stream: &mut RecordStream) -> Result<()> {
-        while let Some(first) = stream.next().await {
-            let mut batch = vec![first];
+    /// Batches until the dispatcher's channel ends; an error only for a fenced or fatal producer.
+    async fn run(&mut self, rx: &mut mpsc::UnboundedReceiver<Vec<RecordRun>>) -> Result<()> {
+        // Runs received and not yet in a batch, in the order they came.
+        let mut waiting: VecDeque<RecordRun> = VecDeque::new();
+        loop {
+            if waiting.is_empty() {
+                match rx.recv().await {
+                    Some(runs) => waiting.extend(runs),
+                    None => return Ok(()),
+                }
+            }
             let until = tokio::time::Instant::now() + self.config.max_wait;
-            while batch.len() < self.config.max_records {
-                match tokio::time::timeout_at(until, stream.next()).await {
-                    Ok(Some(record)) => batch.push(record),
+            while waiting.iter().map(run_len).sum::<usize>() < self.config.max_records {
+                match tokio::time::timeout_at(until, rx.recv()).await {
+                    Ok(Some(runs)) => waiting.extend(runs),
                     Ok(None) | Err(_) => break,
                 }
             }
+            let batch = take_batch(&mut waiting, self.config.max_records, run_len);
             self.process(batch).await?;
         }
-        Ok(())
     }
 
-    /// Drops the records of partitions gone, acks those already committed; returns the rest.
-    fn sift(&self, batch: Vec<StreamRecord>) -> Vec<StreamRecord> {
-        let gone = self.gone.partitions.lock();
+    /// Hands back the runs of stopped tenures (the partition's next owner reads them) and acks the
+    /// records already committed (the front of their run); returns the rest.
+    fn sift(&self, batch: Vec<RecordRun>) -> Vec<RecordRun> {
         let mut keep = Vec::with_capacity(batch.len());
-        let mut duplicates = Vec::new();
-        for record in batch {
-            let r = record.record();
-            let tp = TopicPartition::new(r.topic(), r.partition());
-            if gone.contains(&tp) {
-                drop(record); // handed back: the partition's next owner reads it
-            } else if self
-                .done_up_to
-                .get(&tp)
-                .is_some_and(|&done| r.offset() < done)
-            {
-                duplicates.push(record);
-            } else {
-                keep.push(record);
+        let mut duplicates = 0;
+        for run in batch {
+            if run.stopped() {
+                drop(run); // handed back
+                continue;
             }
+            let below = self.done_up_to.get(&run.partition()).map_or(0, |&done| {
+                run.records()
+                    .iter()
+                    .take_while(|r| r.offset() < done)
+                    .count()
+            });
+            duplicates += below;
+            keep.extend(run.ack_front(below));
         }
-        drop(gone);
-        if !duplicates.is_empty() {
+        if duplicates > 0 {
             debug!(
-                records = duplicates.len(),
+                group = %self.group_id,
+                records = duplicates,
                 "records already committed by this consumer: acked"
             );
-            StreamRecord::ack_all(duplicates);
         }
         keep
     }
 
-    fn any_gone(&self, batch: &[StreamRecord]) -> bool {
-        let gone = self.gone.partitions.lock();
-        batch.iter().any(|s| {
-            let r = s.record();
-            gone.contains(&TopicPartition::new(r.topic(), r.partition()))
-        })
-    }
-
     /// One batch: attempts until it commits, is handed back, or the producer is unusable.
-    async fn process(&mut self, batch: Vec<StreamRecord>) -> Result<()> {
+    async fn process(&mut self, batch: Vec<RecordRun>) -> Result<()> {
         let mut batch = self.sift(batch);
         let mut backoff = self.config.retry_backoff.start();
         let producer = self.config.producer.clone();
@@ -280,9 +246,9 @@ where
             producer.begin_transaction().await?;
             match self.attempt(&producer, &batch).await {
                 Ok(offsets) => {
-                    debug!(group = %self.group_id, records = batch.len(), "batch committed");
+                    debug!(group = %self.group_id, runs = batch.len(), "batch committed");
                     self.done_up_to.extend(offsets);
-                    StreamRecord::ack_all(batch);
+                    batch.into_iter().for_each(RecordRun::ack);
                     return Ok(());
                 }
                 Err(failed) => {
@@ -290,7 +256,7 @@ where
                     match failed {
                         Failed::Handler(error) => {
                             let delay = backoff.next_delay();
-                            warn!(group = %self.group_id, %error, ?delay, records = batch.len(),
+                            warn!(group = %self.group_id, %error, ?delay, runs = batch.len(),
                                 "handler failed: transaction aborted, the batch runs again");
                             tokio::time::sleep(delay).await;
                             batch = self.sift(batch);
@@ -315,9 +281,12 @@ where
     async fn attempt(
         &self,
         producer: &Producer,
-        batch: &[StreamRecord],
+        batch: &[RecordRun],
     ) -> std::result::Result<Vec<(TopicPartition, i64)>, Failed> {
-        let records: Vec<ConsumedRecord> = batch.iter().map(|s| s.record().clone()).collect();
+        let records: Vec<ConsumedRecord> = batch
+            .iter()
+            .flat_map(|run| run.records().iter().cloned())
+            .collect();
         let outputs = (self.handler)(records)
             .await
             .map_err(|e| Failed::Handler(e.into()))?;
@@ -327,26 +296,26 @@ where
         for result in results {
             result.map_err(Failed::Transaction)?;
         }
+        // Each partition's offset is the one after its run's last record. A batch holds one run
+        // per partition: a tenure has one out at a time, and a run of an older tenure is stopped,
+        // which the checks below refuse.
         let mut offsets: HashMap<TopicPartition, i64> = HashMap::new();
-        for s in batch {
-            let r = s.record();
-            let next = offsets
-                .entry(TopicPartition::new(r.topic(), r.partition()))
-                .or_insert(0);
-            *next = (*next).max(r.offset() + 1);
+        for run in batch {
+            let next = offsets.entry(run.partition()).or_insert(0);
+            *next = (*next).max(run.last_offset() + 1);
         }
         let offsets: Vec<(TopicPartition, i64)> = offsets.into_iter().collect();
         let Some(member) = self.board.member() else {
             return Err(Failed::Revoked);
         };
-        if self.any_gone(batch) {
+        if batch.iter().any(RecordRun::stopped) {
             return Err(Failed::Revoked);
         }
         producer
             .send_offsets_to_transaction(offsets.iter().cloned(), &member.group_metadata())
             .await
             .map_err(Failed::Transaction)?;
-        if self.any_gone(batch) {
+        if batch.iter().any(RecordRun::stopped) {
             return Err(Failed::Revoked);
         }
         commit(producer).await.map_err(Failed::Transaction)?;
@@ -382,6 +351,34 @@ async fn abort(producer: &Producer) -> Result<()> {
                 warn!(error = %e, "abort did not finish; trying again");
             }
             Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lengths of the waiting runs, `max_records`, the batch's run lengths, what still waits.
+    type Case = (&'static [usize], usize, &'static [usize], &'static [usize]);
+
+    #[test]
+    fn a_batch_takes_whole_runs_that_fit_and_the_rest_wait_in_order() {
+        let cases: &[Case] = &[
+            (&[3], 10, &[3], &[]),
+            (&[3, 4, 3], 10, &[3, 4, 3], &[]),
+            // The first run always goes (a run is at most `max`); a run that does not fit waits,
+            // and a later one that fits still joins.
+            (&[10, 1], 10, &[10], &[1]),
+            (&[6, 6, 4], 10, &[6, 4], &[6]),
+            (&[6, 6, 6], 10, &[6], &[6, 6]),
+            (&[1, 1, 1, 1], 2, &[1, 1], &[1, 1]),
+        ];
+        for &(runs, max, batch, rest) in cases {
+            let mut waiting: VecDeque<usize> = runs.iter().copied().collect();
+            let taken = take_batch(&mut waiting, max, |&n| n);
+            assert_eq!(taken, batch, "{runs:?} max {max}");
+            assert_eq!(Vec::from(waiting), rest, "{runs:?} max {max}");
         }
     }
 }

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use kafkit_resilience::{BackoffPolicy, ConfigError};
 
-use super::{Assignor, CooperativeStickyAssignor, RangeAssignor, RebalanceProtocol};
+use super::{
+    Assignor, CooperativeStickyAssignor, RangeAssignor, RebalanceProtocol, TopicPartition,
+};
 use crate::Result;
 
 /// Which consumer-group protocol a member speaks. Corresponds to `group.protocol`.
@@ -88,6 +90,8 @@ pub struct GroupConfig {
     pub(crate) protocol: GroupProtocol,
     pub(crate) remote_assignor: Option<String>,
     pub(crate) topic_regex: Option<String>,
+    /// A fixed assignment ([`assigned`](GroupConfig::assigned)): no group membership at all.
+    pub(crate) assignment: Option<Vec<TopicPartition>>,
     /// The classic-only settings set through their setters (Kafka names), so that `validate` can
     /// refuse them with the consumer protocol as the Java client does.
     classic_only_set: Vec<&'static str>,
@@ -105,6 +109,7 @@ impl std::fmt::Debug for GroupConfig {
             .field("protocol", &self.protocol)
             .field("remote_assignor", &self.remote_assignor)
             .field("topic_regex", &self.topic_regex)
+            .field("assignment", &self.assignment)
             .field(
                 "assignors",
                 &self.assignors.iter().map(|a| a.name()).collect::<Vec<_>>(),
@@ -140,8 +145,40 @@ impl GroupConfig {
             protocol: GroupProtocol::Classic,
             remote_assignor: None,
             topic_regex: None,
+            assignment: None,
             classic_only_set: Vec::new(),
         }
+    }
+
+    /// A consumer of exactly `partitions` that never joins `group_id`, as Java's `assign()`: no
+    /// JoinGroup, no heartbeats, no rebalances; the partitions are owned from the start until the
+    /// consumer shuts down. Offsets are still read (OffsetFetch) and committed for `group_id`, as a
+    /// standalone consumer's: generation -1 and no member id, which the group coordinator accepts
+    /// while the group has no members (Kafka answers commits from outside a group with members
+    /// with an error, and those records are delivered again). Several such consumers may share a
+    /// group id if their partitions do not overlap. Membership settings (protocol, session and
+    /// heartbeat timing, assignors, instance id) do not apply; `group.protocol=consumer` and an
+    /// instance id are refused. Nothing fences a second consumer of the same partitions: keep
+    /// assignments apart. A health report's coordinator and heartbeat checks concern membership,
+    /// which this has none of: they read as for a member that has not joined.
+    ///
+    /// ```
+    /// use kafkit_core::group::{GroupConfig, TopicPartition};
+    ///
+    /// let config = GroupConfig::assigned("copier", [TopicPartition::new("orders", 3)]);
+    /// assert_eq!(config.topics(), ["orders"]);
+    /// ```
+    pub fn assigned(
+        group_id: impl Into<String>,
+        partitions: impl IntoIterator<Item = TopicPartition>,
+    ) -> Self {
+        let partitions: Vec<TopicPartition> = partitions.into_iter().collect();
+        let mut topics: Vec<String> = partitions.iter().map(|tp| tp.topic.clone()).collect();
+        topics.sort_unstable();
+        topics.dedup();
+        let mut config = Self::new(group_id, topics);
+        config.assignment = Some(partitions);
+        config
     }
 
     /// The group protocol. Corresponds to `group.protocol`. Default [`GroupProtocol::Classic`].
@@ -313,6 +350,28 @@ impl GroupConfig {
         if self.group_id.trim().is_empty() {
             return err("group.id", "must not be empty".into());
         }
+        if let Some(partitions) = &self.assignment {
+            let refuse = |setting: &str| {
+                err(
+                    setting,
+                    "does not apply to a fixed assignment (GroupConfig::assigned): it never joins \
+                     the group"
+                        .into(),
+                )
+            };
+            if partitions.is_empty() {
+                return err("assignment", "assign at least one partition".into());
+            }
+            if partitions.iter().any(|tp| tp.partition < 0) {
+                return err("assignment", "partition numbers start at 0".into());
+            }
+            if self.protocol == GroupProtocol::Consumer {
+                return refuse("group.protocol");
+            }
+            if self.group_instance_id.is_some() {
+                return refuse("group.instance.id");
+            }
+        }
         match &self.topic_regex {
             None if self.topics.is_empty() || self.topics.iter().any(|t| t.trim().is_empty()) => {
                 return err(
@@ -474,6 +533,24 @@ mod tests {
                 GroupConfig::new("g", ["t"]).group_instance_id(" "),
                 "group.instance.id",
             ),
+            (GroupConfig::assigned("g", []), "assignment"),
+            (
+                GroupConfig::assigned("g", [TopicPartition::new("t", -1)]),
+                "assignment",
+            ),
+            (
+                GroupConfig::assigned("g", [TopicPartition::new("", 0)]),
+                "topics",
+            ),
+            (
+                GroupConfig::assigned("g", [TopicPartition::new("t", 0)])
+                    .protocol(GroupProtocol::Consumer),
+                "group.protocol",
+            ),
+            (
+                GroupConfig::assigned("g", [TopicPartition::new("t", 0)]).group_instance_id("i"),
+                "group.instance.id",
+            ),
         ];
         for (config, setting) in cases {
             let err = config.validate().unwrap_err();
@@ -482,6 +559,12 @@ mod tests {
         GroupConfig::new("g", ["t"])
             .validate()
             .expect("defaults are valid");
+        GroupConfig::assigned(
+            "g",
+            [TopicPartition::new("t", 0), TopicPartition::new("t", 2)],
+        )
+        .validate()
+        .expect("a fixed assignment");
     }
 
     #[test]

@@ -75,7 +75,7 @@ impl GroupMember {
             },
         ) = {
             let state = shared.state.lock();
-            let admitted = state.owned.admit(state.generation, offsets);
+            let admitted = state.owned.admit(state.may_commit(), offsets);
             (state.generation, state.member_id.clone(), admitted)
         };
         if !report.not_owned.is_empty() {

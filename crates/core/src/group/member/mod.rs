@@ -7,15 +7,17 @@
 //! heartbeats keep going, bounded by the rebalance timeout.
 //!
 //! Two membership protocols sit behind the one handle, chosen by [`GroupConfig::protocol`]: the
-//! classic one (`classic`) and KIP-848's consumer protocol (`consumer_protocol`). Each is one task
-//! that owns its protocol's state and talks to the consumer only through the shared hand-off
+//! classic one (`classic`) and KIP-848's consumer protocol (`consumer_protocol`); a third member
+//! kind, a fixed assignment (`assigned`, [`GroupConfig::assigned`]), joins nothing. Each is one
+//! task that owns its state and talks to the consumer only through the shared hand-off
 //! (`handoff`: [`GroupEvent`]s, revocations waited for while it heartbeats) and the shared
 //! ownership and commit gate (`ownership`); commits, offsets, status and everything above
-//! membership are the same for both.
+//! membership are the same for all.
 //!
 //! # Layout
 //! - `classic`: the classic protocol's loop (join, sync, apply the assignment, heartbeat) and leave.
 //! - `consumer_protocol`: the KIP-848 member's heartbeat loop, reconciliation and leave.
+//! - `assigned`: a fixed assignment (Java's `assign()`): owned from the start, revoked at shutdown.
 //! - `reconcile`: the KIP-848 decisions without I/O (revoke/assign plan, heartbeat error
 //!   reactions, topic-id resolution, leave epochs).
 //! - `join`: JoinGroup and SyncGroup, and the leader's assignment.
@@ -26,12 +28,13 @@
 //! - `ownership`: the owned partitions and the commit gate.
 //!
 //! Invariants, each enforced in one place:
-//! - a commit is sent only for partitions this member owns in its current generation, with that
-//!   generation and member id, and never below what this member already committed for the
+//! - a commit is sent only for partitions this member owns in its current generation (or, for a
+//!   fixed assignment, owns), with that generation and member id, and never below what this member already committed for the
 //!   partition while it owns it: `ownership::Ownership::admit`, under the state lock;
 //! - lost partitions (session expired, fenced, generation gone) are taken out of the owned set before
 //!   the consumer is told, so no commit for them can be sent afterwards: `handoff::lose`.
 
+mod assigned;
 mod classic;
 mod commit;
 mod consumer_protocol;
@@ -132,8 +135,10 @@ pub struct CommitReport {
 #[derive(Debug, Default)]
 struct MemberState {
     member_id: String,
-    /// -1 when not in a generation.
+    /// -1 when not in a generation (always, for a fixed assignment).
     generation: i32,
+    /// A fixed assignment: what it owns may be committed without a generation.
+    fixed: bool,
     protocol: Option<String>,
     leader: bool,
     /// The partitions owned and their commit floors.
@@ -149,6 +154,14 @@ struct Shared {
     coordinator: Coordinator,
     /// parking_lot Mutex: short critical sections, never held across an await.
     state: parking_lot::Mutex<MemberState>,
+}
+
+impl MemberState {
+    /// Whether what this member owns may be committed: it is in a generation, or its assignment
+    /// is fixed (committed as a standalone consumer's, generation -1).
+    fn may_commit(&self) -> bool {
+        self.generation >= 0 || self.fixed
+    }
 }
 
 /// A point-in-time view of the membership, for health checks and diagnostics.
@@ -199,18 +212,23 @@ impl GroupMember {
         config: GroupConfig,
     ) -> Result<(Self, mpsc::UnboundedReceiver<GroupEvent>)> {
         config.validate()?;
+        let fixed = config.assignment.is_some();
         let coordinator = Coordinator::new(config.group_id.clone(), client, config.request_timeout);
         let shared = Arc::new(Shared {
             config,
             coordinator,
             state: parking_lot::Mutex::new(MemberState {
                 generation: -1,
+                fixed,
                 ..MemberState::default()
             }),
         });
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let task = match shared.config.protocol {
+            _ if shared.config.assignment.is_some() => {
+                tokio::spawn(assigned::run(Arc::clone(&shared), events_tx, shutdown_rx))
+            }
             GroupProtocol::Classic => {
                 tokio::spawn(classic::run(Arc::clone(&shared), events_tx, shutdown_rx))
             }

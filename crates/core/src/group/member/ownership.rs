@@ -1,5 +1,6 @@
 //! What this member owns, and the one gate every commit passes: a commit is sent only for partitions
-//! owned in the current generation, and never below what this member already committed for them.
+//! owned in the current generation (or in a fixed assignment), and never below what this member
+//! already committed for them.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -27,15 +28,15 @@ pub(super) struct Admitted {
 }
 
 impl Ownership {
-    /// Late-ack fencing and commit monotonicity, in one place: an offset is admitted only when
-    /// `generation` is a live one (>= 0), the partition is owned, and the offset is not below the
-    /// partition's floor (the same offset again is admitted: its metadata may carry a newer offset
-    /// map).
-    pub(super) fn admit(&self, generation: i32, offsets: &[OffsetToCommit]) -> Admitted {
+    /// Late-ack fencing and commit monotonicity, in one place: an offset is admitted only when the
+    /// member may commit (`live`: it is in a generation, or holds a fixed assignment), the
+    /// partition is owned, and the offset is not below the partition's floor (the same offset
+    /// again is admitted: its metadata may carry a newer offset map).
+    pub(super) fn admit(&self, live: bool, offsets: &[OffsetToCommit]) -> Admitted {
         let mut report = CommitReport::default();
         let mut to_send = Vec::new();
         for o in offsets {
-            if generation < 0 || !self.partitions.contains(&o.partition) {
+            if !live || !self.partitions.contains(&o.partition) {
                 report.not_owned.push(o.partition.clone());
             } else if self.floor.get(&o.partition).is_some_and(|&f| o.offset < f) {
                 report.not_advanced.push(o.partition.clone());
@@ -115,24 +116,24 @@ mod tests {
         owned.add([a.clone(), b.clone()]);
         owned.raise_floor(&a, 10);
         owned.raise_floor(&c, 99); // not owned: no floor kept
-        // (generation, offsets, sent, not_owned, not_advanced)
-        type Case = (i32, Vec<OffsetToCommit>, Vec<i64>, usize, usize);
+        // (live, offsets, sent, not_owned, not_advanced)
+        type Case = (bool, Vec<OffsetToCommit>, Vec<i64>, usize, usize);
         let cases: &[Case] = &[
             (
-                3,
+                true,
                 vec![offset(&a, 9), offset(&b, 1), offset(&c, 5)],
                 vec![1],
                 1,
                 1,
             ),
-            (3, vec![offset(&a, 10)], vec![10], 0, 0),
-            (3, vec![offset(&a, 11)], vec![11], 0, 0),
-            (-1, vec![offset(&a, 11), offset(&b, 1)], vec![], 2, 0),
-            (0, vec![offset(&c, 100)], vec![], 1, 0),
+            (true, vec![offset(&a, 10)], vec![10], 0, 0),
+            (true, vec![offset(&a, 11)], vec![11], 0, 0),
+            (false, vec![offset(&a, 11), offset(&b, 1)], vec![], 2, 0),
+            (true, vec![offset(&c, 100)], vec![], 1, 0),
         ];
-        for (generation, offsets, sent, not_owned, not_advanced) in cases {
-            let admitted = owned.admit(*generation, offsets);
-            let what = format!("generation {generation}, {offsets:?}");
+        for (live, offsets, sent, not_owned, not_advanced) in cases {
+            let admitted = owned.admit(*live, offsets);
+            let what = format!("live {live}, {offsets:?}");
             assert_eq!(
                 admitted
                     .to_send
@@ -155,22 +156,22 @@ mod tests {
         owned.raise_floor(&a, 10);
         owned.raise_floor(&a, 5);
         assert_eq!(
-            owned.admit(1, &[offset(&a, 9)]).report.not_advanced,
+            owned.admit(true, &[offset(&a, 9)]).report.not_advanced,
             std::slice::from_ref(&a)
         );
         owned.release(std::slice::from_ref(&a));
         assert!(!owned.contains(&a));
         assert_eq!(
-            owned.admit(1, &[offset(&a, 9)]).report.not_owned,
+            owned.admit(true, &[offset(&a, 9)]).report.not_owned,
             std::slice::from_ref(&a)
         );
         // Back again (a new tenure): the old floor is gone; OffsetFetch sets the new one.
         owned.add([a.clone()]);
-        assert_eq!(owned.admit(1, &[offset(&a, 3)]).to_send.len(), 1);
+        assert_eq!(owned.admit(true, &[offset(&a, 3)]).to_send.len(), 1);
         owned.raise_floor(&a, 4);
         assert_eq!(owned.take_all(), std::slice::from_ref(&a));
         assert!(owned.is_empty());
         owned.add([a.clone()]);
-        assert_eq!(owned.admit(1, &[offset(&a, 3)]).to_send.len(), 1);
+        assert_eq!(owned.admit(true, &[offset(&a, 3)]).to_send.len(), 1);
     }
 }
