@@ -8,10 +8,11 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use kafkit::consumer::{ConsumerBuilder, OffsetReset, TransformConfig};
-use kafkit::group::{ConsumerGroupMetadata, TopicPartition};
+use kafkit::consumer::{ConsumerBuilder, ConsumerListener, OffsetReset, TransformConfig};
+use kafkit::group::{ConsumerGroupMetadata, OffsetToCommit, TopicPartition};
 use kafkit::{Error, Producer, ProducerBuilder, ProducerRecord, TransactionErrorKind};
 use kafkit_integration_tests::support::{client, committed, eventually, test_group};
 use kafkit_testkit::{create_topic, java_source, random_name, shared};
@@ -470,6 +471,18 @@ impl Batches {
 /// input record to `output` in transactions of transactional id `id`, at most `max_records`
 /// inputs each. Logs each batch in `batches`. Returns its shutdown handle and task (abort the
 /// task to kill it: no leave, no abort).
+/// Plain (non-transactional) commits the exactly-once members' engines began: there must be none,
+/// only the transactions commit offsets.
+static PLAIN_COMMITS: AtomicUsize = AtomicUsize::new(0);
+
+struct CountPlainCommits;
+
+impl ConsumerListener for CountPlainCommits {
+    fn committing(&self, _offsets: &[OffsetToCommit]) {
+        PLAIN_COMMITS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 async fn eos_member(
     bootstrap: &str,
     group: &str,
@@ -494,6 +507,7 @@ async fn eos_member(
     let consumer = ConsumerBuilder::new(client(bootstrap), test_group(group, input))
         .auto_offset_reset(OffsetReset::Earliest)
         .revoke_timeout(Duration::from_secs(10))
+        .listener(Arc::new(CountPlainCommits))
         .build()
         .await
         .unwrap();
@@ -673,11 +687,18 @@ async fn a_transaction_carries_many_consecutive_records_of_a_partition() {
     .await;
     let seen = kafkit_read_records(&bootstrap, &output, N).await;
     stop.shutdown();
-    tokio::time::timeout(LIMIT, member)
+    let report = tokio::time::timeout(LIMIT, member)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
+    // The transactions committed every offset; the engine sent none of its own.
+    assert!(report.uncommitted.is_empty(), "{report:?}");
+    assert_eq!(PLAIN_COMMITS.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        committed(&bootstrap, &group, &input, 1).await,
+        BTreeMap::from([(0, N as i64)])
+    );
 
     // The handler's batches: runs of the one partition, in order, each input once (no batch
     // failed), full while the backlog lasts.

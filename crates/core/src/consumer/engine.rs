@@ -702,6 +702,21 @@ impl Engine {
         if offsets.is_empty() {
             return;
         }
+        if !self.settings.engine_commits {
+            // The exactly-once mode acks a record only once the transaction that holds its offset
+            // committed: the watermark is committed already. It is recorded (for lag and the
+            // shutdown report), not sent again: a plain commit arriving after a later
+            // transaction's commit would move the group's offset back.
+            for o in offsets {
+                if let Some(&i) = self.by_partition.get(&o.partition)
+                    && let Some(s) = self.slots[i].as_mut()
+                {
+                    s.committed = Some(o.offset);
+                    s.committed_metadata = None;
+                }
+            }
+            return;
+        }
         self.commit_metadata = offsets
             .iter()
             .map(|o| (o.partition.clone(), o.metadata.clone()))

@@ -111,6 +111,9 @@ pub(crate) struct ConsumerSettings {
     pub(crate) offset_map_max_bytes: usize,
     pub(crate) fetch: FetchSettings,
     pub(crate) listener: Option<Arc<dyn ConsumerListener>>,
+    /// Whether the engine commits finished watermarks. Off in the exactly-once mode, whose
+    /// transactions commit the offsets (see `Engine::commit_watermarks`).
+    pub(crate) engine_commits: bool,
 }
 
 /// Observes what a consumer does with its partitions and commits, e.g. to log, export or verify
@@ -172,6 +175,7 @@ impl ConsumerBuilder {
             settings: ConsumerSettings {
                 mode: DispatchMode::PartitionOrdered,
                 commit_interval: Duration::from_secs(5),
+                engine_commits: true,
                 revoke_timeout: Duration::from_secs(30),
                 shutdown_timeout: Duration::from_secs(30),
                 buffer_bytes: 64 * 1024 * 1024,

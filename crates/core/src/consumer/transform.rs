@@ -24,6 +24,9 @@
 //! - Records below what this consumer already committed for their partition (a new tenure
 //!   starting from the committed offset, again) are acked without being handled: they are the
 //!   front of their run.
+//! - Only the transactions commit offsets: the engine, told so (`engine_commits` off), records its
+//!   watermarks as committed without sending them, since a plain commit could land after a later
+//!   transaction's and move the group's offset back.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -140,6 +143,8 @@ where
     config.producer.init_transactions().await?;
     // A run is a partition's next records only when its records go out one hand-out at a time.
     consumer.builder.settings.mode = DispatchMode::PartitionOrdered;
+    // Offsets commit in the transactions only.
+    consumer.builder.settings.engine_commits = false;
     let max = config.max_records;
     let mut transformer = Transformer {
         config,
