@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use kafkit::consumer::{ConsumedRecord, Consumer, ConsumerBuilder, DispatchMode, OffsetReset};
 use kafkit::group::{GroupConfig, TopicPartition};
+use kafkit::resilience::HealthStatus;
 use kafkit::{ProducerBuilder, ProducerRecord};
 use kafkit_integration_tests::support::{
     POLL, client, committed, connections_to, consumer_groups_describe, eventually,
@@ -1125,6 +1126,7 @@ async fn a_fixed_assignment_reads_its_partitions_and_commits_for_the_group_it_ne
                     .await
                     .unwrap();
             let stop = consumer.shutdown_handle();
+            let health = consumer.health_handle();
             let seen: Arc<Mutex<Vec<(i32, i64)>>> = Arc::default();
             let handled = Arc::clone(&seen);
             let run = tokio::spawn(consumer.run(move |r| {
@@ -1143,6 +1145,12 @@ async fn a_fixed_assignment_reads_its_partitions_and_commits_for_the_group_it_ne
             })
             .await;
             assert!(description.members.is_empty(), "{description:?}");
+            // No heartbeat to miss; its commits answered: the membership checks are healthy.
+            let report = health.report();
+            for name in ["coordinator", "heartbeat"] {
+                let check = report.checks.iter().find(|c| c.name == name).unwrap();
+                assert_eq!(check.status, HealthStatus::Healthy, "{report:?}");
+            }
             stop.shutdown();
             let report = tokio::time::timeout(Duration::from_secs(60), run)
                 .await

@@ -218,6 +218,9 @@ pub const SKIPPED_BATCH_WINDOW: Duration = Duration::from_secs(15 * 60);
 pub struct HealthInputs {
     /// Whether the group coordinator answered the last request.
     pub coordinator_reachable: bool,
+    /// A fixed assignment (Java's `assign()`): no group membership, so no heartbeat to check, and
+    /// the coordinator is needed for offsets only.
+    pub fixed_assignment: bool,
     /// Time since the last successful heartbeat; `None` before the first one (still joining).
     pub since_last_heartbeat: Option<Duration>,
     /// The group's session timeout (`session.timeout.ms`).
@@ -327,8 +330,16 @@ impl HealthPolicy {
     /// The report for `inputs`, stamped `checked_at`.
     pub fn evaluate(&self, inputs: &HealthInputs, checked_at: DateTime<Utc>) -> HealthReport {
         let checks = vec![
-            coordinator_check(inputs.coordinator_reachable),
-            heartbeat_check(inputs.since_last_heartbeat, inputs.session_timeout),
+            coordinator_check(inputs.coordinator_reachable, inputs.fixed_assignment),
+            if inputs.fixed_assignment {
+                Check::new(
+                    "heartbeat",
+                    HealthStatus::Healthy,
+                    "fixed assignment: no group membership to keep alive",
+                )
+            } else {
+                heartbeat_check(inputs.since_last_heartbeat, inputs.session_timeout)
+            },
             self.fetch_check(&inputs.partitions),
             breaker_check(inputs.breaker),
             lag_check(&inputs.lag_samples),
@@ -412,19 +423,23 @@ impl HealthPolicy {
     }
 }
 
-fn coordinator_check(reachable: bool) -> Check {
-    if reachable {
-        Check::new(
+fn coordinator_check(reachable: bool, fixed_assignment: bool) -> Check {
+    match (reachable, fixed_assignment) {
+        (true, _) => Check::new(
             "coordinator",
             HealthStatus::Healthy,
             "group coordinator reachable",
-        )
-    } else {
-        Check::new(
+        ),
+        (false, false) => Check::new(
             "coordinator",
             HealthStatus::Unhealthy,
             "group coordinator unreachable: cannot heartbeat or commit offsets",
-        )
+        ),
+        (false, true) => Check::new(
+            "coordinator",
+            HealthStatus::Unhealthy,
+            "group coordinator did not answer the last offset request: cannot commit offsets",
+        ),
     }
 }
 
@@ -600,6 +615,7 @@ mod tests {
     fn healthy_inputs() -> HealthInputs {
         HealthInputs {
             coordinator_reachable: true,
+            fixed_assignment: false,
             since_last_heartbeat: Some(secs(3)),
             session_timeout: secs(45),
             partitions: vec![part(0, 1, false), part(1, 2, false)],
@@ -684,6 +700,26 @@ mod tests {
                 "coordinator",
                 Unhealthy,
                 "group coordinator unreachable: cannot heartbeat or commit offsets",
+            ),
+            (
+                "fixed assignment: no heartbeat is expected",
+                |i| {
+                    i.fixed_assignment = true;
+                    i.since_last_heartbeat = None;
+                },
+                "heartbeat",
+                Healthy,
+                "fixed assignment: no group membership to keep alive",
+            ),
+            (
+                "fixed assignment, offset request unanswered",
+                |i| {
+                    i.fixed_assignment = true;
+                    i.coordinator_reachable = false;
+                },
+                "coordinator",
+                Unhealthy,
+                "group coordinator did not answer the last offset request: cannot commit offsets",
             ),
             (
                 "still joining",

@@ -119,6 +119,7 @@ impl StatusBoard {
         let b = self.board.lock();
         HealthInputs {
             coordinator_reachable: status.as_ref().is_some_and(|s| s.coordinator_reachable),
+            fixed_assignment: status.as_ref().is_some_and(|s| s.fixed_assignment),
             since_last_heartbeat: status.and_then(|s| s.last_heartbeat).map(|t| t.elapsed()),
             session_timeout,
             partitions: b

@@ -31,7 +31,9 @@ impl GroupMember {
         let shared = &self.shared;
         let deadline = Instant::now() + shared.config.request_timeout;
         let mut backoff = shared.config.retry_backoff.start();
-        let mut report = self.commit_once(offsets, deadline).await?;
+        let first = self.commit_once(offsets, deadline).await;
+        self.note_offset_request(first.is_ok());
+        let mut report = first?;
         loop {
             let stale: Vec<TopicPartition> = report
                 .failed
@@ -207,7 +209,9 @@ impl GroupMember {
         partitions: &[TopicPartition],
     ) -> Result<HashMap<TopicPartition, Option<CommittedOffset>>> {
         let shared = &self.shared;
-        let result = fetch_committed(shared, partitions).await?;
+        let result = fetch_committed(shared, partitions).await;
+        self.note_offset_request(result.is_ok());
+        let result = result?;
         let mut state = shared.state.lock();
         for (tp, c) in &result {
             if let Some(c) = c {
@@ -215,6 +219,17 @@ impl GroupMember {
             }
         }
         Ok(result)
+    }
+}
+
+impl GroupMember {
+    /// A fixed assignment has no heartbeat: its offset requests (commits, offset fetches) are what
+    /// tell whether the coordinator is reachable. A group member's heartbeats tell that instead.
+    fn note_offset_request(&self, answered: bool) {
+        let mut state = self.shared.state.lock();
+        if state.fixed {
+            state.coordinator_reachable = answered;
+        }
     }
 }
 

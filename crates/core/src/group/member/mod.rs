@@ -185,6 +185,9 @@ pub struct MembershipStatus {
     pub last_heartbeat: Option<std::time::Instant>,
     /// Whether the coordinator answered the last group request.
     pub coordinator_reachable: bool,
+    /// A fixed assignment ([`GroupConfig::assigned`](crate::group::GroupConfig::assigned)): no
+    /// membership, no heartbeats; the coordinator serves its offset requests only.
+    pub fixed_assignment: bool,
 }
 
 /// A running member of a consumer group. Dropping it stops the member task without leaving the group
@@ -264,6 +267,7 @@ impl GroupMember {
             assignment: s.owned.to_vec(),
             last_heartbeat: s.last_heartbeat.map(Instant::into_std),
             coordinator_reachable: s.coordinator_reachable,
+            fixed_assignment: s.fixed,
         }
     }
 
