@@ -471,6 +471,24 @@ impl Batches {
 /// input record to `output` in transactions of transactional id `id`, at most `max_records`
 /// inputs each. Logs each batch in `batches`. Returns its shutdown handle and task (abort the
 /// task to kill it: no leave, no abort).
+/// Writes `n` inputs `in-<i>` keyed `k-<i>` to `input`; returns where each was written, in order.
+async fn write_inputs(bootstrap: &str, input: &str, n: usize) -> Vec<kafkit::Delivery> {
+    let plain = ProducerBuilder::new(client(bootstrap))
+        .build()
+        .await
+        .unwrap();
+    let sends: Vec<_> = (0..n)
+        .map(|i| plain.send(ProducerRecord::new(input, format!("in-{i}")).key(format!("k-{i}"))))
+        .collect();
+    let written = futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    plain.close().await.unwrap();
+    written
+}
+
 /// Plain (non-transactional) commits the exactly-once members' engines began: there must be none,
 /// only the transactions commit offsets.
 static PLAIN_COMMITS: AtomicUsize = AtomicUsize::new(0);
@@ -546,18 +564,11 @@ async fn exactly_once_through_a_member_kill_and_rebalances() {
     create_topic(&bootstrap, &input, 4, 1).await.unwrap();
     create_topic(&bootstrap, &output, 2, 1).await.unwrap();
     const N: usize = 800;
-    let plain = ProducerBuilder::new(client(&bootstrap))
-        .build()
+    let expected: Vec<String> = write_inputs(&bootstrap, &input, N)
         .await
-        .unwrap();
-    let sends: Vec<_> = (0..N)
-        .map(|i| plain.send(ProducerRecord::new(&input, format!("in-{i}")).key(format!("k-{i}"))))
+        .iter()
+        .map(|d| format!("{}-{}", d.partition, d.offset))
         .collect();
-    let mut expected = Vec::new();
-    for d in futures::future::join_all(sends).await {
-        let d = d.unwrap();
-        expected.push(format!("{}-{}", d.partition, d.offset));
-    }
 
     let group = random_name("eos-g");
     let batches = Batches::default();
@@ -662,16 +673,7 @@ async fn a_transaction_carries_many_consecutive_records_of_a_partition() {
     create_topic(&bootstrap, &output, 1, 1).await.unwrap();
     const N: usize = 300;
     const MAX: usize = 50;
-    let plain = ProducerBuilder::new(client(&bootstrap))
-        .build()
-        .await
-        .unwrap();
-    let sends: Vec<_> = (0..N)
-        .map(|i| plain.send(ProducerRecord::new(&input, format!("in-{i}"))))
-        .collect();
-    for d in futures::future::join_all(sends).await {
-        d.unwrap();
-    }
+    write_inputs(&bootstrap, &input, N).await;
 
     let group = random_name("eos-runs-g");
     let batches = Batches::default();
@@ -851,16 +853,7 @@ async fn two_copiers_killed_and_restarted_copy_every_record_once() {
     create_topic(&bootstrap, &input, 3, 1).await.unwrap();
     create_topic(&bootstrap, &output, 3, 1).await.unwrap();
     const N: usize = 300;
-    let plain = ProducerBuilder::new(client(&bootstrap))
-        .build()
-        .await
-        .unwrap();
-    let sends: Vec<_> = (0..N)
-        .map(|i| plain.send(ProducerRecord::new(&input, format!("in-{i}")).key(format!("k-{i}"))))
-        .collect();
-    for d in futures::future::join_all(sends).await {
-        d.unwrap();
-    }
+    write_inputs(&bootstrap, &input, N).await;
     let group = random_name("copier-g");
     let start = |id: &str| Copier::start(&bootstrap, &group, &input, &output, id, None);
 
@@ -921,19 +914,11 @@ async fn exactly_once_through_a_broker_crash() {
     create_topic(&bootstrap, &input, 4, 1).await.unwrap();
     create_topic(&bootstrap, &output, 2, 1).await.unwrap();
     const N: usize = 600;
-    let plain = ProducerBuilder::new(client(&bootstrap))
-        .build()
+    let expected: Vec<String> = write_inputs(&bootstrap, &input, N)
         .await
-        .unwrap();
-    let sends: Vec<_> = (0..N)
-        .map(|i| plain.send(ProducerRecord::new(&input, format!("in-{i}")).key(format!("k-{i}"))))
+        .iter()
+        .map(|d| format!("{}-{}", d.partition, d.offset))
         .collect();
-    let mut expected = Vec::new();
-    for d in futures::future::join_all(sends).await {
-        let d = d.unwrap();
-        expected.push(format!("{}-{}", d.partition, d.offset));
-    }
-    drop(plain);
 
     let group = random_name("eos-crash-g");
     let batches = Batches::default();
@@ -988,16 +973,8 @@ async fn copiers_of_assigned_partitions_killed_and_restarted_copy_every_record_o
     create_topic(&bootstrap, &input, 2, 1).await.unwrap();
     create_topic(&bootstrap, &output, 2, 1).await.unwrap();
     const N: usize = 200;
-    let plain = ProducerBuilder::new(client(&bootstrap))
-        .build()
-        .await
-        .unwrap();
-    let sends: Vec<_> = (0..N)
-        .map(|i| plain.send(ProducerRecord::new(&input, format!("in-{i}")).key(format!("k-{i}"))))
-        .collect();
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
-    for d in futures::future::join_all(sends).await {
-        let d = d.unwrap();
+    for d in write_inputs(&bootstrap, &input, N).await {
         let end = ends.entry(d.partition).or_default();
         *end = (*end).max(d.offset + 1);
     }

@@ -149,6 +149,18 @@ pub(crate) struct AckHandle {
     pub(crate) done: mpsc::UnboundedSender<Completion>,
 }
 
+impl AckHandle {
+    /// Tells the dispatcher how the hand-out (or part of it) ended.
+    fn send(&self, outcome: super::dispatcher::Outcome) {
+        let _ = self.done.send(Completion {
+            slot: self.slot,
+            epoch: self.epoch,
+            key: self.key,
+            outcome,
+        });
+    }
+}
+
 impl fmt::Debug for StreamRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.record.fmt(f)
@@ -166,12 +178,7 @@ impl StreamRecord {
     /// The record is processed: its offset may be committed once every earlier one is too.
     pub fn ack(mut self) {
         if let Some(h) = self.ack.take() {
-            let _ = h.done.send(Completion {
-                slot: h.slot,
-                epoch: h.epoch,
-                key: h.key,
-                outcome: super::dispatcher::Outcome::Done(self.record.offset()),
-            });
+            h.send(super::dispatcher::Outcome::Done(self.record.offset()));
         }
     }
 
@@ -193,12 +200,7 @@ impl StreamRecord {
             }
         }
         for (h, offsets) in groups {
-            let _ = h.done.send(Completion {
-                slot: h.slot,
-                epoch: h.epoch,
-                key: h.key,
-                outcome: super::dispatcher::Outcome::ProcessedEach(offsets),
-            });
+            h.send(super::dispatcher::Outcome::ProcessedEach(offsets));
         }
     }
 
@@ -211,12 +213,9 @@ impl StreamRecord {
 impl Drop for StreamRecord {
     fn drop(&mut self) {
         if let Some(h) = self.ack.take() {
-            let _ = h.done.send(Completion {
-                slot: h.slot,
-                epoch: h.epoch,
-                key: h.key,
-                outcome: super::dispatcher::Outcome::Returned(vec![self.record.clone()]),
-            });
+            h.send(super::dispatcher::Outcome::Returned(vec![
+                self.record.clone(),
+            ]));
         }
     }
 }
@@ -297,14 +296,9 @@ impl RecordRun {
         if let Some(h) = &self.ack
             && !self.records.is_empty()
         {
-            let _ = h.done.send(Completion {
-                slot: h.slot,
-                epoch: h.epoch,
-                key: h.key,
-                outcome: super::dispatcher::Outcome::Processed {
-                    offsets: self.records.iter().map(ConsumedRecord::offset).collect(),
-                    ends,
-                },
+            h.send(super::dispatcher::Outcome::Processed {
+                offsets: self.records.iter().map(ConsumedRecord::offset).collect(),
+                ends,
             });
         }
         self.records = rest;
@@ -326,12 +320,9 @@ impl RecordRun {
 impl Drop for RecordRun {
     fn drop(&mut self) {
         if let Some(h) = self.ack.take() {
-            let _ = h.done.send(Completion {
-                slot: h.slot,
-                epoch: h.epoch,
-                key: h.key,
-                outcome: super::dispatcher::Outcome::Returned(std::mem::take(&mut self.records)),
-            });
+            h.send(super::dispatcher::Outcome::Returned(std::mem::take(
+                &mut self.records,
+            )));
         }
     }
 }
