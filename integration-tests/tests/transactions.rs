@@ -852,13 +852,16 @@ async fn two_copiers_killed_and_restarted_copy_every_record_once() {
     let output = random_name("copier-out");
     create_topic(&bootstrap, &input, 3, 1).await.unwrap();
     create_topic(&bootstrap, &output, 3, 1).await.unwrap();
-    const N: usize = 300;
+    // Enough that each kill lands mid-copy: a transaction holds up to 50 records of a partition, so
+    // a few hundred records are copied before a second copier has joined.
+    const N: usize = 3000;
     write_inputs(&bootstrap, &input, N).await;
     let group = random_name("copier-g");
     let start = |id: &str| Copier::start(&bootstrap, &group, &input, &output, id, None);
 
+    // copier-0 starts alone (it owns every partition until copier-1 joins) and is killed once it
+    // has copied; copier-1 is killed once it has copied in the group they then share.
     let c0 = start("copier-0");
-    let c1 = start("copier-1");
     kafkit_integration_tests::support::eventually_every(
         LIMIT,
         Duration::from_millis(100),
@@ -866,6 +869,7 @@ async fn two_copiers_killed_and_restarted_copy_every_record_once() {
         || c0.processed() >= 50,
     )
     .await;
+    let c1 = start("copier-1");
     c0.kill().await;
     let c0 = start("copier-0");
     kafkit_integration_tests::support::eventually_every(
