@@ -411,9 +411,27 @@ impl Dispatcher {
                     progressed = true;
                     continue;
                 } else {
-                    // `Unordered` batches and the stream take records one by one.
+                    // `Unordered` batches and the stream take records one by one, each a hand-out
+                    // of its own. `Unordered` takes what room there is from the partition, up to a
+                    // run, as the handler's lanes do (the next dispatch starts at the next
+                    // partition); the ordered modes have one record of a partition (or key) out.
                     let epoch = q.epoch;
+                    let room = match self.mode {
+                        DispatchMode::Unordered { .. } => {
+                            (limit - self.in_flight).clamp(1, RUN_MAX)
+                        }
+                        _ => 1,
+                    };
                     self.start_one(idx, epoch, key, record);
+                    for _ in 1..room {
+                        let Some((_, record)) = self.queues[idx]
+                            .as_mut()
+                            .and_then(|q| q.schedule.next_below(below, ConsumedRecord::offset))
+                        else {
+                            break;
+                        };
+                        self.start_one(idx, epoch, key, record);
+                    }
                     progressed = true;
                     continue;
                 }
@@ -1687,6 +1705,57 @@ mod tests {
             .collect();
         assert_eq!(got, vec![(0, vec![7, 8, 9, 10, 11])]);
         assert!(!last[0].stopped());
+    }
+
+    #[tokio::test]
+    async fn an_unordered_stream_takes_a_partition_s_room_in_one_visit_and_partitions_take_turns() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut d = Dispatcher::new(
+            DispatchMode::Unordered { max_in_flight: 8 },
+            Sink::Stream(tx),
+        );
+        push_two_partitions(&mut d);
+        let handed = |batch: &[StreamRecord]| -> Vec<(i32, i64)> {
+            let mut got: Vec<_> = batch
+                .iter()
+                .map(|r| (r.record().partition(), r.record().offset()))
+                .collect();
+            got.sort_unstable();
+            got
+        };
+        d.dispatch(|_| i64::MAX);
+        let first = rx.try_recv().expect("a batch");
+        // The bound holds, and the first partition visited takes all of the room.
+        assert_eq!(d.in_flight(), 8);
+        let from = first[0].record().partition();
+        assert_eq!(
+            handed(&first),
+            (0..8).map(|o| (from, o)).collect::<Vec<_>>()
+        );
+        StreamRecord::ack_all(first);
+        while let Some(c) = d.try_completion() {
+            d.apply(c, |_, _| {});
+        }
+        assert_eq!(d.in_flight(), 0);
+        // The next dispatch starts at the other partition.
+        d.dispatch(|_| i64::MAX);
+        let second = rx.try_recv().expect("a batch");
+        assert_eq!(d.in_flight(), 8);
+        let other = 1 - from;
+        assert_eq!(
+            handed(&second),
+            (0..8).map(|o| (other, o)).collect::<Vec<_>>()
+        );
+        StreamRecord::ack_all(second);
+        while let Some(c) = d.try_completion() {
+            d.apply(c, |_, _| {});
+        }
+        // Each partition's limit holds its records back, whatever the room.
+        d.dispatch(|slot| if slot == 0 { 10 } else { 9 });
+        let third = rx.try_recv().expect("a batch");
+        assert_eq!(handed(&third), vec![(0, 8), (0, 9), (1, 8)]);
+        assert_eq!(d.in_flight(), 3);
+        StreamRecord::ack_all(third);
     }
 
     #[tokio::test(start_paused = true)]
