@@ -216,20 +216,7 @@ pub(crate) async fn latency(
     topic: &str,
     records: u64,
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
-    let ready = Arc::new(Notify::new());
-    let group = format!("bench-kafkit-latency-{}", std::process::id());
-    let consumer = ConsumerBuilder::new(
-        ClientConfig::new([bootstrap])?,
-        GroupConfig::new(group, [topic]),
-    )
-    .dispatch(DispatchMode::PartitionOrdered)
-    // A fresh topic per run, produced to only after `ready`: earliest loses nothing, where latest
-    // could skip records sent between the assignment and the position lookup.
-    .auto_offset_reset(OffsetReset::Earliest)
-    .fetch_max_wait(Duration::from_millis(100))
-    .listener(Arc::new(Assigned(Arc::default(), Some(Arc::clone(&ready)))))
-    .build()
-    .await?;
+    let (consumer, ready) = latency_consumer(bootstrap, topic, "stream").await?;
     let mut stream = consumer.stream()?;
     let announce = tokio::spawn(async move {
         ready.notified().await;
@@ -256,4 +243,75 @@ pub(crate) async fn latency(
         secs,
         latency: Some(samples.finish()),
     })
+}
+
+/// The same probe through the handler API (`run()`, `PartitionOrdered`): the handler takes the
+/// time of each record it is called with.
+pub(crate) async fn latency_run(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let (consumer, ready) = latency_consumer(bootstrap, topic, "run").await?;
+    let announce = tokio::spawn(async move {
+        ready.notified().await;
+        crate::announce_ready();
+    });
+    let stop = consumer.shutdown_handle();
+    let samples = Arc::new(std::sync::Mutex::new(LatencySamples::with_capacity(
+        records as usize,
+    )));
+    let started = Instant::now();
+    consumer
+        .run({
+            let samples = Arc::clone(&samples);
+            move |record| {
+                let mut samples = samples.lock().expect("not poisoned");
+                samples.record(
+                    record.value().unwrap_or_default(),
+                    record.timestamp().timestamp_millis(),
+                );
+                if samples.len() as u64 >= records {
+                    stop.shutdown();
+                }
+                std::future::ready(Ok::<_, std::io::Error>(()))
+            }
+        })
+        .await?;
+    let secs = started.elapsed().as_secs_f64();
+    announce.abort();
+    let samples = std::mem::replace(
+        &mut *samples.lock().expect("not poisoned"),
+        LatencySamples::with_capacity(0),
+    );
+    Ok(Outcome {
+        records: samples.len() as u64,
+        bytes: 0,
+        secs,
+        latency: Some(samples.finish()),
+    })
+}
+
+/// A latency probe's consumer (`PartitionOrdered`, in a new group) and what tells it is assigned.
+async fn latency_consumer(
+    bootstrap: &str,
+    topic: &str,
+    api: &str,
+) -> Result<(kafkit::consumer::Consumer, Arc<Notify>), Box<dyn std::error::Error>> {
+    let ready = Arc::new(Notify::new());
+    let group = format!("bench-kafkit-latency-{api}-{}", std::process::id());
+    let consumer = ConsumerBuilder::new(
+        ClientConfig::new([bootstrap])?,
+        GroupConfig::new(group, [topic]),
+    )
+    .dispatch(DispatchMode::PartitionOrdered)
+    // A fresh topic per run, its measured records produced only after `ready` (the warm-up before
+    // it is skipped): earliest loses nothing, where latest could skip records sent between the
+    // assignment and the position lookup.
+    .auto_offset_reset(OffsetReset::Earliest)
+    .fetch_max_wait(Duration::from_millis(100))
+    .listener(Arc::new(Assigned(Arc::default(), Some(Arc::clone(&ready)))))
+    .build()
+    .await?;
+    Ok((consumer, ready))
 }

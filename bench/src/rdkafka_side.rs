@@ -207,7 +207,8 @@ pub(crate) async fn latency(
     records: u64,
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
     let group = format!("bench-rdkafka-latency-{}", std::process::id());
-    // A fresh topic per run, produced to only after `ready`: earliest loses nothing.
+    // A fresh topic per run, its measured records produced only after `ready` (the warm-up before
+    // it is skipped): earliest loses nothing.
     let consumer = consumer(bootstrap, &group, "earliest", "100", Arc::default())?;
     consumer.subscribe(&[topic])?;
     let mut stream = consumer.stream();
