@@ -46,6 +46,46 @@ pub(crate) async fn produce(
     })
 }
 
+/// The same work through `send_all`: the records in chunks of 1,024, one future per chunk, up to
+/// 100,000 records awaiting acknowledgement (as the per-record contender).
+pub(crate) async fn produce_all(
+    bootstrap: &str,
+    topic: &str,
+    records: u64,
+    size: usize,
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    const CHUNK: u64 = 1024;
+    let producer = ProducerBuilder::new(ClientConfig::new([bootstrap])?)
+        .linger(Duration::from_millis(5))
+        .batch_size(1024 * 1024)
+        .build()
+        .await?;
+    producer.partition_count(topic).await?;
+    let value = payload(size);
+    let keys: Vec<String> = (0..1000).map(|i| format!("key-{i}")).collect();
+    let started = Instant::now();
+    let mut chunks = futures::stream::iter((0..records).step_by(CHUNK as usize))
+        .map(|first| {
+            let chunk = (first..(first + CHUNK).min(records)).map(|i| {
+                ProducerRecord::new(topic, value.clone()).key(keys[(i % 1000) as usize].as_str())
+            });
+            producer.send_all(chunk)
+        })
+        .buffer_unordered((100_000 / CHUNK) as usize);
+    while let Some(done) = chunks.next().await {
+        for d in done {
+            d?;
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    Ok(Outcome {
+        records,
+        bytes: records * size as u64,
+        secs,
+        latency: None,
+    })
+}
+
 /// Marks the first assignment: throughput is timed from there (the group join is not the
 /// client's speed) to the last record, as Java's ConsumerPerformance times its fetch phase.
 struct Assigned(Arc<Latch>, Option<Arc<Notify>>);

@@ -235,6 +235,7 @@ async fn child(a: ChildArgs) -> Result<(), Box<dyn std::error::Error>> {
     let (b, t, n, size) = (a.bootstrap.as_str(), a.topic.as_str(), a.records, a.size);
     let outcome = match a.role.as_str() {
         "produce-kafkit" => kafkit_side::produce(b, t, n, size).await?,
+        "produce-kafkit-all" => kafkit_side::produce_all(b, t, n, size).await?,
         "produce-rdkafka" => rdkafka_side::produce(b, t, n, size).await?,
         "produce-rdkafka-base" => {
             let (b, t) = (b.to_owned(), t.to_owned());
@@ -504,6 +505,7 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         let mut contenders = vec![
             "produce-kafkit",
+            "produce-kafkit-all",
             "produce-rdkafka",
             "produce-rdkafka-base",
             "produce-java",

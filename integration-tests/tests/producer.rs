@@ -356,6 +356,71 @@ async fn full_buffer_makes_send_wait_instead_of_growing() {
     );
 }
 
+/// `send_all` through a buffer far smaller than what it sends: records that wait for room append
+/// in call order (also across two calls awaited at once), each outcome comes back at its record's
+/// place, and a bad record fails alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_all_keeps_call_order_through_a_full_buffer_and_returns_each_outcome() {
+    let kafka = shared().await.unwrap();
+    let bootstrap = kafka.bootstrap();
+    let topic = random_name("send-all");
+    create_topic(&bootstrap, &topic, 3, 1).await.unwrap();
+    let producer = ProducerBuilder::new(ClientConfig::new([&bootstrap]).unwrap())
+        .batch_size(16 * 1024)
+        .buffer_memory(64 * 1024)
+        .build()
+        .await
+        .unwrap();
+    // 600 records of 1 KiB in two calls: nine times the buffer.
+    let records = |call: usize| {
+        let topic = topic.clone();
+        (0..300).map(move |i| {
+            let record = ProducerRecord::new(&topic, vec![b'v'; 1024]).key(format!("{call}-{i}"));
+            match (call, i) {
+                (0, 150) => record.partition(9),
+                _ => record.header("seq", format!("{call}-{i}")),
+            }
+        })
+    };
+    let first = producer.send_all(records(0));
+    let second = producer.send_all(records(1));
+    let (first, second) = tokio::join!(first, second);
+    assert_eq!((first.len(), second.len()), (300, 300));
+    let mut expected: HashMap<i32, Vec<String>> = HashMap::new();
+    for (call, outcomes) in [first, second].into_iter().enumerate() {
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            if (call, i) == (0, 150) {
+                assert!(
+                    matches!(outcome, Err(Error::UnknownPartition { .. })),
+                    "{outcome:?}"
+                );
+                continue;
+            }
+            let delivery = outcome.expect("acknowledged");
+            let seq = format!("{call}-{i}");
+            let list = expected.entry(delivery.partition).or_default();
+            assert_eq!(
+                delivery.offset,
+                list.len() as i64,
+                "{seq}: offsets follow the calls"
+            );
+            list.push(seq);
+        }
+    }
+    for (partition, sent) in expected {
+        let log: Vec<String> = read_partition(&bootstrap, &topic, partition)
+            .await
+            .into_iter()
+            .map(|r| String::from_utf8(r.record.headers["seq"].clone()).unwrap())
+            .collect();
+        assert_eq!(
+            log, sent,
+            "partition {partition}: the log holds the calls' order"
+        );
+    }
+    assert_eq!(producer.buffered_bytes(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_error() {
     let kafka = shared().await.unwrap();

@@ -30,8 +30,8 @@ pub(crate) struct ProduceArgs {
     /// Send every record to this partition instead of partitioning by key.
     #[arg(long)]
     partition: Option<i32>,
-    /// Sends awaiting acknowledgement at most.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Records awaiting acknowledgement at most (the buffer's memory bounds them too).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_in_flight: u32,
     /// Show progress on stderr even when it is not a terminal.
     #[arg(long)]
@@ -71,9 +71,11 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), Failure> {
     };
     let (tx, mut chunks) = tokio::sync::mpsc::channel(CHUNKS_AHEAD);
     let reader = std::thread::spawn(move || lines.read(std::io::stdin().lock(), &tx));
-    // `send` appends the record when called; its future only waits for the acknowledgement, so
-    // the futures are kept here, not spawned as a task each.
-    let mut sends = FuturesUnordered::new();
+    // One future per chunk (`send_all`), not per record: a batch's records are acknowledged
+    // together, so a chunk waits once per batch instead of being woken once per record.
+    let max_in_flight = args.max_in_flight as usize;
+    let mut in_flight = 0;
+    let mut chunks_out = FuturesUnordered::new();
     let mut failure = None;
     'read: while let Some(chunk) = chunks.recv().await {
         let records = match chunk {
@@ -83,23 +85,40 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), Failure> {
                 break;
             }
         };
-        for record in records {
-            while sends.len() >= args.max_in_flight as usize {
-                if let Some(done) = sends.next().await {
-                    settle(done, &progress, &mut failure);
+        while in_flight + records.len() > max_in_flight
+            && let Some(done) = chunks_out.next().await
+        {
+            in_flight -= settle(done, &progress, &mut failure);
+        }
+        if failure.is_some() {
+            break 'read;
+        }
+        in_flight += records.len();
+        // Called here, in line order: the records are appended now (or, when the buffer is full,
+        // take their turns now), so lines keep their order.
+        let records_in_chunk = records.len();
+        let sends = producer.send_all(records);
+        chunks_out.push(async move {
+            let mut outcome = ChunkOutcome {
+                records: records_in_chunk,
+                acknowledged: 0,
+                failure: None,
+            };
+            for done in sends.await {
+                match done {
+                    Ok(_) => outcome.acknowledged += 1,
+                    Err(e) => {
+                        outcome.failure.get_or_insert(e);
+                    }
                 }
             }
-            if failure.is_some() {
-                break 'read;
-            }
-            // Called here, in line order: the record is appended now, so lines keep their order.
-            sends.push(producer.send(record));
-        }
+            outcome
+        });
     }
     // The reader stops at its next chunk once the receiver is gone.
     drop(chunks);
     let _ = reader.join();
-    while let Some(done) = sends.next().await {
+    while let Some(done) = chunks_out.next().await {
         settle(done, &progress, &mut failure);
     }
     let _ = producer.close().await;
@@ -200,18 +219,21 @@ impl Lines {
     }
 }
 
-/// Counts an acknowledged send, or keeps the first failure.
-fn settle(
-    done: kafkit::Result<kafkit::Delivery>,
-    progress: &Progress,
-    failure: &mut Option<Failure>,
-) {
-    match done {
-        Ok(_) => progress.add(),
-        Err(e) => {
-            failure.get_or_insert(e.into());
-        }
+/// The outcomes of a chunk's sends.
+struct ChunkOutcome {
+    records: usize,
+    acknowledged: u64,
+    /// The first error, if any send failed.
+    failure: Option<kafkit::Error>,
+}
+
+/// Counts a chunk's acknowledged sends and keeps the first failure; returns the chunk's size.
+fn settle(done: ChunkOutcome, progress: &Progress, failure: &mut Option<Failure>) -> usize {
+    progress.add_n(done.acknowledged);
+    if let Some(e) = done.failure {
+        failure.get_or_insert(e.into());
     }
+    done.records
 }
 
 #[cfg(test)]

@@ -43,11 +43,6 @@ impl Progress {
         }
     }
 
-    /// One more record.
-    pub(crate) fn add(&self) {
-        self.add_n(1);
-    }
-
     /// Counts `n` more.
     pub(crate) fn add_n(&self, n: u64) {
         self.count.fetch_add(n, Ordering::Relaxed);

@@ -615,7 +615,8 @@ struct TopicInfo {
 /// append at the call, keeps its future small).
 enum Begun {
     Appended(Appended),
-    Waiting(Pin<Box<dyn Future<Output = Result<Delivery>> + Send>>),
+    /// Appends the record once its turn comes and the buffer has room.
+    Waiting(Pin<Box<dyn Future<Output = Result<Appended>> + Send>>),
 }
 
 /// A record in its partition's batch, waiting for its outcome.
@@ -708,12 +709,12 @@ impl Turn {
         inner.gate_moved.notify_waiters();
     }
 
-    /// Waits for the turn, appends the record, ends the turn, then waits for the outcome.
-    async fn send(mut self, record: ProducerRecord) -> Result<Delivery> {
+    /// Waits for the turn, appends the record and ends the turn.
+    async fn append(mut self, record: ProducerRecord) -> Result<Appended> {
         self.wait().await;
         let appended = self.producer.append_waiting(record).await;
         self.end();
-        appended?.delivered().await
+        appended
     }
 }
 
@@ -757,8 +758,39 @@ impl Producer {
         async move {
             match begun? {
                 Begun::Appended(appended) => appended.delivered().await,
-                Begun::Waiting(waiting) => waiting.await,
+                Begun::Waiting(waiting) => waiting.await?.delivered().await,
             }
+        }
+    }
+
+    /// Sends every record of `records`, in order, as calling [`send`](Self::send) on each would,
+    /// and waits until all of them are acknowledged or failed; returns each one's outcome, in the
+    /// order given. One future for the lot: the records of a batch are acknowledged together, so
+    /// this waits once per batch, where a future per record is woken once per record. Records
+    /// that find the buffer full append, in order, as room frees, without waiting for the
+    /// acknowledgements of the ones before them.
+    pub fn send_all(
+        &self,
+        records: impl IntoIterator<Item = ProducerRecord>,
+    ) -> impl Future<Output = Vec<Result<Delivery>>> + Send + 'static {
+        let begun: Vec<Result<Begun>> = records.into_iter().map(|r| self.begin(r)).collect();
+        async move {
+            let mut appended = Vec::with_capacity(begun.len());
+            for begun in begun {
+                appended.push(match begun {
+                    Ok(Begun::Appended(a)) => Ok(a),
+                    Ok(Begun::Waiting(waiting)) => waiting.await,
+                    Err(e) => Err(e),
+                });
+            }
+            let mut delivered = Vec::with_capacity(appended.len());
+            for a in appended {
+                delivered.push(match a {
+                    Ok(a) => a.delivered().await,
+                    Err(e) => Err(e),
+                });
+            }
+            delivered
         }
     }
 
@@ -802,7 +834,7 @@ impl Producer {
             over: false,
         };
         gate.issued += 1;
-        Ok(Begun::Waiting(Box::pin(turn.send(record))))
+        Ok(Begun::Waiting(Box::pin(turn.append(record))))
     }
 
     /// The waiting part of `send` (its turn come): room in the buffer (the backpressure point, up
