@@ -125,9 +125,7 @@ pub(super) struct Limits {
 pub(super) struct Batch {
     /// Creation order, for flushes.
     id: u64,
-    builder: BatchBuilder,
-    /// The encoded batch, once drained; kept for retries.
-    sealed: Option<Bytes>,
+    body: Body,
     /// Records in it.
     records: u32,
     /// Where its records' futures find its outcome.
@@ -148,10 +146,27 @@ pub(super) struct Batch {
     retry_at: Option<Instant>,
 }
 
+/// A batch's records: being written until the batch is first drained, then encoded for good.
+#[derive(Debug)]
+enum Body {
+    /// Records join it.
+    Open(BatchBuilder),
+    /// The encoded batch, kept for retries (restamped when the producer's epoch is bumped).
+    Sealed(Bytes),
+}
+
 impl Batch {
-    /// The bytes to send.
+    /// The bytes to send (empty while the batch is open: only drained batches are sent).
     pub(super) fn bytes(&self) -> Bytes {
-        self.sealed.clone().unwrap_or_default()
+        match &self.body {
+            Body::Sealed(bytes) => bytes.clone(),
+            Body::Open(_) => Bytes::new(),
+        }
+    }
+
+    /// Whether records may still join it: not drained, and no batch after it.
+    fn is_open(&self) -> bool {
+        !self.full && matches!(self.body, Body::Open(_))
     }
 
     /// Records in it.
@@ -165,6 +180,11 @@ impl Batch {
 
     /// Frees the batch's memory, then gives its records their outcome.
     fn settle(mut self, result: Result<i64, Error>) {
+        self.end(result);
+    }
+
+    /// Frees the memory and sets the outcome; only the first outcome set counts.
+    fn end(&mut self, result: Result<i64, Error>) {
         drop(self.memory.take());
         self.outcome.set(result);
     }
@@ -173,8 +193,7 @@ impl Batch {
 impl Drop for Batch {
     /// A batch dropped without an outcome (the producer's tasks ended) fails its records.
     fn drop(&mut self) {
-        drop(self.memory.take());
-        self.outcome.set(Err(Error::Closed { what: "producer" }));
+        self.end(Err(Error::Closed { what: "producer" }));
     }
 }
 
@@ -442,14 +461,14 @@ impl Accumulator {
             }
         };
         let mut wake = false;
-        let open = part
-            .queue
-            .back_mut()
-            .filter(|b| !b.full && b.sealed.is_none());
-        let fits = open.as_ref().is_some_and(|b| {
-            b.builder.count() == 0
-                || b.builder.size() + b.builder.growth(timestamp_ms, key, value, headers)
-                    <= batch_size
+        let open = part.queue.back_mut().filter(|b| b.is_open());
+        let fits = open.as_ref().is_some_and(|b| match &b.body {
+            Body::Open(builder) => {
+                builder.count() == 0
+                    || builder.size() + builder.growth(timestamp_ms, key, value, headers)
+                        <= batch_size
+            }
+            Body::Sealed(_) => false,
         });
         let mut memory = Some(memory);
         if !fits {
@@ -461,11 +480,10 @@ impl Accumulator {
             self.live.insert(id);
             part.queue.push_back(Batch {
                 id,
-                builder: match self.pool.pop() {
+                body: Body::Open(match self.pool.pop() {
                     Some(buffer) => BatchBuilder::in_buffer(buffer),
                     None => BatchBuilder::with_capacity(batch_size.min(16 * 1024)),
-                },
-                sealed: None,
+                }),
                 records: 0,
                 outcome: Arc::default(),
                 memory: memory.take(),
@@ -479,7 +497,10 @@ impl Accumulator {
             wake = true;
         }
         let batch = part.queue.back_mut().expect("an open batch");
-        batch.builder.append(timestamp_ms, key, value, headers);
+        let Body::Open(builder) = &mut batch.body else {
+            unreachable!("the last batch is open: it was checked or just made")
+        };
+        builder.append(timestamp_ms, key, value, headers);
         if let (Some(held), Some(memory)) = (&mut batch.memory, memory) {
             held.merge(memory);
         }
@@ -623,10 +644,10 @@ impl Accumulator {
                         batch.sequence = Some(part.next_sequence);
                         batch.stamped = Some(current);
                         part.next_sequence = next_sequence(part.next_sequence, batch.len());
-                        if let Some(sealed) = batch.sealed.take() {
+                        if let Body::Sealed(sealed) = &batch.body {
                             let mut bytes = sealed.to_vec();
                             restamp(&mut bytes, stamp(batch, limits.transactional));
-                            batch.sealed = Some(Bytes::from(bytes));
+                            batch.body = Body::Sealed(Bytes::from(bytes));
                         }
                     }
                 }
@@ -639,24 +660,28 @@ impl Accumulator {
                 drained.wake = earliest(drained.wake, Some(ready_at));
                 continue;
             }
-            let size = front
-                .sealed
-                .as_ref()
-                .map_or(front.builder.size(), Bytes::len);
+            let size = match &front.body {
+                Body::Open(builder) => builder.size(),
+                Body::Sealed(bytes) => bytes.len(),
+            };
             if !drained.batches.is_empty() && bytes + size > max_bytes {
                 drained.wake = Some(now);
                 continue;
             }
             let mut batch = part.queue.pop_front().expect("a front batch");
-            if batch.sealed.is_none() {
+            if matches!(batch.body, Body::Open(_)) {
                 if limits.idempotent {
                     batch.sequence = Some(part.next_sequence);
                     batch.stamped = producer;
                     part.next_sequence = next_sequence(part.next_sequence, batch.len());
                 }
                 let stamp = stamp(&batch, limits.transactional);
-                let builder = std::mem::take(&mut batch.builder);
-                batch.sealed = Some(Bytes::from(builder.finish(limits.codec, 0, stamp)));
+                let Body::Open(builder) =
+                    std::mem::replace(&mut batch.body, Body::Sealed(Bytes::new()))
+                else {
+                    unreachable!("matched above")
+                };
+                batch.body = Body::Sealed(Bytes::from(builder.finish(limits.codec, 0, stamp)));
             }
             batch.attempts += 1;
             bytes += size;
@@ -693,7 +718,10 @@ impl Accumulator {
                 }
                 self.live.remove(&batch.id);
                 // Sent and answered: nothing else holds its bytes any more.
-                let written = batch.sealed.take().map(Bytes::try_into_mut);
+                let written = match std::mem::replace(&mut batch.body, Body::Sealed(Bytes::new())) {
+                    Body::Sealed(bytes) => Some(bytes.try_into_mut()),
+                    Body::Open(_) => None,
+                };
                 batch.settle(Ok(base));
                 if let Some(Ok(buffer)) = written
                     && self.pool.len() < POOLED_BUFFERS
