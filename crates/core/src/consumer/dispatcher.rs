@@ -38,7 +38,7 @@ use tokio::task::JoinSet;
 use tracing::warn;
 
 use super::failure::{FailurePath, HandlerError, catching};
-use super::record::{AckHandle, ConsumedRecord, RecordRun, StreamRecord};
+use super::record::{AckHandle, ConsumedRecord, RecordRun, StreamAck, StreamItem, StreamRecord};
 use super::scheduler::{DispatchMode, PartitionSchedule, key_hash};
 use crate::Result;
 
@@ -76,7 +76,7 @@ pub(crate) enum Sink {
     /// Records are sent to the user's stream, a dispatch's records in one message, and each
     /// finishes when acked. Unbounded: what is out (in the channel or with the user) is in flight,
     /// and the in-flight bound (`max_in_flight`, or one record per partition) bounds it.
-    Stream(mpsc::UnboundedSender<Vec<StreamRecord>>),
+    Stream(mpsc::UnboundedSender<Vec<StreamItem>>),
     /// Runs of up to `max` records (see [`RecordRun`]) are sent to the exactly-once transform
     /// (`consumer::transform`), a dispatch's runs in one message; each run is one hand-out, taken
     /// as a handler lane's run is. The transform dispatches `PartitionOrdered`, where a run is its
@@ -230,7 +230,7 @@ pub(crate) struct Dispatcher {
     /// Lanes gathered for the next handler task (handler sink only).
     lanes: Vec<Lane>,
     /// Records gathered for the stream (stream sink only), sent together at the end of a dispatch.
-    stream_batch: Vec<StreamRecord>,
+    stream_batch: Vec<StreamItem>,
     /// Runs gathered for the transform (runs sink only), sent together at the end of a dispatch.
     runs: Vec<RecordRun>,
     /// Whether [`DispatchEvent::StreamClosed`] was reported.
@@ -373,7 +373,7 @@ impl Dispatcher {
                     records.push(record);
                     q.schedule
                         .extend_run(key, below, ConsumedRecord::offset, max, &mut records);
-                    if let Sink::Runs { .. } = &self.sink {
+                    if let Sink::Runs { .. } | Sink::Stream(_) = &self.sink {
                         let ack = AckHandle {
                             slot: idx,
                             epoch: q.epoch,
@@ -381,8 +381,12 @@ impl Dispatcher {
                             done: self.done_tx.clone(),
                         };
                         self.in_flight += 1;
-                        self.runs
-                            .push(RecordRun::new(records, ack, Arc::clone(&q.stop)));
+                        let run = RecordRun::new(records, ack, Arc::clone(&q.stop));
+                        if let Sink::Runs { .. } = &self.sink {
+                            self.runs.push(run);
+                        } else {
+                            self.stream_batch.push(StreamItem::Run(run));
+                        }
                         progressed = true;
                         continue;
                     }
@@ -453,11 +457,15 @@ impl Dispatcher {
         self.flush_stream();
     }
 
-    /// The most records a run of one hand-out takes: handler lanes (not `Unordered`) and the
-    /// transform's runs. `None` for sinks that take records one by one, or runs of their own size.
+    /// The most records a run of one hand-out takes: handler lanes (not `Unordered`), the stream's
+    /// ordered runs and the transform's runs. `None` for sinks that take records one by one, or
+    /// runs of their own size.
     fn run_max(&self) -> Option<usize> {
         match &self.sink {
             Sink::Handler(..) => Some(RUN_MAX),
+            Sink::Stream(_) if !matches!(self.mode, DispatchMode::Unordered { .. }) => {
+                Some(RUN_MAX)
+            }
             Sink::Runs { max, .. } => Some((*max).max(1)),
             Sink::Batch { .. } | Sink::Stream(_) => None,
         }
@@ -707,15 +715,15 @@ impl Dispatcher {
                 });
                 self.flush_full_batch();
             }
-            Sink::Stream(_) => self.stream_batch.push(StreamRecord {
+            Sink::Stream(_) => self.stream_batch.push(StreamItem::Record(StreamRecord {
                 record,
-                ack: Some(AckHandle {
+                ack: Some(StreamAck::Own(AckHandle {
                     slot,
                     epoch,
                     key,
                     done: self.done_tx.clone(),
-                }),
-            }),
+                })),
+            })),
             Sink::Handler(..) | Sink::Runs { .. } => {
                 unreachable!("handler records start in lanes, the transform's in runs")
             }
@@ -1104,7 +1112,19 @@ mod tests {
     use tokio::time::Instant;
 
     use super::*;
+    use crate::consumer::record::Received;
     use crate::wire::records::FetchedRecord;
+
+    /// The records of one stream message (`Unordered`: records of their own).
+    fn own_records(items: Vec<StreamItem>) -> Vec<StreamRecord> {
+        items
+            .into_iter()
+            .map(|item| match item {
+                StreamItem::Record(r) => r,
+                StreamItem::Run(run) => panic!("a run in an Unordered stream: {run:?}"),
+            })
+            .collect()
+    }
 
     fn record(offset: i64, key: &str) -> ConsumedRecord {
         record_of(0, offset, key)
@@ -1602,7 +1622,7 @@ mod tests {
         );
         push_two_partitions(&mut d);
         d.dispatch(|_| i64::MAX);
-        let batch = rx.try_recv().expect("a batch");
+        let batch = own_records(rx.try_recv().expect("a batch"));
         assert_eq!(batch.len(), 24, "one message for the whole dispatch");
         assert!(rx.try_recv().is_err());
         assert_eq!(d.in_flight(), 24);
@@ -1724,7 +1744,7 @@ mod tests {
             got
         };
         d.dispatch(|_| i64::MAX);
-        let first = rx.try_recv().expect("a batch");
+        let first = own_records(rx.try_recv().expect("a batch"));
         // The bound holds, and the first partition visited takes all of the room.
         assert_eq!(d.in_flight(), 8);
         let from = first[0].record().partition();
@@ -1739,7 +1759,7 @@ mod tests {
         assert_eq!(d.in_flight(), 0);
         // The next dispatch starts at the other partition.
         d.dispatch(|_| i64::MAX);
-        let second = rx.try_recv().expect("a batch");
+        let second = own_records(rx.try_recv().expect("a batch"));
         assert_eq!(d.in_flight(), 8);
         let other = 1 - from;
         assert_eq!(
@@ -1752,10 +1772,68 @@ mod tests {
         }
         // Each partition's limit holds its records back, whatever the room.
         d.dispatch(|slot| if slot == 0 { 10 } else { 9 });
-        let third = rx.try_recv().expect("a batch");
+        let third = own_records(rx.try_recv().expect("a batch"));
         assert_eq!(handed(&third), vec![(0, 8), (0, 9), (1, 8)]);
         assert_eq!(d.in_flight(), 3);
         StreamRecord::ack_all(third);
+    }
+
+    #[test]
+    fn an_ordered_stream_lets_a_partition_s_run_out_one_record_per_ack_without_the_engine() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let mut d = Dispatcher::new(DispatchMode::PartitionOrdered, Sink::Stream(tx));
+        push_two_partitions(&mut d);
+        d.dispatch(|_| i64::MAX);
+        // One message: a run of each partition, each one hand-out.
+        assert_eq!(d.in_flight(), 2);
+        let mut received = Received::default();
+        let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+        let mut next = |received: &mut Received| match received.poll_next(&mut rx, &mut cx) {
+            Poll::Ready(r) => r,
+            Poll::Pending => None,
+        };
+        let first = next(&mut received).expect("partition 0's first record");
+        let other = next(&mut received).expect("partition 1's first record");
+        assert_eq!(
+            [
+                (first.partition(), first.offset()),
+                (other.partition(), other.offset())
+            ],
+            [(0, 0), (1, 0)]
+        );
+        // Each partition has its one record out: nothing more until one is acked.
+        assert!(next(&mut received).is_none());
+        other.ack();
+        let mut seen = vec![(1, 0)];
+        // Partition 1 runs to its end without a dispatch; partition 0 stays held by its record.
+        while let Some(r) = next(&mut received) {
+            seen.push((r.partition(), r.offset()));
+            r.ack();
+        }
+        assert_eq!(seen, (0..12).map(|o| (1, o)).collect::<Vec<_>>());
+        let mut processed = Vec::new();
+        while let Some(c) = d.try_completion() {
+            d.apply(c, |slot, offset| processed.push((slot, offset)));
+        }
+        assert_eq!(processed, (0..12).map(|o| (1, o)).collect::<Vec<_>>());
+        assert_eq!(
+            d.in_flight(),
+            1,
+            "partition 1's run ended with its last ack"
+        );
+
+        // Partition 0 is revoked while its record is out: acked, it is reported, and the rest of
+        // the run goes back instead of out.
+        d.stop(0);
+        first.ack();
+        assert!(next(&mut received).is_none());
+        let mut processed = Vec::new();
+        while let Some(c) = d.try_completion() {
+            d.apply(c, |slot, offset| processed.push((slot, offset)));
+        }
+        assert_eq!(processed, vec![(0, 0)]);
+        assert_eq!(d.in_flight(), 0, "the rest handed back ends the hand-out");
+        assert_eq!(d.in_flight_of(0), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1770,8 +1848,10 @@ mod tests {
             let seen = Arc::clone(&seen);
             async move {
                 let mut tasks = JoinSet::new();
-                while let Some(batch) = rx.recv().await {
-                    for r in batch {
+                let mut received = Received::default();
+                while let Some(r) = std::future::poll_fn(|cx| received.poll_next(&mut rx, cx)).await
+                {
+                    {
                         let seen = Arc::clone(&seen);
                         tasks.spawn(async move {
                             let n = {

@@ -58,6 +58,7 @@ use dispatcher::{BatchFn, HandlerFn, Sink};
 use engine::Engine;
 use failure::{DeadLetter, FailurePath, HandlerError};
 use fetcher::FetchSettings;
+use record::{Received, StreamItem};
 use status::StatusBoard;
 
 /// Where to start a partition that has no committed offset. Corresponds to `auto.offset.reset`.
@@ -689,7 +690,7 @@ impl Consumer {
     pub fn stream(self) -> Result<RecordStream> {
         Ok(RecordStream {
             feed: self.feed(Sink::Stream)?,
-            ready: Vec::new().into_iter(),
+            received: Received::default(),
         })
     }
 
@@ -769,9 +770,9 @@ impl<T> Feed<T> {
 /// The records of a [`Consumer::stream`]. Implements [`futures::Stream`].
 #[derive(Debug)]
 pub struct RecordStream {
-    feed: Feed<StreamRecord>,
-    /// Received and not yet handed to the user.
-    ready: std::vec::IntoIter<StreamRecord>,
+    feed: Feed<StreamItem>,
+    /// What the dispatcher handed over and the user has not taken yet.
+    received: Received,
 }
 
 impl RecordStream {
@@ -781,16 +782,7 @@ impl RecordStream {
     }
 
     fn poll_record(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamRecord>> {
-        loop {
-            if let Some(record) = self.ready.next() {
-                return Poll::Ready(Some(record));
-            }
-            match self.feed.rx.poll_recv(cx) {
-                Poll::Ready(Some(batch)) => self.ready = batch.into_iter(),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
-            }
-        }
+        self.received.poll_next(&mut self.feed.rx, cx)
     }
 
     /// A handle to shut the consumer down from elsewhere.
@@ -801,11 +793,11 @@ impl RecordStream {
     /// Shuts down gracefully: records already received may still be acked while this waits; records
     /// not received are not committed. Returns what was left uncommitted.
     pub async fn shutdown(self) -> Result<ShutdownReport> {
-        let RecordStream { feed, ready } = self;
+        let RecordStream { feed, received } = self;
         feed.shutdown.shutdown();
-        // Received and never handed out: handed back to an engine that already stops (so it does
-        // not hand them out again).
-        drop(ready);
+        // Acked records of runs are reported; the rest, received and never handed out, goes back
+        // to an engine that already stops (so it does not hand it out again).
+        received.close();
         feed.shutdown().await
     }
 }

@@ -2,7 +2,8 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::task::{Context, Poll};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
@@ -139,7 +140,229 @@ impl ConsumedRecord {
 /// Dropping it without `ack` hands the record back: it is delivered again (at-least-once).
 pub struct StreamRecord {
     pub(crate) record: ConsumedRecord,
-    pub(crate) ack: Option<AckHandle>,
+    pub(crate) ack: Option<StreamAck>,
+}
+
+/// What the dispatcher hands the stream: a record of its own (`Unordered`), or an ordered run
+/// whose records the stream lets out one at a time ([`RunCursor`]).
+pub(crate) enum StreamItem {
+    Record(StreamRecord),
+    Run(RecordRun),
+}
+
+impl fmt::Debug for StreamItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StreamItem::Record(r) => r.fmt(f),
+            StreamItem::Run(r) => r.fmt(f),
+        }
+    }
+}
+
+/// The stream's side of its channel: what the dispatcher sent and the user has not taken yet.
+#[derive(Debug)]
+pub(crate) struct Received {
+    /// Items of the last message, not looked at yet.
+    items: std::vec::IntoIter<StreamItem>,
+    /// The ordered runs received, each with at most one record out.
+    runs: Vec<RunCursor>,
+    /// Where the next look through `runs` starts, so runs take turns.
+    next_run: usize,
+}
+
+impl Default for Received {
+    fn default() -> Self {
+        Self {
+            items: Vec::new().into_iter(),
+            runs: Vec::new(),
+            next_run: 0,
+        }
+    }
+}
+
+impl Received {
+    /// The next record: one received, else the next of a run whose record out was acked, else
+    /// what `rx` brings. `None` once `rx` is closed (the engine is gone: nothing held can be
+    /// committed any more).
+    pub(crate) fn poll_next(
+        &mut self,
+        rx: &mut mpsc::UnboundedReceiver<Vec<StreamItem>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<StreamRecord>> {
+        loop {
+            for item in self.items.by_ref() {
+                match item {
+                    StreamItem::Record(record) => return Poll::Ready(Some(record)),
+                    StreamItem::Run(run) => self.runs.push(RunCursor::new(run)),
+                }
+            }
+            if let Some(record) = self.poll_runs(cx) {
+                return Poll::Ready(Some(record));
+            }
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(items)) => self.items = items.into_iter(),
+                Poll::Ready(None) => {
+                    self.runs.clear();
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// The next record of the runs whose record out was acked, the runs taking turns; forgets
+    /// runs that ended. `None` while every run's record is out (each wakes the stream when
+    /// settled).
+    fn poll_runs(&mut self, cx: &mut Context<'_>) -> Option<StreamRecord> {
+        let mut at = self.next_run;
+        let mut pending = 0;
+        while pending < self.runs.len() {
+            if at >= self.runs.len() {
+                at = 0;
+            }
+            match self.runs[at].poll_next(cx) {
+                Poll::Ready(Some(record)) => {
+                    self.next_run = at + 1;
+                    return Some(record);
+                }
+                // The last run moves here; it is looked at next.
+                Poll::Ready(None) => drop(self.runs.swap_remove(at)),
+                Poll::Pending => {
+                    at += 1;
+                    pending += 1;
+                }
+            }
+        }
+        None
+    }
+
+    /// Reports the runs' acked records, then hands back everything else held.
+    pub(crate) fn close(mut self) {
+        for run in &mut self.runs {
+            run.report_acked();
+        }
+    }
+}
+
+/// Whom a stream record's ack (or drop) tells.
+pub(crate) enum StreamAck {
+    /// The dispatcher: the record is a hand-out of its own (`Unordered`).
+    Own(AckHandle),
+    /// The stream: the record is the one out of an ordered run the stream holds ([`RunCursor`]).
+    Run(Arc<RunSignal>),
+}
+
+/// What became of the record a [`RunCursor`] has out; wakes the stream when it is settled.
+#[derive(Debug, Default)]
+pub(crate) struct RunSignal {
+    state: AtomicU8,
+    waker: futures::task::AtomicWaker,
+}
+
+const OUT: u8 = 0;
+const ACKED: u8 = 1;
+const DROPPED: u8 = 2;
+
+impl RunSignal {
+    fn settle(&self, state: u8) {
+        self.state.store(state, Ordering::Release);
+        self.waker.wake();
+    }
+
+    /// `Ready(true)` once acked, `Ready(false)` once dropped unacked.
+    fn poll_settled(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let settled = |state| match state {
+            ACKED => Poll::Ready(true),
+            DROPPED => Poll::Ready(false),
+            _ => Poll::Pending,
+        };
+        if let Poll::Ready(acked) = settled(self.state.load(Ordering::Acquire)) {
+            return Poll::Ready(acked);
+        }
+        self.waker.register(cx.waker());
+        settled(self.state.load(Ordering::Acquire))
+    }
+}
+
+/// An ordered run (`PartitionOrdered`: a partition's next records; `KeyOrdered`: a key's) handed
+/// to the stream as one hand-out. The stream lets its records out one at a time, each once the one
+/// before it is acked, so a partition (or key) still has one record out, and reports each ack to
+/// the dispatcher itself: no round trip through the engine between a partition's records.
+///
+/// - An acked record is reported when the stream is next polled (or shut down).
+/// - A record dropped unacked hands the run back from that record on: delivered again.
+/// - Once the partition's tenure stops (revoked, lost, shutting down), the run's records not yet
+///   out are handed back instead of going out.
+#[derive(Debug)]
+pub(crate) struct RunCursor {
+    /// What is left of the run, the record out (if any) first.
+    run: Option<RecordRun>,
+    out: Option<Arc<RunSignal>>,
+}
+
+impl RunCursor {
+    pub(crate) fn new(run: RecordRun) -> Self {
+        Self {
+            run: Some(run),
+            out: None,
+        }
+    }
+
+    /// The run's next record, once the one out is acked; `Ready(None)` when the run is over
+    /// (every record reported or handed back).
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamRecord>> {
+        let mut spare = None;
+        if let Some(signal) = &self.out {
+            let Poll::Ready(acked) = signal.poll_settled(cx) else {
+                return Poll::Pending;
+            };
+            spare = self.out.take();
+            self.settle_run(acked);
+        }
+        let Some(run) = &self.run else {
+            return Poll::Ready(None);
+        };
+        if run.stopped() {
+            // Dropping it hands back what it holds.
+            self.run = None;
+            return Poll::Ready(None);
+        }
+        // The signal of the record before is reused once nothing else holds it.
+        let signal = match spare {
+            Some(s) if Arc::strong_count(&s) == 1 => {
+                s.state.store(OUT, Ordering::Relaxed);
+                s
+            }
+            _ => Arc::default(),
+        };
+        self.out = Some(Arc::clone(&signal));
+        Poll::Ready(Some(StreamRecord {
+            record: run.records()[0].clone(),
+            ack: Some(StreamAck::Run(signal)),
+        }))
+    }
+
+    /// Reports the record out if it was acked (before the cursor is dropped at shutdown, so an
+    /// acked record is not handed back).
+    pub(crate) fn report_acked(&mut self) {
+        if self
+            .out
+            .as_ref()
+            .is_some_and(|s| s.state.load(Ordering::Acquire) == ACKED)
+        {
+            self.out = None;
+            self.settle_run(true);
+        }
+    }
+
+    /// The record out was acked (reported; the rest of the run kept) or dropped (the run handed
+    /// back, that record first).
+    fn settle_run(&mut self, acked: bool) {
+        let run = self.run.take().expect("a run while a record is out");
+        if acked {
+            self.run = run.ack_front(1);
+        }
+    }
 }
 
 pub(crate) struct AckHandle {
@@ -177,8 +400,12 @@ impl std::ops::Deref for StreamRecord {
 impl StreamRecord {
     /// The record is processed: its offset may be committed once every earlier one is too.
     pub fn ack(mut self) {
-        if let Some(h) = self.ack.take() {
-            h.send(super::dispatcher::Outcome::Done(self.record.offset()));
+        match self.ack.take() {
+            Some(StreamAck::Own(h)) => {
+                h.send(super::dispatcher::Outcome::Done(self.record.offset()))
+            }
+            Some(StreamAck::Run(signal)) => signal.settle(ACKED),
+            None => {}
         }
     }
 
@@ -190,7 +417,14 @@ impl StreamRecord {
         // spans more than a few, so a list beats a map.
         let mut groups: Vec<(AckHandle, Vec<i64>)> = Vec::new();
         for mut record in records {
-            let Some(h) = record.ack.take() else { continue };
+            let h = match record.ack.take() {
+                Some(StreamAck::Own(h)) => h,
+                Some(StreamAck::Run(signal)) => {
+                    signal.settle(ACKED);
+                    continue;
+                }
+                None => continue,
+            };
             let offset = record.record.offset();
             match groups.iter_mut().find(|(g, _)| {
                 (g.slot, g.epoch, g.key) == (h.slot, h.epoch, h.key) && g.done.same_channel(&h.done)
@@ -212,19 +446,22 @@ impl StreamRecord {
 
 impl Drop for StreamRecord {
     fn drop(&mut self) {
-        if let Some(h) = self.ack.take() {
-            h.send(super::dispatcher::Outcome::Returned(vec![
+        match self.ack.take() {
+            Some(StreamAck::Own(h)) => h.send(super::dispatcher::Outcome::Returned(vec![
                 self.record.clone(),
-            ]));
+            ])),
+            Some(StreamAck::Run(signal)) => signal.settle(DROPPED),
+            None => {}
         }
     }
 }
 
-/// Consecutive records of one partition handed out as one unit, for the exactly-once transform
-/// (`Sink::Runs`, which dispatches `PartitionOrdered`): the partition's next records in offset
-/// order, with no record of it between them, and no other record of the partition's tenure out
-/// while the run is. Its records before the first were all finished (acked) or are in it: a
-/// hand-back puts them at the front of the partition's queue, so they come first in its next run.
+/// Consecutive records of one partition (`PartitionOrdered`) or of one key of it (`KeyOrdered`)
+/// handed out as one unit, to the exactly-once transform (`Sink::Runs`, always `PartitionOrdered`)
+/// or to an ordered stream ([`RunCursor`]): the next records in offset order, with no record of the
+/// partition (key) between them, and no other record of it out while the run is. Its records
+/// before the first were all finished (acked) or are in it: a hand-back puts them at the front of
+/// the queue, so they come first in the next run.
 ///
 /// [`ack_front`](Self::ack_front) finishes its first records (the rest stay out, in the same
 /// hand-out); dropping it hands back what it still holds (delivered again unless its tenure
