@@ -210,30 +210,32 @@ impl Received {
         }
     }
 
-    /// The next record of the runs whose record out was acked, the runs taking turns; forgets
-    /// runs that ended. `None` while every run's record is out (each wakes the stream when
-    /// settled).
+    /// Settles every run (acks reported, stopped runs handed back, however many records the
+    /// user takes meanwhile), then lets out the next record of a run whose record out was acked,
+    /// the runs taking turns; forgets runs that ended. `None` while every run's record is out
+    /// (each wakes the stream when settled).
     fn poll_runs(&mut self, cx: &mut Context<'_>) -> Option<StreamRecord> {
-        let mut at = self.next_run;
-        let mut pending = 0;
-        while pending < self.runs.len() {
-            if at >= self.runs.len() {
-                at = 0;
-            }
-            match self.runs[at].poll_next(cx) {
-                Poll::Ready(Some(record)) => {
-                    self.next_run = at + 1;
-                    return Some(record);
+        let n = self.runs.len();
+        let mut chosen = None;
+        let mut any_done = false;
+        for step in 0..n {
+            let at = (self.next_run + step) % n;
+            match self.runs[at].poll_settle(cx) {
+                Settled::Ready => {
+                    chosen.get_or_insert(at);
                 }
-                // The last run moves here; it is looked at next.
-                Poll::Ready(None) => drop(self.runs.swap_remove(at)),
-                Poll::Pending => {
-                    at += 1;
-                    pending += 1;
-                }
+                Settled::Done => any_done = true,
+                Settled::Out => {}
             }
         }
-        None
+        let record = chosen.map(|at| {
+            self.next_run = at + 1;
+            self.runs[at].take_next()
+        });
+        if any_done {
+            self.runs.retain(|run| !run.is_done());
+        }
+        record
     }
 
     /// Reports the runs' acked records, then hands back everything else held.
@@ -298,6 +300,8 @@ pub(crate) struct RunCursor {
     /// What is left of the run, the record out (if any) first.
     run: Option<RecordRun>,
     out: Option<Arc<RunSignal>>,
+    /// The settled record's signal, for the next record out.
+    spare: Option<Arc<RunSignal>>,
 }
 
 impl RunCursor {
@@ -305,30 +309,38 @@ impl RunCursor {
         Self {
             run: Some(run),
             out: None,
+            spare: None,
         }
     }
 
-    /// The run's next record, once the one out is acked; `Ready(None)` when the run is over
-    /// (every record reported or handed back).
-    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamRecord>> {
-        let mut spare = None;
+    /// Settles the record out if it was acked (reported) or dropped (the run handed back from
+    /// it), and hands back the rest of a run whose tenure stopped; registers `cx` to be woken when
+    /// the record out is settled.
+    pub(crate) fn poll_settle(&mut self, cx: &mut Context<'_>) -> Settled {
         if let Some(signal) = &self.out {
             let Poll::Ready(acked) = signal.poll_settled(cx) else {
-                return Poll::Pending;
+                return Settled::Out;
             };
-            spare = self.out.take();
+            self.spare = self.out.take();
             self.settle_run(acked);
         }
-        let Some(run) = &self.run else {
-            return Poll::Ready(None);
-        };
-        if run.stopped() {
-            // Dropping it hands back what it holds.
-            self.run = None;
-            return Poll::Ready(None);
+        match &self.run {
+            None => Settled::Done,
+            Some(run) if run.stopped() => {
+                // Dropping it hands back what it holds.
+                self.run = None;
+                Settled::Done
+            }
+            Some(_) => Settled::Ready,
         }
+    }
+
+    /// Lets the run's next record out; only after [`poll_settle`](Self::poll_settle) said
+    /// [`Settled::Ready`].
+    pub(crate) fn take_next(&mut self) -> StreamRecord {
+        let run = self.run.as_ref().expect("a settled run with records");
         // The signal of the record before is reused once nothing else holds it.
-        let signal = match spare {
+        let signal = match self.spare.take() {
             Some(s) if Arc::strong_count(&s) == 1 => {
                 s.state.store(OUT, Ordering::Relaxed);
                 s
@@ -336,10 +348,15 @@ impl RunCursor {
             _ => Arc::default(),
         };
         self.out = Some(Arc::clone(&signal));
-        Poll::Ready(Some(StreamRecord {
+        StreamRecord {
             record: run.records()[0].clone(),
             ack: Some(StreamAck::Run(signal)),
-        }))
+        }
+    }
+
+    /// Whether the run is over (every record reported or handed back).
+    pub(crate) fn is_done(&self) -> bool {
+        self.run.is_none()
     }
 
     /// Reports the record out if it was acked (before the cursor is dropped at shutdown, so an
@@ -363,6 +380,17 @@ impl RunCursor {
             self.run = run.ack_front(1);
         }
     }
+}
+
+/// What [`RunCursor::poll_settle`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// Its record is out, not yet acked.
+    Out,
+    /// Its next record may go out.
+    Ready,
+    /// The run is over.
+    Done,
 }
 
 pub(crate) struct AckHandle {
