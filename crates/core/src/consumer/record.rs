@@ -181,9 +181,10 @@ impl Default for Received {
 }
 
 impl Received {
-    /// The next record: one received, else the next of a run whose record out was acked, else
-    /// what `rx` brings. `None` once `rx` is closed (the engine is gone: nothing held can be
-    /// committed any more).
+    /// The next record: one received, else (once `rx` has nothing new) the next of a run whose
+    /// record out was acked. `rx` is looked at before the runs, so a partition whose run ended
+    /// gets its next run in while the others' runs go on. `None` once `rx` is closed (the engine
+    /// is gone: nothing held can be committed any more).
     pub(crate) fn poll_next(
         &mut self,
         rx: &mut mpsc::UnboundedReceiver<Vec<StreamItem>>,
@@ -196,17 +197,21 @@ impl Received {
                     StreamItem::Run(run) => self.runs.push(RunCursor::new(run)),
                 }
             }
-            if let Some(record) = self.poll_runs(cx) {
-                return Poll::Ready(Some(record));
-            }
             match rx.poll_recv(cx) {
-                Poll::Ready(Some(items)) => self.items = items.into_iter(),
+                Poll::Ready(Some(items)) => {
+                    self.items = items.into_iter();
+                    continue;
+                }
                 Poll::Ready(None) => {
                     self.runs.clear();
                     return Poll::Ready(None);
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {}
             }
+            return match self.poll_runs(cx) {
+                Some(record) => Poll::Ready(Some(record)),
+                None => Poll::Pending,
+            };
         }
     }
 
