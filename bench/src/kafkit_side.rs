@@ -7,10 +7,22 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use kafkit::consumer::{ConsumerBuilder, ConsumerListener, DispatchMode, OffsetReset};
 use kafkit::group::{GroupConfig, TopicPartition};
-use kafkit::{ClientConfig, ProducerBuilder, ProducerRecord};
+use kafkit::{ClientConfig, Producer, ProducerBuilder, ProducerRecord};
 use tokio::sync::Notify;
 
 use crate::{Latch, LatencySamples, Outcome, payload};
+
+/// The producer contenders' producer (5 ms linger, 1 MiB batches), with `topic`'s metadata
+/// fetched before the clock starts.
+async fn producer(bootstrap: &str, topic: &str) -> Result<Producer, Box<dyn std::error::Error>> {
+    let producer = ProducerBuilder::new(ClientConfig::new([bootstrap])?)
+        .linger(Duration::from_millis(5))
+        .batch_size(1024 * 1024)
+        .build()
+        .await?;
+    producer.partition_count(topic).await?;
+    Ok(producer)
+}
 
 /// Sends `records` records of `size` bytes, keyed round-robin over 1,000 keys, and waits for every
 /// acknowledgement (acks=all).
@@ -20,12 +32,7 @@ pub(crate) async fn produce(
     records: u64,
     size: usize,
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
-    let producer = ProducerBuilder::new(ClientConfig::new([bootstrap])?)
-        .linger(Duration::from_millis(5))
-        .batch_size(1024 * 1024)
-        .build()
-        .await?;
-    producer.partition_count(topic).await?;
+    let producer = producer(bootstrap, topic).await?;
     let value = payload(size);
     let started = Instant::now();
     let mut sends = futures::stream::iter(0..records)
@@ -37,13 +44,11 @@ pub(crate) async fn produce(
     while let Some(done) = sends.next().await {
         done?;
     }
-    let secs = started.elapsed().as_secs_f64();
-    Ok(Outcome {
+    Ok(Outcome::produced(
         records,
-        bytes: records * size as u64,
-        secs,
-        latency: None,
-    })
+        size,
+        started.elapsed().as_secs_f64(),
+    ))
 }
 
 /// The same work through `send_all`: the records in chunks of 1,024, one future per chunk, up to
@@ -55,12 +60,7 @@ pub(crate) async fn produce_all(
     size: usize,
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
     const CHUNK: u64 = 1024;
-    let producer = ProducerBuilder::new(ClientConfig::new([bootstrap])?)
-        .linger(Duration::from_millis(5))
-        .batch_size(1024 * 1024)
-        .build()
-        .await?;
-    producer.partition_count(topic).await?;
+    let producer = producer(bootstrap, topic).await?;
     let value = payload(size);
     let keys: Vec<String> = (0..1000).map(|i| format!("key-{i}")).collect();
     let started = Instant::now();
@@ -77,13 +77,11 @@ pub(crate) async fn produce_all(
             d?;
         }
     }
-    let secs = started.elapsed().as_secs_f64();
-    Ok(Outcome {
+    Ok(Outcome::produced(
         records,
-        bytes: records * size as u64,
-        secs,
-        latency: None,
-    })
+        size,
+        started.elapsed().as_secs_f64(),
+    ))
 }
 
 /// Marks the first assignment: throughput is timed from there (the group join is not the

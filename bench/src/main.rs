@@ -98,6 +98,18 @@ pub(crate) struct Outcome {
     pub(crate) latency: Option<Latency>,
 }
 
+impl Outcome {
+    /// A producer run: `records` records of `size` bytes acknowledged in `secs`.
+    pub(crate) fn produced(records: u64, size: usize, secs: f64) -> Self {
+        Self {
+            records,
+            bytes: records * size as u64,
+            secs,
+            latency: None,
+        }
+    }
+}
+
 /// Latency percentiles in microseconds: p50, p99 and p99.9.
 pub(crate) type Percentiles = [u64; 3];
 

@@ -60,13 +60,11 @@ pub(crate) async fn produce(
     while let Some(done) = sends.next().await {
         done.map_err(|(e, _)| e)?;
     }
-    let secs = started.elapsed().as_secs_f64();
-    Ok(Outcome {
+    Ok(Outcome::produced(
         records,
-        bytes: records * size as u64,
-        secs,
-        latency: None,
-    })
+        size,
+        started.elapsed().as_secs_f64(),
+    ))
 }
 
 /// Counts delivery reports (served by `poll` on the producing thread).

@@ -23,6 +23,16 @@ async fn producer(bootstrap: &str) -> Producer {
         .expect("producer connects")
 }
 
+/// A producer whose buffer (64 KiB, 16 KiB batches) a test can fill.
+async fn small_buffer_producer(bootstrap: &str) -> Producer {
+    ProducerBuilder::new(ClientConfig::new([bootstrap]).unwrap())
+        .batch_size(16 * 1024)
+        .buffer_memory(64 * 1024)
+        .build()
+        .await
+        .expect("producer connects")
+}
+
 /// Every record of `topic`/`partition` from offset 0 up to the high watermark.
 async fn read_partition(bootstrap: &str, topic: &str, partition: i32) -> Vec<RecordAndOffset> {
     let client = ClientBuilder::new(bootstrap.split(',').map(str::to_owned).collect())
@@ -280,12 +290,7 @@ async fn full_buffer_makes_send_wait_instead_of_growing() {
     let bootstrap = kafka.bootstrap();
     let topic = random_name("backpressure");
     create_topic(&bootstrap, &topic, 1, 1).await.unwrap();
-    let producer = ProducerBuilder::new(ClientConfig::new([&bootstrap]).unwrap())
-        .batch_size(16 * 1024)
-        .buffer_memory(64 * 1024)
-        .build()
-        .await
-        .unwrap();
+    let producer = small_buffer_producer(&bootstrap).await;
     producer
         .send(ProducerRecord::new(&topic, "warm-up"))
         .await
@@ -365,12 +370,7 @@ async fn send_all_keeps_call_order_through_a_full_buffer_and_returns_each_outcom
     let bootstrap = kafka.bootstrap();
     let topic = random_name("send-all");
     create_topic(&bootstrap, &topic, 3, 1).await.unwrap();
-    let producer = ProducerBuilder::new(ClientConfig::new([&bootstrap]).unwrap())
-        .batch_size(16 * 1024)
-        .buffer_memory(64 * 1024)
-        .build()
-        .await
-        .unwrap();
+    let producer = small_buffer_producer(&bootstrap).await;
     // 600 records of 1 KiB in two calls: nine times the buffer.
     let records = |call: usize| {
         let topic = topic.clone();
