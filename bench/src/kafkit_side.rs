@@ -10,7 +10,7 @@ use kafkit::group::{GroupConfig, TopicPartition};
 use kafkit::{ClientConfig, Producer, ProducerBuilder, ProducerRecord};
 use tokio::sync::Notify;
 
-use crate::{Latch, LatencySamples, Outcome, payload};
+use crate::{Latch, LatencySamples, Outcome, payload, records_in_flight};
 
 /// The producer contenders' producer (5 ms linger, 1 MiB batches), with `topic`'s metadata
 /// fetched before the clock starts.
@@ -25,7 +25,7 @@ async fn producer(bootstrap: &str, topic: &str) -> Result<Producer, Box<dyn std:
 }
 
 /// Sends `records` records of `size` bytes, keyed round-robin over 1,000 keys, and waits for every
-/// acknowledgement (acks=all).
+/// acknowledgement (acks=all), up to [`records_in_flight`] at once.
 pub(crate) async fn produce(
     bootstrap: &str,
     topic: &str,
@@ -40,7 +40,7 @@ pub(crate) async fn produce(
             let record = ProducerRecord::new(topic, value.clone()).key(format!("key-{}", i % 1000));
             producer.send(record)
         })
-        .buffer_unordered(100_000);
+        .buffer_unordered(records_in_flight(size));
     while let Some(done) = sends.next().await {
         done?;
     }
@@ -52,7 +52,7 @@ pub(crate) async fn produce(
 }
 
 /// The same work through `send_all`: the records in chunks of 1,024, one future per chunk, up to
-/// 100,000 records awaiting acknowledgement (as the per-record contender).
+/// [`records_in_flight`] records awaiting acknowledgement (as the per-record contender).
 pub(crate) async fn produce_all(
     bootstrap: &str,
     topic: &str,
@@ -71,7 +71,7 @@ pub(crate) async fn produce_all(
             });
             producer.send_all(chunk)
         })
-        .buffer_unordered((100_000 / CHUNK) as usize);
+        .buffer_unordered((records_in_flight(size) / CHUNK as usize).max(1));
     while let Some(done) = chunks.next().await {
         for d in done {
             d?;

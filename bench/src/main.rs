@@ -62,6 +62,10 @@ struct Cli {
     /// Send rates (records/s) of the latency benchmark.
     #[arg(long, value_delimiter = ',', default_values_t = [1_000u64, 10_000, 50_000])]
     latency_rates: Vec<u64>,
+    /// The directory under which the runner's broker keeps its log (a tmpfs by default, so that the
+    /// broker's disk writes do not set every contender's pace and slow the later rounds).
+    #[arg(long, default_value = "/dev/shm")]
+    broker_dir: std::path::PathBuf,
     /// Where to write the markdown report.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest.md"))]
     out: String,
@@ -196,6 +200,14 @@ impl Latch {
 }
 
 /// A record value of `size` bytes.
+/// The most records a producer contender keeps awaiting acknowledgement: 100,000, or fewer when
+/// they would hold over 64 MiB (a user bounds the records held by their bytes; past the producer's
+/// buffer, records only wait in memory, which a 10 KiB workload would fill with a gigabyte of
+/// fresh pages).
+pub(crate) fn records_in_flight(size: usize) -> usize {
+    ((64 << 20) / size.max(1)).clamp(1, 100_000)
+}
+
 pub(crate) fn payload(size: usize) -> Vec<u8> {
     (0..size).map(|i| b'a' + (i % 26) as u8).collect()
 }
@@ -496,7 +508,19 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         match std::env::var("KAFKA_BOOTSTRAP") {
             Ok(b) => b,
             Err(_) => {
-                let kafka = LocalKafka::start_with(BrokerOptions::default().heap("1g")).await?;
+                let kafka = LocalKafka::start_with(
+                    BrokerOptions::default()
+                        .heap("1g")
+                        .data_root(&cli.broker_dir)
+                        // Deleted topics leave the tmpfs at once, not a minute later.
+                        .property("log.segment.delete.delay.ms", "0"),
+                )
+                .await?;
+                let _ = writeln!(
+                    report,
+                    "Broker: one local node (1 GiB heap), its log under `{}`.\n",
+                    cli.broker_dir.display()
+                );
                 let b = kafka.bootstrap();
                 _kafka = kafka;
                 b

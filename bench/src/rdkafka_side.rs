@@ -20,7 +20,7 @@ use rdkafka::producer::{
 };
 use rdkafka::util::Timeout;
 
-use crate::{Latch, LatencySamples, Outcome, payload};
+use crate::{Latch, LatencySamples, Outcome, payload, records_in_flight};
 
 /// The producers' settings: acks=all with idempotence (kafkit's and Java's default; librdkafka's is
 /// off), 5 ms linger, 1 MiB batches, room for a workload of small records in the queue, and the
@@ -38,7 +38,8 @@ fn producer_config(bootstrap: &str) -> ClientConfig {
     config
 }
 
-/// `FutureProducer`: a future per record, 100,000 awaited at once (as kafkit's producer is driven).
+/// `FutureProducer`: a future per record, [`records_in_flight`] awaited at once (as kafkit's producer
+/// is driven).
 pub(crate) async fn produce(
     bootstrap: &str,
     topic: &str,
@@ -56,7 +57,7 @@ pub(crate) async fn produce(
                 .key(keys[(i % 1000) as usize].as_str());
             producer.send(record, Timeout::After(Duration::from_secs(120)))
         })
-        .buffer_unordered(100_000);
+        .buffer_unordered(records_in_flight(size));
     while let Some(done) = sends.next().await {
         done.map_err(|(e, _)| e)?;
     }

@@ -1,5 +1,5 @@
 //! `kafkit produce`: one record per line of stdin. Sends are pipelined (up to `--max-in-flight`
-//! unacknowledged) and every one is awaited before the command exits, so a zero exit means every
+//! records and `--max-in-flight-bytes` unacknowledged) and every one is awaited before the command exits, so a zero exit means every
 //! line was acknowledged by the broker (acks=all).
 
 use std::io::BufRead;
@@ -30,9 +30,13 @@ pub(crate) struct ProduceArgs {
     /// Send every record to this partition instead of partitioning by key.
     #[arg(long)]
     partition: Option<i32>,
-    /// Records awaiting acknowledgement at most (the buffer's memory bounds them too).
+    /// Records awaiting acknowledgement at most.
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_in_flight: u32,
+    /// Bytes of lines awaiting acknowledgement at most: past the producer's 32 MiB buffer, lines
+    /// read ahead only wait in memory (a chunk of lines larger than this goes alone).
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20, value_parser = clap::value_parser!(u64).range(1..))]
+    max_in_flight_bytes: u64,
     /// Show progress on stderr even when it is not a terminal.
     #[arg(long)]
     progress: bool,
@@ -74,26 +78,32 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), Failure> {
     // One future per chunk (`send_all`), not per record: a batch's records are acknowledged
     // together, so a chunk waits once per batch instead of being woken once per record.
     let max_in_flight = args.max_in_flight as usize;
+    let max_in_flight_bytes = usize::try_from(args.max_in_flight_bytes).unwrap_or(usize::MAX);
     let mut in_flight = 0;
+    let mut in_flight_bytes = 0;
     let mut chunks_out = FuturesUnordered::new();
     let mut failure = None;
     'read: while let Some(chunk) = chunks.recv().await {
-        let records = match chunk {
-            Ok(records) => records,
+        let Chunk { records, bytes } = match chunk {
+            Ok(chunk) => chunk,
             Err(bad) => {
                 failure = Some(bad);
                 break;
             }
         };
-        while in_flight + records.len() > max_in_flight
+        while (in_flight + records.len() > max_in_flight
+            || in_flight_bytes + bytes > max_in_flight_bytes)
             && let Some(done) = chunks_out.next().await
         {
-            in_flight -= settle(done, &progress, &mut failure);
+            let (records, bytes) = settle(done, &progress, &mut failure);
+            in_flight -= records;
+            in_flight_bytes -= bytes;
         }
         if failure.is_some() {
             break 'read;
         }
         in_flight += records.len();
+        in_flight_bytes += bytes;
         // Called here, in line order: the records are appended now (or, when the buffer is full,
         // take their turns now), so lines keep their order.
         let records_in_chunk = records.len();
@@ -101,6 +111,7 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), Failure> {
         chunks_out.push(async move {
             let mut outcome = ChunkOutcome {
                 records: records_in_chunk,
+                bytes,
                 acknowledged: 0,
                 failure: None,
             };
@@ -134,6 +145,17 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), Failure> {
 /// Lines handed over at once: one hand-off between threads per chunk, not per line.
 const CHUNK: usize = 1024;
 
+/// Bytes of lines that end a chunk before [`CHUNK`] lines (large lines: the bytes in flight are
+/// counted per chunk).
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Records of consecutive lines, and the lines' bytes.
+#[derive(Debug, Default)]
+struct Chunk {
+    records: Vec<ProducerRecord>,
+    bytes: usize,
+}
+
 /// Chunks read ahead of the sends.
 const CHUNKS_AHEAD: usize = 8;
 
@@ -152,11 +174,11 @@ impl Lines {
     fn read(
         &self,
         input: impl std::io::Read,
-        out: &tokio::sync::mpsc::Sender<Result<Vec<ProducerRecord>, Failure>>,
+        out: &tokio::sync::mpsc::Sender<Result<Chunk, Failure>>,
     ) {
         let mut input = std::io::BufReader::with_capacity(1 << 20, input);
         let mut line = Vec::new();
-        let mut chunk = Vec::with_capacity(CHUNK);
+        let mut chunk = Chunk::default();
         let mut line_no = 0u64;
         loop {
             line.clear();
@@ -173,7 +195,10 @@ impl Lines {
             let text = line.strip_suffix(b"\n").unwrap_or(&line);
             let text = text.strip_suffix(b"\r").unwrap_or(text);
             match self.record(text) {
-                Some(record) => chunk.push(record),
+                Some(record) => {
+                    chunk.records.push(record);
+                    chunk.bytes += text.len();
+                }
                 None => {
                     let _ = out.blocking_send(Ok(std::mem::take(&mut chunk)));
                     let sep = self.key_separator.as_deref().unwrap_or_default();
@@ -186,15 +211,13 @@ impl Lines {
                     return;
                 }
             }
-            if chunk.len() == CHUNK
-                && out
-                    .blocking_send(Ok(std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK))))
-                    .is_err()
+            if (chunk.records.len() == CHUNK || chunk.bytes >= CHUNK_BYTES)
+                && out.blocking_send(Ok(std::mem::take(&mut chunk))).is_err()
             {
                 return;
             }
         }
-        if !chunk.is_empty() {
+        if !chunk.records.is_empty() {
             let _ = out.blocking_send(Ok(chunk));
         }
     }
@@ -222,18 +245,24 @@ impl Lines {
 /// The outcomes of a chunk's sends.
 struct ChunkOutcome {
     records: usize,
+    bytes: usize,
     acknowledged: u64,
     /// The first error, if any send failed.
     failure: Option<kafkit::Error>,
 }
 
-/// Counts a chunk's acknowledged sends and keeps the first failure; returns the chunk's size.
-fn settle(done: ChunkOutcome, progress: &Progress, failure: &mut Option<Failure>) -> usize {
+/// Counts a chunk's acknowledged sends and keeps the first failure; returns the chunk's records
+/// and bytes.
+fn settle(
+    done: ChunkOutcome,
+    progress: &Progress,
+    failure: &mut Option<Failure>,
+) -> (usize, usize) {
     progress.add_n(done.acknowledged);
     if let Some(e) = done.failure {
         failure.get_or_insert(e.into());
     }
-    done.records
+    (done.records, done.bytes)
 }
 
 #[cfg(test)]
@@ -241,7 +270,7 @@ mod tests {
     use super::*;
 
     /// Every chunk `lines` makes of `input`, read to its end.
-    fn read_all(lines: &Lines, input: &[u8]) -> Vec<Result<Vec<ProducerRecord>, Failure>> {
+    fn read_all(lines: &Lines, input: &[u8]) -> Vec<Result<Chunk, Failure>> {
         let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
         lines.read(input, &tx);
         drop(tx);
@@ -267,8 +296,8 @@ mod tests {
         let records: Vec<ProducerRecord> = chunks
             .into_iter()
             .map(|c| c.map_err(|f| f.message).unwrap())
-            .inspect(|c| assert!(c.len() <= CHUNK))
-            .flatten()
+            .inspect(|c| assert!(c.records.len() <= CHUNK))
+            .flat_map(|c| c.records)
             .collect();
         assert_eq!(records.len(), 3 + CHUNK);
         let kv = |r: &ProducerRecord| {
@@ -300,10 +329,31 @@ mod tests {
     }
 
     #[test]
+    fn large_lines_end_a_chunk_at_its_byte_bound_and_the_bytes_are_counted() {
+        let line = vec![b'x'; 10 * 1024];
+        let mut input = Vec::new();
+        for _ in 0..300 {
+            input.extend_from_slice(&line);
+            input.push(b'\n');
+        }
+        let chunks: Vec<Chunk> = read_all(&lines(None), &input)
+            .into_iter()
+            .map(|c| c.map_err(|f| f.message).unwrap())
+            .collect();
+        // 1 MiB / 10 KiB: a chunk ends at its 103rd line.
+        let sizes: Vec<(usize, usize)> =
+            chunks.iter().map(|c| (c.records.len(), c.bytes)).collect();
+        assert_eq!(
+            sizes,
+            vec![(103, 103 * 10240), (103, 103 * 10240), (94, 94 * 10240)]
+        );
+    }
+
+    #[test]
     fn a_line_without_the_separator_ends_the_input_after_the_lines_before_it() {
         let chunks = read_all(&lines(Some("::")), b"a::1\nb::2\nno separator\nc::3\n");
         assert_eq!(chunks.len(), 2);
-        assert_eq!(chunks[0].as_ref().map(Vec::len).ok(), Some(2));
+        assert_eq!(chunks[0].as_ref().map(|c| c.records.len()).ok(), Some(2));
         let Err(failure) = &chunks[1] else {
             panic!("the error after the good lines");
         };
@@ -311,7 +361,7 @@ mod tests {
         assert!(failure.message.contains("line 3"), "{}", failure.message);
 
         let unkeyed = read_all(&lines(None), b"no separator needed\n");
-        let records = unkeyed[0].as_ref().ok().unwrap();
+        let records = &unkeyed[0].as_ref().ok().unwrap().records;
         assert!(records[0].key_bytes().is_none());
         assert_eq!(records[0].value_bytes(), Some(&b"no separator needed"[..]));
     }

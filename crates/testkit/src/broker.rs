@@ -60,6 +60,8 @@ pub struct BrokerOptions {
     sasl_users: Option<Vec<(String, String)>>,
     tls: bool,
     tls_client_auth_required: bool,
+    /// Where the cluster's directory goes; `None`: the system temp dir.
+    data_root: Option<PathBuf>,
 }
 
 impl Default for BrokerOptions {
@@ -73,6 +75,7 @@ impl Default for BrokerOptions {
             sasl_users: None,
             tls: false,
             tls_client_auth_required: false,
+            data_root: None,
         }
     }
 }
@@ -99,6 +102,15 @@ impl BrokerOptions {
         value: impl Into<String>,
     ) -> Self {
         self.node_properties.push((node, key.into(), value.into()));
+        self
+    }
+
+    /// The directory under which the cluster keeps its data, logs and configs (in
+    /// `<dir>/kafkit-testkit/<pid>-<n>`, removed when the cluster is dropped). Default: the system
+    /// temp dir. A tmpfs such as `/dev/shm` keeps the brokers' log writes off the machine's disk, which
+    /// benchmarks use so that every contender meets the same broker speed round after round.
+    pub fn data_root(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_root = Some(dir.into());
         self
     }
 
@@ -470,7 +482,7 @@ impl LocalCluster {
         tokio::task::spawn_blocking(kafka_classpath)
             .await
             .map_err(|e| Error::io("fetching jars")(std::io::Error::other(e)))??;
-        let root = fresh_root()?;
+        let root = fresh_root(options.data_root.as_deref())?;
         // Per node: client (PLAINTEXT), controller, then the secured listeners the options ask for.
         let per_node = 2 + options.secured_listener_count();
         let ports = free_ports(count * per_node)?;
@@ -929,11 +941,14 @@ fn free_ports(n: usize) -> Result<Vec<u16>> {
         .map_err(Error::io("reading a free port"))
 }
 
-/// A fresh directory under `<tmp>/kafkit-testkit/<pid>-<n>`, after removing directories left by test
-/// processes that no longer run (a shared broker lives until its process exits, so it is never dropped).
-fn fresh_root() -> Result<PathBuf> {
+/// A fresh directory under `<data_root or tmp>/kafkit-testkit/<pid>-<n>`, after removing directories
+/// left by test processes that no longer run (a shared broker lives until its process exits, so it is
+/// never dropped).
+fn fresh_root(data_root: Option<&Path>) -> Result<PathBuf> {
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let base = std::env::temp_dir().join("kafkit-testkit");
+    let base = data_root
+        .map_or_else(std::env::temp_dir, Path::to_path_buf)
+        .join("kafkit-testkit");
     if let Ok(entries) = fs::read_dir(&base) {
         for entry in entries.flatten() {
             let name = entry.file_name();

@@ -340,6 +340,8 @@ pub(super) struct Accumulator {
     /// Buffers of written batches, for new batches: reused memory, not fresh pages (the Java
     /// producer's buffer pool likewise). At most [`POOLED_BUFFERS`].
     pool: Vec<Vec<u8>>,
+    /// Counts drains: each starts at the next partition in turn.
+    drain_turn: usize,
 }
 
 /// The most buffers of written batches kept for new ones.
@@ -358,6 +360,7 @@ impl Accumulator {
             flush_below: 0,
             implicit_add: false,
             in_txn: std::collections::HashSet::new(),
+            drain_turn: 0,
             txn_failure: None,
             pool: Vec::new(),
         }
@@ -581,29 +584,27 @@ impl Accumulator {
 
     /// Drains for the sender of `node`: at most one batch per partition it leads, in total at most
     /// `max_bytes` (at least one batch). Nothing is drained until one batch is ready (full,
-    /// flushed, lingered, or a retry past its backoff); then, as the Java client does, every
-    /// partition's front batch goes in the same request, lingering or not: one request, not one
-    /// per partition as each lingers in turn (with hundreds of partitions, the requests in flight
-    /// would all carry a batch or two). Batches past their delivery timeout that are not in flight
-    /// fail here.
+    /// flushed, lingered, or a retry past its backoff). Then the ready batches go first, and the
+    /// request's room left takes the front batches still lingering, as the Java client does: one
+    /// request, not one per partition as each lingers in turn (with hundreds of partitions, the
+    /// requests in flight would all carry a batch or two).
+    ///
+    /// Each drain starts at the next partition in turn, so that when the request's room is short
+    /// (large records: a full batch fills a request) every partition gets its turn. Taking the
+    /// lingering batches before the ready ones, or always starting at the same partition, leaves
+    /// full batches queued behind a few partitions' small ones: the broker then writes many small
+    /// batches, and each batch costs it more than its bytes do.
+    ///
+    /// Batches past their delivery timeout that are not in flight fail here.
     pub(super) fn drain(&mut self, node: i32, now: Instant, max_bytes: usize) -> Drained {
         let mut drained = Drained::default();
-        let mut bytes = 0;
         let limits = &self.limits;
         let producer = self.producer;
         let flush_below = self.flush_below;
         let mut gap = false;
         let mut failed = None;
-        let gated = |tp: &TopicPartition| {
-            limits.transactional && !self.implicit_add && !self.in_txn.contains(tp)
-        };
-        let any_ready = self.partitions.iter().any(|(tp, part)| {
-            part.leader == Some(node)
-                && !gated(tp)
-                && part
-                    .sendable_at(limits, producer, flush_below)
-                    .is_some_and(|t| t <= now)
-        });
+        let mut ready = Vec::new();
+        let mut lingering = Vec::new();
         for (tp, part) in self.partitions.iter_mut() {
             if part.leader != Some(node) || part.queue.is_empty() {
                 continue;
@@ -655,11 +656,30 @@ impl Accumulator {
             let Some(ready_at) = part.sendable_at(limits, producer, flush_below) else {
                 continue;
             };
-            let front = part.queue.front().expect("a front batch");
-            if ready_at > now && (front.attempts > 0 || !any_ready) {
+            if ready_at <= now {
+                ready.push(tp.clone());
+            } else {
                 drained.wake = earliest(drained.wake, Some(ready_at));
-                continue;
+                // A retry waits for its backoff, in any request.
+                if part.queue.front().is_some_and(|b| b.attempts == 0) {
+                    lingering.push(tp.clone());
+                }
             }
+        }
+        if !ready.is_empty() {
+            let turn = self.drain_turn;
+            self.drain_turn = turn.wrapping_add(1);
+            let len = ready.len();
+            ready.rotate_left(turn % len);
+            let len = lingering.len().max(1);
+            lingering.rotate_left(turn % len);
+        } else {
+            lingering.clear();
+        }
+        let mut bytes = 0;
+        for tp in ready.into_iter().chain(lingering) {
+            let part = self.partitions.get_mut(&tp).expect("a partition just seen");
+            let front = part.queue.front().expect("a front batch");
             let size = match &front.body {
                 Body::Open(builder) => builder.size(),
                 Body::Sealed(bytes) => bytes.len(),
@@ -686,7 +706,7 @@ impl Accumulator {
             batch.attempts += 1;
             bytes += size;
             part.in_flight += 1;
-            drained.batches.push((tp.clone(), batch));
+            drained.batches.push((tp, batch));
         }
         if gap {
             self.bump_wanted = true;
@@ -1012,6 +1032,42 @@ mod tests {
         let _ = append(&mut acc, &tp(1), 1, 10, later);
         let drained = acc.drain(1, later + Duration::from_millis(5), 1);
         assert_eq!(drained.batches.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_a_request_holds_one_batch_the_partitions_take_turns_and_full_batches_go_first() {
+        let mut acc = Accumulator::new(limits(false));
+        let now = Instant::now();
+        for p in 0..3 {
+            acc.set_leader(&tp(p), 1, 0);
+        }
+        // Partitions 0 and 1: two full batches (8 records) and an open one each; partition 2: one
+        // record lingering, which fits in no request beside a full batch.
+        let _ = append(&mut acc, &tp(0), 20, 100, now);
+        let _ = append(&mut acc, &tp(1), 20, 100, now);
+        let _ = append(&mut acc, &tp(2), 1, 100, now);
+        let taken: Vec<Vec<(i32, i32, usize)>> =
+            (0..4).map(|_| summary(&acc.drain(1, now, BATCH))).collect();
+        for drained in &taken {
+            assert_eq!(drained.len(), 1, "one full batch per request: {taken:?}");
+            assert_eq!(
+                drained[0].2, 8,
+                "a full batch before a lingering one: {taken:?}"
+            );
+        }
+        let partitions: Vec<i32> = taken.iter().map(|d| d[0].0).collect();
+        assert_ne!(partitions[0], partitions[1], "turns: {partitions:?}");
+        assert_ne!(partitions[2], partitions[3], "turns: {partitions:?}");
+        assert!(
+            acc.drain(1, now, BATCH).batches.is_empty(),
+            "the rest lingers"
+        );
+        let later = now + Duration::from_millis(5);
+        let mut rest: Vec<(i32, i32, usize)> = (0..3)
+            .flat_map(|_| summary(&acc.drain(1, later, BATCH)))
+            .collect();
+        rest.sort();
+        assert_eq!(rest, vec![(0, -1, 4), (1, -1, 4), (2, -1, 1)]);
     }
 
     #[tokio::test(start_paused = true)]
