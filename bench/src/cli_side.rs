@@ -28,14 +28,16 @@ pub(crate) const CONSUMERS: [&str; 3] = [
 pub(crate) const PRODUCERS: [&str; 2] = ["produce-cli-kafkit", "produce-cli-kcat"];
 
 /// librdkafka settings for `kcat -P`, as a librdkafka user sets them for throughput and as the
-/// library peers run: acks=all with idempotence, 5 ms linger, 1 MiB batches, a queue that holds a
-/// whole workload of small records, and the Java client's key hash (the same partitions as kafkit's).
-const KCAT_PRODUCE: [&str; 6] = [
+/// library peers run: acks=all with idempotence, 5 ms linger, 1 MiB batches, a queue of up to
+/// 1,000,000 records and 64 MiB (what `kafkit produce` keeps awaiting acknowledgement at most), and
+/// the Java client's key hash (the same partitions as kafkit's).
+const KCAT_PRODUCE: [&str; 7] = [
     "acks=all",
     "enable.idempotence=true",
     "linger.ms=5",
     "batch.size=1048576",
     "queue.buffering.max.messages=1000000",
+    "queue.buffering.max.kbytes=65536",
     "partitioner=murmur2_random",
 ];
 

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use futures::StreamExt;
 use kafkit::consumer::{ConsumerBuilder, ConsumerListener, DispatchMode, OffsetReset};
 use kafkit::group::{GroupConfig, TopicPartition};
@@ -24,6 +25,14 @@ async fn producer(bootstrap: &str, topic: &str) -> Result<Producer, Box<dyn std:
     Ok(producer)
 }
 
+/// The producer contenders' 1,000 keys and one value, shared buffers that each record clones
+/// without a copy (as rust-rdkafka's contenders lend one slice to every send); the producer copies
+/// them once, into its batch.
+fn keys_and_value(size: usize) -> (Vec<Bytes>, Bytes) {
+    let keys = (0..1000).map(|i| Bytes::from(format!("key-{i}"))).collect();
+    (keys, Bytes::from(payload(size)))
+}
+
 /// Sends `records` records of `size` bytes, keyed round-robin over 1,000 keys, and waits for every
 /// acknowledgement (acks=all), up to [`records_in_flight`] at once.
 pub(crate) async fn produce(
@@ -33,11 +42,12 @@ pub(crate) async fn produce(
     size: usize,
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
     let producer = producer(bootstrap, topic).await?;
-    let value = payload(size);
+    let (keys, value) = keys_and_value(size);
     let started = Instant::now();
     let mut sends = futures::stream::iter(0..records)
         .map(|i| {
-            let record = ProducerRecord::new(topic, value.clone()).key(format!("key-{}", i % 1000));
+            let record =
+                ProducerRecord::new(topic, value.clone()).key(keys[(i % 1000) as usize].clone());
             producer.send(record)
         })
         .buffer_unordered(records_in_flight(size));
@@ -61,13 +71,12 @@ pub(crate) async fn produce_all(
 ) -> Result<Outcome, Box<dyn std::error::Error>> {
     const CHUNK: u64 = 1024;
     let producer = producer(bootstrap, topic).await?;
-    let value = payload(size);
-    let keys: Vec<String> = (0..1000).map(|i| format!("key-{i}")).collect();
+    let (keys, value) = keys_and_value(size);
     let started = Instant::now();
     let mut chunks = futures::stream::iter((0..records).step_by(CHUNK as usize))
         .map(|first| {
             let chunk = (first..(first + CHUNK).min(records)).map(|i| {
-                ProducerRecord::new(topic, value.clone()).key(keys[(i % 1000) as usize].as_str())
+                ProducerRecord::new(topic, value.clone()).key(keys[(i % 1000) as usize].clone())
             });
             producer.send_all(chunk)
         })

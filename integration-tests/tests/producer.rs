@@ -232,7 +232,7 @@ async fn keys_land_on_the_partition_the_java_client_chooses() {
     let mut spread = std::collections::BTreeSet::new();
     for key in &keys {
         let d = producer
-            .send(ProducerRecord::new(&topic, "kafkit").key(key.as_bytes()))
+            .send(ProducerRecord::new(&topic, "kafkit").key(key.clone()))
             .await
             .unwrap();
         assert_eq!(d.partition, java_partitions[key.as_str()], "key {key:?}");

@@ -24,7 +24,7 @@ async fn send_one(bootstrap: &str, topic: &str, value: &str) -> kafkit::Result<k
         .build()
         .await?;
     producer
-        .send(ProducerRecord::new(topic, value).partition(0))
+        .send(ProducerRecord::new(topic, value.to_owned()).partition(0))
         .await
 }
 

@@ -286,12 +286,13 @@ pub(crate) async fn run(args: CopierArgs) -> Result<(), Failure> {
             Ok(records
                 .iter()
                 .map(|r| {
-                    let copy = match (r.key(), r.value()) {
-                        (Some(key), None) => ProducerRecord::tombstone(&output, key),
+                    let copy = match (r.key_bytes(), r.value_bytes()) {
+                        (Some(key), None) => ProducerRecord::tombstone(&output, key.clone()),
                         (key, value) => {
-                            let copy = ProducerRecord::new(&output, value.unwrap_or_default());
+                            let copy =
+                                ProducerRecord::new(&output, value.cloned().unwrap_or_default());
                             match key {
-                                Some(key) => copy.key(key),
+                                Some(key) => copy.key(key.clone()),
                                 None => copy,
                             }
                         }

@@ -2,11 +2,10 @@
 //! records and `--max-in-flight-bytes` unacknowledged) and every one is awaited before the command exits, so a zero exit means every
 //! line was acknowledged by the broker (acks=all).
 
-use std::io::BufRead;
-
 use crate::common::ClusterArgs;
 use crate::progress::Progress;
 use crate::{EXIT_USAGE, Failure};
+use bytes::Bytes;
 use clap::Args;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
@@ -49,7 +48,7 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), Failure> {
         .iter()
         .map(|h| {
             h.split_once('=')
-                .map(|(k, v)| (k.to_owned(), v.as_bytes().to_vec()))
+                .map(|(k, v)| (k.to_owned(), Bytes::copy_from_slice(v.as_bytes())))
                 .ok_or_else(|| Failure {
                     code: EXIT_USAGE,
                     message: format!("--header `{h}` is not NAME=VALUE"),
@@ -145,6 +144,12 @@ pub(crate) async fn run(args: ProduceArgs) -> Result<(), Failure> {
 /// Lines handed over at once: one hand-off between threads per chunk, not per line.
 const CHUNK: usize = 1024;
 
+/// Bytes of input gathered into one block (its lines' records share it).
+const READ: usize = 1 << 20;
+
+/// Bytes asked of stdin per read.
+const SCRATCH: usize = 64 * 1024;
+
 /// Bytes of lines that end a chunk before [`CHUNK`] lines (large lines: the bytes in flight are
 /// counted per chunk).
 const CHUNK_BYTES: usize = 1 << 20;
@@ -163,72 +168,107 @@ const CHUNKS_AHEAD: usize = 8;
 struct Lines {
     topic: String,
     key_separator: Option<String>,
-    headers: Vec<(String, Vec<u8>)>,
+    headers: Vec<(String, Bytes)>,
     partition: Option<i32>,
 }
 
 impl Lines {
-    /// Reads `input` to its end on this (blocking) thread, in large reads, and sends its records
-    /// in chunks; a line without the key separator ends it with a usage error. Lines are bytes,
-    /// UTF-8 or not; a trailing `\n` or `\r\n` is not part of the line.
+    /// Reads `input` to its end on this (blocking) thread and sends its records in chunks; a line
+    /// without the key separator ends it with a usage error. Lines are bytes, UTF-8 or not; a
+    /// trailing `\n` or `\r\n` is not part of the line. Reads gather into blocks of about
+    /// [`READ`] bytes whose lines become records sharing the block: keys and values are slices of
+    /// it, with no copy or allocation per line. When the input pauses (a read comes back short),
+    /// the lines read so far go at once rather than waiting for a full block or chunk.
     fn read(
         &self,
-        input: impl std::io::Read,
+        mut input: impl std::io::Read,
         out: &tokio::sync::mpsc::Sender<Result<Chunk, Failure>>,
     ) {
-        let mut input = std::io::BufReader::with_capacity(1 << 20, input);
-        let mut line = Vec::new();
+        let mut scratch = vec![0; SCRATCH];
+        let mut block: Vec<u8> = Vec::with_capacity(READ);
         let mut chunk = Chunk::default();
         let mut line_no = 0u64;
         loop {
-            line.clear();
-            match input.read_until(b'\n', &mut line) {
-                Ok(0) => break,
-                Ok(_) => {}
+            let n = match input.read(&mut scratch) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let _ = out.blocking_send(Ok(std::mem::take(&mut chunk)));
                     let _ = out.blocking_send(Err(Failure::runtime(format!("reading stdin: {e}"))));
                     return;
                 }
+            };
+            // The block holds no line end before this read's bytes (it was cut after its last).
+            let read_from = block.len();
+            block.extend_from_slice(&scratch[..n]);
+            let eof = n == 0;
+            let paused = n < SCRATCH;
+            if !(eof || paused || block.len() >= READ) {
+                continue;
             }
-            line_no += 1;
-            let text = line.strip_suffix(b"\n").unwrap_or(&line);
-            let text = text.strip_suffix(b"\r").unwrap_or(text);
-            match self.record(text) {
-                Some(record) => {
-                    chunk.records.push(record);
-                    chunk.bytes += text.len();
-                }
-                None => {
-                    let _ = out.blocking_send(Ok(std::mem::take(&mut chunk)));
-                    let sep = self.key_separator.as_deref().unwrap_or_default();
-                    let _ = out.blocking_send(Err(Failure {
-                        code: EXIT_USAGE,
-                        message: format!(
-                            "line {line_no} has no key separator `{sep}`; nothing after it was sent"
-                        ),
-                    }));
-                    return;
+            // The block ends after its last line end (at the input's end: after its last byte);
+            // the partial line after it starts the next block.
+            let cut = if eof {
+                block.len()
+            } else {
+                block[read_from..]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |at| read_from + at + 1)
+            };
+            if cut > 0 {
+                let mut next = Vec::with_capacity(READ.max(2 * (block.len() - cut)));
+                next.extend_from_slice(&block[cut..]);
+                block.truncate(cut);
+                let lines = Bytes::from(std::mem::replace(&mut block, next));
+                // A final line end ends the last line; it does not start another.
+                let body = lines.strip_suffix(b"\n").unwrap_or(&lines);
+                for text in body.split(|&b| b == b'\n') {
+                    let text = text.strip_suffix(b"\r").unwrap_or(text);
+                    line_no += 1;
+                    match self.record(lines.slice_ref(text)) {
+                        Some(record) => {
+                            chunk.records.push(record);
+                            chunk.bytes += text.len();
+                        }
+                        None => {
+                            let _ = out.blocking_send(Ok(std::mem::take(&mut chunk)));
+                            let sep = self.key_separator.as_deref().unwrap_or_default();
+                            let _ = out.blocking_send(Err(Failure {
+                                code: EXIT_USAGE,
+                                message: format!(
+                                    "line {line_no} has no key separator `{sep}`; nothing after it was sent"
+                                ),
+                            }));
+                            return;
+                        }
+                    }
+                    if (chunk.records.len() == CHUNK || chunk.bytes >= CHUNK_BYTES)
+                        && out.blocking_send(Ok(std::mem::take(&mut chunk))).is_err()
+                    {
+                        return;
+                    }
                 }
             }
-            if (chunk.records.len() == CHUNK || chunk.bytes >= CHUNK_BYTES)
+            if (paused || eof)
+                && !chunk.records.is_empty()
                 && out.blocking_send(Ok(std::mem::take(&mut chunk))).is_err()
             {
                 return;
             }
-        }
-        if !chunk.records.is_empty() {
-            let _ = out.blocking_send(Ok(chunk));
+            if eof {
+                return;
+            }
         }
     }
 
     /// The record of one line; `None` when a key separator is set and the line lacks it.
-    fn record(&self, line: &[u8]) -> Option<ProducerRecord> {
+    fn record(&self, line: Bytes) -> Option<ProducerRecord> {
         let mut record = match &self.key_separator {
             Some(sep) => {
                 let sep = sep.as_bytes();
                 let at = line.windows(sep.len()).position(|w| w == sep)?;
-                ProducerRecord::new(&self.topic, &line[at + sep.len()..]).key(&line[..at])
+                ProducerRecord::new(&self.topic, line.slice(at + sep.len()..)).key(line.slice(..at))
             }
             None => ProducerRecord::new(&self.topic, line),
         };
@@ -281,7 +321,7 @@ mod tests {
         Lines {
             topic: "t".into(),
             key_separator: key_separator.map(str::to_owned),
-            headers: vec![("h".into(), b"v".to_vec())],
+            headers: vec![("h".into(), Bytes::from_static(b"v"))],
             partition: None,
         }
     }
@@ -347,6 +387,57 @@ mod tests {
             sizes,
             vec![(103, 103 * 10240), (103, 103 * 10240), (94, 94 * 10240)]
         );
+    }
+
+    /// Gives out at most `step` bytes per read.
+    struct Trickle<'a> {
+        input: &'a [u8],
+        step: usize,
+    }
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(buf.len()).min(self.input.len());
+            buf[..n].copy_from_slice(&self.input[..n]);
+            self.input = &self.input[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn lines_split_across_reads_and_lines_longer_than_a_read_arrive_whole() {
+        let long = vec![b'L'; 3 * READ + 17];
+        let mut input = b"a\t1\r\nbb\t22\n".to_vec();
+        input.extend_from_slice(b"k\t");
+        input.extend_from_slice(&long);
+        input.extend_from_slice(b"\nlast\tline");
+        let expected: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"bb".to_vec(), b"22".to_vec()),
+            (b"k".to_vec(), long.clone()),
+            (b"last".to_vec(), b"line".to_vec()),
+        ];
+        for step in [1, 5, READ / 3, usize::MAX] {
+            let (tx, mut rx) = tokio::sync::mpsc::channel(4096);
+            lines(Some("\t")).read(
+                Trickle {
+                    input: &input,
+                    step,
+                },
+                &tx,
+            );
+            drop(tx);
+            let got: Vec<(Vec<u8>, Vec<u8>)> = std::iter::from_fn(|| rx.try_recv().ok())
+                .flat_map(|c| c.map_err(|f| f.message).unwrap().records)
+                .map(|r| {
+                    (
+                        r.key_bytes().unwrap().to_vec(),
+                        r.value_bytes().unwrap().to_vec(),
+                    )
+                })
+                .collect();
+            assert!(got == expected, "reads of {step} bytes");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
@@ -101,6 +102,17 @@ impl ConsumedRecord {
     /// The value; `None` for a tombstone.
     pub fn value(&self) -> Option<&[u8]> {
         self.data().value.as_deref()
+    }
+
+    /// The key as the shared buffer it was fetched in: cloning it copies nothing, so a record
+    /// produced with it (consume, transform, produce) reuses the fetched bytes.
+    pub fn key_bytes(&self) -> Option<&Bytes> {
+        self.data().key.as_ref()
+    }
+
+    /// The value as the shared buffer it was fetched in (see [`key_bytes`](Self::key_bytes)).
+    pub fn value_bytes(&self) -> Option<&Bytes> {
+        self.data().value.as_ref()
     }
 
     /// The headers, in the order written, with duplicates and null values.

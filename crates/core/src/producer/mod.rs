@@ -68,15 +68,15 @@ const RECORD_OVERHEAD: usize = 64;
 pub struct ProducerRecord {
     topic: String,
     partition: Option<i32>,
-    key: Option<Vec<u8>>,
-    value: Option<Vec<u8>>,
+    key: Option<Bytes>,
+    value: Option<Bytes>,
     headers: Headers,
     timestamp: Option<DateTime<Utc>>,
 }
 
 impl ProducerRecord {
     /// A record with `value` for `topic`, no key (spread across partitions), no headers, timestamped at send.
-    pub fn new(topic: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
         Self {
             topic: topic.into(),
             partition: None,
@@ -88,15 +88,15 @@ impl ProducerRecord {
     }
 
     /// A tombstone (null value) for `key`: deletes the key from a compacted topic.
-    pub fn tombstone(topic: impl Into<String>, key: impl Into<Vec<u8>>) -> Self {
+    pub fn tombstone(topic: impl Into<String>, key: impl Into<Bytes>) -> Self {
         Self {
             value: None,
-            ..Self::new(topic, Vec::new()).key(key)
+            ..Self::new(topic, Bytes::new()).key(key)
         }
     }
 
     /// The key: records with equal keys go to the same partition, exactly as with the Java client.
-    pub fn key(mut self, key: impl Into<Vec<u8>>) -> Self {
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
         self.key = Some(key.into());
         self
     }
@@ -162,8 +162,8 @@ impl ProducerRecord {
 
     fn size(&self) -> usize {
         RECORD_OVERHEAD
-            + self.key.as_ref().map_or(0, Vec::len)
-            + self.value.as_ref().map_or(0, Vec::len)
+            + self.key.as_ref().map_or(0, Bytes::len)
+            + self.value.as_ref().map_or(0, Bytes::len)
             + self.headers.byte_len()
     }
 }
@@ -769,11 +769,24 @@ impl Producer {
     /// this waits once per batch, where a future per record is woken once per record. Records
     /// that find the buffer full append, in order, as room frees, without waiting for the
     /// acknowledgements of the ones before them.
+    ///
+    /// Records without a timestamp get the time of this call (one clock read for the lot, where
+    /// `send` reads it per record), and the records are begun under one hold of the send order's
+    /// lock, each topic looked up once.
     pub fn send_all(
         &self,
         records: impl IntoIterator<Item = ProducerRecord>,
     ) -> impl Future<Output = Vec<Result<Delivery>>> + Send + 'static {
-        let begun: Vec<Result<Begun>> = records.into_iter().map(|r| self.begin(r)).collect();
+        let records = records.into_iter();
+        let mut begun: Vec<Result<Begun>> = Vec::with_capacity(records.size_hint().0);
+        let now = Utc::now();
+        let mut topic = None;
+        {
+            let mut gate = self.inner.gate.lock();
+            for record in records {
+                begun.push(self.begin_locked(&mut gate, record, Some(now), &mut topic));
+            }
+        }
         async move {
             let mut appended = Vec::with_capacity(begun.len());
             for begun in begun {
@@ -797,6 +810,20 @@ impl Producer {
     /// The synchronous part of `send`: checks the record, and appends it at once when the topic is
     /// cached, the buffer has room and no earlier send is waiting; else takes a ticket.
     fn begin(&self, record: ProducerRecord) -> Result<Begun> {
+        let mut gate = self.inner.gate.lock();
+        self.begin_locked(&mut gate, record, None, &mut None)
+    }
+
+    /// [`begin`](Self::begin) under the send order's lock. `now`: the timestamp of a record
+    /// without one (`None`: read the clock). `last_topic`: the topic the previous record of the
+    /// same call found in the cache, reused while the records name it.
+    fn begin_locked(
+        &self,
+        gate: &mut Gate,
+        record: ProducerRecord,
+        now: Option<DateTime<Utc>>,
+        last_topic: &mut Option<Arc<TopicInfo>>,
+    ) -> Result<Begun> {
         let inner = &self.inner;
         if inner.closed.load(Ordering::Acquire) {
             return Err(Error::Closed { what: "producer" });
@@ -813,18 +840,21 @@ impl Producer {
                 capacity: settings.batch_size,
             });
         }
-        let mut gate = inner.gate.lock();
         if gate.issued == gate.done {
-            let cached = inner
-                .topics
-                .read()
-                .get(&record.topic)
-                .filter(|t| t.fetched_at.elapsed() < settings.metadata_max_age)
-                .cloned();
+            let cached = match last_topic.take() {
+                Some(topic) if topic.name == record.topic => Some(topic),
+                _ => inner
+                    .topics
+                    .read()
+                    .get(&record.topic)
+                    .filter(|t| t.fetched_at.elapsed() < settings.metadata_max_age)
+                    .cloned(),
+            };
             if let Some(topic) = cached {
+                *last_topic = Some(Arc::clone(&topic));
                 // `size <= batch_size <= buffer_memory < 4 GiB`.
                 if let Ok(permit) = Arc::clone(&inner.buffer).try_acquire_many_owned(size as u32) {
-                    return self.append(topic, record, permit).map(Begun::Appended);
+                    return self.append(topic, record, permit, now).map(Begun::Appended);
                 }
             }
         }
@@ -856,7 +886,7 @@ impl Producer {
             // commit and abort wait for waiting sends before they end it.
             txn.check_send()?;
         }
-        self.append(topic, record, permit)
+        self.append(topic, record, permit, None)
     }
 
     /// Waits until every send called so far that had to wait (metadata, buffer room) has appended
@@ -888,16 +918,18 @@ impl Producer {
             })
     }
 
-    /// Appends `record` to its partition's batch.
+    /// Appends `record` to its partition's batch; `now`, when given, is the timestamp of a record
+    /// without one (else the clock is read).
     fn append(
         &self,
         topic: Arc<TopicInfo>,
         record: ProducerRecord,
         permit: OwnedSemaphorePermit,
+        now: Option<DateTime<Utc>>,
     ) -> Result<Appended> {
         let inner = &self.inner;
         let partition = self.choose_partition(&topic, &record, record.size())?;
-        let timestamp = record.timestamp.unwrap_or_else(Utc::now);
+        let timestamp = record.timestamp.or(now).unwrap_or_else(Utc::now);
         // `choose_partition` returns one of the topic's partitions.
         let tp = &topic.tps[partition as usize];
         let started = inner.settings.metrics.as_ref().map(|_| Instant::now());
