@@ -388,6 +388,8 @@ async fn send_all_keeps_call_order_through_a_full_buffer_and_returns_each_outcom
     assert_eq!((first.len(), second.len()), (300, 300));
     let mut expected: HashMap<i32, Vec<String>> = HashMap::new();
     for (call, outcomes) in [first, second].into_iter().enumerate() {
+        // Records without a timestamp get their call's time, those that waited for room too.
+        let mut stamps = std::collections::HashSet::new();
         for (i, outcome) in outcomes.into_iter().enumerate() {
             if (call, i) == (0, 150) {
                 assert!(
@@ -397,6 +399,7 @@ async fn send_all_keeps_call_order_through_a_full_buffer_and_returns_each_outcom
                 continue;
             }
             let delivery = outcome.expect("acknowledged");
+            stamps.insert(delivery.timestamp);
             let seq = format!("{call}-{i}");
             let list = expected.entry(delivery.partition).or_default();
             assert_eq!(
@@ -406,6 +409,7 @@ async fn send_all_keeps_call_order_through_a_full_buffer_and_returns_each_outcom
             );
             list.push(seq);
         }
+        assert_eq!(stamps.len(), 1, "call {call}: one timestamp");
     }
     for (partition, sent) in expected {
         let log: Vec<String> = read_partition(&bootstrap, &topic, partition)

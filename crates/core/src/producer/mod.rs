@@ -783,8 +783,9 @@ impl Producer {
         let mut topic = None;
         {
             let mut gate = self.inner.gate.lock();
-            for record in records {
-                begun.push(self.begin_locked(&mut gate, record, Some(now), &mut topic));
+            for mut record in records {
+                record.timestamp.get_or_insert(now);
+                begun.push(self.begin_locked(&mut gate, record, &mut topic));
             }
         }
         async move {
@@ -811,17 +812,15 @@ impl Producer {
     /// cached, the buffer has room and no earlier send is waiting; else takes a ticket.
     fn begin(&self, record: ProducerRecord) -> Result<Begun> {
         let mut gate = self.inner.gate.lock();
-        self.begin_locked(&mut gate, record, None, &mut None)
+        self.begin_locked(&mut gate, record, &mut None)
     }
 
-    /// [`begin`](Self::begin) under the send order's lock. `now`: the timestamp of a record
-    /// without one (`None`: read the clock). `last_topic`: the topic the previous record of the
-    /// same call found in the cache, reused while the records name it.
+    /// [`begin`](Self::begin) under the send order's lock. `last_topic`: the topic the previous
+    /// record of the same call found in the cache, reused while the records name it.
     fn begin_locked(
         &self,
         gate: &mut Gate,
         record: ProducerRecord,
-        now: Option<DateTime<Utc>>,
         last_topic: &mut Option<Arc<TopicInfo>>,
     ) -> Result<Begun> {
         let inner = &self.inner;
@@ -854,7 +853,7 @@ impl Producer {
                 *last_topic = Some(Arc::clone(&topic));
                 // `size <= batch_size <= buffer_memory < 4 GiB`.
                 if let Ok(permit) = Arc::clone(&inner.buffer).try_acquire_many_owned(size as u32) {
-                    return self.append(topic, record, permit, now).map(Begun::Appended);
+                    return self.append(topic, record, permit).map(Begun::Appended);
                 }
             }
         }
@@ -886,7 +885,7 @@ impl Producer {
             // commit and abort wait for waiting sends before they end it.
             txn.check_send()?;
         }
-        self.append(topic, record, permit, None)
+        self.append(topic, record, permit)
     }
 
     /// Waits until every send called so far that had to wait (metadata, buffer room) has appended
@@ -918,18 +917,16 @@ impl Producer {
             })
     }
 
-    /// Appends `record` to its partition's batch; `now`, when given, is the timestamp of a record
-    /// without one (else the clock is read).
+    /// Appends `record` to its partition's batch.
     fn append(
         &self,
         topic: Arc<TopicInfo>,
         record: ProducerRecord,
         permit: OwnedSemaphorePermit,
-        now: Option<DateTime<Utc>>,
     ) -> Result<Appended> {
         let inner = &self.inner;
         let partition = self.choose_partition(&topic, &record, record.size())?;
-        let timestamp = record.timestamp.or(now).unwrap_or_else(Utc::now);
+        let timestamp = record.timestamp.unwrap_or_else(Utc::now);
         // `choose_partition` returns one of the topic's partitions.
         let tp = &topic.tps[partition as usize];
         let started = inner.settings.metrics.as_ref().map(|_| Instant::now());
