@@ -177,11 +177,13 @@ async fn producing_to_512_partitions_uses_one_connection_per_broker() {
         per_partition.iter().filter(|&&n| n > 0).count() > 500,
         "the keys reach nearly every partition"
     );
+    // One per broker plus metadata: 2. A connection a loaded machine's timeout replaces can
+    // overlap its successor for a moment (a CI run saw 4 while other tests' brokers started), so
+    // the peak may pass 2 by that much; a connection per partition would be 513.
     assert!(
-        most <= 2,
-        "at most 2 connections while sending to 512 partitions, saw {most} (one per broker + metadata)"
+        (2..=4).contains(&most),
+        "2 connections (one per broker + metadata) while sending to 512 partitions, saw {most}"
     );
-    assert_eq!(most, 2, "the sampler saw both connections");
     assert!(open <= 2, "{open} connections left open");
     let mut read = 0;
     for p in [0, 1, 255, 511] {
