@@ -1,6 +1,6 @@
 //! `kafkit produce`: one record per line of stdin. Sends are pipelined (up to `--max-in-flight`
-//! records and `--max-in-flight-bytes` unacknowledged) and every one is awaited before the command exits, so a zero exit means every
-//! line was acknowledged by the broker (acks=all).
+//! records and `--max-in-flight-bytes` unacknowledged) and every one is awaited before the command
+//! exits, so a zero exit means every line was acknowledged by the broker (acks=all).
 
 use crate::common::ClusterArgs;
 use crate::progress::Progress;
@@ -186,6 +186,8 @@ impl Lines {
     ) {
         let mut scratch = vec![0; SCRATCH];
         let mut block: Vec<u8> = Vec::with_capacity(READ);
+        // Where the block's lines end: after its last line end (0: none yet).
+        let mut lines_end = 0;
         let mut chunk = Chunk::default();
         let mut line_no = 0u64;
         loop {
@@ -198,9 +200,11 @@ impl Lines {
                     return;
                 }
             };
-            // The block holds no line end before this read's bytes (it was cut after its last).
             let read_from = block.len();
             block.extend_from_slice(&scratch[..n]);
+            if let Some(at) = block[read_from..].iter().rposition(|&b| b == b'\n') {
+                lines_end = read_from + at + 1;
+            }
             let eof = n == 0;
             let paused = n < SCRATCH;
             if !(eof || paused || block.len() >= READ) {
@@ -208,15 +212,9 @@ impl Lines {
             }
             // The block ends after its last line end (at the input's end: after its last byte);
             // the partial line after it starts the next block.
-            let cut = if eof {
-                block.len()
-            } else {
-                block[read_from..]
-                    .iter()
-                    .rposition(|&b| b == b'\n')
-                    .map_or(0, |at| read_from + at + 1)
-            };
+            let cut = if eof { block.len() } else { lines_end };
             if cut > 0 {
+                lines_end = 0;
                 let mut next = Vec::with_capacity(READ.max(2 * (block.len() - cut)));
                 next.extend_from_slice(&block[cut..]);
                 block.truncate(cut);
